@@ -1,0 +1,1 @@
+//! IG Markets REST sessions (filled in by the IG machine work).

@@ -1,0 +1,2 @@
+//! Placeholder until the IG machine lands.
+fn main() {}

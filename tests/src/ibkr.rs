@@ -1,0 +1,1 @@
+//! A fake Interactive Brokers broker (filled in by the IBKR work).

@@ -1,0 +1,1 @@
+//! A fake IG Markets REST broker (filled in by the IG work).

@@ -1,0 +1,13 @@
+//! Test kit for `broker-session`: fake brokers and a virtual-clock harness.
+//!
+//! - [`sim`]: runs any [`Machine`](broker_session::Machine) against any
+//!   [`FakeBroker`](sim::FakeBroker) in memory, with a virtual clock, so hours of
+//!   session life run in milliseconds.
+//! - [`ig`]: a fake IG Markets REST broker, strict the way IG is.
+//! - [`ibkr`]: a fake Interactive Brokers broker (gateway and OAuth 1.0a modes).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod ibkr;
+pub mod ig;
+pub mod sim;

@@ -1,0 +1,7 @@
+//! Async transport for [`broker_session`] on `hyper` and `tokio`.
+//!
+//! **Not implemented yet**: this crate is a placeholder in the workspace. Until it
+//! lands, drive a [`broker_session::Machine`] with your own HTTP client following the
+//! loop described in the `broker_session` crate documentation.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
