@@ -150,11 +150,10 @@ fn chain_kind(e: &(dyn StdError + 'static)) -> Option<FailureKind> {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return Some(FailureKind::Timeout);
             }
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return Some(FailureKind::Tls);
+            // `io::Error::source` skips the error it wraps; descend into it instead.
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner);
+                continue;
             }
         }
         cur = err.source();
