@@ -108,6 +108,11 @@ secret_string!(
     PrivateKeyPem
 );
 
+secret_string!(
+    /// A Lightstreamer password built from session tokens (IG `CST-<cst>|XST-<xst>`).
+    LightstreamerPassword
+);
+
 /// Secret bytes (decrypted secrets, derived keys): redacted in `Debug`, zeroized on drop.
 ///
 /// ```
