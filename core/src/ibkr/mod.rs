@@ -1,1 +1,2 @@
-//! Interactive Brokers sessions: Client Portal Gateway and OAuth 1.0a (filled in by the IBKR machine work).
+//! Interactive Brokers sessions: Client Portal Gateway and OAuth 1.0a.
+pub mod oauth;
