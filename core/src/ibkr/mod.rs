@@ -27,9 +27,15 @@
 //! let now = Now::new(Instant::now(), SystemTime::now());
 //! let mut session = IbkrSession::new(IbkrConfig::gateway(), now).unwrap();
 //! let op = session.submit(IbkrIntent::Connect, now).unwrap();
-//! // The first request probes the gateway's status.
-//! let Output::Send(t) = session.poll_output(now) else { panic!() };
-//! assert_eq!(t.request.uri(), "https://localhost:5000/v1/api/iserver/auth/status");
+//! // The first request probes the gateway's status (after a state-change event).
+//! let transmit = loop {
+//!     match session.poll_output(now) {
+//!         Output::Send(t) => break t,
+//!         Output::Event(_) => continue,
+//!         other => panic!("{other:?}"),
+//!     }
+//! };
+//! assert_eq!(transmit.request.uri(), "https://localhost:5000/v1/api/iserver/auth/status");
 //! # let _ = op;
 //! ```
 
