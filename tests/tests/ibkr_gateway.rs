@@ -398,3 +398,99 @@ fn no_bridge_on_an_application_call_reinitialises() {
     assert_eq!(out.sends, 2);
     assert_eq!(out.response.unwrap().status(), 200);
 }
+
+#[test]
+fn an_unanswered_request_times_out_in_the_core() {
+    use broker_session::{Input, Output, ProtocolError};
+    let clock = VirtualClock::new();
+    let mut session = IbkrSession::new(FakeIbkr::gateway_config(1), clock.now()).unwrap();
+    let mut clock = clock;
+    let op = session
+        .submit(IbkrIntent::CheckStatus, clock.now())
+        .unwrap();
+    let mut sent = 0;
+    let mut result = None;
+    for _ in 0..100 {
+        match session.poll_output(clock.now()) {
+            Output::Send(_) => sent += 1, // dropped by the "transport"
+            Output::Event(Event::Completed {
+                op: done,
+                result: r,
+            }) if done == op => {
+                result = Some(r);
+                break;
+            }
+            Output::Event(_) => {}
+            Output::Wait(Some(at)) => {
+                assert!(at <= clock.now().mono + Duration::from_secs(30));
+                clock.advance_to(at);
+                session.handle_input(Input::Timeout, clock.now());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sent, 1);
+    assert_eq!(
+        result.unwrap().unwrap_err(),
+        Error::Protocol(ProtocolError::NoResponse {
+            endpoint: "POST /iserver/auth/status"
+        })
+    );
+}
+
+#[test]
+fn malformed_and_unexpected_answers_are_typed_errors() {
+    use broker_session::ProtocolError;
+    let mut sim = sim();
+    sim.broker.inject(
+        Some("/iserver/auth/status"),
+        Fault::Body("{\"authenticated\":\"yes\"}"),
+    );
+    let err = sim.run(IbkrIntent::CheckStatus).unwrap_err();
+    assert!(
+        matches!(err, Error::Protocol(ProtocolError::MalformedBody { .. })),
+        "{err}"
+    );
+    sim.broker
+        .inject(Some("/iserver/auth/status"), Fault::Status(302, ""));
+    let err = sim.run(IbkrIntent::CheckStatus).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Protocol(ProtocolError::Redirect { status: 302, .. })
+        ),
+        "{err}"
+    );
+    sim.broker
+        .inject(Some("/iserver/auth/status"), Fault::SsoRedirect);
+    let err = sim.run(IbkrIntent::CheckStatus).unwrap_err();
+    assert_eq!(err, Error::ActionRequired(ActionRequired::BrowserLogin));
+    sim.broker.browser_login_done = true;
+    let big = Box::leak(format!("{{\"message\":\"{}\"}}", "x".repeat(2 << 20)).into_boxed_str());
+    sim.broker
+        .inject(Some("/iserver/auth/status"), Fault::Body(big));
+    let err = sim.run(IbkrIntent::CheckStatus).unwrap_err();
+    assert!(
+        matches!(err, Error::Protocol(ProtocolError::BodyTooLarge { .. })),
+        "{err}"
+    );
+    sim.broker.inject(
+        Some("/iserver/auth/status"),
+        Fault::Status(404, r#"{"error":"not found"}"#),
+    );
+    let err = sim.run(IbkrIntent::CheckStatus).unwrap_err();
+    assert!(
+        matches!(err, Error::Rejected(ref e) if e.status == 404),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_tickle_interval_is_clamped_to_one_second() {
+    let mut sim = sim_with(FakeIbkr::gateway(), |c| c.tickle_interval = Duration::ZERO);
+    sim.run(IbkrIntent::Connect).unwrap();
+    sim.advance(Duration::from_secs(30));
+    let n = sim.broker.requests_to("/tickle").count();
+    assert!((29..=31).contains(&n), "{n}");
+    assert!(sim.broker.min_gap("/tickle").unwrap() >= Duration::from_secs(1));
+}

@@ -349,3 +349,40 @@ fn a_token_expired_while_idle_is_renewed_before_use() {
     assert_eq!(sim.broker.oauth_server().unwrap().bad_signatures, 0);
     assert!(sim.completions().all(|(_, r)| r.is_ok()));
 }
+
+#[test]
+fn the_same_seed_gives_the_same_bytes() {
+    let headers = |seed: u64| {
+        let (fake, oauth) = FakeIbkr::oauth(false);
+        let clock = VirtualClock::new();
+        let session = IbkrSession::new(FakeIbkr::oauth_config(oauth, seed), clock.now()).unwrap();
+        let mut sim = Sim::with_clock(session, fake, clock);
+        sim.run(IbkrIntent::Connect).unwrap();
+        let mut req = get(ACCOUNTS);
+        sim.machine.authorize(&mut req, sim.now()).unwrap();
+        req.headers()["authorization"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(headers(11), headers(11));
+    assert_ne!(headers(11), headers(12));
+}
+
+#[test]
+fn a_failed_proactive_renewal_is_retried_before_expiry() {
+    let mut sim = sim_with(false, |_, f| {
+        f.oauth_server().unwrap().lst_lifetime = Duration::from_secs(3600);
+    });
+    sim.run(IbkrIntent::Connect).unwrap();
+    sim.broker.inject(
+        Some("/oauth/live_session_token"),
+        Fault::Transport(broker_session::FailureKind::Connect),
+    );
+    sim.advance(Duration::from_secs(3500));
+    // One renewal failed at the transport, the retry 30 s later succeeded.
+    assert_eq!(
+        sim.broker.requests_to("/oauth/live_session_token").count(),
+        3
+    );
+    assert_eq!(sim.broker.oauth_server().unwrap().tokens_issued, 2);
+    assert_eq!(sim.completions().filter(|(_, r)| r.is_err()).count(), 1);
+    assert_eq!(sim.machine.state(), IbkrState::Ready);
+}

@@ -692,7 +692,7 @@ impl IbkrSession {
             } else {
                 Error::Rejected(api_error(resp))
             };
-            self.restore_after_lst_failure();
+            self.restore_after_lst_failure(now);
             return self.finish(Err(err));
         }
         let result = self.derive_lst(resp.body(), dh);
@@ -715,15 +715,19 @@ impl IbkrSession {
             }
             Err(e @ Error::Crypto(CryptoError::LiveSessionTokenMismatch)) => self.close(e),
             Err(e) => {
-                self.restore_after_lst_failure();
+                self.restore_after_lst_failure(now);
                 self.finish(Err(e));
             }
         }
     }
 
-    fn restore_after_lst_failure(&mut self) {
+    fn restore_after_lst_failure(&mut self, now: Now) {
         if self.state == IbkrState::AcquiringToken {
             self.set_state(IbkrState::Disconnected);
+        }
+        // A failed proactive renewal is tried again while the old token still works.
+        if self.lst_valid(now) && self.lst_refresh_at.is_none() {
+            self.lst_refresh_at = Some(now.mono + Duration::from_secs(30));
         }
     }
 
@@ -870,7 +874,7 @@ impl IbkrSession {
     fn on_failure(&mut self, step: Step, err: Error, dh: Option<DhSecret>, now: Now) {
         drop(dh);
         if step == Step::Lst {
-            self.restore_after_lst_failure();
+            self.restore_after_lst_failure(now);
             return self.finish(Err(err));
         }
         let backoff = self.cfg.init_backoff;
