@@ -43,10 +43,10 @@ fn nothing_secret_is_ever_printed() {
                 printed.push(format!("{t:?}"));
                 printed.push(format!("{:?}", t.request.headers()));
                 let reply = fake.handle(&t.request, clock.now());
-                if let Some(l) = fake.oauth_server().unwrap().current_lst() {
-                    if !lsts.contains(&l) {
-                        lsts.push(l);
-                    }
+                if let Some(l) = fake.oauth_server().unwrap().current_lst()
+                    && !lsts.contains(&l)
+                {
+                    lsts.push(l);
                 }
                 clock.advance(Duration::from_millis(10));
                 let input = match reply {

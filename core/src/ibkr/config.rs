@@ -122,7 +122,8 @@ impl OAuthConfig {
 /// Configuration of an [`IbkrSession`](super::IbkrSession).
 ///
 /// Build it with [`IbkrConfig::gateway`] or [`IbkrConfig::oauth`], then adjust the
-/// public fields; each states its default.
+/// public fields; each states its default. Durations are capped at one year and
+/// [`init_attempts`](Self::init_attempts) is kept within 1..=100.
 ///
 /// ```
 /// use std::time::Duration;

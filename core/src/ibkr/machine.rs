@@ -168,10 +168,20 @@ impl IbkrSession {
             IbkrAuth::OAuth(o) => Some(Signer::new(o, &mut rng)?),
         };
         let mut cfg = config;
-        cfg.tickle_interval = cfg.tickle_interval.max(TICKLE_MIN_GAP);
-        cfg.status_poll_interval = cfg.status_poll_interval.max(Duration::from_millis(100));
-        cfg.request_timeout = cfg.request_timeout.max(Duration::from_secs(1));
-        cfg.init_attempts = cfg.init_attempts.max(1);
+        // Bounded durations keep every `Instant + Duration` below overflow.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        cfg.tickle_interval = cfg.tickle_interval.clamp(TICKLE_MIN_GAP, year);
+        cfg.status_poll_interval = cfg
+            .status_poll_interval
+            .clamp(Duration::from_millis(100), year);
+        cfg.request_timeout = cfg.request_timeout.clamp(Duration::from_secs(1), year);
+        cfg.ready_timeout = cfg.ready_timeout.min(year);
+        cfg.init_backoff = cfg.init_backoff.min(year);
+        cfg.throttle_backoff = cfg.throttle_backoff.min(year);
+        cfg.init_attempts = cfg.init_attempts.clamp(1, 100);
+        if let IbkrAuth::OAuth(o) = &mut cfg.auth {
+            o.lst_refresh_margin = o.lst_refresh_margin.min(year);
+        }
         Ok(Self {
             cfg,
             base,
