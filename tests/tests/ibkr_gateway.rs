@@ -494,3 +494,20 @@ fn the_tickle_interval_is_clamped_to_one_second() {
     assert!((29..=31).contains(&n), "{n}");
     assert!(sim.broker.min_gap("/tickle").unwrap() >= Duration::from_secs(1));
 }
+
+#[test]
+fn authorize_reports_a_missing_browser_login() {
+    let mut fake = FakeIbkr::gateway();
+    fake.browser_login_done = false;
+    let mut sim = sim_with(fake, |_| {});
+    sim.run(IbkrIntent::Connect).unwrap_err();
+    let mut req = http::Request::get("https://localhost:5000/v1/api/iserver/accounts")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        sim.machine.authorize(&mut req, sim.now()),
+        Err(broker_session::AuthorizeError::Lost(Error::ActionRequired(
+            ActionRequired::BrowserLogin
+        )))
+    );
+}

@@ -1039,6 +1039,12 @@ impl Machine for IbkrSession {
             generation: self.generation,
         };
         if self.signer.is_none() {
+            if self.state == IbkrState::BrowserLoginRequired {
+                // The gateway would answer 401: say what the person has to do.
+                return Err(AuthorizeError::Lost(Error::ActionRequired(
+                    ActionRequired::BrowserLogin,
+                )));
+            }
             return Ok(stamp);
         }
         if !self.lst_valid(now) {

@@ -19,6 +19,18 @@
 //! `/tickle` on a timer, `reauthenticate`, `/sso/validate`, `/logout`, and pacing
 //! (tickle ≥ 1 s apart, validate ≥ 60 s apart, 429 → back-off).
 //!
+//! What goes wrong, and how it is reported:
+//!
+//! | situation | result |
+//! |---|---|
+//! | gateway: no session (401, 302 to `/sso/Login`, `{"error":"no session"}`) | [`Error::ActionRequired`](crate::Error::ActionRequired)`(BrowserLogin)`, state [`IbkrState::BrowserLoginRequired`], not retried |
+//! | OAuth: 401 on `/oauth/live_session_token` | [`Error::CredentialsRejected`](crate::Error::CredentialsRejected), state [`IbkrState::Closed`], never retried |
+//! | OAuth: derived token does not match `live_session_token_signature` | [`CryptoError::LiveSessionTokenMismatch`](crate::CryptoError::LiveSessionTokenMismatch), state `Closed` |
+//! | OAuth: 401 on a signed request | one new live session token, then the request again; a second 401 is [`Error::Unauthorized`](crate::Error::Unauthorized) |
+//! | 429 | [`Error::Throttled`](crate::Error::Throttled), state [`IbkrState::BackingOff`] for [`IbkrConfig::throttle_backoff`] |
+//! | `ssodh/init` failing | retried [`IbkrConfig::init_attempts`] times with back-off, then [`Error::Unavailable`](crate::Error::Unavailable) |
+//! | a failed keep-alive tickle | that tickle's operation fails; the keep-alive goes on |
+//!
 //! ```
 //! use std::time::{Duration, Instant, SystemTime};
 //! use broker_session::ibkr::{IbkrConfig, IbkrIntent, IbkrSession};
