@@ -146,7 +146,8 @@ pub struct IbkrConfig {
     pub base_url: String,
     /// `compete` in `ssodh/init`: `true` takes over a brokerage session held elsewhere
     /// (TWS, mobile, another API client) for the same username. Default `true` (what
-    /// IBKR's examples and ibind use); set `false` to leave other sessions alone.
+    /// IBKR's examples and ibind use); set `false` to leave other sessions alone. It
+    /// also decides whether the keep-alive re-initialises a session it finds competing.
     pub compete: bool,
     /// Initialise the brokerage session (`ssodh/init`) automatically after the OAuth
     /// login and whenever the status says "not authenticated". Default `true`.

@@ -582,8 +582,7 @@ impl IbkrSession {
             return self.on_lst(resp, dh, now);
         }
         if st == http::StatusCode::TOO_MANY_REQUESTS {
-            let until = self.enter_backoff(now);
-            let _ = until;
+            self.enter_backoff(now);
             let retry_after = self.cfg.throttle_backoff;
             return self.finish(Err(Error::Throttled {
                 error: api_error(resp),
