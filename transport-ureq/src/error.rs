@@ -26,6 +26,9 @@ pub enum Error {
     Stalled,
     /// The operating system's random number generator failed.
     Random,
+    /// An operation ended with an outcome of another kind than its intent produces
+    /// (a bug in the machine: please report it).
+    UnexpectedOutcome,
     /// The keep-alive thread could not be started.
     ThreadSpawn,
 }
@@ -42,6 +45,9 @@ impl fmt::Display for Error {
                 "the session machine went idle before the operation ended (a bug: please report it)",
             ),
             Self::Random => f.write_str("the operating system's random number generator failed"),
+            Self::UnexpectedOutcome => f.write_str(
+                "the operation ended with an unexpected kind of outcome (a bug: please report it)",
+            ),
             Self::ThreadSpawn => f.write_str("the keep-alive thread could not be started"),
         }
     }

@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod brokers;
 mod client;
 mod config;
 mod error;
