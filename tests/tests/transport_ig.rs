@@ -113,12 +113,13 @@ mod blocking {
 
     #[test]
     fn v3_proactive_refresh_with_keep_alive_and_busy_threads() {
-        let mut fc = FakeIgConfig::default();
-        fc.access_ttl = Duration::from_secs(2);
-        let (server, fake) = ig_server(fc);
+        let (server, fake) = ig_server(FakeIgConfig {
+            access_ttl: Duration::from_secs(2),
+            ..FakeIgConfig::default()
+        });
         let mut cfg = ig_config(&server, &fake, LoginFlow::V3);
         cfg.refresh_margin = Duration::from_millis(1500);
-        let mut config = broker_session_ureq::Config::default();
+        let mut config = Config::default();
         config.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
         let c = Client::ig(cfg, &config).expect("client");
         c.login().expect("login");
