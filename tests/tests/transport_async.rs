@@ -278,3 +278,54 @@ fn session_needs_a_runtime() {
         Err(Error::NoRuntime)
     ));
 }
+
+#[test]
+fn exchange_dropped_with_its_runtime_reports_cancelled() {
+    let (server, _) = start_server();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = runtime.block_on(async {
+        let s = session(&server.http_url(), &Config::default());
+        // Submitting drives the machine, which spawns the exchange of /slow.
+        s.with_machine(|m| {
+            broker_session::Machine::submit(
+                m,
+                Intent::Get("/slow".into()),
+                broker_session_hyper::now(),
+            )
+        })
+        .expect("submit");
+        tokio::task::yield_now().await;
+        s
+    });
+    drop(runtime);
+    // The dropped exchange was reported as cancelled; the machine is not left waiting.
+    s.service();
+    let events = s.drain_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            broker_session::Event::Completed { result: Err(CoreError::Transport(f)), .. }
+                if f.kind == FailureKind::Cancelled
+        )),
+        "{events:?}"
+    );
+    // A transmit spawned on the dead runtime is dropped at once, while the session
+    // is locked: it must be reported, not deadlock.
+    s.with_machine(|m| {
+        broker_session::Machine::submit(m, Intent::Get("/echo".into()), broker_session_hyper::now())
+    })
+    .expect("submit");
+    s.service();
+    let events = s.drain_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            broker_session::Event::Completed { result: Err(CoreError::Transport(f)), .. }
+                if f.kind == FailureKind::Cancelled
+        )),
+        "{events:?}"
+    );
+}

@@ -55,6 +55,10 @@ pub(crate) struct Inner<M: Machine> {
     runtime: Handle,
     shared: Mutex<Shared<M>>,
     changed: Notify,
+    /// Failures of exchanges whose task was dropped. Kept apart from `shared`
+    /// because a task can be dropped while `shared` is locked (spawning on a runtime
+    /// that is shutting down drops the task at once); the next drive feeds them.
+    orphaned: Mutex<Vec<Input>>,
 }
 
 pub(crate) struct Shared<M: Machine> {
@@ -153,6 +157,12 @@ where
 {
     /// Polls the machine until it waits and hands each transmit to a spawned task.
     fn drive_locked(self: &Arc<Self>, g: &mut Shared<M>) {
+        let orphaned =
+            std::mem::take(&mut *self.orphaned.lock().unwrap_or_else(PoisonError::into_inner));
+        for input in orphaned {
+            g.in_flight = g.in_flight.saturating_sub(1);
+            g.machine.handle_input(input, now());
+        }
         let (sends, changed) = g.pump();
         for t in sends {
             let feed = FeedBack {
@@ -280,17 +290,15 @@ where
                 FailureKind::Cancelled,
                 "the exchange was dropped before it completed",
             );
-            let mut g = self.inner.lock();
-            g.in_flight = g.in_flight.saturating_sub(1);
-            g.machine.handle_input(
-                Input::Failed {
+            self.inner
+                .orphaned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Input::Failed {
                     id: self.id,
                     failure,
-                },
-                now(),
-            );
-            // No new tasks while the runtime may be shutting down: the next call on
-            // the session polls the machine again.
+                });
+            // The next drive (any call on the session, or a woken waiter) feeds it.
             self.inner.changed.notify_waiters();
         }
     }
@@ -350,6 +358,7 @@ where
                     dropped_events: 0,
                 }),
                 changed: Notify::new(),
+                orphaned: Mutex::new(Vec::new()),
             }),
         })
     }

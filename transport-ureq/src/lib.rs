@@ -7,7 +7,8 @@
 //! [`Client::service`] if you own the loop) runs the session's timers.
 //!
 //! ```no_run
-//! # fn demo<M: broker_session::Machine>(machine: M, intent: M::Intent) -> Result<(), broker_session_ureq::Error> {
+//! # fn demo<M>(machine: M, intent: M::Intent) -> Result<(), broker_session_ureq::Error>
+//! # where M: broker_session::Machine + Send + 'static, M::State: Send, M::Outcome: Send {
 //! use broker_session_ureq::{Client, Config};
 //!
 //! let client = Client::new(machine, &Config::default())?;
