@@ -306,3 +306,70 @@ mod nonblocking {
         assert_eq!(fake.lock().expect("f").stats.logins, 4);
     }
 }
+
+/// Every string the transports show (Debug and Display of clients, configs, events,
+/// errors) is free of the password, the API key and every token the fake issued (all
+/// of which contain `secret`).
+mod secrets {
+    use super::*;
+
+    fn assert_clean(what: &str, text: &str) {
+        assert!(!text.contains("secret"), "{what} leaks a secret: {text}");
+    }
+
+    #[test]
+    fn blocking_client_never_shows_secrets() {
+        use broker_session_ureq::{Client, Config, Tls};
+        for flow in [LoginFlow::V2, LoginFlow::V3] {
+            let (server, fake) = ig_server(FakeIgConfig::default());
+            let mut config = Config::default();
+            config.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
+            assert_clean("config", &format!("{config:?}"));
+            let c = Client::ig(ig_config(&server, &fake, flow), &config).expect("client");
+            c.login().expect("login");
+            c.send(accounts(&base(&server, &fake))).expect("send");
+            fake.lock().expect("f").revoke_access_tokens();
+            fake.lock().expect("f").expire_cst_sessions();
+            c.send(accounts(&base(&server, &fake))).expect("send");
+            assert_clean("client", &format!("{c:?} {:?}", c.http()));
+            assert_clean("events", &format!("{:?}", c.drain_events()));
+            // Errors: another host, a refused connection, a failed operation.
+            let e = c
+                .send(accounts("https://127.0.0.2:1/x"))
+                .expect_err("refused");
+            assert_clean("authorize error", &format!("{e:?} {e}"));
+            let dead = Client::ig(
+                {
+                    let mut cfg = ig_config(&server, &fake, flow);
+                    cfg.environment =
+                        IgEnvironment::Custom("https://127.0.0.1:1/gateway/deal".into());
+                    cfg.max_attempts = 1;
+                    cfg
+                },
+                &config,
+            )
+            .expect("client");
+            let e = dead.login().expect_err("no server");
+            assert_clean("transport error", &format!("{e:?} {e}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn async_session_never_shows_secrets() {
+        use broker_session_hyper::{Config, Session, Tls};
+        let (server, fake) = ig_server(FakeIgConfig::default());
+        let mut config = Config::default();
+        config.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
+        let s = Session::ig(ig_config(&server, &fake, LoginFlow::V3), &config).expect("session");
+        s.login().await.expect("login");
+        fake.lock().expect("f").revoke_access_tokens();
+        s.send(accounts(&base(&server, &fake))).await.expect("send");
+        assert_clean("session", &format!("{s:?} {:?} {config:?}", s.http()));
+        assert_clean("events", &format!("{:?}", s.drain_events()));
+        let e = s
+            .send(accounts("https://127.0.0.2:1/x"))
+            .await
+            .expect_err("refused");
+        assert_clean("error", &format!("{e:?} {e}"));
+    }
+}
