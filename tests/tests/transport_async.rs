@@ -329,3 +329,23 @@ fn exchange_dropped_with_its_runtime_reports_cancelled() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn submit_then_next_event() {
+    let (server, _) = start_server();
+    let s = session(&server.http_url(), &Config::default());
+    let op = s.submit(Intent::Get("/echo".into())).expect("submit");
+    let event = loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), s.next_event())
+            .await
+            .expect("an event");
+        if matches!(e, broker_session::Event::Completed { .. }) {
+            break e;
+        }
+    };
+    assert!(
+        matches!(&event, broker_session::Event::Completed { op: o, result: Ok(out) } if *o == op && out.status == 200),
+        "{event:?}"
+    );
+    s.with_machine(|_| format!("{s:?}"));
+}

@@ -289,3 +289,22 @@ fn debug_output_holds_no_token() {
     let err = c.send(get("http://127.0.0.2:1/x")).expect_err("refused");
     assert!(!format!("{err:?} {err}").contains(&token));
 }
+
+#[test]
+fn submit_then_service_delivers_the_result_as_an_event() {
+    let (server, _) = start_server();
+    let c = client(&server.http_url(), &Config::default());
+    let op = c.submit(Intent::Get("/echo".into())).expect("submit");
+    assert!(server.requests().is_empty(), "submit sends nothing");
+    c.service();
+    let events = c.drain_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            broker_session::Event::Completed { op: o, result: Ok(out) } if *o == op && out.status == 200
+        )),
+        "{events:?}"
+    );
+    // Debug does not deadlock while the lock is held.
+    c.with_machine(|_| format!("{c:?}"));
+}

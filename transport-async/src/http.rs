@@ -11,11 +11,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Config, Tls, is_loopback};
 use crate::error::Error;
 use crate::tls;
+
+/// How long an idle pooled connection is kept: shorter than the idle timeouts
+/// brokers' load balancers commonly use, so a kept connection is rarely found dead.
+const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(50);
 
 type Pool = LegacyClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -63,7 +67,10 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let pool = LegacyClient::builder(TokioExecutor::new()).build(connector);
+        let pool = LegacyClient::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
         Ok(Self {
             pool,
             settings: Arc::new(Settings {

@@ -44,9 +44,13 @@ impl<M: Machine> Clone for Session<M> {
 
 impl<M: Machine> std::fmt::Debug for Session<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("state", &self.inner.lock().machine.state())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Session");
+        // `try_lock`: Debug may be called while this thread holds the lock.
+        match self.inner.shared.try_lock() {
+            Ok(g) => d.field("state", &g.machine.state()),
+            Err(_) => d.field("state", &"<locked>"),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -387,6 +391,18 @@ where
             .map_err(Error::Session)
     }
 
+    /// Queues `intent` and starts it if the machine is idle, without waiting; returns
+    /// its operation id. Its result arrives as an [`Event::Completed`] in the event
+    /// buffer (see [`next_event`](Self::next_event)). Timers still need a driver:
+    /// [`keep_alive`](Self::keep_alive), [`service`](Self::service) or any awaiting
+    /// call.
+    pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
+        let mut g = self.inner.lock();
+        let op = g.machine.submit(intent, now()).map_err(Error::Usage)?;
+        self.inner.drive_locked(&mut g);
+        Ok(op)
+    }
+
     /// Sends an application request with the session's credentials and returns the
     /// broker's response, whatever its status.
     ///
@@ -456,7 +472,8 @@ where
     }
 
     /// Runs `f` on the machine under the session's lock, e.g. to read a getter the
-    /// [`Machine`] trait does not have. Do not block inside `f`.
+    /// [`Machine`] trait does not have. Do not block inside `f`, and do not call this
+    /// session from it (the lock is not reentrant).
     pub fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
         let mut g = self.inner.lock();
         let r = f(&mut g.machine);

@@ -41,9 +41,13 @@ impl<M: Machine> Clone for Client<M> {
 
 impl<M: Machine> std::fmt::Debug for Client<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("state", &self.state())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Client");
+        // `try_lock`: Debug may be called while this thread holds the lock.
+        match self.inner.shared.try_lock() {
+            Ok(g) => d.field("state", &g.machine.state()),
+            Err(_) => d.field("state", &"<locked>"),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -283,6 +287,21 @@ impl<M: Machine> Client<M> {
         r?.map_err(Error::Session)
     }
 
+    /// Queues `intent` without sending anything; returns its operation id. The
+    /// operation runs when the machine is next driven (by [`service`](Self::service),
+    /// the [`keep_alive`](Self::keep_alive) thread or any other call), and its result
+    /// arrives as an [`Event::Completed`] in the event buffer.
+    pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
+        let op = self
+            .inner
+            .lock()
+            .machine
+            .submit(intent, now())
+            .map_err(Error::Usage)?;
+        self.inner.notify();
+        Ok(op)
+    }
+
     /// Sends an application request with the session's credentials and returns the
     /// broker's response, whatever its status.
     ///
@@ -356,7 +375,8 @@ impl<M: Machine> Client<M> {
     }
 
     /// Runs `f` on the machine under the client's lock, e.g. to read a getter the
-    /// [`Machine`] trait does not have. Do not block inside `f`.
+    /// [`Machine`] trait does not have. Do not block inside `f`, and do not call this
+    /// client from it (the lock is not reentrant).
     pub fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
         let mut g = self.inner.lock();
         let r = f(&mut g.machine);
