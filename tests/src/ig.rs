@@ -220,7 +220,9 @@ pub struct FakeIg {
 
 impl std::fmt::Debug for FakeIg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeIg").field("stats", &self.stats).finish()
+        f.debug_struct("FakeIg")
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
@@ -484,7 +486,8 @@ impl FakeIg {
         let Ok(body) = serde_json::from_slice::<Value>(r.body) else {
             return self.reject(r, 400, "invalid.input");
         };
-        let (Some(identifier), Some(password)) = (body["identifier"].as_str(), body["password"].as_str())
+        let (Some(identifier), Some(password)) =
+            (body["identifier"].as_str(), body["password"].as_str())
         else {
             return self.reject(r, 400, "invalid.input");
         };
@@ -657,7 +660,11 @@ impl FakeIg {
         if !fetch {
             return respond(200, &[], &body);
         }
-        let (cst, xst) = match cst.and_then(|c| self.cst_sessions.get(&c).map(|s| (c.clone(), s.xst.clone()))) {
+        let (cst, xst) = match cst.and_then(|c| {
+            self.cst_sessions
+                .get(&c)
+                .map(|s| (c.clone(), s.xst.clone()))
+        }) {
             Some(pair) => pair,
             None => self.new_cst_session(account, now),
         };

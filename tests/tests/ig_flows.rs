@@ -113,7 +113,11 @@ fn v3_short_token_never_refreshes_in_a_loop() {
     s.run(IgIntent::Login).unwrap();
     s.advance(Duration::from_secs(60));
     // Margin clamped to half the TTL: one refresh per 2 s, not a storm.
-    assert!(s.broker.stats.refreshes <= 31, "{}", s.broker.stats.refreshes);
+    assert!(
+        s.broker.stats.refreshes <= 31,
+        "{}",
+        s.broker.stats.refreshes
+    );
     app_ok(&mut s);
 }
 
@@ -214,7 +218,11 @@ fn read_session_and_v3_streaming_tokens_survive_refresh() {
 
     let IgOutcome::Session {
         streaming_tokens, ..
-    } = s.run(IgIntent::ReadSession { fetch_tokens: false }).unwrap()
+    } = s
+        .run(IgIntent::ReadSession {
+            fetch_tokens: false,
+        })
+        .unwrap()
     else {
         panic!()
     };
@@ -255,10 +263,12 @@ fn v2_switch_uses_new_xst_and_old_one_is_rejected() {
     assert_eq!(app_ok(&mut s), "ACC-OTHER");
     // The old X-SECURITY-TOKEN is dead at the fake.
     let now = s.now();
-    let Some(resp) = (match broker_session_testkit::sim::FakeBroker::handle(&mut s.broker, &old, now) {
-        broker_session_testkit::sim::Reply::Response(r) => Some(r),
-        _ => None,
-    }) else {
+    let Some(resp) =
+        (match broker_session_testkit::sim::FakeBroker::handle(&mut s.broker, &old, now) {
+            broker_session_testkit::sim::Reply::Response(r) => Some(r),
+            _ => None,
+        })
+    else {
         panic!()
     };
     assert_eq!(resp.status(), 401);
@@ -303,7 +313,9 @@ fn v2_switch_errors_are_typed_and_keep_the_session() {
             make_default: false,
         })
         .unwrap_err();
-    assert!(matches!(e, Error::Rejected(ref a) if a.code_str() == "error.switch.invalid-accountId"));
+    assert!(
+        matches!(e, Error::Rejected(ref a) if a.code_str() == "error.switch.invalid-accountId")
+    );
     assert_eq!(app_ok(&mut s), "ACC-DEFAULT");
     s.run(IgIntent::SwitchAccount {
         account_id: "ACC-OTHER".into(),
@@ -326,7 +338,10 @@ fn v2_switch_survives_relogin() {
     let req = accounts_request(&s.broker);
     let out = s.app_request(&req).unwrap();
     assert_eq!(out.sends, 2);
-    assert_eq!(s.broker.stats.last_account_seen.as_deref(), Some("ACC-OTHER"));
+    assert_eq!(
+        s.broker.stats.last_account_seen.as_deref(),
+        Some("ACC-OTHER")
+    );
     assert_eq!(s.broker.stats.logins, 2);
 }
 
@@ -341,7 +356,9 @@ fn v3_switch_changes_the_account_header_without_a_request() {
             make_default: false,
         })
         .unwrap();
-    assert!(matches!(r, IgOutcome::Switched { ref account_id, already_active: false } if account_id == "ACC-OTHER"));
+    assert!(
+        matches!(r, IgOutcome::Switched { ref account_id, already_active: false } if account_id == "ACC-OTHER")
+    );
     assert_eq!(s.broker.stats.count("PUT /session"), puts);
     assert_eq!(app_ok(&mut s), "ACC-OTHER");
     // Refreshes and re-logins do not undo it.
@@ -401,8 +418,11 @@ fn logout_2xx_401_and_transport_failure_all_clear_state() {
     assert_eq!(s.machine.state(), IgState::LoggedOut);
     // Transport failure: forgotten anyway, not retried.
     s.run(IgIntent::Login).unwrap();
-    s.broker
-        .inject("/session", Some(http::Method::DELETE), Fault::Fail(FailureKind::Io));
+    s.broker.inject(
+        "/session",
+        Some(http::Method::DELETE),
+        Fault::Fail(FailureKind::Io),
+    );
     let deletes = s.broker.stats.count("DELETE /session");
     assert_eq!(
         s.run(IgIntent::Logout).unwrap(),
@@ -521,7 +541,10 @@ fn resume_for_another_base_url_is_refused() {
     let mut p = a.machine.snapshot().unwrap().expose_secrets();
     p.base_url = "https://elsewhere.test/gateway/deal".into();
     let mut b = sim(LoginFlow::V2);
-    assert!(b.submit(IgIntent::Resume(SessionSnapshot::from_persisted(p))).is_err());
+    assert!(
+        b.submit(IgIntent::Resume(SessionSnapshot::from_persisted(p)))
+            .is_err()
+    );
 }
 
 #[test]

@@ -624,7 +624,12 @@ impl IgSession {
         let status = response.status();
         let next = if status.is_success() {
             match self.apply_success(&step, response, now) {
-                Ok(()) => Next::Continue,
+                Ok(()) => {
+                    if let Some(op) = self.current.as_mut() {
+                        op.attempts = 0;
+                    }
+                    Next::Continue
+                }
                 Err(e) => self.on_decode_error(&step, e, now),
             }
         } else if status.is_redirection() || status.is_informational() {
@@ -648,12 +653,7 @@ impl IgSession {
             self.on_action(step, action, now)
         };
         match next {
-            Next::Continue => {
-                if let Some(op) = self.current.as_mut() {
-                    op.attempts = 0;
-                }
-                self.advance(now);
-            }
+            Next::Continue => self.advance(now),
             Next::Done(r) => self.finish(r, now),
         }
     }
@@ -663,6 +663,8 @@ impl IgSession {
     fn on_decode_error(&mut self, step: &Step, e: Error, now: Now) -> Next {
         match step {
             Step::Logout => Next::Done(Ok(())),
+            // An unusable refresh answer is a failed refresh: one login instead.
+            Step::Refresh => self.refresh_failed(e),
             Step::EncKey | Step::Login | Step::WebLogin => {
                 if matches!(e, Error::ActionRequired(_) | Error::Crypto(_)) {
                     self.close(e.clone(), now);
