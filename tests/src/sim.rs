@@ -242,10 +242,10 @@ impl<M: Machine, F: FakeBroker> Sim<M, F> {
         for _ in 0..STEP_LIMIT {
             let wait = self.pump();
             for e in &self.events[seen..] {
-                if let Event::Completed { op: done, result } = e {
-                    if *done == op {
-                        return result.clone();
-                    }
+                if let Event::Completed { op: done, result } = e
+                    && *done == op
+                {
+                    return result.clone();
                 }
             }
             seen = self.events.len();
