@@ -399,8 +399,8 @@ impl IgSession {
         if self.refresh_at.is_some_and(|t| t <= now.mono) && self.closed.is_none() {
             self.refresh_at = None;
             if matches!(self.tokens, Some(Tokens::OAuth { .. })) && self.recovery_op().is_none() {
-                let op = self.new_op(Kind::Refresh);
-                self.queue.push_back(op);
+                // Ahead of queued intents: they need a live token too.
+                self.enqueue_front(Kind::Refresh);
             }
         }
     }
