@@ -515,3 +515,47 @@ fn every_op_completes_exactly_once() {
     ids.dedup();
     assert_eq!(ids.len(), n);
 }
+
+#[test]
+fn fatal_application_answer_cancels_the_running_operation() {
+    let mut s = sim(LoginFlow::V2);
+    s.run(IgIntent::Login).unwrap();
+    let now = s.now();
+    let op = s
+        .submit(IgIntent::ReadSession {
+            fetch_tokens: false,
+        })
+        .unwrap();
+    // Let the machine send GET /session, but do not answer yet.
+    let broker_session::Output::Send(_t) = s.machine.poll_output(now) else {
+        panic!()
+    };
+    let mut req = accounts_request(&s.broker);
+    let stamp = s.machine.authorize(&mut req, now).unwrap();
+    let bad_key = http::Response::builder()
+        .status(403)
+        .body(br#"{"errorCode":"error.security.api-key-revoked"}"#.to_vec())
+        .unwrap();
+    assert!(matches!(
+        s.machine.observe(&bad_key, stamp, now),
+        Observation::Lost(Error::Rejected(_))
+    ));
+    s.pump();
+    let done: Vec<_> = s.completions().filter(|(o, _)| *o == op).collect();
+    assert_eq!(done.len(), 1);
+    assert!(matches!(done[0].1, Err(Error::Cancelled)));
+    assert!(matches!(s.machine.state(), IgState::Closed { .. }));
+}
+
+#[test]
+fn refused_encryption_key_does_not_recurse_into_logins() {
+    let mut s = sim(LoginFlow::EncryptedV2);
+    s.broker
+        .inject("/session/encryptionKey", None, Fault::error(401, None));
+    assert!(matches!(
+        s.run(IgIntent::Login),
+        Err(Error::Unauthorized(_))
+    ));
+    assert_eq!(s.broker.stats.count("GET /session/encryptionKey"), 1);
+    assert_eq!(s.broker.stats.count("POST /session"), 0);
+}

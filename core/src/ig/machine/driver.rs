@@ -102,11 +102,18 @@ impl Machine for IgSession {
         if let Some(until) = self.backoff_until.filter(|t| *t > now.mono) {
             return Err(AuthorizeError::BackingOff { until });
         }
-        if let Some(op) = self
+        // Credentials being replaced (or not yet validated) are not handed out.
+        let replacing = self
             .current
-            .as_ref()
+            .iter()
             .filter(|o| matches!(o.kind, Kind::Login | Kind::Resume | Kind::Recover))
-        {
+            .chain(
+                self.queue
+                    .iter()
+                    .filter(|o| matches!(o.kind, Kind::Resume | Kind::Recover)),
+            )
+            .next();
+        if let Some(op) = replacing {
             return Err(AuthorizeError::Pending { op: op.id });
         }
         if self.tokens.is_none() {
@@ -185,6 +192,10 @@ impl Machine for IgSession {
             }
             Action::Close(e) => {
                 self.close(e.clone(), now);
+                // The running operation's request was dropped with the session.
+                if self.current.is_some() {
+                    self.finish(Err(Error::Cancelled), now);
+                }
                 Observation::Lost(e)
             }
             _ => Observation::Accepted,

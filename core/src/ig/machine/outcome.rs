@@ -193,6 +193,10 @@ impl IgSession {
                 if step == Step::Refresh {
                     return self.refresh_failed(Error::Unauthorized(api));
                 }
+                if matches!(step, Step::EncKey | Step::Login | Step::WebLogin) {
+                    // Logging in again to fix a refused login would recurse.
+                    return Next::Done(Err(Error::Unauthorized(api)));
+                }
                 let Some(op) = self.current.as_mut() else {
                     return Next::Done(Err(Error::Unauthorized(api)));
                 };
