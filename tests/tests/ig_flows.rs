@@ -601,3 +601,55 @@ fn encrypted_password_too_long_for_the_key_is_a_crypto_error() {
     );
     assert!(matches!(s.machine.state(), IgState::Closed { .. }));
 }
+
+#[test]
+fn v3_configured_account_is_selected_locally() {
+    let fake = FakeIg::default();
+    let mut cfg = session_config(&fake, LoginFlow::V3);
+    cfg.account_id = Some("ACC-OTHER".into());
+    let clock = VirtualClock::new();
+    let mut s = Sim::with_clock(IgSession::new(cfg, clock.now()).unwrap(), fake, clock);
+    let IgOutcome::LoggedIn(info) = s.run(IgIntent::Login).unwrap() else {
+        panic!()
+    };
+    assert_eq!(info.account_id, "ACC-OTHER");
+    assert_eq!(s.broker.stats.count("PUT /session"), 0);
+    assert_eq!(app_ok(&mut s), "ACC-OTHER");
+}
+
+#[test]
+fn session_request_refused_mid_operation_is_recovered_once() {
+    use broker_session_testkit::ig::Fault;
+    let mut s = sim(LoginFlow::V3);
+    s.run(IgIntent::Login).unwrap();
+    s.broker.inject(
+        "/session",
+        Some(http::Method::GET),
+        Fault::error(401, Some("error.security.oauth-token-invalid")),
+    );
+    assert!(matches!(
+        s.run(IgIntent::ReadSession {
+            fetch_tokens: false
+        }),
+        Ok(IgOutcome::Session { .. })
+    ));
+    assert_eq!(s.broker.stats.refreshes, 1);
+
+    let mut s = sim(LoginFlow::V2);
+    s.run(IgIntent::Login).unwrap();
+    for _ in 0..2 {
+        s.broker.inject(
+            "/session",
+            Some(http::Method::GET),
+            Fault::error(401, Some("error.security.client-token-invalid")),
+        );
+    }
+    assert!(matches!(
+        s.run(IgIntent::ReadSession {
+            fetch_tokens: false
+        }),
+        Err(Error::Unauthorized(_))
+    ));
+    assert_eq!(s.broker.stats.logins, 2, "one re-login, then lost");
+    assert!(matches!(s.machine.state(), IgState::Lost { .. }));
+}

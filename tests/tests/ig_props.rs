@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use broker_session::ig::{BackOffs, Endpoint, IgIntent, IgSession, LoginFlow, classify, responses};
-use broker_session::{AuthStamp, FailureKind, Input, Machine, Output, TransportFailure};
+use broker_session::{
+    AuthStamp, Event, FailureKind, Input, Machine, OpId, Output, TransportFailure,
+};
 use broker_session_testkit::ig::{FakeIg, accounts_request, session_config};
 use broker_session_testkit::sim::{Sim, VirtualClock};
 use proptest::prelude::*;
@@ -115,7 +117,13 @@ fn flow() -> impl Strategy<Value = LoginFlow> {
 
 /// Feeds `feeds` to the machine as answers to whatever it sends, checking the loop
 /// contract on the way.
-fn pump_with(m: &mut IgSession, clock: &mut VirtualClock, feeds: &[Feed]) {
+fn pump_with(m: &mut IgSession, clock: &mut VirtualClock, feeds: &[Feed]) -> Vec<OpId> {
+    let mut done = Vec::new();
+    pump_into(m, clock, feeds, &mut done);
+    done
+}
+
+fn pump_into(m: &mut IgSession, clock: &mut VirtualClock, feeds: &[Feed], done: &mut Vec<OpId>) {
     let mut feeds = feeds.iter();
     for _ in 0..500 {
         let now = clock.now();
@@ -138,6 +146,7 @@ fn pump_with(m: &mut IgSession, clock: &mut VirtualClock, feeds: &[Feed]) {
                 };
                 m.handle_input(input, clock.now());
             }
+            Output::Event(Event::Completed { op, .. }) => done.push(op),
             Output::Event(_) => {}
             Output::Wait(w) => {
                 if let Some(at) = w {
@@ -182,13 +191,34 @@ proptest! {
         let fake = FakeIg::default();
         let mut clock = VirtualClock::new();
         let mut m = IgSession::new(session_config(&fake, f), clock.now()).unwrap();
-        m.submit(IgIntent::Login, clock.now()).unwrap();
-        pump_with(&mut m, &mut clock, &feeds);
-        let _ = m.submit(IgIntent::ReadSession { fetch_tokens: true }, clock.now());
-        let _ = m.submit(IgIntent::SwitchAccount { account_id: "X".into(), make_default: false }, clock.now());
-        let _ = m.submit(IgIntent::Logout, clock.now());
-        pump_with(&mut m, &mut clock, &feeds);
-        let _ = format!("{:?}", m.state());
+        let mut submitted = vec![m.submit(IgIntent::Login, clock.now()).unwrap()];
+        let mut done = pump_with(&mut m, &mut clock, &feeds);
+        submitted.extend(m.submit(IgIntent::ReadSession { fetch_tokens: true }, clock.now()));
+        submitted.extend(m.submit(IgIntent::SwitchAccount { account_id: "X".into(), make_default: false }, clock.now()));
+        submitted.extend(m.submit(IgIntent::Logout, clock.now()));
+        done.extend(pump_with(&mut m, &mut clock, &feeds));
+        // Drain to the end with no more answers: every request times out on the core's
+        // deadline, so every submitted operation completes, exactly once.
+        for _ in 0..200 {
+            let now = clock.now();
+            match m.poll_output(now) {
+                Output::Event(Event::Completed { op, .. }) => done.push(op),
+                Output::Wait(Some(at)) => {
+                    prop_assert!(at > now.mono);
+                    clock.advance_to(at);
+                    m.handle_input(Input::Timeout, clock.now());
+                }
+                Output::Wait(None) => break,
+                _ => {}
+            }
+        }
+        let mut sorted = done.clone();
+        sorted.sort();
+        sorted.dedup();
+        prop_assert_eq!(sorted.len(), done.len(), "an operation completed twice");
+        for op in submitted {
+            prop_assert!(done.contains(&op), "{} never completed", op);
+        }
     }
 
     #[test]
