@@ -359,7 +359,7 @@ impl FakeIg {
 
     /// Checks auth headers; returns the account the request acts on and the CST if CST
     /// mode.
-    fn check_auth(&mut self, r: &Req<'_>, now: Now) -> Result<(String, Option<String>), Resp> {
+    fn check_auth(&mut self, r: &Req<'_>, now: Now) -> Result<(String, Option<String>), Box<Resp>> {
         let h = r.headers;
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
         if let Some(auth) = get("authorization") {
@@ -370,16 +370,28 @@ impl FakeIg {
                 .filter(|g| g.expires_at > now.mono)
                 .map(|g| g.account.clone());
             let Some(default_account) = grant else {
-                return Err(self.reject(r, 401, "error.security.oauth-token-invalid"));
+                return Err(Box::new(self.reject(
+                    r,
+                    401,
+                    "error.security.oauth-token-invalid",
+                )));
             };
             let account = get("ig-account-id").unwrap_or(default_account);
             if !self.config.accounts.contains(&account) {
-                return Err(self.reject(r, 401, "error.security.account-access-denied"));
+                return Err(Box::new(self.reject(
+                    r,
+                    401,
+                    "error.security.account-access-denied",
+                )));
             }
             return Ok((account, None));
         }
         let Some(cst) = get("cst") else {
-            return Err(self.reject(r, 401, "error.security.client-token-missing"));
+            return Err(Box::new(self.reject(
+                r,
+                401,
+                "error.security.client-token-missing",
+            )));
         };
         let ttl = self.config.cst_idle_ttl;
         let valid = self
@@ -388,16 +400,32 @@ impl FakeIg {
             .is_some_and(|s| s.expires_at > now.mono);
         if !valid {
             self.cst_sessions.remove(&cst);
-            return Err(self.reject(r, 401, "error.security.client-token-invalid"));
+            return Err(Box::new(self.reject(
+                r,
+                401,
+                "error.security.client-token-invalid",
+            )));
         }
         let Some(xst) = get("x-security-token") else {
-            return Err(self.reject(r, 401, "error.security.account-token-missing"));
+            return Err(Box::new(self.reject(
+                r,
+                401,
+                "error.security.account-token-missing",
+            )));
         };
         let Some(s) = self.cst_sessions.get_mut(&cst) else {
-            return Err(self.reject(r, 401, "error.security.client-token-invalid"));
+            return Err(Box::new(self.reject(
+                r,
+                401,
+                "error.security.client-token-invalid",
+            )));
         };
         if s.xst != xst {
-            return Err(self.reject(r, 401, "error.security.account-token-invalid"));
+            return Err(Box::new(self.reject(
+                r,
+                401,
+                "error.security.account-token-invalid",
+            )));
         }
         s.expires_at = now.mono + ttl;
         Ok((s.account.clone(), Some(cst)))
@@ -644,7 +672,7 @@ impl FakeIg {
         }
         let (account, cst) = match self.check_auth(r, now) {
             Ok(a) => a,
-            Err(e) => return e,
+            Err(e) => return *e,
         };
         let body = json!({
             "clientId": "100001",
@@ -677,7 +705,7 @@ impl FakeIg {
         }
         let (current, cst) = match self.check_auth(r, now) {
             Ok(a) => a,
-            Err(e) => return e,
+            Err(e) => return *e,
         };
         let Some(cst) = cst else {
             // PUT /session in OAuth mode is unconfirmed at IG; the fake insists on CST.
@@ -731,7 +759,7 @@ impl FakeIg {
                     self.access.remove(t);
                 }
             }
-            Err(e) => return e,
+            Err(e) => return *e,
         }
         self.stats.logouts += 1;
         empty(204)
@@ -743,7 +771,7 @@ impl FakeIg {
         }
         let (account, _) = match self.check_auth(r, now) {
             Ok(a) => a,
-            Err(e) => return e,
+            Err(e) => return *e,
         };
         self.stats.last_account_seen = Some(account);
         let accounts: Vec<Value> = self
@@ -779,23 +807,22 @@ impl FakeBroker for FakeIg {
             .faults
             .iter()
             .position(|(p, m, _)| *p == path && m.as_ref().is_none_or(|m| m == method))
+            && let Some((_, _, fault)) = self.faults.remove(pos)
         {
-            if let Some((_, _, fault)) = self.faults.remove(pos) {
-                return match fault {
-                    Fault::Fail(kind) => Reply::Fail(TransportFailure::new(kind, "injected")),
-                    Fault::Respond {
-                        status,
-                        headers,
-                        body,
-                    } => {
-                        let mut b = http::Response::builder().status(status);
-                        for (k, v) in &headers {
-                            b = b.header(k.as_str(), v.as_str());
-                        }
-                        Reply::Response(b.body(body).unwrap_or_else(|_| empty(500)))
+            return match fault {
+                Fault::Fail(kind) => Reply::Fail(TransportFailure::new(kind, "injected")),
+                Fault::Respond {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    let mut b = http::Response::builder().status(status);
+                    for (k, v) in &headers {
+                        b = b.header(k.as_str(), v.as_str());
                     }
-                };
-            }
+                    Reply::Response(b.body(body).unwrap_or_else(|_| empty(500)))
+                }
+            };
         }
 
         let r = Req {

@@ -562,3 +562,94 @@ fn state_changes_are_reported() {
     assert_eq!(states.first(), Some(&IgState::LoggingIn));
     assert!(matches!(states.last(), Some(IgState::Active { .. })));
 }
+
+#[test]
+fn idle_cst_expiry_is_recovered_by_one_relogin() {
+    let mut s = sim(LoginFlow::V2);
+    s.run(IgIntent::Login).unwrap();
+    s.advance(Duration::from_secs(7 * 3600));
+    assert!(
+        s.delivered.len() == 1,
+        "a v2 session sends nothing while idle"
+    );
+    let req = accounts_request(&s.broker);
+    let out = s.app_request(&req).unwrap();
+    assert_eq!(out.sends, 2);
+    assert_eq!(out.response.unwrap().status(), 200);
+    assert_eq!(s.broker.stats.logins, 2);
+    assert!(
+        s.broker
+            .stats
+            .rejections
+            .iter()
+            .any(|(_, _, c)| c == "error.security.client-token-invalid")
+    );
+}
+
+#[test]
+fn encrypted_password_too_long_for_the_key_is_a_crypto_error() {
+    let mut s = sim(LoginFlow::EncryptedV2);
+    let long = "p".repeat(300);
+    s.broker.config.password = long.clone();
+    let mut cfg = session_config(&s.broker, LoginFlow::EncryptedV2);
+    cfg.password = long.into();
+    s.machine = IgSession::new(cfg, s.now()).unwrap();
+    assert!(matches!(s.run(IgIntent::Login), Err(Error::Crypto(_))));
+    assert_eq!(
+        s.broker.stats.login_attempts, 0,
+        "nothing sent after the key"
+    );
+    assert!(matches!(s.machine.state(), IgState::Closed { .. }));
+}
+
+#[test]
+fn v3_configured_account_is_selected_locally() {
+    let fake = FakeIg::default();
+    let mut cfg = session_config(&fake, LoginFlow::V3);
+    cfg.account_id = Some("ACC-OTHER".into());
+    let clock = VirtualClock::new();
+    let mut s = Sim::with_clock(IgSession::new(cfg, clock.now()).unwrap(), fake, clock);
+    let IgOutcome::LoggedIn(info) = s.run(IgIntent::Login).unwrap() else {
+        panic!()
+    };
+    assert_eq!(info.account_id, "ACC-OTHER");
+    assert_eq!(s.broker.stats.count("PUT /session"), 0);
+    assert_eq!(app_ok(&mut s), "ACC-OTHER");
+}
+
+#[test]
+fn session_request_refused_mid_operation_is_recovered_once() {
+    use broker_session_testkit::ig::Fault;
+    let mut s = sim(LoginFlow::V3);
+    s.run(IgIntent::Login).unwrap();
+    s.broker.inject(
+        "/session",
+        Some(http::Method::GET),
+        Fault::error(401, Some("error.security.oauth-token-invalid")),
+    );
+    assert!(matches!(
+        s.run(IgIntent::ReadSession {
+            fetch_tokens: false
+        }),
+        Ok(IgOutcome::Session { .. })
+    ));
+    assert_eq!(s.broker.stats.refreshes, 1);
+
+    let mut s = sim(LoginFlow::V2);
+    s.run(IgIntent::Login).unwrap();
+    for _ in 0..2 {
+        s.broker.inject(
+            "/session",
+            Some(http::Method::GET),
+            Fault::error(401, Some("error.security.client-token-invalid")),
+        );
+    }
+    assert!(matches!(
+        s.run(IgIntent::ReadSession {
+            fetch_tokens: false
+        }),
+        Err(Error::Unauthorized(_))
+    ));
+    assert_eq!(s.broker.stats.logins, 2, "one re-login, then lost");
+    assert!(matches!(s.machine.state(), IgState::Lost { .. }));
+}
