@@ -312,6 +312,20 @@ impl IbkrSession {
     }
 
     fn finish(&mut self, result: Result<IbkrOutcome, Error>) {
+        let connect_failed = result.is_err()
+            && matches!(
+                self.current.as_ref().map(|o| o.kind),
+                Some(Kind::Connect { .. })
+            );
+        if connect_failed
+            && matches!(
+                self.state,
+                IbkrState::Connecting | IbkrState::AcquiringToken
+            )
+        {
+            // Nothing established: do not stay "connecting" after giving up.
+            self.set_state(IbkrState::Disconnected);
+        }
         if let Some(op) = self.current.take() {
             self.complete(op, result);
         }
