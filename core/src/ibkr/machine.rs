@@ -43,6 +43,7 @@ enum Step {
     Reauth,
     Validate,
     Logout,
+    Accounts,
 }
 
 impl Step {
@@ -55,6 +56,7 @@ impl Step {
             Self::Reauth => "/iserver/reauthenticate",
             Self::Validate => "GET /sso/validate",
             Self::Logout => "POST /logout",
+            Self::Accounts => "GET /iserver/accounts",
         }
     }
 }
@@ -90,6 +92,8 @@ struct Op {
     lst_renewed: bool,
     /// Started by `observe` after a 401 on an application request.
     reactive: bool,
+    /// The ready status, kept while the accounts preflight runs.
+    ready: Option<super::decode::AuthStatus>,
 }
 
 struct InFlight {
@@ -131,6 +135,8 @@ pub struct IbkrSession {
     last_validate: Option<Instant>,
     backoff_until: Option<Instant>,
     closed: Option<Error>,
+    /// `/iserver/accounts` was queried since the session last became ready.
+    preflight_done: bool,
 }
 
 impl fmt::Debug for IbkrSession {
@@ -205,6 +211,7 @@ impl IbkrSession {
             last_validate: None,
             backoff_until: None,
             closed: None,
+            preflight_done: false,
         })
     }
 
@@ -248,6 +255,7 @@ impl IbkrSession {
             poll_deadline: None,
             lst_renewed: false,
             reactive,
+            ready: None,
         }
     }
 
@@ -278,6 +286,9 @@ impl IbkrSession {
     }
 
     fn set_state(&mut self, s: IbkrState) {
+        if !matches!(s, IbkrState::Ready | IbkrState::BackingOff { .. }) {
+            self.preflight_done = false;
+        }
         if self.state != s {
             self.state = s.clone();
             self.out.push_back(Output::Event(Event::StateChanged(s)));
@@ -574,6 +585,7 @@ impl IbkrSession {
                 _ => (Method::POST, "/iserver/reauthenticate", None),
             },
             Step::Validate => (Method::GET, "/sso/validate", None),
+            Step::Accounts => (Method::GET, "/iserver/accounts", None),
             Step::Logout | Step::Lst => (Method::POST, "/logout", None),
         };
         let mut req = encode::request(&self.base, method, path, body)?;

@@ -103,6 +103,10 @@ impl IbkrSession {
                 Ok(_) => self.begin_poll(now),
                 Err(e) => self.finish(Err(e.into())),
             },
+            Step::Accounts => {
+                self.preflight_done = true;
+                self.finish_preflight();
+            }
             Step::Validate => match decode::validate(body) {
                 Ok(v) => self.finish(Ok(IbkrOutcome::Validated(v))),
                 Err(e) => self.finish(Err(e.into())),
@@ -278,6 +282,14 @@ impl IbkrSession {
         let kind = op.kind;
         let compete = op.compete;
         if class == SessionClass::Ready && kind != Kind::CheckStatus {
+            if self.cfg.preflight_accounts && !self.preflight_done {
+                if let Some(op) = self.current.as_mut() {
+                    op.ready = Some(s);
+                    op.step = Step::Accounts;
+                    op.wake = None;
+                }
+                return;
+            }
             return self.finish(Ok(IbkrOutcome::Connected(s)));
         }
         match (kind, step) {
@@ -345,6 +357,8 @@ impl IbkrSession {
             return;
         };
         match step {
+            // The preflight is best effort: the session is ready either way.
+            Step::Accounts => self.finish_preflight(),
             Step::Init => {
                 op.init_attempts += 1;
                 if op.init_attempts < attempts {
@@ -363,6 +377,15 @@ impl IbkrSession {
             }
             _ => self.finish(Err(err)),
         }
+    }
+
+    pub(super) fn finish_preflight(&mut self) {
+        let status = self
+            .current
+            .as_mut()
+            .and_then(|o| o.ready.take())
+            .unwrap_or_default();
+        self.finish(Ok(IbkrOutcome::Connected(status)));
     }
 }
 
