@@ -165,7 +165,7 @@ impl IbkrSession {
     /// token secret are parsed (and decrypted) now, so a bad configuration fails here.
     ///
     /// # Errors
-    /// [`Error::Crypto`] ([`CryptoError::InvalidKey`]) for a key or prime that does not
+    /// [`Error::Crypto`] ([`CryptoError::InvalidKey`](crate::CryptoError::InvalidKey)) for a key or prime that does not
     /// parse, [`Error::Usage`] for a bad base URL.
     pub fn new(config: IbkrConfig, now: Now) -> Result<Self, Error> {
         let _ = now;
