@@ -41,7 +41,11 @@ fn connect_initialises_the_brokerage_session_and_keeps_it_alive() {
     assert_eq!(sim.machine.state(), IbkrState::Ready);
     assert_eq!(
         paths(&sim),
-        ["POST /iserver/auth/status", "POST /iserver/auth/ssodh/init"]
+        [
+            "POST /iserver/auth/status",
+            "POST /iserver/auth/ssodh/init",
+            "GET /iserver/accounts"
+        ]
     );
     // The gateway adds no credentials.
     assert!(sim.broker.requests.iter().all(|r| !r.authorized));
@@ -510,4 +514,27 @@ fn authorize_reports_a_missing_browser_login() {
             ActionRequired::BrowserLogin
         )))
     );
+}
+
+#[test]
+fn accounts_are_queried_once_per_ready_session_best_effort() {
+    let mut sim = sim();
+    sim.broker
+        .inject(Some("/iserver/accounts"), Fault::Status(500, ""));
+    let out = sim.run(IbkrIntent::Connect).unwrap();
+    assert!(matches!(out, IbkrOutcome::Connected(ref s) if s.authenticated == Some(true)));
+    assert_eq!(sim.broker.requests_to("/iserver/accounts").count(), 1);
+    // The failed preflight is tried again on the next Connect, then not any more.
+    sim.run(IbkrIntent::Connect).unwrap();
+    assert_eq!(sim.broker.requests_to("/iserver/accounts").count(), 2);
+    sim.run(IbkrIntent::Connect).unwrap();
+    assert_eq!(sim.broker.requests_to("/iserver/accounts").count(), 2);
+    // The session dropped and came back: queried again.
+    sim.broker.drop_brokerage_session();
+    sim.advance(Duration::from_secs(61));
+    assert_eq!(sim.broker.requests_to("/iserver/accounts").count(), 3);
+    // Off by configuration.
+    let mut sim = sim_with(FakeIbkr::gateway(), |c| c.preflight_accounts = false);
+    sim.run(IbkrIntent::Connect).unwrap();
+    assert_eq!(sim.broker.requests_to("/iserver/accounts").count(), 0);
 }

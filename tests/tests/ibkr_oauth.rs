@@ -50,7 +50,8 @@ fn connect_obtains_a_live_session_token_and_initialises() {
             [
                 "/oauth/live_session_token",
                 "/iserver/auth/status",
-                "/iserver/auth/ssodh/init"
+                "/iserver/auth/ssodh/init",
+                "/iserver/accounts"
             ]
         );
         assert!(sim.broker.requests.iter().all(|r| r.authorized));

@@ -197,3 +197,101 @@ proptest! {
         run(session, steps);
     }
 }
+
+fn fault() -> impl Strategy<Value = (Option<&'static str>, broker_session_testkit::ibkr::Fault)> {
+    use broker_session_testkit::ibkr::Fault;
+    let path = prop_oneof![
+        Just(None),
+        Just(Some("/tickle")),
+        Just(Some("/iserver/auth/status")),
+        Just(Some("/iserver/auth/ssodh/init")),
+    ];
+    let fault = prop_oneof![
+        Just(Fault::Status(500, r#"{"error":"Internal Server Error"}"#)),
+        Just(Fault::Status(503, "Service Unavailable")),
+        Just(Fault::Status(429, "")),
+        Just(Fault::Status(
+            401,
+            r#"{"error":"not authenticated","statusCode":401}"#
+        )),
+        Just(Fault::Body("{\"authenticated\":")),
+        Just(Fault::Body("[]")),
+        Just(Fault::Transport(FailureKind::Timeout)),
+        Just(Fault::Transport(FailureKind::Io)),
+    ];
+    (path, fault)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever transient faults hit the session, once they stop the session is
+    /// ready again: faults never lose an OAuth session for good.
+    #[test]
+    fn oauth_sessions_recover_from_transient_faults(faults in proptest::collection::vec(fault(), 0..12)) {
+        use broker_session::ibkr::IbkrState;
+        use broker_session_testkit::sim::Sim;
+        let (mut fake, oauth) = FakeIbkr::oauth(false);
+        for (p, f) in faults {
+            // A 401 on the token request itself is a credentials rejection (final by
+            // design), not a transient fault.
+            let p = match (&p, &f) {
+                (None, broker_session_testkit::ibkr::Fault::Status(401, _)) => Some("/tickle"),
+                _ => p,
+            };
+            fake.inject(p, f);
+        }
+        let clock = VirtualClock::new();
+        let mut config = FakeIbkr::oauth_config(oauth, 9);
+        config.throttle_backoff = Duration::from_secs(60);
+        let session = IbkrSession::new(config, clock.now()).unwrap();
+        let mut sim = Sim::with_clock(session, fake, clock);
+        let first = sim.run(IbkrIntent::Connect);
+        if first.is_err() {
+            prop_assert_ne!(sim.machine.state(), IbkrState::Connecting);
+        }
+        sim.advance(Duration::from_secs(3600));
+        // Each fault fails at most one attempt; repeated Connects bring the session back.
+        let mut attempts = 0;
+        while sim.run(IbkrIntent::Connect).is_err() {
+            attempts += 1;
+            prop_assert!(attempts <= 12, "still failing after the faults ran out");
+        }
+        prop_assert_eq!(sim.machine.state(), IbkrState::Ready);
+        prop_assert!(sim.broker.min_gap("/tickle").is_none_or(|g| g >= Duration::from_secs(1)));
+        prop_assert_eq!(sim.broker.oauth_server().unwrap().bad_signatures, 0);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The same for the gateway: after the faults, Connect works again, and the
+    /// keep-alive never breaks pacing.
+    #[test]
+    fn gateway_sessions_recover_from_transient_faults(faults in proptest::collection::vec(fault(), 0..12)) {
+        use broker_session::ibkr::IbkrState;
+        use broker_session_testkit::sim::Sim;
+        let mut fake = FakeIbkr::gateway();
+        for (p, f) in faults {
+            fake.inject(p, f);
+        }
+        let clock = VirtualClock::new();
+        let mut config = FakeIbkr::gateway_config(9);
+        config.throttle_backoff = Duration::from_secs(60);
+        let session = IbkrSession::new(config, clock.now()).unwrap();
+        let mut sim = Sim::with_clock(session, fake, clock);
+        let first = sim.run(IbkrIntent::Connect);
+        if first.is_err() {
+            prop_assert_ne!(sim.machine.state(), IbkrState::Connecting);
+        }
+        sim.advance(Duration::from_secs(3600));
+        let mut attempts = 0;
+        while sim.run(IbkrIntent::Connect).is_err() {
+            attempts += 1;
+            prop_assert!(attempts <= 12, "still failing after the faults ran out");
+        }
+        prop_assert_eq!(sim.machine.state(), IbkrState::Ready);
+        prop_assert!(sim.broker.min_gap("/tickle").is_none_or(|g| g >= Duration::from_secs(1)));
+    }
+}

@@ -152,6 +152,11 @@ pub struct IbkrConfig {
     /// Initialise the brokerage session (`ssodh/init`) automatically after the OAuth
     /// login and whenever the status says "not authenticated". Default `true`.
     pub auto_init: bool,
+    /// After the brokerage session becomes ready, `GET /iserver/accounts` once: IBKR
+    /// refuses other `/iserver` calls until accounts were queried ("Please query
+    /// /accounts first"). Best effort: its failure does not fail the operation.
+    /// Default `true`.
+    pub preflight_accounts: bool,
     /// How many `ssodh/init` attempts one operation makes before giving up. Default 3.
     pub init_attempts: u32,
     /// Pause before the second `ssodh/init` attempt; doubles for each further one.
@@ -193,6 +198,7 @@ impl IbkrConfig {
             base_url: base_url.to_owned(),
             compete: true,
             auto_init: true,
+            preflight_accounts: true,
             init_attempts: 3,
             init_backoff: Duration::from_secs(2),
             status_poll_interval: Duration::from_secs(1),

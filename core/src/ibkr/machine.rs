@@ -6,13 +6,11 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::config::{IbkrAuth, IbkrConfig, ReauthenticateMethod};
-use super::decode::{self, AuthStatus, TickleResponse};
 use super::encode::{self, Base, Signer};
 use super::oauth::dh::DhSecret;
-use super::oauth::lst::{live_session_token, validate_live_session_token};
-use super::status::{self, SessionClass};
+use super::status;
 use super::{IbkrIntent, IbkrOutcome, IbkrState};
-use crate::error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError, UsageError};
+use crate::error::{ActionRequired, Error, ProtocolError, UsageError};
 use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
     Transmit, TransportFailure,
@@ -29,6 +27,10 @@ const TICKLE_MIN_GAP: Duration = Duration::from_secs(1);
 /// IBKR's limit for `/sso/validate`.
 const VALIDATE_MIN_GAP: Duration = Duration::from_secs(60);
 
+mod answers;
+
+use answers::api_error;
+
 type Out = Output<IbkrState, IbkrOutcome>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +43,7 @@ enum Step {
     Reauth,
     Validate,
     Logout,
+    Accounts,
 }
 
 impl Step {
@@ -53,6 +56,7 @@ impl Step {
             Self::Reauth => "/iserver/reauthenticate",
             Self::Validate => "GET /sso/validate",
             Self::Logout => "POST /logout",
+            Self::Accounts => "GET /iserver/accounts",
         }
     }
 }
@@ -88,6 +92,8 @@ struct Op {
     lst_renewed: bool,
     /// Started by `observe` after a 401 on an application request.
     reactive: bool,
+    /// The ready status, kept while the accounts preflight runs.
+    ready: Option<super::decode::AuthStatus>,
 }
 
 struct InFlight {
@@ -129,6 +135,8 @@ pub struct IbkrSession {
     last_validate: Option<Instant>,
     backoff_until: Option<Instant>,
     closed: Option<Error>,
+    /// `/iserver/accounts` was queried since the session last became ready.
+    preflight_done: bool,
 }
 
 impl fmt::Debug for IbkrSession {
@@ -157,7 +165,7 @@ impl IbkrSession {
     /// token secret are parsed (and decrypted) now, so a bad configuration fails here.
     ///
     /// # Errors
-    /// [`Error::Crypto`] ([`CryptoError::InvalidKey`]) for a key or prime that does not
+    /// [`Error::Crypto`] ([`CryptoError::InvalidKey`](crate::CryptoError::InvalidKey)) for a key or prime that does not
     /// parse, [`Error::Usage`] for a bad base URL.
     pub fn new(config: IbkrConfig, now: Now) -> Result<Self, Error> {
         let _ = now;
@@ -203,6 +211,7 @@ impl IbkrSession {
             last_validate: None,
             backoff_until: None,
             closed: None,
+            preflight_done: false,
         })
     }
 
@@ -246,6 +255,7 @@ impl IbkrSession {
             poll_deadline: None,
             lst_renewed: false,
             reactive,
+            ready: None,
         }
     }
 
@@ -276,6 +286,9 @@ impl IbkrSession {
     }
 
     fn set_state(&mut self, s: IbkrState) {
+        if !matches!(s, IbkrState::Ready | IbkrState::BackingOff { .. }) {
+            self.preflight_done = false;
+        }
         if self.state != s {
             self.state = s.clone();
             self.out.push_back(Output::Event(Event::StateChanged(s)));
@@ -312,6 +325,20 @@ impl IbkrSession {
     }
 
     fn finish(&mut self, result: Result<IbkrOutcome, Error>) {
+        let connect_failed = result.is_err()
+            && matches!(
+                self.current.as_ref().map(|o| o.kind),
+                Some(Kind::Connect { .. })
+            );
+        if connect_failed
+            && matches!(
+                self.state,
+                IbkrState::Connecting | IbkrState::AcquiringToken
+            )
+        {
+            // Nothing established: do not stay "connecting" after giving up.
+            self.set_state(IbkrState::Disconnected);
+        }
         if let Some(op) = self.current.take() {
             self.complete(op, result);
         }
@@ -558,6 +585,7 @@ impl IbkrSession {
                 _ => (Method::POST, "/iserver/reauthenticate", None),
             },
             Step::Validate => (Method::GET, "/sso/validate", None),
+            Step::Accounts => (Method::GET, "/iserver/accounts", None),
             Step::Logout | Step::Lst => (Method::POST, "/logout", None),
         };
         let mut req = encode::request(&self.base, method, path, body)?;
@@ -566,357 +594,6 @@ impl IbkrSession {
         }
         Ok((req, None))
     }
-
-    // ---- answers ----------------------------------------------------------------
-
-    fn on_response(
-        &mut self,
-        step: Step,
-        resp: &http::Response<Vec<u8>>,
-        dh: Option<DhSecret>,
-        now: Now,
-    ) {
-        let st = resp.status();
-        let ep = step.endpoint();
-        if step == Step::Lst {
-            return self.on_lst(resp, dh, now);
-        }
-        if st == http::StatusCode::TOO_MANY_REQUESTS {
-            self.enter_backoff(now);
-            let retry_after = self.cfg.throttle_backoff;
-            return self.finish(Err(Error::Throttled {
-                error: api_error(resp),
-                retry_after,
-            }));
-        }
-        if status::is_no_session(resp) {
-            return self.on_no_session(step, resp);
-        }
-        if st.is_redirection() {
-            return self.on_failure(
-                step,
-                Error::Protocol(ProtocolError::Redirect {
-                    endpoint: ep,
-                    status: st.as_u16(),
-                }),
-                None,
-                now,
-            );
-        }
-        if !st.is_success() {
-            let err = if st.is_server_error() {
-                Error::Unavailable(api_error(resp))
-            } else {
-                Error::Rejected(api_error(resp))
-            };
-            return self.on_failure(step, err, None, now);
-        }
-        let body = resp.body().as_slice();
-        match step {
-            Step::Status | Step::Poll | Step::Init => match decode::auth_status(ep, body) {
-                Ok(s) => self.on_status(step, s, now),
-                Err(e) => self.on_failure(step, e.into(), None, now),
-            },
-            Step::Tickle => match decode::tickle(body) {
-                Ok(TickleResponse::Ok(info)) => {
-                    let keepalive = matches!(
-                        self.current.as_ref().map(|o| o.kind),
-                        Some(Kind::Tickle { keepalive: true })
-                    );
-                    let class = info.auth_status.as_ref().map(status::classify);
-                    if let Some(c) = class {
-                        self.apply_class(c);
-                    }
-                    self.finish(Ok(IbkrOutcome::Tickled(*info)));
-                    if keepalive && self.cfg.auto_init {
-                        let recover = match class {
-                            Some(SessionClass::NotAuthenticated | SessionClass::NotConnected) => {
-                                true
-                            }
-                            Some(SessionClass::Competing) => self.cfg.compete,
-                            _ => false,
-                        };
-                        if recover
-                            && !self
-                                .queue
-                                .iter()
-                                .any(|o| matches!(o.kind, Kind::Connect { .. }))
-                        {
-                            self.machine_op(Kind::Connect { force_lst: false }, false, true);
-                        }
-                    }
-                }
-                Ok(TickleResponse::Failed { error }) => {
-                    let e = Error::Unavailable(ApiError::new(st.as_u16(), Some(&error)));
-                    self.finish(Err(e));
-                }
-                Err(e) => self.finish(Err(e.into())),
-            },
-            Step::Reauth => match decode::reauthenticate(body) {
-                Ok(_) => self.begin_poll(now),
-                Err(e) => self.finish(Err(e.into())),
-            },
-            Step::Validate => match decode::validate(body) {
-                Ok(v) => self.finish(Ok(IbkrOutcome::Validated(v))),
-                Err(e) => self.finish(Err(e.into())),
-            },
-            Step::Logout => {
-                let status = decode::logout(body).unwrap_or(None);
-                self.finish(Ok(IbkrOutcome::LoggedOut { status }));
-                self.after_logout();
-            }
-            Step::Lst => {}
-        }
-    }
-
-    fn after_logout(&mut self) {
-        self.lst = None;
-        self.lst_refresh_at = None;
-        self.generation += 1;
-        self.next_tickle = None;
-        self.set_state(IbkrState::Disconnected);
-    }
-
-    fn on_lst(&mut self, resp: &http::Response<Vec<u8>>, dh: Option<DhSecret>, now: Now) {
-        let st = resp.status();
-        if st == http::StatusCode::UNAUTHORIZED {
-            // The consumer key, access token or signature was refused: never retried.
-            return self.close(Error::CredentialsRejected(api_error(resp)));
-        }
-        if st == http::StatusCode::TOO_MANY_REQUESTS {
-            self.enter_backoff(now);
-            return self.finish(Err(Error::Throttled {
-                error: api_error(resp),
-                retry_after: self.cfg.throttle_backoff,
-            }));
-        }
-        if !st.is_success() {
-            let err = if st.is_redirection() {
-                Error::Protocol(ProtocolError::Redirect {
-                    endpoint: Step::Lst.endpoint(),
-                    status: st.as_u16(),
-                })
-            } else if st.is_server_error() {
-                Error::Unavailable(api_error(resp))
-            } else {
-                Error::Rejected(api_error(resp))
-            };
-            self.restore_after_lst_failure(now);
-            return self.finish(Err(err));
-        }
-        let result = self.derive_lst(resp.body(), dh);
-        match result {
-            Ok((token, expiration)) => {
-                let expires_at = expiration.map(|ms| now.instant_at_epoch_millis(ms));
-                self.lst = Some(Lst { token, expires_at });
-                self.generation += 1;
-                self.lst_refresh_at = expires_at.map(|e| self.refresh_instant(e, now));
-                let reactive = self.current.as_ref().is_some_and(|o| o.reactive);
-                self.reactive_generation = reactive.then_some(self.generation);
-                if self.state == IbkrState::AcquiringToken {
-                    self.set_state(IbkrState::Connecting);
-                }
-                if let Some(op) = self.current.as_mut() {
-                    op.lst_renewed = true;
-                    op.step = op.resume.take().unwrap_or(Step::Status);
-                    op.wake = None;
-                }
-            }
-            Err(e @ Error::Crypto(CryptoError::LiveSessionTokenMismatch)) => self.close(e),
-            Err(e) => {
-                self.restore_after_lst_failure(now);
-                self.finish(Err(e));
-            }
-        }
-    }
-
-    fn restore_after_lst_failure(&mut self, now: Now) {
-        if self.state == IbkrState::AcquiringToken {
-            self.set_state(IbkrState::Disconnected);
-        }
-        // A failed proactive renewal is tried again while the old token still works.
-        if self.lst_valid(now) && self.lst_refresh_at.is_none() {
-            self.lst_refresh_at = Some(now.mono + Duration::from_secs(30));
-        }
-    }
-
-    fn derive_lst(
-        &self,
-        body: &[u8],
-        dh: Option<DhSecret>,
-    ) -> Result<(LiveSessionToken, Option<i64>), Error> {
-        let signer = self.signer.as_ref().ok_or(Error::Cancelled)?;
-        let secret = dh.ok_or(Error::Cancelled)?;
-        let r = decode::live_session_token(body)?;
-        let k = signer
-            .group()
-            .shared_secret(&secret, &r.diffie_hellman_response)?;
-        let token = live_session_token(k.expose_secret(), signer.prepend());
-        validate_live_session_token(
-            &token,
-            signer.consumer_key(),
-            &r.live_session_token_signature,
-        )?;
-        Ok((token, r.live_session_token_expiration))
-    }
-
-    /// Renew `margin` before expiry, but never in the first half of the token's life
-    /// and never sooner than a second from now (no renewal loops on short tokens).
-    fn refresh_instant(&self, expires_at: Instant, now: Now) -> Instant {
-        let margin = match &self.cfg.auth {
-            IbkrAuth::OAuth(o) => o.lst_refresh_margin,
-            IbkrAuth::Gateway => Duration::ZERO,
-        };
-        let life = expires_at.saturating_duration_since(now.mono);
-        let at = expires_at - margin.min(life / 2);
-        at.max(now.mono + Duration::from_secs(1))
-    }
-
-    fn on_no_session(&mut self, step: Step, resp: &http::Response<Vec<u8>>) {
-        if self.signer.is_some() {
-            let renewed = self.current.as_ref().is_none_or(|o| o.lst_renewed);
-            if renewed {
-                // A token this operation just obtained was refused: not another loop.
-                self.lst = None;
-                self.lst_refresh_at = None;
-                let err = Error::Unauthorized(api_error(resp));
-                self.finish(Err(err.clone()));
-                self.set_state(IbkrState::Disconnected);
-                self.out
-                    .push_back(Output::Event(Event::SessionLost { reason: err }));
-            } else {
-                self.lst = None;
-                if let Some(op) = self.current.as_mut() {
-                    op.resume = Some(if step == Step::Poll {
-                        Step::Status
-                    } else {
-                        step
-                    });
-                    op.step = Step::Lst;
-                    op.wake = None;
-                }
-            }
-        } else {
-            self.lose_to_browser_login();
-            self.finish(Err(Error::ActionRequired(ActionRequired::BrowserLogin)));
-        }
-    }
-
-    fn apply_class(&mut self, c: SessionClass) {
-        let s = match c {
-            SessionClass::Ready => IbkrState::Ready,
-            SessionClass::Competing => IbkrState::Competing,
-            SessionClass::NotAuthenticated => IbkrState::NotAuthenticated,
-            SessionClass::NotConnected => IbkrState::NotConnected,
-            SessionClass::NoSession => IbkrState::BrowserLoginRequired,
-            SessionClass::Unreachable => return,
-        };
-        self.set_state(s);
-    }
-
-    fn on_status(&mut self, step: Step, s: AuthStatus, now: Now) {
-        let class = status::classify(&s);
-        self.apply_class(class);
-        if self.session_alive() {
-            self.start_keepalive(now);
-        }
-        let Some(op) = self.current.as_ref() else {
-            return;
-        };
-        let kind = op.kind;
-        let compete = op.compete;
-        if class == SessionClass::Ready && kind != Kind::CheckStatus {
-            return self.finish(Ok(IbkrOutcome::Connected(s)));
-        }
-        match (kind, step) {
-            (Kind::CheckStatus, _) => self.finish(Ok(IbkrOutcome::Status(s))),
-            (_, Step::Init | Step::Poll) => self.continue_poll(s, now),
-            (Kind::Connect { .. }, Step::Status) => {
-                let init = self.cfg.auto_init && (class != SessionClass::Competing || compete);
-                if init {
-                    if let Some(op) = self.current.as_mut() {
-                        op.step = Step::Init;
-                    }
-                } else {
-                    self.finish(Ok(IbkrOutcome::Status(s)));
-                }
-            }
-            _ => self.continue_poll(s, now),
-        }
-    }
-
-    fn begin_poll(&mut self, now: Now) {
-        let interval = self.cfg.status_poll_interval;
-        let deadline = now.mono + self.cfg.ready_timeout;
-        if let Some(op) = self.current.as_mut() {
-            op.step = Step::Poll;
-            op.poll_deadline = Some(deadline);
-            op.wake = Some(now.mono + interval);
-        }
-    }
-
-    fn continue_poll(&mut self, s: AuthStatus, now: Now) {
-        let interval = self.cfg.status_poll_interval;
-        let Some(op) = self.current.as_mut() else {
-            return;
-        };
-        let deadline = match op.poll_deadline {
-            Some(d) => d,
-            None => {
-                let d = now.mono + self.cfg.ready_timeout;
-                op.poll_deadline = Some(d);
-                d
-            }
-        };
-        if now.mono + interval > deadline {
-            let why = if status::classify(&s) == SessionClass::Competing {
-                "brokerage session still competing at the ready deadline"
-            } else {
-                "brokerage session not ready before the deadline"
-            };
-            return self.finish(Err(Error::Unavailable(ApiError::new(200, Some(why)))));
-        }
-        op.step = Step::Poll;
-        op.wake = Some(now.mono + interval);
-    }
-
-    fn on_failure(&mut self, step: Step, err: Error, dh: Option<DhSecret>, now: Now) {
-        drop(dh);
-        if step == Step::Lst {
-            self.restore_after_lst_failure(now);
-            return self.finish(Err(err));
-        }
-        let backoff = self.cfg.init_backoff;
-        let attempts = self.cfg.init_attempts;
-        let interval = self.cfg.status_poll_interval;
-        let Some(op) = self.current.as_mut() else {
-            return;
-        };
-        match step {
-            Step::Init => {
-                op.init_attempts += 1;
-                if op.init_attempts < attempts {
-                    let factor = 1u32 << (op.init_attempts - 1).min(16);
-                    op.wake = Some(now.mono + backoff.saturating_mul(factor));
-                } else {
-                    self.finish(Err(err));
-                }
-            }
-            Step::Poll => {
-                if op.poll_deadline.is_some_and(|d| now.mono + interval <= d) {
-                    op.wake = Some(now.mono + interval);
-                } else {
-                    self.finish(Err(err));
-                }
-            }
-            _ => self.finish(Err(err)),
-        }
-    }
-}
-
-fn api_error<B: AsRef<[u8]>>(resp: &http::Response<B>) -> ApiError {
-    let code = decode::error_text(resp.body().as_ref());
-    ApiError::new(resp.status().as_u16(), code.as_deref())
 }
 
 impl Machine for IbkrSession {
