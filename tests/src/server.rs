@@ -8,7 +8,7 @@
 //! uses). [`Server::trust_pem`] is the PEM a client must trust.
 //!
 //! A [`Reply::Fail`] from the fake becomes a real transport fault: a
-//! [`FailureKind::Timeout`](broker_session::FailureKind::Timeout) stalls the
+//! [`FailureKind::Timeout`] stalls the
 //! response for [`ServerOptions::stall`] and then drops the connection; any other
 //! kind drops the connection at once without a response.
 
