@@ -107,6 +107,10 @@ secret_string!(
     /// A private key in PEM form (IBKR OAuth 1.0a encryption or signature key).
     PrivateKeyPem
 );
+secret_string!(
+    /// An IBKR session id (`/tickle` `session`), the value of the WebSocket `api` cookie.
+    SessionId
+);
 
 /// Secret bytes (decrypted secrets, derived keys): redacted in `Debug`, zeroized on drop.
 ///

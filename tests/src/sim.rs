@@ -238,14 +238,15 @@ impl<M: Machine, F: FakeBroker> Sim<M, F> {
     where
         M::Outcome: Clone,
     {
-        let mut seen = self.events.len();
+        // From the start: the operation may have completed while an earlier one was awaited.
+        let mut seen = 0;
         for _ in 0..STEP_LIMIT {
             let wait = self.pump();
             for e in &self.events[seen..] {
-                if let Event::Completed { op: done, result } = e {
-                    if *done == op {
-                        return result.clone();
-                    }
+                if let Event::Completed { op: done, result } = e
+                    && *done == op
+                {
+                    return result.clone();
                 }
             }
             seen = self.events.len();

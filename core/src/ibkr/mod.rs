@@ -1,1 +1,150 @@
-//! Interactive Brokers sessions: Client Portal Gateway and OAuth 1.0a (filled in by the IBKR machine work).
+//! Interactive Brokers sessions: the Client Portal Gateway and OAuth 1.0a, one machine.
+//!
+//! Two ways in, one shared life:
+//!
+//! - **Client Portal Gateway** ([`IbkrConfig::gateway`]): the local gateway holds the
+//!   session after the user logs in with a browser; requests carry no credentials.
+//!   "No session" (401, a redirect to `/sso/Login`, `{"error":"no session"}`) becomes
+//!   [`IbkrState::BrowserLoginRequired`] and
+//!   [`ActionRequired::BrowserLogin`](crate::ActionRequired::BrowserLogin); the machine
+//!   never retries it in a loop, since only a person can log in.
+//! - **OAuth 1.0a** ([`IbkrConfig::oauth`]): the machine obtains a live session token
+//!   (`POST /oauth/live_session_token`, Diffie-Hellman, RSA-SHA256, HMAC-SHA1), renews
+//!   it before `live_session_token_expiration` and after a 401, and signs every request
+//!   (its own, and yours through [`Machine::authorize`](crate::Machine::authorize))
+//!   with HMAC-SHA256.
+//!
+//! Then both: `/iserver/auth/status` classified ([`status::SessionClass`]),
+//! `ssodh/init` with bounded attempts and status polling until ready, a keep-alive
+//! `/tickle` on a timer, `reauthenticate`, `/sso/validate`, `/logout`, and pacing
+//! (tickle ≥ 1 s apart, validate ≥ 60 s apart, 429 → back-off).
+//!
+//! What goes wrong, and how it is reported:
+//!
+//! | situation | result |
+//! |---|---|
+//! | gateway: no session (401, 302 to `/sso/Login`, `{"error":"no session"}`) | [`Error::ActionRequired`](crate::Error::ActionRequired)`(BrowserLogin)`, state [`IbkrState::BrowserLoginRequired`], not retried |
+//! | OAuth: 401 on `/oauth/live_session_token` | [`Error::CredentialsRejected`](crate::Error::CredentialsRejected), state [`IbkrState::Closed`], never retried |
+//! | OAuth: derived token does not match `live_session_token_signature` | [`CryptoError::LiveSessionTokenMismatch`](crate::CryptoError::LiveSessionTokenMismatch), state `Closed` |
+//! | OAuth: 401 on a signed request | one new live session token, then the request again; a second 401 is [`Error::Unauthorized`](crate::Error::Unauthorized) |
+//! | 429 | [`Error::Throttled`](crate::Error::Throttled), state [`IbkrState::BackingOff`] for [`IbkrConfig::throttle_backoff`] |
+//! | `ssodh/init` failing | retried [`IbkrConfig::init_attempts`] times with back-off, then [`Error::Unavailable`](crate::Error::Unavailable) |
+//! | a failed keep-alive tickle | that tickle's operation fails; the keep-alive goes on |
+//!
+//! ```
+//! use std::time::{Duration, Instant, SystemTime};
+//! use broker_session::ibkr::{IbkrConfig, IbkrIntent, IbkrSession};
+//! use broker_session::{Machine, Now, Output};
+//!
+//! let now = Now::new(Instant::now(), SystemTime::now());
+//! let mut session = IbkrSession::new(IbkrConfig::gateway(), now).unwrap();
+//! let op = session.submit(IbkrIntent::Connect, now).unwrap();
+//! // The first request probes the gateway's status (after a state-change event).
+//! let transmit = loop {
+//!     match session.poll_output(now) {
+//!         Output::Send(t) => break t,
+//!         Output::Event(_) => continue,
+//!         other => panic!("{other:?}"),
+//!     }
+//! };
+//! assert_eq!(transmit.request.uri(), "https://localhost:5000/v1/api/iserver/auth/status");
+//! # let _ = op;
+//! ```
+
+pub mod config;
+pub mod decode;
+pub mod encode;
+mod machine;
+pub mod oauth;
+pub mod status;
+
+use std::time::Instant;
+
+pub use config::{IbkrAuth, IbkrConfig, OAuthConfig, QuerySigning, ReauthenticateMethod};
+pub use decode::{AuthStatus, TickleInfo, ValidateInfo};
+pub use machine::IbkrSession;
+pub use status::SessionClass;
+
+/// What the user can ask an [`IbkrSession`] to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IbkrIntent {
+    /// Establish a ready brokerage session: (OAuth) obtain a live session token, probe
+    /// the status, `ssodh/init` when needed (per [`IbkrConfig::auto_init`] and
+    /// [`IbkrConfig::compete`]), poll until ready. Starts the keep-alive.
+    Connect,
+    /// `POST /iserver/auth/status`, classified.
+    CheckStatus,
+    /// `POST /iserver/auth/ssodh/init`, then poll the status until ready.
+    InitBrokerage {
+        /// Take over a brokerage session held elsewhere; `None` uses the config.
+        compete: Option<bool>,
+    },
+    /// `POST /tickle` now (the keep-alive tickles by itself).
+    Tickle,
+    /// `/iserver/reauthenticate` (deprecated by IBKR, asynchronous), then poll the
+    /// status until ready.
+    Reauthenticate,
+    /// `GET /sso/validate` (gateway only; at most once a minute: an early intent is
+    /// delayed, not sent early).
+    Validate,
+    /// OAuth only: obtain a new live session token now, then make sure the brokerage
+    /// session is ready.
+    RenewToken,
+    /// `POST /logout`; stops the keep-alive and forgets the live session token.
+    Logout,
+}
+
+/// The externally visible state of an [`IbkrSession`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IbkrState {
+    /// Nothing established yet, or logged out.
+    Disconnected,
+    /// Probing and initialising the brokerage session.
+    Connecting,
+    /// OAuth: obtaining a live session token.
+    AcquiringToken,
+    /// Gateway: nobody is logged in. Log in through the gateway's page in a browser,
+    /// then submit [`IbkrIntent::Connect`].
+    BrowserLoginRequired,
+    /// A session exists but is not connected to the IBKR backend.
+    NotConnected,
+    /// Connected, brokerage session not authenticated (the machine re-initialises it
+    /// when [`IbkrConfig::auto_init`] is set).
+    NotAuthenticated,
+    /// Another brokerage session for this username is active elsewhere.
+    Competing,
+    /// Authenticated, connected, not competing: `/iserver` calls work.
+    Ready,
+    /// IBKR answered 429: nothing is sent before `until`.
+    BackingOff {
+        /// When sending resumes.
+        until: Instant,
+    },
+    /// Credentials rejected or keys that do not match: nothing more is sent. Build a
+    /// new session with a corrected configuration.
+    Closed,
+}
+
+/// The typed result of a completed IBKR operation.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum IbkrOutcome {
+    /// The brokerage session is ready (Connect, InitBrokerage, Reauthenticate,
+    /// RenewToken and the machine's own recoveries).
+    Connected(AuthStatus),
+    /// The status as it is (CheckStatus; or Connect when policy stopped it short of
+    /// ready: [`IbkrConfig::auto_init`] off, or competing with
+    /// [`IbkrConfig::compete`] off).
+    Status(AuthStatus),
+    /// A tickle's answer.
+    Tickled(TickleInfo),
+    /// `/sso/validate`'s answer.
+    Validated(ValidateInfo),
+    /// Logged out; `status` is IBKR's `status` (or old `confirmed`) field.
+    LoggedOut {
+        /// What IBKR said, if anything.
+        status: Option<bool>,
+    },
+}

@@ -1,0 +1,394 @@
+//! Lenient response models and pure parsers for the IBKR session endpoints.
+//!
+//! Every field is optional and unknown fields are ignored: IBKR's OpenAPI files and
+//! its live answers disagree (`LOGIN_TYPE` vs `loginType`, `env` vs `envs`, i32 vs
+//! epoch milliseconds). Epoch milliseconds are `i64` and accepted as numbers or
+//! strings. Errors never quote the body.
+
+use serde::Deserialize;
+
+use crate::error::ProtocolError;
+use crate::secret::SessionId;
+use crate::wire::{opt_int_or_string, parse_json};
+
+/// Brokerage session status, from `/iserver/auth/status`, `ssodh/init` and the tickle's
+/// `iserver.authStatus`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct AuthStatus {
+    /// The brokerage session is authenticated (needed for `/iserver/*`).
+    pub authenticated: Option<bool>,
+    /// Another brokerage session for the same username exists elsewhere.
+    pub competing: Option<bool>,
+    /// Connected to the IBKR backend.
+    pub connected: Option<bool>,
+    /// The brokerage session is fully established (newer API versions only).
+    pub established: Option<bool>,
+    /// Status message (`""` when authenticated).
+    pub message: Option<String>,
+    /// Why the status could not be retrieved (`""` normally).
+    pub fail: Option<String>,
+    /// Internal IBKR MAC information.
+    #[serde(rename = "MAC")]
+    pub mac: Option<String>,
+    /// Internal hardware information.
+    pub hardware_info: Option<String>,
+    /// Server name and version (absent when unauthenticated).
+    #[serde(rename = "serverInfo")]
+    pub server_info: Option<ServerInfo>,
+}
+
+/// `serverInfo` of an [`AuthStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct ServerInfo {
+    /// e.g. `JifN19053`.
+    #[serde(rename = "serverName")]
+    pub server_name: Option<String>,
+    /// e.g. `Build 10.25.0p, Dec 5, 2023 5:48:12 PM`.
+    #[serde(rename = "serverVersion")]
+    pub server_version: Option<String>,
+}
+
+/// A successful `/tickle` answer.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TickleInfo {
+    /// Session id; the WebSocket needs it as cookie `api=<session>`.
+    pub session: Option<SessionId>,
+    /// Milliseconds until the SSO session expires.
+    pub sso_expires: Option<i64>,
+    /// IBKR's `collission` (sic) flag.
+    pub collision: Option<bool>,
+    /// Internal user id.
+    pub user_id: Option<i64>,
+    /// `iserver.authStatus`: the brokerage session status.
+    pub auth_status: Option<AuthStatus>,
+    /// `hmds.error` (typically `no bridge`), if any.
+    pub hmds_error: Option<String>,
+}
+
+/// A `/tickle` answer: IBKR's two shapes, the failure one (`{"error": …}`) checked first.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum TickleResponse {
+    /// The session answered.
+    Ok(Box<TickleInfo>),
+    /// `{"error": "…"}`: e.g. `no session`, or `failed to process request`.
+    Failed {
+        /// The error text.
+        error: String,
+    },
+}
+
+/// `/sso/validate` answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ValidateInfo {
+    /// `RESULT`: validation succeeded.
+    pub result: Option<bool>,
+    /// `USER_ID`.
+    pub user_id: Option<i64>,
+    /// `USER_NAME`.
+    pub user_name: Option<String>,
+    /// `AUTH_TIME`, epoch milliseconds.
+    pub auth_time: Option<i64>,
+    /// `EXPIRES`, milliseconds until the SSO session expires.
+    pub expires: Option<i64>,
+    /// `lastAccessed`, epoch milliseconds.
+    pub last_accessed: Option<i64>,
+    /// `LOGIN_TYPE` (or `loginType`): 1 live, 2 paper.
+    pub login_type: Option<i64>,
+    /// `PAPER_USER_NAME`.
+    pub paper_user_name: Option<String>,
+    /// `IS_MASTER`.
+    pub is_master: Option<bool>,
+    /// `IS_FREE_TRIAL`.
+    pub is_free_trial: Option<bool>,
+    /// `SF_ENABLED`.
+    pub sf_enabled: Option<bool>,
+    /// `QUALIFIED_FOR_MOBILE_AUTH`.
+    pub qualified_for_mobile_auth: Option<bool>,
+    /// `LANDING_APP`.
+    pub landing_app: Option<String>,
+    /// `region`.
+    pub region: Option<String>,
+    /// `features.env` (or `features.envs`), e.g. `PROD`.
+    pub env: Option<String>,
+}
+
+/// `/oauth/live_session_token` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LstResponse {
+    /// `diffie_hellman_response`: the broker's DH public value, hex.
+    pub diffie_hellman_response: String,
+    /// `live_session_token_signature`: hex HMAC-SHA1 of the consumer key under the LST.
+    pub live_session_token_signature: String,
+    /// `live_session_token_expiration`: epoch milliseconds.
+    pub live_session_token_expiration: Option<i64>,
+}
+
+/// Parses a BrokerageSessionStatus body.
+///
+/// # Errors
+/// [`ProtocolError::MalformedBody`] (or `BodyTooLarge`) for anything but a JSON object
+/// of the right field types.
+pub fn auth_status(endpoint: &'static str, body: &[u8]) -> Result<AuthStatus, ProtocolError> {
+    parse_json(endpoint, body)
+}
+
+/// Parses a `/tickle` body, detecting the `{"error": …}` variant first.
+///
+/// # Errors
+/// As [`auth_status`].
+pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
+    const EP: &str = "POST /tickle";
+    #[derive(Deserialize)]
+    struct Hmds {
+        error: Option<serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct Iserver {
+        #[serde(rename = "authStatus")]
+        auth_status: Option<AuthStatus>,
+    }
+    #[derive(Deserialize)]
+    struct Raw {
+        error: Option<serde_json::Value>,
+        session: Option<String>,
+        #[serde(rename = "ssoExpires", default, deserialize_with = "opt_int_or_string")]
+        sso_expires: Option<i64>,
+        collission: Option<bool>,
+        #[serde(rename = "userId", default, deserialize_with = "opt_int_or_string")]
+        user_id: Option<i64>,
+        hmds: Option<Hmds>,
+        iserver: Option<Iserver>,
+    }
+    let raw: Raw = parse_json(EP, body)?;
+    if let Some(err) = raw.error {
+        // Only the failure shape has a top-level `error`.
+        return Ok(TickleResponse::Failed {
+            error: value_text(&err),
+        });
+    }
+    Ok(TickleResponse::Ok(Box::new(TickleInfo {
+        session: raw.session.map(SessionId::new),
+        sso_expires: raw.sso_expires,
+        collision: raw.collission,
+        user_id: raw.user_id,
+        auth_status: raw.iserver.and_then(|i| i.auth_status),
+        hmds_error: raw.hmds.and_then(|h| h.error).map(|e| value_text(&e)),
+    })))
+}
+
+/// Parses a `/sso/validate` body.
+///
+/// # Errors
+/// As [`auth_status`].
+pub fn validate(body: &[u8]) -> Result<ValidateInfo, ProtocolError> {
+    #[derive(Deserialize)]
+    struct Features {
+        env: Option<String>,
+        envs: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[allow(non_snake_case)]
+    struct Raw {
+        RESULT: Option<bool>,
+        #[serde(default, deserialize_with = "opt_int_or_string")]
+        USER_ID: Option<i64>,
+        USER_NAME: Option<String>,
+        #[serde(default, deserialize_with = "opt_int_or_string")]
+        AUTH_TIME: Option<i64>,
+        #[serde(default, deserialize_with = "opt_int_or_string")]
+        EXPIRES: Option<i64>,
+        #[serde(
+            rename = "lastAccessed",
+            default,
+            deserialize_with = "opt_int_or_string"
+        )]
+        last_accessed: Option<i64>,
+        #[serde(default, deserialize_with = "opt_int_or_string")]
+        LOGIN_TYPE: Option<i64>,
+        #[serde(rename = "loginType", default, deserialize_with = "opt_int_or_string")]
+        login_type: Option<i64>,
+        PAPER_USER_NAME: Option<String>,
+        IS_MASTER: Option<bool>,
+        IS_FREE_TRIAL: Option<bool>,
+        SF_ENABLED: Option<bool>,
+        QUALIFIED_FOR_MOBILE_AUTH: Option<bool>,
+        LANDING_APP: Option<String>,
+        region: Option<String>,
+        features: Option<Features>,
+    }
+    let r: Raw = parse_json("GET /sso/validate", body)?;
+    let env = r.features.and_then(|f| f.env.or(f.envs));
+    Ok(ValidateInfo {
+        result: r.RESULT,
+        user_id: r.USER_ID,
+        user_name: r.USER_NAME,
+        auth_time: r.AUTH_TIME,
+        expires: r.EXPIRES,
+        last_accessed: r.last_accessed,
+        login_type: r.LOGIN_TYPE.or(r.login_type),
+        paper_user_name: r.PAPER_USER_NAME,
+        is_master: r.IS_MASTER,
+        is_free_trial: r.IS_FREE_TRIAL,
+        sf_enabled: r.SF_ENABLED,
+        qualified_for_mobile_auth: r.QUALIFIED_FOR_MOBILE_AUTH,
+        landing_app: r.LANDING_APP,
+        region: r.region,
+        env,
+    })
+}
+
+/// Parses a `/logout` body: `{"status": bool}`, or the old `{"confirmed": bool}`.
+///
+/// # Errors
+/// As [`auth_status`].
+pub fn logout(body: &[u8]) -> Result<Option<bool>, ProtocolError> {
+    #[derive(Deserialize)]
+    struct Raw {
+        status: Option<bool>,
+        confirmed: Option<bool>,
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let r: Raw = parse_json("POST /logout", body)?;
+    Ok(r.status.or(r.confirmed))
+}
+
+/// Parses a `/iserver/reauthenticate` body: the `message` (`triggered`).
+///
+/// # Errors
+/// As [`auth_status`].
+pub fn reauthenticate(body: &[u8]) -> Result<Option<String>, ProtocolError> {
+    #[derive(Deserialize)]
+    struct Raw {
+        message: Option<String>,
+    }
+    let r: Raw = parse_json("/iserver/reauthenticate", body)?;
+    Ok(r.message)
+}
+
+/// Parses the `/oauth/live_session_token` body.
+///
+/// # Errors
+/// [`ProtocolError::MissingField`] when `diffie_hellman_response` or
+/// `live_session_token_signature` is absent, otherwise as [`auth_status`].
+pub fn live_session_token(body: &[u8]) -> Result<LstResponse, ProtocolError> {
+    const EP: &str = "POST /oauth/live_session_token";
+    #[derive(Deserialize)]
+    struct Raw {
+        diffie_hellman_response: Option<String>,
+        live_session_token_signature: Option<String>,
+        #[serde(default, deserialize_with = "opt_int_or_string")]
+        live_session_token_expiration: Option<i64>,
+    }
+    let r: Raw = parse_json(EP, body)?;
+    Ok(LstResponse {
+        diffie_hellman_response: r
+            .diffie_hellman_response
+            .ok_or(ProtocolError::MissingField {
+                endpoint: EP,
+                field: "diffie_hellman_response",
+            })?,
+        live_session_token_signature: r.live_session_token_signature.ok_or(
+            ProtocolError::MissingField {
+                endpoint: EP,
+                field: "live_session_token_signature",
+            },
+        )?,
+        live_session_token_expiration: r.live_session_token_expiration,
+    })
+}
+
+/// The `error` text of an IBKR error body (`{"error": "…", "statusCode": 401}`), if
+/// the body is such an object. Never fails.
+pub fn error_text(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Raw {
+        error: Option<serde_json::Value>,
+    }
+    if body.len() > crate::MAX_BODY {
+        return None;
+    }
+    let r: Raw = serde_json::from_slice(body).ok()?;
+    r.error.map(|e| value_text(&e))
+}
+
+fn value_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_documented_bodies() {
+        let s = auth_status(
+            "x",
+            br#"{"authenticated":false,"competing":false,"connected":false,"MAC":"98:B2:C3:45:DE:F6"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.authenticated, Some(false));
+        assert_eq!(s.mac.as_deref(), Some("98:B2:C3:45:DE:F6"));
+        let s = auth_status("x", br#"{"authenticated":true,"connected":true,"competing":false,"established":true,"serverInfo":{"serverName":"JifN19053","serverVersion":"Build 10.25.0p"},"new":1}"#).unwrap();
+        assert_eq!(
+            s.server_info.unwrap().server_name.as_deref(),
+            Some("JifN19053")
+        );
+        assert!(auth_status("x", b"[]").is_err());
+    }
+
+    #[test]
+    fn tickle_both_shapes() {
+        let t = tickle(br#"{"session":"bb665d0f55b6289d70bc8ba97ee6d2fd","ssoExpires":460311,"collission":false,"userId":123456789,"hmds":{"error":"no bridge"},"iserver":{"authStatus":{"authenticated":true,"competing":false,"connected":true,"message":"","MAC":"98:F2:B3:23:BF:A0","serverInfo":{"serverName":"JifN19053","serverVersion":"Build"}},"tickle":true}}"#).unwrap();
+        let TickleResponse::Ok(info) = t else {
+            panic!()
+        };
+        assert_eq!(info.sso_expires, Some(460_311));
+        assert_eq!(info.hmds_error.as_deref(), Some("no bridge"));
+        assert_eq!(info.auth_status.unwrap().authenticated, Some(true));
+        assert!(!format!("{:?}", info.session).contains("bb665d0f"));
+        assert_eq!(
+            tickle(br#"{"error":"no session"}"#).unwrap(),
+            TickleResponse::Failed {
+                error: "no session".into()
+            }
+        );
+    }
+
+    #[test]
+    fn validate_accepts_both_spellings() {
+        let v = validate(br#"{"USER_ID":123,"USER_NAME":"u","RESULT":true,"AUTH_TIME":1702580846836,"lastAccessed":1702580846836,"LOGIN_TYPE":2,"features":{"env":"PROD","bond":true},"region":"NJ","EXPIRES":415890}"#).unwrap();
+        assert_eq!(v.auth_time, Some(1_702_580_846_836));
+        assert_eq!(v.login_type, Some(2));
+        assert_eq!(v.env.as_deref(), Some("PROD"));
+        let v = validate(br#"{"loginType":1,"features":{"envs":"TEST"}}"#).unwrap();
+        assert_eq!((v.login_type, v.env.as_deref()), (Some(1), Some("TEST")));
+    }
+
+    #[test]
+    fn logout_and_lst() {
+        assert_eq!(logout(br#"{"status":true}"#).unwrap(), Some(true));
+        assert_eq!(logout(br#"{"confirmed":false}"#).unwrap(), Some(false));
+        let l = live_session_token(br#"{"diffie_hellman_response":"74d2","live_session_token_signature":"712549e22ba937ab10bc8d571bd3a9c20c43d7cb","live_session_token_expiration":1714669716258}"#).unwrap();
+        assert_eq!(l.live_session_token_expiration, Some(1_714_669_716_258));
+        assert!(matches!(
+            live_session_token(br#"{"diffie_hellman_challenge":"74d2"}"#),
+            Err(ProtocolError::MissingField { .. })
+        ));
+        assert_eq!(
+            error_text(br#"{"error":"id: 3931, error: invalid consumer","statusCode":401}"#)
+                .as_deref(),
+            Some("id: 3931, error: invalid consumer")
+        );
+    }
+}

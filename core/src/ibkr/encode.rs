@@ -1,0 +1,321 @@
+//! Request builders for the session endpoints, and the OAuth 1.0a signer that stamps
+//! them (and the user's requests).
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rand_core::Rng;
+use rsa::PrivateKey;
+use zeroize::Zeroizing;
+
+use super::config::{OAuthConfig, QuerySigning};
+use super::oauth::base_string::{authorization_header, base_string, query_params};
+use super::oauth::dh::{DhGroup, DhSecret};
+use super::oauth::sign::{
+    decrypt_access_token_secret, hmac_sha256_signature, parse_private_key, rsa_sha256_signature,
+};
+use super::oauth::{hex_encode, percent};
+use crate::error::{CryptoError, Error, UsageError};
+use crate::rng::SessionRng;
+use crate::secret::{AccessToken, LiveSessionToken, SecretBytes, sensitive_header};
+use crate::time::Now;
+
+/// The session's base URL, split so requests can be built and checked against it.
+#[derive(Clone, Debug)]
+pub(crate) struct Base {
+    /// `https://host:port/v1/api` without a trailing slash.
+    pub(crate) url: String,
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Base {
+    pub(crate) fn parse(url: &str) -> Result<Self, UsageError> {
+        const BAD: UsageError = UsageError::InvalidArgument {
+            what: "base_url",
+            reason: "must be an absolute http(s) URL without query, e.g. https://localhost:5000/v1/api",
+        };
+        let url = url.trim().trim_end_matches('/');
+        let uri: http::Uri = url.parse().map_err(|_| BAD)?;
+        let scheme = uri.scheme_str().ok_or(BAD)?.to_ascii_lowercase();
+        if scheme != "https" && scheme != "http" {
+            return Err(BAD);
+        }
+        if uri.query().is_some() {
+            return Err(BAD);
+        }
+        let host = uri.host().ok_or(BAD)?.to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        Ok(Self {
+            url: url.to_owned(),
+            scheme,
+            host,
+            port,
+        })
+    }
+
+    /// Whether `uri` goes to this base's scheme, host and port.
+    pub(crate) fn same_origin(&self, uri: &http::Uri) -> bool {
+        let Some(scheme) = uri.scheme_str() else {
+            return false;
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        scheme == self.scheme
+            && uri
+                .host()
+                .is_some_and(|h| h.eq_ignore_ascii_case(&self.host))
+            && uri.port_u16().unwrap_or(default_port) == self.port
+    }
+}
+
+/// A session-management request: `Accept`, JSON `Content-Type` when there is a body,
+/// and `Content-Length` on every POST (IBKR's CDN answers 411 without it).
+pub(crate) fn request(
+    base: &Base,
+    method: http::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<http::Request<Vec<u8>>, Error> {
+    let mut b = http::Request::builder()
+        .method(method.clone())
+        .uri(format!("{}{path}", base.url))
+        .header(http::header::ACCEPT, "application/json");
+    let body = match body {
+        Some(b2) => {
+            b = b.header(http::header::CONTENT_TYPE, "application/json");
+            b2
+        }
+        None => Vec::new(),
+    };
+    if method == http::Method::POST {
+        b = b.header(http::header::CONTENT_LENGTH, body.len());
+    }
+    b.body(body).map_err(|_| {
+        Error::Usage(UsageError::InvalidArgument {
+            what: "base_url",
+            reason: "does not form a valid request URI",
+        })
+    })
+}
+
+/// `{"publish":true,"compete":<compete>}`: IBKR answers 500 when `publish` is false.
+pub fn ssodh_init_body(compete: bool) -> Vec<u8> {
+    format!("{{\"publish\":true,\"compete\":{compete}}}").into_bytes()
+}
+
+/// Everything needed to sign: keys parsed, the prepend decrypted, the DH group ready.
+pub(crate) struct Signer {
+    consumer_key: String,
+    access_token: AccessToken,
+    realm: String,
+    query_signing: QuerySigning,
+    signature_key: PrivateKey,
+    group: DhGroup,
+    prepend: SecretBytes,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer")
+            .field("consumer_key", &self.consumer_key)
+            .field("realm", &self.realm)
+            .field("query_signing", &self.query_signing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    pub(crate) fn new(c: &OAuthConfig, rng: &mut SessionRng) -> Result<Self, CryptoError> {
+        let encryption_key = parse_private_key(
+            c.encryption_key.expose_secret(),
+            "IBKR private encryption key",
+        )?;
+        let signature_key = parse_private_key(
+            c.signature_key.expose_secret(),
+            "IBKR private signature key",
+        )?;
+        let group = DhGroup::new(&c.dh_prime, c.dh_generator)?;
+        let prepend = decrypt_access_token_secret(
+            &encryption_key,
+            rng,
+            c.access_token_secret.expose_secret(),
+        )?;
+        Ok(Self {
+            consumer_key: c.consumer_key.clone(),
+            access_token: c.access_token.clone(),
+            realm: c.realm.clone(),
+            query_signing: c.query_signing,
+            signature_key,
+            group,
+            prepend,
+        })
+    }
+
+    pub(crate) fn consumer_key(&self) -> &str {
+        &self.consumer_key
+    }
+
+    pub(crate) fn group(&self) -> &DhGroup {
+        &self.group
+    }
+
+    pub(crate) fn prepend(&self) -> &[u8] {
+        self.prepend.expose_secret()
+    }
+
+    fn common_params(&self, rng: &mut SessionRng, method: &str, now: Now) -> Vec<(String, String)> {
+        vec![
+            ("oauth_consumer_key".to_owned(), self.consumer_key.clone()),
+            ("oauth_nonce".to_owned(), nonce(rng)),
+            ("oauth_signature_method".to_owned(), method.to_owned()),
+            ("oauth_timestamp".to_owned(), now.unix_seconds().to_string()),
+            (
+                "oauth_token".to_owned(),
+                self.access_token.expose_secret().to_owned(),
+            ),
+        ]
+    }
+
+    /// The `POST /oauth/live_session_token` request with a fresh DH secret.
+    pub(crate) fn lst_request(
+        &self,
+        base: &Base,
+        rng: &mut SessionRng,
+        now: Now,
+    ) -> Result<(http::Request<Vec<u8>>, DhSecret), Error> {
+        let secret = DhSecret::random(rng);
+        let challenge = self.group.challenge(&secret);
+        let path = "/oauth/live_session_token";
+        let url = format!("{}{path}", base.url);
+        let mut params = self.common_params(rng, "RSA-SHA256", now);
+        params.push(("diffie_hellman_challenge".to_owned(), challenge));
+        let prepend_hex = Zeroizing::new(hex_encode(self.prepend.expose_secret()));
+        let base_str = Zeroizing::new(base_string(&prepend_hex, "POST", &url, &params));
+        let sig = rsa_sha256_signature(&self.signature_key, rng, &base_str)?;
+        params.push(("oauth_signature".to_owned(), percent::encode(&sig)));
+        let header = authorization_header(&self.realm, &params);
+        let mut req = request(base, http::Method::POST, path, None)?;
+        set_authorization(&mut req, &header)?;
+        Ok((req, secret))
+    }
+
+    /// Stamps the HMAC-SHA256 `Authorization` header onto any request.
+    pub(crate) fn sign<B>(
+        &self,
+        req: &mut http::Request<B>,
+        lst: &LiveSessionToken,
+        rng: &mut SessionRng,
+        now: Now,
+    ) -> Result<(), Error> {
+        let uri = req.uri();
+        let url = url_without_query(uri);
+        let mut params = self.common_params(rng, "HMAC-SHA256", now);
+        let mut signed = params.clone();
+        if self.query_signing == QuerySigning::Include
+            && let Some(q) = uri.query()
+        {
+            {
+                let qp = query_params(q).ok_or(Error::Usage(UsageError::InvalidArgument {
+                    what: "request URI",
+                    reason: "query string has a malformed percent escape or is not UTF-8",
+                }))?;
+                signed.extend(qp);
+            }
+        }
+        let base_str = base_string("", req.method().as_str(), &url, &signed);
+        let key = Zeroizing::new(STANDARD.decode(lst.expose_secret()).map_err(|_| {
+            Error::Crypto(CryptoError::InvalidKey {
+                which: "IBKR live session token",
+            })
+        })?);
+        let sig = hmac_sha256_signature(&key, &base_str);
+        params.push(("oauth_signature".to_owned(), percent::encode(&sig)));
+        let header = authorization_header(&self.realm, &params);
+        set_authorization(req, &header)
+    }
+}
+
+fn set_authorization<B>(req: &mut http::Request<B>, header: &str) -> Result<(), Error> {
+    let v = sensitive_header(header).ok_or(Error::Crypto(CryptoError::Sign))?;
+    req.headers_mut().insert(http::header::AUTHORIZATION, v);
+    Ok(())
+}
+
+/// `scheme://authority/path` as it enters the base string: scheme and host lowercase,
+/// default ports dropped, no query.
+fn url_without_query(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    let port = match (uri.port_u16(), scheme.as_str()) {
+        (None, _) | (Some(443), "https") | (Some(80), "http") => String::new(),
+        (Some(p), _) => format!(":{p}"),
+    };
+    format!("{scheme}://{host}{port}{}", uri.path())
+}
+
+/// 16 characters from `[A-Za-z0-9]`, as ibind draws them.
+fn nonce(rng: &mut SessionRng) -> String {
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(16);
+    while out.len() < 16 {
+        // Rejection sampling keeps the distribution uniform (248 = 4 * 62).
+        let b = (rng.next_u32() & 0xff) as u8;
+        if b < 248 {
+            out.push(char::from(ALPHABET[usize::from(b % 62)]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_origin_checks() {
+        let b = Base::parse("https://localhost:5000/v1/api/").unwrap();
+        assert_eq!(b.url, "https://localhost:5000/v1/api");
+        assert!(b.same_origin(&"https://LOCALHOST:5000/v1/api/x".parse().unwrap()));
+        assert!(!b.same_origin(&"https://localhost:5001/v1/api/x".parse().unwrap()));
+        assert!(!b.same_origin(&"http://localhost:5000/v1/api/x".parse().unwrap()));
+        assert!(!b.same_origin(&"https://evil.example/v1/api/x".parse().unwrap()));
+        assert!(!b.same_origin(&"/v1/api/x".parse().unwrap()));
+        let d = Base::parse("https://api.ibkr.com/v1/api").unwrap();
+        assert!(d.same_origin(&"https://api.ibkr.com:443/v1/api/x".parse().unwrap()));
+        assert!(Base::parse("ftp://x/y").is_err());
+        assert!(Base::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn url_normalisation() {
+        assert_eq!(
+            url_without_query(&"HTTPS://API.ibkr.com:443/v1/api/x?a=1".parse().unwrap()),
+            "https://api.ibkr.com/v1/api/x"
+        );
+        assert_eq!(
+            url_without_query(&"https://localhost:5000/v1/api".parse().unwrap()),
+            "https://localhost:5000/v1/api"
+        );
+    }
+
+    #[test]
+    fn post_requests_carry_content_length() {
+        let b = Base::parse("https://localhost:5000/v1/api").unwrap();
+        let r = request(&b, http::Method::POST, "/tickle", None).unwrap();
+        assert_eq!(r.headers()["content-length"], "0");
+        let r = request(
+            &b,
+            http::Method::POST,
+            "/iserver/auth/ssodh/init",
+            Some(ssodh_init_body(true)),
+        )
+        .unwrap();
+        assert_eq!(r.body(), br#"{"publish":true,"compete":true}"#);
+        assert_eq!(r.headers()["content-length"], "31");
+    }
+}

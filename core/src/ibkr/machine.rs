@@ -1,0 +1,807 @@
+//! The IBKR session machine: transitions only. Requests are built in `encode`,
+//! answers parsed in `decode` and classified in `status`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::config::{IbkrAuth, IbkrConfig, ReauthenticateMethod};
+use super::encode::{self, Base, Signer};
+use super::oauth::dh::DhSecret;
+use super::status;
+use super::{IbkrIntent, IbkrOutcome, IbkrState};
+use crate::error::{ActionRequired, Error, ProtocolError, UsageError};
+use crate::machine::{
+    AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
+    Transmit, TransportFailure,
+};
+use crate::rng::{SessionRng, session_rng};
+use crate::secret::LiveSessionToken;
+use crate::time::Now;
+use crate::wire::Ids;
+
+/// Intents beyond this many queued are refused with [`UsageError::QueueFull`].
+const MAX_QUEUE: usize = 64;
+/// IBKR's limit for `/tickle`.
+const TICKLE_MIN_GAP: Duration = Duration::from_secs(1);
+/// IBKR's limit for `/sso/validate`.
+const VALIDATE_MIN_GAP: Duration = Duration::from_secs(60);
+
+mod answers;
+
+use answers::api_error;
+
+type Out = Output<IbkrState, IbkrOutcome>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Lst,
+    Status,
+    Init,
+    Poll,
+    Tickle,
+    Reauth,
+    Validate,
+    Logout,
+    Accounts,
+}
+
+impl Step {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Self::Lst => "POST /oauth/live_session_token",
+            Self::Status | Self::Poll => "POST /iserver/auth/status",
+            Self::Init => "POST /iserver/auth/ssodh/init",
+            Self::Tickle => "POST /tickle",
+            Self::Reauth => "/iserver/reauthenticate",
+            Self::Validate => "GET /sso/validate",
+            Self::Logout => "POST /logout",
+            Self::Accounts => "GET /iserver/accounts",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Connect, RenewToken, and the machine's recoveries and proactive renewals.
+    Connect {
+        force_lst: bool,
+    },
+    CheckStatus,
+    Init,
+    Tickle {
+        keepalive: bool,
+    },
+    Reauth,
+    Validate,
+    Logout,
+}
+
+#[derive(Debug)]
+struct Op {
+    id: OpId,
+    kind: Kind,
+    compete: bool,
+    step: Step,
+    /// Step to return to after a live session token renewed mid-operation.
+    resume: Option<Step>,
+    wake: Option<Instant>,
+    init_attempts: u32,
+    poll_deadline: Option<Instant>,
+    /// A live session token was obtained by this operation: a second 401 is final.
+    lst_renewed: bool,
+    /// Started by `observe` after a 401 on an application request.
+    reactive: bool,
+    /// The ready status, kept while the accounts preflight runs.
+    ready: Option<super::decode::AuthStatus>,
+}
+
+struct InFlight {
+    id: RequestId,
+    step: Step,
+    deadline: Instant,
+    dh: Option<DhSecret>,
+}
+
+struct Lst {
+    token: LiveSessionToken,
+    expires_at: Option<Instant>,
+}
+
+/// One Interactive Brokers session (gateway or OAuth 1.0a), driven through
+/// [`Machine`].
+///
+/// `Debug` shows the mode, state and timers; never a key, token or the prepend.
+pub struct IbkrSession {
+    cfg: IbkrConfig,
+    base: Base,
+    signer: Option<Signer>,
+    rng: SessionRng,
+    ids: Ids,
+    state: IbkrState,
+    /// State to return to when a back-off ends.
+    before_backoff: Option<IbkrState>,
+    lst: Option<Lst>,
+    lst_refresh_at: Option<Instant>,
+    generation: u64,
+    /// The generation a reactive recovery produced, until a response is accepted.
+    reactive_generation: Option<u64>,
+    queue: VecDeque<Op>,
+    current: Option<Op>,
+    in_flight: Option<InFlight>,
+    out: VecDeque<Out>,
+    next_tickle: Option<Instant>,
+    last_tickle: Option<Instant>,
+    last_validate: Option<Instant>,
+    backoff_until: Option<Instant>,
+    closed: Option<Error>,
+    /// `/iserver/accounts` was queried since the session last became ready.
+    preflight_done: bool,
+}
+
+impl fmt::Debug for IbkrSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IbkrSession")
+            .field(
+                "mode",
+                &if self.signer.is_some() {
+                    "oauth"
+                } else {
+                    "gateway"
+                },
+            )
+            .field("base_url", &self.base.url)
+            .field("state", &self.state)
+            .field("generation", &self.generation)
+            .field("has_lst", &self.lst.is_some())
+            .field("queued", &self.queue.len())
+            .field("next_tickle", &self.next_tickle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IbkrSession {
+    /// A session in [`IbkrState::Disconnected`]. Keys, the DH prime and the access
+    /// token secret are parsed (and decrypted) now, so a bad configuration fails here.
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] ([`CryptoError::InvalidKey`](crate::CryptoError::InvalidKey)) for a key or prime that does not
+    /// parse, [`Error::Usage`] for a bad base URL.
+    pub fn new(config: IbkrConfig, now: Now) -> Result<Self, Error> {
+        let _ = now;
+        let base = Base::parse(&config.base_url)?;
+        let mut rng = session_rng(&config.rng_seed);
+        let signer = match &config.auth {
+            IbkrAuth::Gateway => None,
+            IbkrAuth::OAuth(o) => Some(Signer::new(o, &mut rng)?),
+        };
+        let mut cfg = config;
+        // Bounded durations keep every `Instant + Duration` below overflow.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        cfg.tickle_interval = cfg.tickle_interval.clamp(TICKLE_MIN_GAP, year);
+        cfg.status_poll_interval = cfg
+            .status_poll_interval
+            .clamp(Duration::from_millis(100), year);
+        cfg.request_timeout = cfg.request_timeout.clamp(Duration::from_secs(1), year);
+        cfg.ready_timeout = cfg.ready_timeout.min(year);
+        cfg.init_backoff = cfg.init_backoff.min(year);
+        cfg.throttle_backoff = cfg.throttle_backoff.min(year);
+        cfg.init_attempts = cfg.init_attempts.clamp(1, 100);
+        if let IbkrAuth::OAuth(o) = &mut cfg.auth {
+            o.lst_refresh_margin = o.lst_refresh_margin.min(year);
+        }
+        Ok(Self {
+            cfg,
+            base,
+            signer,
+            rng,
+            ids: Ids::default(),
+            state: IbkrState::Disconnected,
+            before_backoff: None,
+            lst: None,
+            lst_refresh_at: None,
+            generation: 0,
+            reactive_generation: None,
+            queue: VecDeque::new(),
+            current: None,
+            in_flight: None,
+            out: VecDeque::new(),
+            next_tickle: None,
+            last_tickle: None,
+            last_validate: None,
+            backoff_until: None,
+            closed: None,
+            preflight_done: false,
+        })
+    }
+
+    /// Whether this session uses OAuth 1.0a (rather than the gateway).
+    pub fn is_oauth(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// The credential generation: increments with every new live session token and
+    /// on logout.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// When the keep-alive tickles next, if it runs.
+    pub fn next_tickle(&self) -> Option<Instant> {
+        self.next_tickle
+    }
+
+    fn new_op(&mut self, kind: Kind, reactive: bool) -> Op {
+        let step = match kind {
+            Kind::Connect { .. } | Kind::CheckStatus => Step::Status,
+            Kind::Init => Step::Init,
+            Kind::Tickle { .. } => Step::Tickle,
+            Kind::Reauth => Step::Reauth,
+            Kind::Validate => Step::Validate,
+            Kind::Logout => Step::Logout,
+        };
+        let step = match kind {
+            Kind::Connect { force_lst: true } if self.signer.is_some() => Step::Lst,
+            _ => step,
+        };
+        Op {
+            id: self.ids.op(),
+            kind,
+            compete: self.cfg.compete,
+            step,
+            resume: None,
+            wake: None,
+            init_attempts: 0,
+            poll_deadline: None,
+            lst_renewed: false,
+            reactive,
+            ready: None,
+        }
+    }
+
+    /// The operation currently obtaining a live session token, if any (running or
+    /// queued).
+    fn token_op(&self) -> Option<OpId> {
+        let running = self
+            .current
+            .as_ref()
+            .filter(|o| o.step == Step::Lst || matches!(o.kind, Kind::Connect { force_lst: true }));
+        running.map(|o| o.id).or_else(|| {
+            self.queue
+                .iter()
+                .find(|o| matches!(o.kind, Kind::Connect { force_lst: true }))
+                .map(|o| o.id)
+        })
+    }
+
+    fn machine_op(&mut self, kind: Kind, reactive: bool, front: bool) -> OpId {
+        let op = self.new_op(kind, reactive);
+        let id = op.id;
+        if front {
+            self.queue.push_front(op);
+        } else {
+            self.queue.push_back(op);
+        }
+        id
+    }
+
+    fn set_state(&mut self, s: IbkrState) {
+        if !matches!(s, IbkrState::Ready | IbkrState::BackingOff { .. }) {
+            self.preflight_done = false;
+        }
+        if self.state != s {
+            self.state = s.clone();
+            self.out.push_back(Output::Event(Event::StateChanged(s)));
+        }
+        self.update_keepalive_flag();
+    }
+
+    fn session_alive(&self) -> bool {
+        matches!(
+            self.state,
+            IbkrState::Ready
+                | IbkrState::NotAuthenticated
+                | IbkrState::Competing
+                | IbkrState::NotConnected
+        )
+    }
+
+    fn update_keepalive_flag(&mut self) {
+        if !self.session_alive() && !matches!(self.state, IbkrState::BackingOff { .. }) {
+            self.next_tickle = None;
+        }
+    }
+
+    fn start_keepalive(&mut self, now: Now) {
+        if self.next_tickle.is_none() {
+            let from = self.last_tickle.unwrap_or(now.mono).max(now.mono);
+            self.next_tickle = Some(from + self.cfg.tickle_interval);
+        }
+    }
+
+    fn complete(&mut self, op: Op, result: Result<IbkrOutcome, Error>) {
+        self.out
+            .push_back(Output::Event(Event::Completed { op: op.id, result }));
+    }
+
+    fn finish(&mut self, result: Result<IbkrOutcome, Error>) {
+        let connect_failed = result.is_err()
+            && matches!(
+                self.current.as_ref().map(|o| o.kind),
+                Some(Kind::Connect { .. })
+            );
+        if connect_failed
+            && matches!(
+                self.state,
+                IbkrState::Connecting | IbkrState::AcquiringToken
+            )
+        {
+            // Nothing established: do not stay "connecting" after giving up.
+            self.set_state(IbkrState::Disconnected);
+        }
+        if let Some(op) = self.current.take() {
+            self.complete(op, result);
+        }
+    }
+
+    /// The session will not send again: credentials rejected or keys wrong.
+    fn close(&mut self, err: Error) {
+        self.closed = Some(err.clone());
+        self.lst = None;
+        self.lst_refresh_at = None;
+        self.set_state(IbkrState::Closed);
+        self.finish(Err(err.clone()));
+        while let Some(op) = self.queue.pop_front() {
+            self.complete(op, Err(Error::Cancelled));
+        }
+        self.out
+            .push_back(Output::Event(Event::SessionLost { reason: err }));
+    }
+
+    fn lose_to_browser_login(&mut self) {
+        let had_session = self.session_alive();
+        self.set_state(IbkrState::BrowserLoginRequired);
+        let err = Error::ActionRequired(ActionRequired::BrowserLogin);
+        if had_session {
+            self.out
+                .push_back(Output::Event(Event::SessionLost { reason: err }));
+        }
+    }
+
+    fn enter_backoff(&mut self, now: Now) -> Instant {
+        let until = now.mono + self.cfg.throttle_backoff;
+        self.backoff_until = Some(until);
+        if !matches!(self.state, IbkrState::BackingOff { .. }) {
+            self.before_backoff = Some(self.state.clone());
+        }
+        self.set_state(IbkrState::BackingOff { until });
+        // The keep-alive restarts when the back-off ends.
+        self.next_tickle = None;
+        until
+    }
+
+    fn lst_valid(&self, now: Now) -> bool {
+        self.lst
+            .as_ref()
+            .is_some_and(|l| l.expires_at.is_none_or(|e| e > now.mono))
+    }
+
+    // ---- driving ----------------------------------------------------------------
+
+    fn drive(&mut self, now: Now) {
+        for _ in 0..64 {
+            if !self.step_once(now) {
+                break;
+            }
+        }
+    }
+
+    /// One unit of progress; `false` when nothing more can happen at `now`.
+    fn step_once(&mut self, now: Now) -> bool {
+        if self.closed.is_some() {
+            return false;
+        }
+        // A request nobody answered in time fails, so the machine never hangs.
+        if let Some(f) = &self.in_flight {
+            if now.mono >= f.deadline {
+                let step = f.step;
+                if let Some(f) = self.in_flight.take() {
+                    self.on_failure(
+                        step,
+                        Error::Protocol(ProtocolError::NoResponse {
+                            endpoint: step.endpoint(),
+                        }),
+                        f.dh,
+                        now,
+                    );
+                }
+                return true;
+            }
+            return false;
+        }
+        if let Some(until) = self.backoff_until
+            && now.mono >= until
+        {
+            {
+                self.backoff_until = None;
+                let back = self
+                    .before_backoff
+                    .take()
+                    .unwrap_or(IbkrState::Disconnected);
+                self.set_state(back);
+                if self.session_alive() {
+                    self.next_tickle = None;
+                    self.start_keepalive(now);
+                }
+                return true;
+            }
+        }
+        // Timers that start machine operations.
+        if let Some(at) = self.lst_refresh_at
+            && now.mono >= at
+        {
+            {
+                self.lst_refresh_at = None;
+                if self.token_op().is_none() {
+                    self.machine_op(Kind::Connect { force_lst: true }, false, false);
+                }
+                return true;
+            }
+        }
+        if let Some(at) = self.next_tickle
+            && now.mono >= at
+            && self.backoff_until.is_none()
+        {
+            {
+                self.next_tickle = None;
+                let already = self
+                    .queue
+                    .iter()
+                    .any(|o| o.kind == (Kind::Tickle { keepalive: true }));
+                if !already {
+                    self.machine_op(Kind::Tickle { keepalive: true }, false, false);
+                }
+                return true;
+            }
+        }
+        if self.current.is_none() {
+            match self.queue.pop_front() {
+                Some(op) => {
+                    self.current = Some(op);
+                    return true;
+                }
+                None => return false,
+            }
+        }
+        self.try_send(now)
+    }
+
+    fn try_send(&mut self, now: Now) -> bool {
+        if self.backoff_until.is_some_and(|u| u > now.mono) {
+            return false;
+        }
+        let Some(op) = self.current.as_ref() else {
+            return false;
+        };
+        if op.wake.is_some_and(|w| w > now.mono) {
+            return false;
+        }
+        let mut step = op.step;
+        // Pacing: an early tickle or validate waits for its slot.
+        let not_before = match step {
+            Step::Tickle => self.last_tickle.map(|t| t + TICKLE_MIN_GAP),
+            Step::Validate => self.last_validate.map(|t| t + VALIDATE_MIN_GAP),
+            _ => None,
+        };
+        if let Some(nb) = not_before.filter(|nb| *nb > now.mono) {
+            if let Some(op) = self.current.as_mut() {
+                op.wake = Some(nb);
+            }
+            return false;
+        }
+        // OAuth requests need a live session token: obtain one first.
+        if self.signer.is_some() && step != Step::Lst && !self.lst_valid(now) {
+            if step == Step::Logout {
+                self.finish(Ok(IbkrOutcome::LoggedOut { status: None }));
+                self.after_logout();
+                return true;
+            }
+            if let Some(op) = self.current.as_mut() {
+                op.resume = Some(step);
+                op.step = Step::Lst;
+            }
+            step = Step::Lst;
+        }
+        match self.build(step, now) {
+            Ok((request, dh)) => {
+                let id = self.ids.request();
+                match step {
+                    Step::Tickle => {
+                        self.last_tickle = Some(now.mono);
+                        if self.session_alive() {
+                            self.next_tickle = Some(now.mono + self.cfg.tickle_interval);
+                        }
+                    }
+                    Step::Validate => self.last_validate = Some(now.mono),
+                    Step::Lst if !self.lst_valid(now) => {
+                        self.set_state(IbkrState::AcquiringToken);
+                    }
+                    Step::Status
+                        if matches!(
+                            self.state,
+                            IbkrState::Disconnected
+                                | IbkrState::BrowserLoginRequired
+                                | IbkrState::AcquiringToken
+                        ) && matches!(
+                            self.current.as_ref().map(|o| o.kind),
+                            Some(Kind::Connect { .. })
+                        ) =>
+                    {
+                        self.set_state(IbkrState::Connecting);
+                    }
+                    _ => {}
+                }
+                self.in_flight = Some(InFlight {
+                    id,
+                    step,
+                    deadline: now.mono + self.cfg.request_timeout,
+                    dh,
+                });
+                self.out.push_back(Output::Send(Transmit { id, request }));
+            }
+            Err(e) => self.finish(Err(e)),
+        }
+        true
+    }
+
+    fn build(
+        &mut self,
+        step: Step,
+        now: Now,
+    ) -> Result<(http::Request<Vec<u8>>, Option<DhSecret>), Error> {
+        use http::Method;
+        if step == Step::Lst {
+            let signer = self
+                .signer
+                .as_ref()
+                .ok_or(Error::Usage(UsageError::Unsupported {
+                    intent: "renew token",
+                    reason: "only OAuth sessions have a live session token",
+                }))?;
+            let (req, dh) = signer.lst_request(&self.base, &mut self.rng, now)?;
+            return Ok((req, Some(dh)));
+        }
+        let compete = self.current.as_ref().is_some_and(|o| o.compete);
+        let (method, path, body) = match step {
+            Step::Status | Step::Poll => (Method::POST, "/iserver/auth/status", None),
+            Step::Init => (
+                Method::POST,
+                "/iserver/auth/ssodh/init",
+                Some(encode::ssodh_init_body(compete)),
+            ),
+            Step::Tickle => (Method::POST, "/tickle", None),
+            Step::Reauth => match self.cfg.reauthenticate_method {
+                ReauthenticateMethod::Get => (Method::GET, "/iserver/reauthenticate", None),
+                _ => (Method::POST, "/iserver/reauthenticate", None),
+            },
+            Step::Validate => (Method::GET, "/sso/validate", None),
+            Step::Accounts => (Method::GET, "/iserver/accounts", None),
+            Step::Logout | Step::Lst => (Method::POST, "/logout", None),
+        };
+        let mut req = encode::request(&self.base, method, path, body)?;
+        if let (Some(signer), Some(lst)) = (&self.signer, &self.lst) {
+            signer.sign(&mut req, &lst.token, &mut self.rng, now)?;
+        }
+        Ok((req, None))
+    }
+}
+
+impl Machine for IbkrSession {
+    type Intent = IbkrIntent;
+    type State = IbkrState;
+    type Outcome = IbkrOutcome;
+
+    fn submit(&mut self, intent: IbkrIntent, now: Now) -> Result<OpId, UsageError> {
+        if self.closed.is_some() {
+            return Err(UsageError::SessionClosed);
+        }
+        if self.queue.len() >= MAX_QUEUE {
+            return Err(UsageError::QueueFull);
+        }
+        let kind = match intent {
+            IbkrIntent::Connect => Kind::Connect { force_lst: false },
+            IbkrIntent::CheckStatus => Kind::CheckStatus,
+            IbkrIntent::InitBrokerage { .. } => Kind::Init,
+            IbkrIntent::Tickle => Kind::Tickle { keepalive: false },
+            IbkrIntent::Reauthenticate => Kind::Reauth,
+            IbkrIntent::Validate => {
+                if self.signer.is_some() {
+                    return Err(UsageError::Unsupported {
+                        intent: "validate",
+                        reason: "IBKR serves /sso/validate to gateway and OAuth 2.0 sessions only",
+                    });
+                }
+                Kind::Validate
+            }
+            IbkrIntent::RenewToken => {
+                if self.signer.is_none() {
+                    return Err(UsageError::Unsupported {
+                        intent: "renew token",
+                        reason: "only OAuth sessions have a live session token",
+                    });
+                }
+                Kind::Connect { force_lst: true }
+            }
+            IbkrIntent::Logout => Kind::Logout,
+        };
+        let mut op = self.new_op(kind, false);
+        if let IbkrIntent::InitBrokerage { compete: Some(c) } = intent {
+            op.compete = c;
+        }
+        let id = op.id;
+        self.queue.push_back(op);
+        self.drive(now);
+        Ok(id)
+    }
+
+    fn handle_input(&mut self, input: Input, now: Now) {
+        let (id, result): (RequestId, Result<http::Response<Vec<u8>>, TransportFailure>) =
+            match input {
+                Input::Response { id, response } => (id, Ok(response)),
+                Input::Failed { id, failure } => (id, Err(failure)),
+                _ => {
+                    self.drive(now);
+                    return;
+                }
+            };
+        if self.in_flight.as_ref().is_none_or(|f| f.id != id) {
+            return; // stale or unknown: ignored
+        }
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        match result {
+            Ok(resp) => self.on_response(f.step, &resp, f.dh, now),
+            Err(failure) => self.on_failure(f.step, Error::Transport(failure), f.dh, now),
+        }
+        self.drive(now);
+    }
+
+    fn poll_output(&mut self, now: Now) -> Out {
+        self.drive(now);
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if let Some(f) = &self.in_flight {
+            consider(Some(f.deadline));
+        } else if let Some(until) = self.backoff_until.filter(|u| *u > now.mono) {
+            // Nothing is sent while backing off; only the renewal timer may queue.
+            consider(Some(until));
+            consider(self.lst_refresh_at);
+        } else if self.closed.is_none() {
+            consider(self.current.as_ref().and_then(|o| o.wake));
+            consider(self.backoff_until);
+            consider(self.next_tickle);
+            consider(self.lst_refresh_at);
+        }
+        // Everything due has run in `drive`; keep the contract even so.
+        Output::Wait(next.map(|t| t.max(now.mono + Duration::from_millis(1))))
+    }
+
+    fn authorize<B>(
+        &mut self,
+        request: &mut http::Request<B>,
+        now: Now,
+    ) -> Result<AuthStamp, AuthorizeError> {
+        if !self.base.same_origin(request.uri()) {
+            return Err(AuthorizeError::Refused(UsageError::InvalidArgument {
+                what: "request URI",
+                reason: "not on the session's base URL scheme, host and port; credentials are never sent elsewhere",
+            }));
+        }
+        if let Some(e) = &self.closed {
+            return Err(AuthorizeError::Lost(e.clone()));
+        }
+        if let Some(until) = self.backoff_until.filter(|u| *u > now.mono) {
+            return Err(AuthorizeError::BackingOff { until });
+        }
+        let stamp = AuthStamp {
+            generation: self.generation,
+        };
+        if self.signer.is_none() {
+            if self.state == IbkrState::BrowserLoginRequired {
+                // The gateway would answer 401: say what the person has to do.
+                return Err(AuthorizeError::Lost(Error::ActionRequired(
+                    ActionRequired::BrowserLogin,
+                )));
+            }
+            return Ok(stamp);
+        }
+        if !self.lst_valid(now) {
+            if let Some(op) = self.token_op() {
+                return Err(AuthorizeError::Pending { op });
+            }
+            if self.state == IbkrState::Disconnected {
+                return Err(AuthorizeError::NotLoggedIn);
+            }
+            let op = self.machine_op(Kind::Connect { force_lst: true }, false, true);
+            return Err(AuthorizeError::Pending { op });
+        }
+        if let (Some(signer), Some(lst)) = (&self.signer, &self.lst) {
+            signer
+                .sign(request, &lst.token, &mut self.rng, now)
+                .map_err(|e| match e {
+                    Error::Usage(u) => AuthorizeError::Refused(u),
+                    other => AuthorizeError::Lost(other),
+                })?;
+        }
+        Ok(stamp)
+    }
+
+    fn observe<B: AsRef<[u8]>>(
+        &mut self,
+        response: &http::Response<B>,
+        stamp: AuthStamp,
+        now: Now,
+    ) -> Observation {
+        if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
+            let until = self.enter_backoff(now);
+            return Observation::BackOff { until };
+        }
+        if status::is_no_session(response) {
+            if self.signer.is_none() {
+                self.lose_to_browser_login();
+                return Observation::Lost(Error::ActionRequired(ActionRequired::BrowserLogin));
+            }
+            if stamp.generation < self.generation {
+                return Observation::Replay;
+            }
+            if let Some(e) = &self.closed {
+                return Observation::Lost(e.clone());
+            }
+            if let Some(op) = self.token_op() {
+                return Observation::Recover { op };
+            }
+            if self.reactive_generation == Some(self.generation) {
+                // Credentials from a reactive recovery refused before any success.
+                let err = Error::Unauthorized(api_error(response));
+                self.lst = None;
+                self.lst_refresh_at = None;
+                self.reactive_generation = None;
+                self.set_state(IbkrState::Disconnected);
+                self.out.push_back(Output::Event(Event::SessionLost {
+                    reason: err.clone(),
+                }));
+                return Observation::Lost(err);
+            }
+            let op = self.machine_op(Kind::Connect { force_lst: true }, true, true);
+            return Observation::Recover { op };
+        }
+        if status::is_no_bridge(response) && self.closed.is_none() {
+            if let Some(op) = self
+                .current
+                .iter()
+                .chain(self.queue.iter())
+                .find(|o| matches!(o.kind, Kind::Connect { .. }))
+            {
+                return Observation::Recover { op: op.id };
+            }
+            let op = self.machine_op(Kind::Connect { force_lst: false }, false, true);
+            return Observation::Recover { op };
+        }
+        if stamp.generation == self.generation && response.status().is_success() {
+            self.reactive_generation = None;
+        }
+        Observation::Accepted
+    }
+
+    fn state(&self) -> IbkrState {
+        self.state.clone()
+    }
+}

@@ -1,0 +1,395 @@
+//! How the machine reacts to each answer: the transitions after a response or a
+//! transport failure.
+
+use std::time::{Duration, Instant};
+
+use super::{IbkrSession, Kind, Lst, Step};
+use crate::error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError};
+use crate::ibkr::config::IbkrAuth;
+use crate::ibkr::decode::{self, AuthStatus, TickleResponse};
+use crate::ibkr::oauth::dh::DhSecret;
+use crate::ibkr::oauth::lst::{live_session_token, validate_live_session_token};
+use crate::ibkr::status::{self, SessionClass};
+use crate::ibkr::{IbkrOutcome, IbkrState};
+use crate::machine::{Event, Output};
+use crate::secret::LiveSessionToken;
+use crate::time::Now;
+
+impl IbkrSession {
+    pub(super) fn on_response(
+        &mut self,
+        step: Step,
+        resp: &http::Response<Vec<u8>>,
+        dh: Option<DhSecret>,
+        now: Now,
+    ) {
+        let st = resp.status();
+        let ep = step.endpoint();
+        if step == Step::Lst {
+            return self.on_lst(resp, dh, now);
+        }
+        if st == http::StatusCode::TOO_MANY_REQUESTS {
+            self.enter_backoff(now);
+            let retry_after = self.cfg.throttle_backoff;
+            return self.finish(Err(Error::Throttled {
+                error: api_error(resp),
+                retry_after,
+            }));
+        }
+        if status::is_no_session(resp) {
+            return self.on_no_session(step, resp);
+        }
+        if st.is_redirection() {
+            return self.on_failure(
+                step,
+                Error::Protocol(ProtocolError::Redirect {
+                    endpoint: ep,
+                    status: st.as_u16(),
+                }),
+                None,
+                now,
+            );
+        }
+        if !st.is_success() {
+            let err = if st.is_server_error() {
+                Error::Unavailable(api_error(resp))
+            } else {
+                Error::Rejected(api_error(resp))
+            };
+            return self.on_failure(step, err, None, now);
+        }
+        let body = resp.body().as_slice();
+        match step {
+            Step::Status | Step::Poll | Step::Init => match decode::auth_status(ep, body) {
+                Ok(s) => self.on_status(step, s, now),
+                Err(e) => self.on_failure(step, e.into(), None, now),
+            },
+            Step::Tickle => match decode::tickle(body) {
+                Ok(TickleResponse::Ok(info)) => {
+                    let keepalive = matches!(
+                        self.current.as_ref().map(|o| o.kind),
+                        Some(Kind::Tickle { keepalive: true })
+                    );
+                    let class = info.auth_status.as_ref().map(status::classify);
+                    if let Some(c) = class {
+                        self.apply_class(c);
+                    }
+                    self.finish(Ok(IbkrOutcome::Tickled(*info)));
+                    if keepalive && self.cfg.auto_init {
+                        let recover = match class {
+                            Some(SessionClass::NotAuthenticated | SessionClass::NotConnected) => {
+                                true
+                            }
+                            Some(SessionClass::Competing) => self.cfg.compete,
+                            _ => false,
+                        };
+                        if recover
+                            && !self
+                                .queue
+                                .iter()
+                                .any(|o| matches!(o.kind, Kind::Connect { .. }))
+                        {
+                            self.machine_op(Kind::Connect { force_lst: false }, false, true);
+                        }
+                    }
+                }
+                Ok(TickleResponse::Failed { error }) => {
+                    let e = Error::Unavailable(ApiError::new(st.as_u16(), Some(&error)));
+                    self.finish(Err(e));
+                }
+                Err(e) => self.finish(Err(e.into())),
+            },
+            Step::Reauth => match decode::reauthenticate(body) {
+                Ok(_) => self.begin_poll(now),
+                Err(e) => self.finish(Err(e.into())),
+            },
+            Step::Accounts => {
+                self.preflight_done = true;
+                self.finish_preflight();
+            }
+            Step::Validate => match decode::validate(body) {
+                Ok(v) => self.finish(Ok(IbkrOutcome::Validated(v))),
+                Err(e) => self.finish(Err(e.into())),
+            },
+            Step::Logout => {
+                let status = decode::logout(body).unwrap_or(None);
+                self.finish(Ok(IbkrOutcome::LoggedOut { status }));
+                self.after_logout();
+            }
+            Step::Lst => {}
+        }
+    }
+
+    pub(super) fn after_logout(&mut self) {
+        self.lst = None;
+        self.lst_refresh_at = None;
+        self.generation += 1;
+        self.next_tickle = None;
+        self.set_state(IbkrState::Disconnected);
+    }
+
+    pub(super) fn on_lst(
+        &mut self,
+        resp: &http::Response<Vec<u8>>,
+        dh: Option<DhSecret>,
+        now: Now,
+    ) {
+        let st = resp.status();
+        if st == http::StatusCode::UNAUTHORIZED {
+            // The consumer key, access token or signature was refused: never retried.
+            return self.close(Error::CredentialsRejected(api_error(resp)));
+        }
+        if st == http::StatusCode::TOO_MANY_REQUESTS {
+            self.enter_backoff(now);
+            return self.finish(Err(Error::Throttled {
+                error: api_error(resp),
+                retry_after: self.cfg.throttle_backoff,
+            }));
+        }
+        if !st.is_success() {
+            let err = if st.is_redirection() {
+                Error::Protocol(ProtocolError::Redirect {
+                    endpoint: Step::Lst.endpoint(),
+                    status: st.as_u16(),
+                })
+            } else if st.is_server_error() {
+                Error::Unavailable(api_error(resp))
+            } else {
+                Error::Rejected(api_error(resp))
+            };
+            self.restore_after_lst_failure(now);
+            return self.finish(Err(err));
+        }
+        let result = self.derive_lst(resp.body(), dh);
+        match result {
+            Ok((token, expiration)) => {
+                let expires_at = expiration.map(|ms| now.instant_at_epoch_millis(ms));
+                self.lst = Some(Lst { token, expires_at });
+                self.generation += 1;
+                self.lst_refresh_at = expires_at.map(|e| self.refresh_instant(e, now));
+                let reactive = self.current.as_ref().is_some_and(|o| o.reactive);
+                self.reactive_generation = reactive.then_some(self.generation);
+                if self.state == IbkrState::AcquiringToken {
+                    self.set_state(IbkrState::Connecting);
+                }
+                if let Some(op) = self.current.as_mut() {
+                    op.lst_renewed = true;
+                    op.step = op.resume.take().unwrap_or(Step::Status);
+                    op.wake = None;
+                }
+            }
+            Err(e @ Error::Crypto(CryptoError::LiveSessionTokenMismatch)) => self.close(e),
+            Err(e) => {
+                self.restore_after_lst_failure(now);
+                self.finish(Err(e));
+            }
+        }
+    }
+
+    pub(super) fn restore_after_lst_failure(&mut self, now: Now) {
+        if self.state == IbkrState::AcquiringToken {
+            self.set_state(IbkrState::Disconnected);
+        }
+        // A failed proactive renewal is tried again while the old token still works.
+        if self.lst_valid(now) && self.lst_refresh_at.is_none() {
+            self.lst_refresh_at = Some(now.mono + Duration::from_secs(30));
+        }
+    }
+
+    pub(super) fn derive_lst(
+        &self,
+        body: &[u8],
+        dh: Option<DhSecret>,
+    ) -> Result<(LiveSessionToken, Option<i64>), Error> {
+        let signer = self.signer.as_ref().ok_or(Error::Cancelled)?;
+        let secret = dh.ok_or(Error::Cancelled)?;
+        let r = decode::live_session_token(body)?;
+        let k = signer
+            .group()
+            .shared_secret(&secret, &r.diffie_hellman_response)?;
+        let token = live_session_token(k.expose_secret(), signer.prepend());
+        validate_live_session_token(
+            &token,
+            signer.consumer_key(),
+            &r.live_session_token_signature,
+        )?;
+        Ok((token, r.live_session_token_expiration))
+    }
+
+    /// Renew `margin` before expiry, but never in the first half of the token's life
+    /// and never sooner than a second from now (no renewal loops on short tokens).
+    pub(super) fn refresh_instant(&self, expires_at: Instant, now: Now) -> Instant {
+        let margin = match &self.cfg.auth {
+            IbkrAuth::OAuth(o) => o.lst_refresh_margin,
+            IbkrAuth::Gateway => Duration::ZERO,
+        };
+        let life = expires_at.saturating_duration_since(now.mono);
+        let at = expires_at - margin.min(life / 2);
+        at.max(now.mono + Duration::from_secs(1))
+    }
+
+    pub(super) fn on_no_session(&mut self, step: Step, resp: &http::Response<Vec<u8>>) {
+        if self.signer.is_some() {
+            let renewed = self.current.as_ref().is_none_or(|o| o.lst_renewed);
+            if renewed {
+                // A token this operation just obtained was refused: not another loop.
+                self.lst = None;
+                self.lst_refresh_at = None;
+                let err = Error::Unauthorized(api_error(resp));
+                self.finish(Err(err.clone()));
+                self.set_state(IbkrState::Disconnected);
+                self.out
+                    .push_back(Output::Event(Event::SessionLost { reason: err }));
+            } else {
+                self.lst = None;
+                if let Some(op) = self.current.as_mut() {
+                    op.resume = Some(if step == Step::Poll {
+                        Step::Status
+                    } else {
+                        step
+                    });
+                    op.step = Step::Lst;
+                    op.wake = None;
+                }
+            }
+        } else {
+            self.lose_to_browser_login();
+            self.finish(Err(Error::ActionRequired(ActionRequired::BrowserLogin)));
+        }
+    }
+
+    pub(super) fn apply_class(&mut self, c: SessionClass) {
+        let s = match c {
+            SessionClass::Ready => IbkrState::Ready,
+            SessionClass::Competing => IbkrState::Competing,
+            SessionClass::NotAuthenticated => IbkrState::NotAuthenticated,
+            SessionClass::NotConnected => IbkrState::NotConnected,
+            SessionClass::NoSession => IbkrState::BrowserLoginRequired,
+            SessionClass::Unreachable => return,
+        };
+        self.set_state(s);
+    }
+
+    pub(super) fn on_status(&mut self, step: Step, s: AuthStatus, now: Now) {
+        let class = status::classify(&s);
+        self.apply_class(class);
+        if self.session_alive() {
+            self.start_keepalive(now);
+        }
+        let Some(op) = self.current.as_ref() else {
+            return;
+        };
+        let kind = op.kind;
+        let compete = op.compete;
+        if class == SessionClass::Ready && kind != Kind::CheckStatus {
+            if self.cfg.preflight_accounts && !self.preflight_done {
+                if let Some(op) = self.current.as_mut() {
+                    op.ready = Some(s);
+                    op.step = Step::Accounts;
+                    op.wake = None;
+                }
+                return;
+            }
+            return self.finish(Ok(IbkrOutcome::Connected(s)));
+        }
+        match (kind, step) {
+            (Kind::CheckStatus, _) => self.finish(Ok(IbkrOutcome::Status(s))),
+            (_, Step::Init | Step::Poll) => self.continue_poll(s, now),
+            (Kind::Connect { .. }, Step::Status) => {
+                let init = self.cfg.auto_init && (class != SessionClass::Competing || compete);
+                if init {
+                    if let Some(op) = self.current.as_mut() {
+                        op.step = Step::Init;
+                    }
+                } else {
+                    self.finish(Ok(IbkrOutcome::Status(s)));
+                }
+            }
+            _ => self.continue_poll(s, now),
+        }
+    }
+
+    pub(super) fn begin_poll(&mut self, now: Now) {
+        let interval = self.cfg.status_poll_interval;
+        let deadline = now.mono + self.cfg.ready_timeout;
+        if let Some(op) = self.current.as_mut() {
+            op.step = Step::Poll;
+            op.poll_deadline = Some(deadline);
+            op.wake = Some(now.mono + interval);
+        }
+    }
+
+    pub(super) fn continue_poll(&mut self, s: AuthStatus, now: Now) {
+        let interval = self.cfg.status_poll_interval;
+        let Some(op) = self.current.as_mut() else {
+            return;
+        };
+        let deadline = match op.poll_deadline {
+            Some(d) => d,
+            None => {
+                let d = now.mono + self.cfg.ready_timeout;
+                op.poll_deadline = Some(d);
+                d
+            }
+        };
+        if now.mono + interval > deadline {
+            let why = if status::classify(&s) == SessionClass::Competing {
+                "brokerage session still competing at the ready deadline"
+            } else {
+                "brokerage session not ready before the deadline"
+            };
+            return self.finish(Err(Error::Unavailable(ApiError::new(200, Some(why)))));
+        }
+        op.step = Step::Poll;
+        op.wake = Some(now.mono + interval);
+    }
+
+    pub(super) fn on_failure(&mut self, step: Step, err: Error, dh: Option<DhSecret>, now: Now) {
+        drop(dh);
+        if step == Step::Lst {
+            self.restore_after_lst_failure(now);
+            return self.finish(Err(err));
+        }
+        let backoff = self.cfg.init_backoff;
+        let attempts = self.cfg.init_attempts;
+        let interval = self.cfg.status_poll_interval;
+        let Some(op) = self.current.as_mut() else {
+            return;
+        };
+        match step {
+            // The preflight is best effort: the session is ready either way.
+            Step::Accounts => self.finish_preflight(),
+            Step::Init => {
+                op.init_attempts += 1;
+                if op.init_attempts < attempts {
+                    let factor = 1u32 << (op.init_attempts - 1).min(16);
+                    op.wake = Some(now.mono + backoff.saturating_mul(factor));
+                } else {
+                    self.finish(Err(err));
+                }
+            }
+            Step::Poll => {
+                if op.poll_deadline.is_some_and(|d| now.mono + interval <= d) {
+                    op.wake = Some(now.mono + interval);
+                } else {
+                    self.finish(Err(err));
+                }
+            }
+            _ => self.finish(Err(err)),
+        }
+    }
+
+    pub(super) fn finish_preflight(&mut self) {
+        let status = self
+            .current
+            .as_mut()
+            .and_then(|o| o.ready.take())
+            .unwrap_or_default();
+        self.finish(Ok(IbkrOutcome::Connected(status)));
+    }
+}
+
+pub(super) fn api_error<B: AsRef<[u8]>>(resp: &http::Response<B>) -> ApiError {
+    let code = decode::error_text(resp.body().as_ref());
+    ApiError::new(resp.status().as_u16(), code.as_deref())
+}

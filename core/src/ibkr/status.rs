@@ -1,0 +1,133 @@
+//! Classification of IBKR answers: which state of the two-tier session they show.
+
+use super::decode::{self, AuthStatus};
+
+/// What an answer says about the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SessionClass {
+    /// The gateway or API could not be reached.
+    Unreachable,
+    /// No (SSO / read-only) session: 401, a redirect to `/sso/Login` or
+    /// `/sso/Dispatcher`, or `{"error":"no session"}`.
+    NoSession,
+    /// A session exists, but it is not connected to the IBKR backend.
+    NotConnected,
+    /// Another brokerage session for the same username is active elsewhere.
+    Competing,
+    /// Connected, but the brokerage session is not (or no longer) authenticated:
+    /// `ssodh/init` or `reauthenticate` is needed.
+    NotAuthenticated,
+    /// `authenticated && connected && !competing`, and `established` not `false`.
+    Ready,
+}
+
+/// Classifies a BrokerageSessionStatus.
+///
+/// ```
+/// use broker_session::ibkr::decode::auth_status;
+/// use broker_session::ibkr::status::{classify, SessionClass};
+/// let s = auth_status("x", br#"{"authenticated":true,"connected":true,"competing":false}"#).unwrap();
+/// assert_eq!(classify(&s), SessionClass::Ready);
+/// ```
+pub fn classify(s: &AuthStatus) -> SessionClass {
+    let authenticated = s.authenticated == Some(true);
+    let connected = s.connected == Some(true);
+    let competing = s.competing == Some(true);
+    if competing {
+        SessionClass::Competing
+    } else if authenticated && connected && s.established != Some(false) {
+        SessionClass::Ready
+    } else if !connected && !authenticated {
+        SessionClass::NotConnected
+    } else {
+        SessionClass::NotAuthenticated
+    }
+}
+
+/// Whether a response means "no session": 401, a redirect to IBKR's SSO login pages,
+/// or a body `{"error":"no session"}` (any status).
+pub fn is_no_session<B: AsRef<[u8]>>(response: &http::Response<B>) -> bool {
+    let status = response.status();
+    if status == http::StatusCode::UNAUTHORIZED {
+        return true;
+    }
+    if status.is_redirection() {
+        return is_sso_redirect(response);
+    }
+    matches!(decode::error_text(response.body().as_ref()), Some(e) if e.trim().eq_ignore_ascii_case("no session"))
+}
+
+/// Whether a redirect points at `/sso/Login` or `/sso/Dispatcher`.
+pub fn is_sso_redirect<B>(response: &http::Response<B>) -> bool {
+    crate::wire::header_str(response.headers(), "location").is_some_and(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("/sso/login") || l.contains("/sso/dispatcher")
+    })
+}
+
+/// Whether a response says the brokerage session is not initialised (400 `no bridge`).
+pub fn is_no_bridge<B: AsRef<[u8]>>(response: &http::Response<B>) -> bool {
+    response.status() == http::StatusCode::BAD_REQUEST
+        && decode::error_text(response.body().as_ref())
+            .is_some_and(|e| e.to_ascii_lowercase().contains("no bridge"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(a: Option<bool>, c: Option<bool>, comp: Option<bool>, e: Option<bool>) -> AuthStatus {
+        AuthStatus {
+            authenticated: a,
+            connected: c,
+            competing: comp,
+            established: e,
+            ..AuthStatus::default()
+        }
+    }
+
+    #[test]
+    fn classification_rules() {
+        let t = Some(true);
+        let f = Some(false);
+        assert_eq!(classify(&st(t, t, f, None)), SessionClass::Ready);
+        assert_eq!(classify(&st(t, t, f, t)), SessionClass::Ready);
+        assert_eq!(classify(&st(t, t, f, f)), SessionClass::NotAuthenticated);
+        assert_eq!(classify(&st(t, t, t, None)), SessionClass::Competing);
+        assert_eq!(classify(&st(f, t, f, None)), SessionClass::NotAuthenticated);
+        assert_eq!(classify(&st(f, f, f, None)), SessionClass::NotConnected);
+        assert_eq!(classify(&AuthStatus::default()), SessionClass::NotConnected);
+    }
+
+    #[test]
+    fn no_session_shapes() {
+        let r = http::Response::builder()
+            .status(401)
+            .body(Vec::new())
+            .unwrap();
+        assert!(is_no_session(&r));
+        let r = http::Response::builder()
+            .status(302)
+            .header("location", "https://localhost:5000/sso/Login?forwardTo=22")
+            .body(Vec::new())
+            .unwrap();
+        assert!(is_no_session(&r));
+        let r = http::Response::builder()
+            .status(200)
+            .body(br#"{"error":"no session"}"#.to_vec())
+            .unwrap();
+        assert!(is_no_session(&r));
+        let r = http::Response::builder()
+            .status(302)
+            .header("location", "/elsewhere")
+            .body(Vec::new())
+            .unwrap();
+        assert!(!is_no_session(&r));
+        let r = http::Response::builder()
+            .status(400)
+            .body(br#"{"error":"Bad Request: no bridge","statusCode":400}"#.to_vec())
+            .unwrap();
+        assert!(is_no_bridge(&r));
+    }
+}
