@@ -25,6 +25,69 @@
 //! 3. For your own API calls, [`Machine::authorize`] stamps the session's
 //!    credentials on the request and [`Machine::observe`] learns from the response
 //!    (a 401 starts one recovery, a throttling answer a back-off).
+//!
+//! ## Example: an IG v2 login, driven by hand
+//!
+//! A transport does this loop for you; here canned responses stand in for IG.
+//!
+//! ```
+//! use broker_session::ig::{IgConfig, IgEnvironment, IgIntent, IgOutcome, IgSession};
+//! use broker_session::{Event, Input, Machine, Now, Output, RngSeed};
+//! use std::time::{Duration, Instant, SystemTime};
+//!
+//! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password", RngSeed::from_u64(1));
+//! let mut now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+//! let mut ig = IgSession::new(config, now).unwrap();
+//! let login = ig.submit(IgIntent::Login, now).unwrap();
+//!
+//! // 1. The machine asks for `POST /session` (Version 2).
+//! let Output::Send(t) = ig.poll_output(now) else { panic!("expected a request") };
+//! assert_eq!(t.request.uri(), "https://demo-api.ig.com/gateway/deal/session");
+//! assert_eq!(t.request.headers()["Version"], "2");
+//!
+//! // 2. IG answers with the tokens in headers and the account in the body.
+//! let response = http::Response::builder()
+//!     .status(200)
+//!     .header("CST", "cst-token")
+//!     .header("X-SECURITY-TOKEN", "xst-token")
+//!     .body(br#"{"currentAccountId":"ABC123","lightstreamerEndpoint":"https://demo-apd.marketdatasystems.com"}"#.to_vec())
+//!     .unwrap();
+//! now = now + Duration::from_millis(80);
+//! ig.handle_input(Input::Response { id: t.id, response }, now);
+//!
+//! // 3. Drain the output until the machine waits: the login completed.
+//! let mut account = None;
+//! loop {
+//!     match ig.poll_output(now) {
+//!         Output::Event(Event::Completed { op, result: Ok(IgOutcome::LoggedIn(info)) }) if op == login => {
+//!             account = Some(info.account_id);
+//!         }
+//!         Output::Event(_) => {}
+//!         Output::Send(_) => panic!("nothing more to send"),
+//!         Output::Wait(_) => break,
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!(account.as_deref(), Some("ABC123"));
+//!
+//! // 4. Your own request gets the session's credentials (marked sensitive).
+//! let mut request = http::Request::get("https://demo-api.ig.com/gateway/deal/accounts")
+//!     .header("Version", "1")
+//!     .body(Vec::<u8>::new())
+//!     .unwrap();
+//! let stamp = ig.authorize(&mut request, now).unwrap();
+//! assert_eq!(request.headers()["CST"], "cst-token");
+//! assert!(request.headers()["X-SECURITY-TOKEN"].is_sensitive());
+//! assert!(format!("{:?}", request.headers()).find("xst-token").is_none());
+//!
+//! // 5. And learns from its response (a 401 would start one re-login).
+//! let ok = http::Response::builder().status(200).body(Vec::<u8>::new()).unwrap();
+//! assert_eq!(ig.observe(&ok, stamp, now), broker_session::Observation::Accepted);
+//!
+//! // Credentials never go to another host.
+//! let mut foreign = http::Request::get("https://example.com/accounts").body(()).unwrap();
+//! assert!(ig.authorize(&mut foreign, now).is_err());
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]

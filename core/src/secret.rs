@@ -112,6 +112,11 @@ secret_string!(
     SessionId
 );
 
+secret_string!(
+    /// A Lightstreamer password built from session tokens (IG `CST-<cst>|XST-<xst>`).
+    LightstreamerPassword
+);
+
 /// Secret bytes (decrypted secrets, derived keys): redacted in `Debug`, zeroized on drop.
 ///
 /// ```

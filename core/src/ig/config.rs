@@ -1,0 +1,289 @@
+//! Configuration of an IG session: environment, credentials, login flow, timings.
+
+use std::time::Duration;
+
+use crate::error::UsageError;
+use crate::machine::RngSeed;
+use crate::secret::{ApiKey, Password};
+
+/// The IG environment: which REST base URL the session talks to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IgEnvironment {
+    /// IG's demo environment, `https://demo-api.ig.com/gateway/deal`. Demo needs its own
+    /// API key and username.
+    Demo,
+    /// IG's live environment, `https://api.ig.com/gateway/deal`.
+    Live,
+    /// Any other base URL (a proxy, a test server). Must be `http` or `https` with a
+    /// host; requests go to `{base}/session` and so on.
+    Custom(String),
+}
+
+impl IgEnvironment {
+    /// The REST base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        match self {
+            Self::Demo => "https://demo-api.ig.com/gateway/deal",
+            Self::Live => "https://api.ig.com/gateway/deal",
+            Self::Custom(url) => url.trim_end_matches('/'),
+        }
+    }
+}
+
+/// How the session logs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LoginFlow {
+    /// `POST /session` Version 1: CST and X-SECURITY-TOKEN, like v2.
+    V1,
+    /// `POST /session` Version 2: CST and X-SECURITY-TOKEN in the response headers.
+    /// The default: one login serves for hours, no refresh traffic, and the tokens
+    /// double as Lightstreamer credentials.
+    #[default]
+    V2,
+    /// `POST /session` Version 3: OAuth access and refresh tokens, refreshed before
+    /// they expire (typically every minute). Needed when the default account is an
+    /// ISA or share-dealing account; switching accounts costs no request.
+    V3,
+    /// `GET /session/encryptionKey`, then a v2 login with an RSA-encrypted password
+    /// (`encryptedPassword: true`). Required for some regions (Singapore).
+    EncryptedV2,
+    /// The web platform's login, `POST https://api.ig.com/clientsecurity/session`.
+    ///
+    /// **Unofficial**: this endpoint is not part of IG's public REST API, is not
+    /// supported by IG and may change or disappear without notice. Production only.
+    /// Use it only if you know why you need it.
+    WebPlatform,
+}
+
+/// The default URL of the web-platform login ([`LoginFlow::WebPlatform`]).
+pub const WEB_PLATFORM_LOGIN_URL: &str = "https://api.ig.com/clientsecurity/session";
+
+/// Everything an [`IgSession`](super::IgSession) needs.
+///
+/// Build it with [`IgConfig::new`] and adjust the public fields. Secrets are held in
+/// redacting types, so `Debug` never shows them.
+///
+/// ```
+/// use broker_session::ig::{IgConfig, IgEnvironment, LoginFlow};
+/// use broker_session::RngSeed;
+///
+/// let mut config = IgConfig::new(IgEnvironment::Demo, "my-api-key", "my-user", "my-password", RngSeed::from_u64(7));
+/// config.login_flow = LoginFlow::V3;
+/// assert!(!format!("{config:?}").contains("my-password"));
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct IgConfig {
+    /// Where to connect. No default: demo and live need different keys and users.
+    pub environment: IgEnvironment,
+    /// The API key, sent as `X-IG-API-KEY` on every request.
+    pub api_key: ApiKey,
+    /// The login username (IG's `identifier`; not an e-mail address).
+    pub identifier: String,
+    /// The login password.
+    pub password: Password,
+    /// How to log in. Default [`LoginFlow::V2`].
+    pub login_flow: LoginFlow,
+    /// How long before a v3 access token expires it is refreshed. Default 10 s. Clamped
+    /// to at most half the token's lifetime, so a short-lived token is never refreshed
+    /// in a loop.
+    pub refresh_margin: Duration,
+    /// How long the session waits for the answer to one of its own requests before it
+    /// treats the request as failed. Default 30 s.
+    pub request_deadline: Duration,
+    /// Attempts per session request on server errors (5xx) and transport failures,
+    /// including the first. Default 3. Rejected credentials are never retried.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles on each further retry. Default 1 s.
+    pub retry_delay: Duration,
+    /// How long to back off after an allowance error (`exceeded-*-allowance`, 403) or a
+    /// 429. Default 60 s.
+    pub allowance_backoff: Duration,
+    /// How long to back off when IG throttles logins (401
+    /// `service.security.authentication.failure-invalid-client-security-token` on
+    /// `POST /session`). Default 3 minutes.
+    pub login_throttle_backoff: Duration,
+    /// An account to select after every login. Default `None` (stay on the account
+    /// IG selects).
+    pub account_id: Option<String>,
+    /// After a v3 login, also fetch CST and X-SECURITY-TOKEN
+    /// (`GET /session?fetchSessionTokens=true`) for Lightstreamer. Default `false`.
+    pub fetch_streaming_tokens: bool,
+    /// URL of the unofficial web-platform login. Default [`WEB_PLATFORM_LOGIN_URL`];
+    /// overridable for tests.
+    pub web_platform_url: String,
+    /// Seed of the session's random number generator (RSA padding of the encrypted
+    /// password). Transports fill it from the operating system; tests use a fixed seed.
+    pub rng_seed: RngSeed,
+}
+
+impl IgConfig {
+    /// A configuration with every setting at its documented default.
+    pub fn new(
+        environment: IgEnvironment,
+        api_key: impl Into<ApiKey>,
+        identifier: impl Into<String>,
+        password: impl Into<Password>,
+        rng_seed: RngSeed,
+    ) -> Self {
+        Self {
+            environment,
+            api_key: api_key.into(),
+            identifier: identifier.into(),
+            password: password.into(),
+            login_flow: LoginFlow::default(),
+            refresh_margin: Duration::from_secs(10),
+            request_deadline: Duration::from_secs(30),
+            max_attempts: 3,
+            retry_delay: Duration::from_secs(1),
+            allowance_backoff: Duration::from_secs(60),
+            login_throttle_backoff: Duration::from_secs(180),
+            account_id: None,
+            fetch_streaming_tokens: false,
+            web_platform_url: WEB_PLATFORM_LOGIN_URL.to_owned(),
+            rng_seed,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<BaseUrl, UsageError> {
+        if self.api_key.is_empty() {
+            return Err(UsageError::InvalidArgument {
+                what: "api_key",
+                reason: "empty",
+            });
+        }
+        if self.login_flow == LoginFlow::WebPlatform {
+            if self.environment == IgEnvironment::Demo {
+                return Err(UsageError::InvalidArgument {
+                    what: "login_flow",
+                    reason: "the web-platform login exists only in production",
+                });
+            }
+            BaseUrl::parse(&self.web_platform_url).map_err(|_| UsageError::InvalidArgument {
+                what: "web_platform_url",
+                reason: "not an absolute http(s) URL",
+            })?;
+        }
+        if self.request_deadline.is_zero() {
+            return Err(UsageError::InvalidArgument {
+                what: "request_deadline",
+                reason: "must be positive",
+            });
+        }
+        BaseUrl::parse(self.environment.base_url()).map_err(|_| UsageError::InvalidArgument {
+            what: "environment",
+            reason: "base URL is not an absolute http(s) URL",
+        })
+    }
+}
+
+/// A parsed base URL: scheme, authority and path prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BaseUrl {
+    pub(crate) scheme: http::uri::Scheme,
+    pub(crate) authority: http::uri::Authority,
+    pub(crate) prefix: String,
+}
+
+impl BaseUrl {
+    pub(crate) fn parse(s: &str) -> Result<Self, ()> {
+        let uri: http::Uri = s.parse().map_err(|_| ())?;
+        let scheme = uri.scheme().cloned().ok_or(())?;
+        if scheme != http::uri::Scheme::HTTPS && scheme != http::uri::Scheme::HTTP {
+            return Err(());
+        }
+        let authority = uri.authority().cloned().ok_or(())?;
+        if uri.query().is_some() {
+            return Err(());
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    /// Whether `uri` is on this base's scheme, host and port and under its path.
+    pub(crate) fn covers(&self, uri: &http::Uri) -> bool {
+        let same_origin = uri.scheme() == Some(&self.scheme)
+            && uri.authority().is_some_and(|a| {
+                a.host().eq_ignore_ascii_case(self.authority.host())
+                    && a.port_u16().or(default_port(&self.scheme))
+                        == self.authority.port_u16().or(default_port(&self.scheme))
+                    && !a.as_str().contains('@')
+            });
+        let path = uri.path();
+        same_origin
+            && (self.prefix.is_empty()
+                || path == self.prefix
+                || path
+                    .strip_prefix(self.prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }
+}
+
+fn default_port(s: &http::uri::Scheme) -> Option<u16> {
+    if *s == http::uri::Scheme::HTTPS {
+        Some(443)
+    } else if *s == http::uri::Scheme::HTTP {
+        Some(80)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_covers_only_its_origin_and_prefix() {
+        let b = BaseUrl::parse("https://demo-api.ig.com/gateway/deal").unwrap();
+        let ok: http::Uri = "https://demo-api.ig.com/gateway/deal/accounts"
+            .parse()
+            .unwrap();
+        let port: http::Uri = "https://demo-api.ig.com:443/gateway/deal/positions"
+            .parse()
+            .unwrap();
+        assert!(b.covers(&ok));
+        assert!(b.covers(&port));
+        for bad in [
+            "http://demo-api.ig.com/gateway/deal/accounts",
+            "https://evil.example/gateway/deal/accounts",
+            "https://demo-api.ig.com:8443/gateway/deal/accounts",
+            "https://demo-api.ig.com/gateway/dealer/x",
+            "https://demo-api.ig.com/other",
+            "/gateway/deal/accounts",
+        ] {
+            let u: http::Uri = bad.parse().unwrap();
+            assert!(!b.covers(&u), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_documented_values_and_debug_redacts() {
+        let c = IgConfig::new(
+            IgEnvironment::Live,
+            "key-123",
+            "user",
+            "pw-xyz",
+            RngSeed::from_u64(1),
+        );
+        assert_eq!(c.login_flow, LoginFlow::V2);
+        assert_eq!(c.refresh_margin, Duration::from_secs(10));
+        assert_eq!(c.request_deadline, Duration::from_secs(30));
+        let d = format!("{c:?}");
+        assert!(!d.contains("key-123") && !d.contains("pw-xyz"), "{d}");
+        assert!(c.validate().is_ok());
+        let mut w = c.clone();
+        w.environment = IgEnvironment::Demo;
+        w.login_flow = LoginFlow::WebPlatform;
+        assert!(w.validate().is_err());
+        let mut u = c;
+        u.environment = IgEnvironment::Custom("ftp://x/y".into());
+        assert!(u.validate().is_err());
+    }
+}

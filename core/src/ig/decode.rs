@@ -1,0 +1,652 @@
+//! Pure parsers for the answers of IG's session endpoints.
+//!
+//! Each parser takes a successful (2xx) response; the machine classifies other
+//! statuses with [`classify`](super::classify). Parsers never panic on any input and
+//! never put a body or header value into an error.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{ActionRequired, Error, ProtocolError};
+use crate::secret::{AccessToken, Cst, RefreshToken, SecurityToken};
+use crate::wire::{check_body, header_str, int_or_string, parse_json};
+
+/// Endpoint names used in errors.
+pub(crate) mod ep {
+    pub(crate) const LOGIN: &str = "POST /session";
+    pub(crate) const REFRESH: &str = "POST /session/refresh-token";
+    pub(crate) const READ: &str = "GET /session";
+    pub(crate) const SWITCH: &str = "PUT /session";
+    pub(crate) const LOGOUT: &str = "DELETE /session";
+    pub(crate) const ENC_KEY: &str = "GET /session/encryptionKey";
+    pub(crate) const WEB_LOGIN: &str = "POST /clientsecurity/session";
+}
+
+/// One account of the client, from a v1/v2 login response.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct IgAccount {
+    /// The account id (e.g. `ABC123`).
+    #[serde(rename = "accountId")]
+    pub account_id: String,
+    /// The account's display name.
+    #[serde(rename = "accountName", default)]
+    pub account_name: Option<String>,
+    /// Whether it is the profile's default account.
+    #[serde(default)]
+    pub preferred: bool,
+    /// `CFD`, `PHYSICAL` or `SPREADBET`.
+    #[serde(rename = "accountType", default)]
+    pub account_type: Option<String>,
+}
+
+/// A CST-mode login (v1, v2, web platform): tokens from the headers, details from the body.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CstLogin {
+    /// The client session token (`CST` header).
+    pub cst: Cst,
+    /// The account session token (`X-SECURITY-TOKEN` header).
+    pub xst: SecurityToken,
+    /// The active account (`currentAccountId`; `accountId` is accepted too).
+    pub account_id: String,
+    /// The client id.
+    pub client_id: Option<String>,
+    /// The Lightstreamer server for this session.
+    pub lightstreamer_endpoint: Option<String>,
+    /// The client's accounts.
+    pub accounts: Vec<IgAccount>,
+}
+
+/// OAuth tokens from a v3 login or a refresh.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct OAuthTokens {
+    /// The access token (`Authorization: Bearer …`).
+    pub access_token: AccessToken,
+    /// The refresh token; a new one comes with every refresh.
+    pub refresh_token: RefreshToken,
+    /// The access token's lifetime (`expires_in`, sent as a JSON string).
+    pub expires_in: Duration,
+}
+
+/// A v3 login.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct OAuthLogin {
+    /// The tokens.
+    pub tokens: OAuthTokens,
+    /// The default account (`accountId`; `currentAccountId` is accepted too).
+    pub account_id: String,
+    /// The client id.
+    pub client_id: Option<String>,
+    /// The Lightstreamer server for this session.
+    pub lightstreamer_endpoint: Option<String>,
+}
+
+/// `GET /session` details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionDetails {
+    /// The active account.
+    pub account_id: String,
+    /// The client id.
+    pub client_id: Option<String>,
+    /// The account currency.
+    pub currency: Option<String>,
+    /// The locale, e.g. `en_GB`.
+    pub locale: Option<String>,
+    /// The Lightstreamer server.
+    pub lightstreamer_endpoint: Option<String>,
+    /// Offset from UTC in hours.
+    pub timezone_offset: Option<i64>,
+}
+
+/// CST and X-SECURITY-TOKEN returned by `GET /session?fetchSessionTokens=true`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StreamingTokens {
+    /// The client session token.
+    pub cst: Cst,
+    /// The account session token.
+    pub xst: SecurityToken,
+}
+
+/// Tokens from a `PUT /session` answer: IG sends a new X-SECURITY-TOKEN, sometimes a
+/// new CST; an absent one means "keep the old".
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SwitchTokens {
+    /// A new CST, if sent.
+    pub cst: Option<Cst>,
+    /// A new X-SECURITY-TOKEN, if sent.
+    pub xst: Option<SecurityToken>,
+}
+
+/// `GET /session/encryptionKey`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EncryptionKey {
+    /// Base64 of a DER SubjectPublicKeyInfo RSA key.
+    pub key: String,
+    /// IG's timestamp (ms since epoch), sent as a number or a string.
+    pub time_stamp: i64,
+}
+
+/// The `errorCode` of an IG error body, if the body is JSON and has one. Non-JSON
+/// bodies (some 5xx pages) give `None`.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct E {
+        #[serde(rename = "errorCode")]
+        error_code: Option<String>,
+    }
+    check_body("error body", body).ok()?;
+    serde_json::from_slice::<E>(body).ok()?.error_code
+}
+
+fn opt_header<T: From<String>>(
+    endpoint: &'static str,
+    headers: &http::HeaderMap,
+    name: &'static str,
+) -> Result<Option<T>, ProtocolError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(_) => match header_str(headers, name) {
+            Some(v) if !v.trim().is_empty() => Ok(Some(T::from(v.trim().to_owned()))),
+            _ => Err(ProtocolError::InvalidHeader {
+                endpoint,
+                header: name,
+            }),
+        },
+    }
+}
+
+fn req_header<T: From<String>>(
+    endpoint: &'static str,
+    headers: &http::HeaderMap,
+    name: &'static str,
+) -> Result<T, ProtocolError> {
+    opt_header(endpoint, headers, name)?.ok_or(ProtocolError::MissingHeader {
+        endpoint,
+        header: name,
+    })
+}
+
+#[derive(Deserialize)]
+struct FormDetail {
+    #[serde(rename = "formType", default)]
+    form_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CstLoginBody {
+    #[serde(rename = "currentAccountId", default)]
+    current_account_id: Option<String>,
+    #[serde(rename = "accountId", default)]
+    account_id: Option<String>,
+    #[serde(rename = "clientId", default)]
+    client_id: Option<serde_json::Value>,
+    #[serde(rename = "lightstreamerEndpoint", default)]
+    lightstreamer_endpoint: Option<String>,
+    #[serde(default)]
+    accounts: Option<Vec<IgAccount>>,
+    #[serde(rename = "reroutingEnvironment", default)]
+    rerouting_environment: Option<String>,
+    #[serde(rename = "authenticationStatus", default)]
+    authentication_status: Option<String>,
+    #[serde(rename = "formDetails", default)]
+    form_details: Option<Vec<FormDetail>>,
+}
+
+fn client_id(v: Option<serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Checks the fields that mean "a person must act" before any header is looked at:
+/// a CHANGE_ENVIRONMENT login has no X-SECURITY-TOKEN, and reporting that as a
+/// missing header would hide the real cause.
+fn action_required(b: &CstLoginBody) -> Option<ActionRequired> {
+    if let Some(status) = b.authentication_status.as_deref() {
+        if status == "CHANGE_ENVIRONMENT" {
+            return Some(ActionRequired::ChangeEnvironment {
+                environment: b.rerouting_environment.clone(),
+            });
+        }
+        if status != "AUTHENTICATED" {
+            return Some(ActionRequired::AuthenticationStatus {
+                status: status.chars().take(64).collect(),
+            });
+        }
+    }
+    if b.rerouting_environment.is_some() {
+        return Some(ActionRequired::ChangeEnvironment {
+            environment: b.rerouting_environment.clone(),
+        });
+    }
+    match &b.form_details {
+        Some(forms) if !forms.is_empty() => Some(ActionRequired::Forms {
+            forms: forms
+                .iter()
+                .map(|f| {
+                    f.form_type
+                        .as_deref()
+                        .unwrap_or("unnamed")
+                        .chars()
+                        .take(64)
+                        .collect()
+                })
+                .collect(),
+        }),
+        _ => None,
+    }
+}
+
+fn cst_login(
+    endpoint: &'static str,
+    response: &http::Response<Vec<u8>>,
+) -> Result<CstLogin, Error> {
+    let b: CstLoginBody = parse_json(endpoint, response.body())?;
+    if let Some(a) = action_required(&b) {
+        return Err(Error::ActionRequired(a));
+    }
+    let h = response.headers();
+    let cst = req_header(endpoint, h, "CST")?;
+    let xst = req_header(endpoint, h, "X-SECURITY-TOKEN")?;
+    let account_id = b
+        .current_account_id
+        .or(b.account_id)
+        .filter(|a| !a.is_empty())
+        .ok_or(ProtocolError::MissingField {
+            endpoint,
+            field: "currentAccountId",
+        })?;
+    Ok(CstLogin {
+        cst,
+        xst,
+        account_id,
+        client_id: client_id(b.client_id),
+        lightstreamer_endpoint: b.lightstreamer_endpoint,
+        accounts: b.accounts.unwrap_or_default(),
+    })
+}
+
+/// A v1/v2 login answer (`POST /session`, Version 1 or 2).
+pub fn login_v2(response: &http::Response<Vec<u8>>) -> Result<CstLogin, Error> {
+    cst_login(ep::LOGIN, response)
+}
+
+/// The unofficial web-platform login answer (`POST /clientsecurity/session`).
+pub fn web_platform_login(response: &http::Response<Vec<u8>>) -> Result<CstLogin, Error> {
+    cst_login(ep::WEB_LOGIN, response)
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    #[serde(default, deserialize_with = "crate::wire::opt_int_or_string")]
+    expires_in: Option<i64>,
+}
+
+fn tokens(endpoint: &'static str, t: TokenBody) -> Result<OAuthTokens, ProtocolError> {
+    let access = t
+        .access_token
+        .filter(|s| !s.is_empty())
+        .ok_or(ProtocolError::MissingField {
+            endpoint,
+            field: "access_token",
+        })?;
+    let refresh = t
+        .refresh_token
+        .filter(|s| !s.is_empty())
+        .ok_or(ProtocolError::MissingField {
+            endpoint,
+            field: "refresh_token",
+        })?;
+    let secs = t.expires_in.ok_or(ProtocolError::MissingField {
+        endpoint,
+        field: "expires_in",
+    })?;
+    // A zero or absurd lifetime would make the machine refresh in a loop (or never).
+    if !(1..=366 * 24 * 3600).contains(&secs) {
+        return Err(ProtocolError::InvalidField {
+            endpoint,
+            field: "expires_in",
+            reason: "not a positive number of seconds below a year",
+        });
+    }
+    Ok(OAuthTokens {
+        access_token: AccessToken::new(access),
+        refresh_token: RefreshToken::new(refresh),
+        expires_in: Duration::from_secs(secs.unsigned_abs()),
+    })
+}
+
+/// A v3 login answer (`POST /session`, Version 3).
+pub fn login_v3(response: &http::Response<Vec<u8>>) -> Result<OAuthLogin, Error> {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(rename = "accountId", default)]
+        account_id: Option<String>,
+        #[serde(rename = "currentAccountId", default)]
+        current_account_id: Option<String>,
+        #[serde(rename = "clientId", default)]
+        client_id: Option<serde_json::Value>,
+        #[serde(rename = "lightstreamerEndpoint", default)]
+        lightstreamer_endpoint: Option<String>,
+        #[serde(rename = "oauthToken")]
+        oauth_token: Option<TokenBody>,
+    }
+    let endpoint = ep::LOGIN;
+    let b: Body = parse_json(endpoint, response.body())?;
+    let t = b.oauth_token.ok_or(ProtocolError::MissingField {
+        endpoint,
+        field: "oauthToken",
+    })?;
+    let tokens = tokens(endpoint, t)?;
+    let account_id = b
+        .account_id
+        .or(b.current_account_id)
+        .filter(|a| !a.is_empty())
+        .ok_or(ProtocolError::MissingField {
+            endpoint,
+            field: "accountId",
+        })?;
+    Ok(OAuthLogin {
+        tokens,
+        account_id,
+        client_id: client_id(b.client_id),
+        lightstreamer_endpoint: b.lightstreamer_endpoint,
+    })
+}
+
+/// A refresh answer (`POST /session/refresh-token`): the bare token object.
+pub fn refresh(response: &http::Response<Vec<u8>>) -> Result<OAuthTokens, Error> {
+    let t: TokenBody = parse_json(ep::REFRESH, response.body())?;
+    Ok(tokens(ep::REFRESH, t)?)
+}
+
+/// A `GET /session` answer, with the CST/X-SECURITY-TOKEN headers when both were sent.
+pub fn read_session(
+    response: &http::Response<Vec<u8>>,
+) -> Result<(SessionDetails, Option<StreamingTokens>), Error> {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(rename = "accountId", default)]
+        account_id: Option<String>,
+        #[serde(rename = "currentAccountId", default)]
+        current_account_id: Option<String>,
+        #[serde(rename = "clientId", default)]
+        client_id: Option<serde_json::Value>,
+        #[serde(default)]
+        currency: Option<String>,
+        #[serde(default)]
+        locale: Option<String>,
+        #[serde(rename = "lightstreamerEndpoint", default)]
+        lightstreamer_endpoint: Option<String>,
+        #[serde(rename = "timezoneOffset", default)]
+        timezone_offset: Option<serde_json::Value>,
+    }
+    let endpoint = ep::READ;
+    let b: Body = parse_json(endpoint, response.body())?;
+    let account_id = b
+        .account_id
+        .or(b.current_account_id)
+        .filter(|a| !a.is_empty())
+        .ok_or(ProtocolError::MissingField {
+            endpoint,
+            field: "accountId",
+        })?;
+    let h = response.headers();
+    let cst: Option<Cst> = opt_header(endpoint, h, "CST")?;
+    let xst: Option<SecurityToken> = opt_header(endpoint, h, "X-SECURITY-TOKEN")?;
+    let tokens = match (cst, xst) {
+        (Some(cst), Some(xst)) => Some(StreamingTokens { cst, xst }),
+        _ => None,
+    };
+    let details = SessionDetails {
+        account_id,
+        client_id: client_id(b.client_id),
+        currency: b.currency,
+        locale: b.locale,
+        lightstreamer_endpoint: b.lightstreamer_endpoint,
+        timezone_offset: b.timezone_offset.and_then(|v| v.as_i64()),
+    };
+    Ok((details, tokens))
+}
+
+/// A `PUT /session` answer: the new tokens from the headers. The body (account flags)
+/// is not needed; it is checked for size only.
+pub fn switch_account(response: &http::Response<Vec<u8>>) -> Result<SwitchTokens, Error> {
+    check_body(ep::SWITCH, response.body())?;
+    let h = response.headers();
+    Ok(SwitchTokens {
+        cst: opt_header(ep::SWITCH, h, "CST")?,
+        xst: opt_header(ep::SWITCH, h, "X-SECURITY-TOKEN")?,
+    })
+}
+
+/// A `GET /session/encryptionKey` answer.
+pub fn encryption_key(response: &http::Response<Vec<u8>>) -> Result<EncryptionKey, Error> {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(rename = "encryptionKey")]
+        encryption_key: Option<String>,
+        #[serde(rename = "timeStamp", deserialize_with = "int_or_string")]
+        time_stamp: i64,
+    }
+    let b: Body = parse_json(ep::ENC_KEY, response.body())?;
+    let key = b
+        .encryption_key
+        .filter(|k| !k.is_empty())
+        .ok_or(ProtocolError::MissingField {
+            endpoint: ep::ENC_KEY,
+            field: "encryptionKey",
+        })?;
+    Ok(EncryptionKey {
+        key,
+        time_stamp: b.time_stamp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> http::Response<Vec<u8>> {
+        let mut b = http::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(body.as_bytes().to_vec()).unwrap()
+    }
+
+    const V2_BODY: &str = r#"{"accountType":"CFD","accountInfo":{"balance":1.0,"deposit":0,"profitLoss":0,"available":1},
+        "currencyIsoCode":"GBP","currencySymbol":"£","currentAccountId":"ABC123",
+        "lightstreamerEndpoint":"https://demo-apd.marketdatasystems.com",
+        "accounts":[{"accountId":"ABC123","accountName":"CFD","preferred":true,"accountType":"CFD"},
+                    {"accountId":"XYZ789","accountName":"SB","preferred":false,"accountType":"SPREADBET"}],
+        "clientId":"100","timezoneOffset":1,"hasActiveDemoAccounts":true,"hasActiveLiveAccounts":false,
+        "trailingStopsEnabled":false,"reroutingEnvironment":null,"dealingEnabled":true}"#;
+
+    #[test]
+    fn v2_login_reads_headers_case_insensitively_and_current_account() {
+        let r = resp(200, &[("cst", "C1"), ("x-security-token", "X1")], V2_BODY);
+        let l = login_v2(&r).unwrap();
+        assert_eq!(l.cst.expose_secret(), "C1");
+        assert_eq!(l.xst.expose_secret(), "X1");
+        assert_eq!(l.account_id, "ABC123");
+        assert_eq!(l.accounts.len(), 2);
+        assert_eq!(
+            l.lightstreamer_endpoint.as_deref(),
+            Some("https://demo-apd.marketdatasystems.com")
+        );
+        // `accountId` is accepted when `currentAccountId` is absent.
+        let r = resp(
+            200,
+            &[("CST", "C"), ("X-SECURITY-TOKEN", "X")],
+            r#"{"accountId":"Q1"}"#,
+        );
+        assert_eq!(login_v2(&r).unwrap().account_id, "Q1");
+        let r = resp(200, &[("CST", "C")], V2_BODY);
+        assert!(matches!(
+            login_v2(&r),
+            Err(Error::Protocol(ProtocolError::MissingHeader {
+                header: "X-SECURITY-TOKEN",
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn v2_login_action_required_beats_missing_header() {
+        let r = resp(
+            200,
+            &[("CST", "temp")],
+            r#"{"authenticationStatus":"CHANGE_ENVIRONMENT","reroutingEnvironment":"LIVE"}"#,
+        );
+        assert_eq!(
+            login_v2(&r).unwrap_err(),
+            Error::ActionRequired(ActionRequired::ChangeEnvironment {
+                environment: Some("LIVE".into())
+            })
+        );
+        let r = resp(200, &[], r#"{"reroutingEnvironment":"DEMO"}"#);
+        assert!(matches!(
+            login_v2(&r),
+            Err(Error::ActionRequired(
+                ActionRequired::ChangeEnvironment { .. }
+            ))
+        ));
+        let r = resp(
+            200,
+            &[("CST", "C"), ("X-SECURITY-TOKEN", "X")],
+            r#"{"currentAccountId":"A","formDetails":[{"formType":"KYC","formUrl":"u","formTitle":"t","formDismissible":false}]}"#,
+        );
+        assert_eq!(
+            login_v2(&r).unwrap_err(),
+            Error::ActionRequired(ActionRequired::Forms {
+                forms: vec!["KYC".into()]
+            })
+        );
+        let r = resp(
+            200,
+            &[],
+            r#"{"authenticationStatus":"DISABLED_PREFERRED_ACCOUNT"}"#,
+        );
+        assert!(matches!(
+            login_v2(&r),
+            Err(Error::ActionRequired(
+                ActionRequired::AuthenticationStatus { .. }
+            ))
+        ));
+        // AUTHENTICATED with empty formDetails is normal.
+        let r = resp(
+            200,
+            &[("CST", "C"), ("X-SECURITY-TOKEN", "X")],
+            r#"{"currentAccountId":"A","authenticationStatus":"AUTHENTICATED","formDetails":[]}"#,
+        );
+        assert!(login_v2(&r).is_ok());
+    }
+
+    fn v3_body(expires: &str) -> String {
+        format!(
+            r#"{{"clientId":"101","accountId":"ACC3","timezoneOffset":1,"lightstreamerEndpoint":"https://ls",
+            "oauthToken":{{"access_token":"AT","refresh_token":"RT","scope":"profile","token_type":"Bearer","expires_in":{expires}}}}}"#
+        )
+    }
+
+    #[test]
+    fn v3_expires_in_string_number_and_garbage() {
+        let l = login_v3(&resp(200, &[], &v3_body("\"60\""))).unwrap();
+        assert_eq!(l.tokens.expires_in, Duration::from_secs(60));
+        assert_eq!(l.account_id, "ACC3");
+        assert_eq!(l.tokens.access_token.expose_secret(), "AT");
+        let l = login_v3(&resp(200, &[], &v3_body("60"))).unwrap();
+        assert_eq!(l.tokens.expires_in, Duration::from_secs(60));
+        for bad in ["\"sixty\"", "\"0\"", "0", "-5", "null", "\"\""] {
+            let e = login_v3(&resp(200, &[], &v3_body(bad))).unwrap_err();
+            assert!(matches!(e, Error::Protocol(_)), "{bad}: {e:?}");
+            assert!(!e.to_string().contains("sixty"));
+        }
+    }
+
+    #[test]
+    fn refresh_is_a_bare_token_object() {
+        let r = resp(
+            200,
+            &[],
+            r#"{"access_token":"A2","refresh_token":"R2","scope":"profile","token_type":"Bearer","expires_in":"30"}"#,
+        );
+        let t = refresh(&r).unwrap();
+        assert_eq!(t.refresh_token.expose_secret(), "R2");
+        assert_eq!(t.expires_in, Duration::from_secs(30));
+        // The login shape (wrapped in oauthToken) is not a refresh answer.
+        assert!(refresh(&resp(200, &[], &v3_body("\"60\""))).is_err());
+    }
+
+    #[test]
+    fn read_session_with_and_without_tokens() {
+        let body = r#"{"clientId":"1","accountId":"A1","timezoneOffset":0,"locale":"en_GB","currency":"GBP","lightstreamerEndpoint":"https://ls"}"#;
+        let (d, t) = read_session(&resp(200, &[], body)).unwrap();
+        assert_eq!(d.account_id, "A1");
+        assert_eq!(d.locale.as_deref(), Some("en_GB"));
+        assert!(t.is_none());
+        let (_, t) = read_session(&resp(
+            200,
+            &[("cst", "SC"), ("x-security-token", "SX")],
+            body,
+        ))
+        .unwrap();
+        assert_eq!(t.unwrap().cst.expose_secret(), "SC");
+    }
+
+    #[test]
+    fn encryption_key_time_stamp_both_ways() {
+        let k = encryption_key(&resp(
+            200,
+            &[],
+            r#"{"encryptionKey":"MIIB","timeStamp":"1601218928621"}"#,
+        ))
+        .unwrap();
+        assert_eq!(k.time_stamp, 1_601_218_928_621);
+        let k = encryption_key(&resp(
+            200,
+            &[],
+            r#"{"encryptionKey":"MIIB","timeStamp":1601218928621}"#,
+        ))
+        .unwrap();
+        assert_eq!(k.time_stamp, 1_601_218_928_621);
+        assert!(
+            encryption_key(&resp(200, &[], r#"{"encryptionKey":"K","timeStamp":"x"}"#)).is_err()
+        );
+    }
+
+    #[test]
+    fn switch_keeps_absent_tokens_absent() {
+        let t = switch_account(&resp(200, &[("X-SECURITY-TOKEN", "X2")], "{}")).unwrap();
+        assert!(t.cst.is_none());
+        assert_eq!(t.xst.unwrap().expose_secret(), "X2");
+    }
+
+    #[test]
+    fn error_codes_and_non_json_bodies() {
+        assert_eq!(
+            error_code(br#"{"errorCode":"error.security.invalid-details"}"#).as_deref(),
+            Some("error.security.invalid-details")
+        );
+        assert_eq!(error_code(b"<html>502 Bad Gateway</html>"), None);
+        assert_eq!(error_code(b""), None);
+        assert_eq!(error_code(br#"{"errorCode":5}"#), None);
+        assert!(matches!(
+            login_v2(&resp(200, &[], "{\"currentAcc")),
+            Err(Error::Protocol(ProtocolError::MalformedBody { .. }))
+        ));
+    }
+}
