@@ -78,7 +78,7 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(clippy::disallowed_methods)] // a test may read the clock; the core may not
+    #[allow(clippy::disallowed_methods)] // a test needs some instant to start from
     fn epoch_millis_maps_to_future_instant() {
         let now = Now::new(Instant::now(), UNIX_EPOCH + Duration::from_secs(1000));
         assert_eq!(now.unix_millis(), 1_000_000);

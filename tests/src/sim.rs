@@ -1,7 +1,7 @@
 //! An in-memory harness: a machine, a fake broker and a virtual clock.
 //!
 //! [`Sim`] plays the transport's part without sockets: it sends each
-//! [`Transmit`](broker_session::Transmit) to a [`FakeBroker`], advances the virtual
+//! [`Transmit`] to a [`FakeBroker`], advances the virtual
 //! clock by a fixed latency per exchange, jumps the clock to the machine's timer
 //! deadlines, and checks the loop contract on every step (at most one session request
 //! in flight, `Wait` always in the future).
