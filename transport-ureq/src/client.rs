@@ -186,6 +186,8 @@ impl<M: Machine> Inner<M> {
             for input in inputs {
                 g.machine.handle_input(input, now);
             }
+            // An exchange ended: waiters re-check even if the machine emits nothing.
+            self.changed.notify_all();
         }
     }
 
