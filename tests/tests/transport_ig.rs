@@ -155,6 +155,28 @@ mod blocking {
     }
 
     #[test]
+    fn v3_refresh_snapshot_and_resume_in_another_client() {
+        let (server, fake) = ig_server(FakeIgConfig::default());
+        let c = client(&server, &fake, LoginFlow::V3);
+        c.login().expect("login");
+        let expires_at = c.refresh().expect("refresh");
+        assert!(expires_at > std::time::Instant::now());
+        let snapshot = c.snapshot().expect("snapshot");
+        // A v3 session fetches CST/XST for streaming on request.
+        c.read_session(true).expect("read with streaming tokens");
+        assert!(c.lightstreamer_credentials().is_some());
+        // "Another process" takes the tokens over without logging in.
+        let other = client(&server, &fake, LoginFlow::V3);
+        let info = other.resume(snapshot).expect("resume");
+        assert_eq!(info.account_id, "ACC-DEFAULT");
+        let url = base(&server, &fake);
+        assert_eq!(other.send(accounts(&url)).expect("send").status(), 200);
+        let f = fake.lock().expect("f");
+        assert_eq!(f.stats.logins, 1);
+        assert_eq!(f.stats.refreshes, 1);
+    }
+
+    #[test]
     fn v2_401_storm_relogs_in_exactly_once() {
         let (server, fake) = ig_server(FakeIgConfig::default());
         let c = client(&server, &fake, LoginFlow::V2);
@@ -284,6 +306,38 @@ mod nonblocking {
             fake.lock().expect("f").stats.logins,
             2,
             "one login, one re-login"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn v3_keep_alive_task_refreshes_before_expiry() {
+        let (server, fake) = ig_server(FakeIgConfig {
+            access_ttl: Duration::from_secs(2),
+            ..FakeIgConfig::default()
+        });
+        let (http, config) = http(&server);
+        let mut cfg = ig_config(&server, &fake, LoginFlow::V3);
+        cfg.refresh_margin = Duration::from_millis(1500);
+        let machine = IgSession::new(cfg, broker_session_hyper::now()).expect("machine");
+        let s = Session::with_http(machine, http, &config).expect("session");
+        s.login().await.expect("login");
+        let keep_alive = s.keep_alive();
+        let url = base(&server, &fake);
+        for _ in 0..24 {
+            assert_eq!(s.send(accounts(&url)).await.expect("send").status(), 200);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(keep_alive);
+        let f = fake.lock().expect("f");
+        assert!(f.stats.refreshes >= 1, "{}", f.stats.refreshes);
+        assert_eq!(f.stats.reused_refresh_tokens, 0);
+        assert!(
+            f.stats
+                .rejections
+                .iter()
+                .all(|(_, status, _)| *status != 401),
+            "{:?}",
+            f.stats.rejections
         );
     }
 

@@ -171,7 +171,8 @@ fn classify(e: ureq::Error) -> TransportFailure {
             "response headers too large".to_owned(),
         ),
         E::BodyStalled => (FailureKind::Timeout, "response body stalled".to_owned()),
-        other => (FailureKind::Other, format!("{other}")),
+        // Other variants can quote URLs or proxy settings: keep the detail generic.
+        _ => (FailureKind::Other, "http client error".to_owned()),
     };
     TransportFailure::new(kind, detail)
 }
