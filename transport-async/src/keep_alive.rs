@@ -32,8 +32,8 @@ where
     /// [`drain_events`](Session::drain_events)).
     pub fn keep_alive(&self) -> KeepAlive {
         let inner = std::sync::Arc::clone(self.inner());
-        KeepAlive {
-            task: tokio::spawn(inner.keep_alive_loop()),
-        }
+        // On the session's runtime, so this works (and does not panic) from any thread.
+        let task = self.runtime().spawn(inner.keep_alive_loop());
+        KeepAlive { task }
     }
 }

@@ -29,7 +29,8 @@ type OpResult<M> = Result<<M as Machine>::Outcome, broker_session::Error>;
 /// Cheap to clone; clones share the session. Methods can be called from many tasks
 /// at once. Every future is cancellation-safe: dropping one never loses a response
 /// the machine waits for, because session requests are exchanged by tasks the
-/// session spawns.
+/// session spawns. Those tasks (and the [`keep_alive`](Session::keep_alive) task) run
+/// on the tokio runtime the session was created in.
 pub struct Session<M: Machine> {
     inner: Arc<Inner<M>>,
 }
@@ -369,6 +370,10 @@ where
 
     pub(crate) fn inner(&self) -> &Arc<Inner<M>> {
         &self.inner
+    }
+
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.inner.runtime
     }
 
     /// Submits `intent` and drives the machine until its operation completes; returns
