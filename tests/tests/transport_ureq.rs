@@ -308,3 +308,31 @@ fn submit_then_service_delivers_the_result_as_an_event() {
     // Debug does not deadlock while the lock is held.
     c.with_machine(|_| format!("{c:?}"));
 }
+
+#[test]
+fn refused_connection_is_a_connect_failure() {
+    // Nothing listens on port 1 of loopback.
+    let c = client("http://127.0.0.1:1", &Config::default());
+    assert_eq!(
+        transport_kind(c.run(Intent::Get("/echo".into()))),
+        FailureKind::Connect
+    );
+}
+
+#[test]
+fn stalled_tls_handshake_hits_the_connect_timeout() {
+    // A listener that never answers: TCP connects (the kernel accepts), TLS stalls.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("https://{}", silent.local_addr().expect("addr"));
+    let mut config = Config::default();
+    config.connect_timeout = Duration::from_millis(200);
+    let c = client(&url, &config);
+    match c.run(Intent::Get("/echo".into())) {
+        Err(Error::Session(CoreError::Transport(f))) => {
+            assert_eq!(f.kind, FailureKind::Timeout);
+            // The connect timeout fired, not the 30 s request timeout.
+            assert!(f.detail.to_lowercase().contains("connect"), "{}", f.detail);
+        }
+        other => panic!("{other:?}"),
+    }
+}
