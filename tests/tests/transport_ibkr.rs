@@ -142,3 +142,31 @@ mod nonblocking {
         assert_eq!(f.oauth_server().expect("oauth").bad_signatures, 0);
     }
 }
+
+/// Both clients can be shared across threads and their futures spawned, for both
+/// broker machines.
+#[test]
+fn clients_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<broker_session_ureq::Client<IbkrSession>>();
+    send_sync::<broker_session_ureq::Client<broker_session::ig::IgSession>>();
+    send_sync::<broker_session_hyper::Session<IbkrSession>>();
+    send_sync::<broker_session_hyper::Session<broker_session::ig::IgSession>>();
+    send_sync::<broker_session_ureq::HttpClient>();
+    send_sync::<broker_session_hyper::HttpClient>();
+    send_sync::<broker_session_ureq::KeepAlive>();
+    send_sync::<broker_session_hyper::KeepAlive>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let s = broker_session_hyper::Session::ibkr(
+        IbkrConfig::gateway(),
+        &broker_session_hyper::Config::default(),
+    )
+    .expect("session");
+    send(&s.connect());
+    send(&s.send(http::Request::new(Vec::new())));
+}
