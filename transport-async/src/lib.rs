@@ -54,7 +54,7 @@
 mod brokers;
 mod config;
 mod error;
-mod http;
+mod http_client;
 mod keep_alive;
 mod session;
 mod tls;
@@ -65,7 +65,7 @@ use broker_session::{Now, RngSeed};
 
 pub use config::{Config, Tls};
 pub use error::Error;
-pub use http::HttpClient;
+pub use http_client::HttpClient;
 pub use keep_alive::KeepAlive;
 pub use session::Session;
 

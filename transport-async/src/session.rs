@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 use crate::error::Error;
-use crate::http::HttpClient;
+use crate::http_client::HttpClient;
 use crate::{Config, now};
 
 /// How many finished operations are remembered for tasks that join a recovery late.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use broker_session::{AuthorizeError, Event, Input, Machine, Observation, OpId, Output, Transmit};
 
 use crate::error::Error;
-use crate::http::HttpClient;
+use crate::http_client::HttpClient;
 use crate::{Config, now};
 
 /// How many finished operations are remembered for threads that join a recovery

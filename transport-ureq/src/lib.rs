@@ -53,7 +53,7 @@ mod brokers;
 mod client;
 mod config;
 mod error;
-mod http;
+mod http_client;
 mod keep_alive;
 
 use std::time::{Instant, SystemTime};
@@ -63,7 +63,7 @@ use broker_session::{Now, RngSeed};
 pub use client::Client;
 pub use config::{Config, Tls};
 pub use error::Error;
-pub use http::HttpClient;
+pub use http_client::HttpClient;
 pub use keep_alive::KeepAlive;
 
 /// The current time from the operating system's clocks.
