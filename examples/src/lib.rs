@@ -8,4 +8,5 @@
 
 pub mod embedded;
 pub mod env;
+pub mod hold;
 pub mod lines;
