@@ -10,3 +10,8 @@ pub mod embedded;
 pub mod env;
 pub mod hold;
 pub mod lines;
+
+/// The README's code blocks, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
