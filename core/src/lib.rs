@@ -102,6 +102,8 @@ mod wire;
 pub mod ibkr;
 pub mod ig;
 
+pub mod driver;
+
 pub use error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError, UsageError};
 pub use machine::{
     AuthStamp, AuthorizeError, Event, FailureKind, Input, MAX_BODY, Machine, Observation, OpId,

@@ -1,0 +1,302 @@
+//! The bookkeeping every transport keeps around a [`Machine`], written once.
+//!
+//! A transport has to poll the machine until it waits, run its timer when the
+//! deadline passes, hand the requests it asks for to the network, route each
+//! operation's result to whoever awaits it and buffer the other events for the
+//! application. None of that needs IO or a clock, so it lives here as [`Driver`]:
+//! the transport keeps only what is truly its own (locks, wake-ups, threads or
+//! tasks, HTTP) and calls [`Driver::pump`] whenever the machine may have work.
+//!
+//! # Example: an IG login through a `Driver`
+//!
+//! Canned responses stand in for IG; a transport would send each transmit instead.
+//!
+//! ```
+//! use broker_session::driver::Driver;
+//! use broker_session::ig::{IgConfig, IgEnvironment, IgIntent, IgOutcome, IgSession};
+//! use broker_session::{Input, Machine, Now, RngSeed};
+//! use std::time::{Duration, Instant, SystemTime};
+//!
+//! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password", RngSeed::from_u64(1));
+//! let mut now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+//! let mut driver = Driver::new(IgSession::new(config, now).unwrap(), 64);
+//!
+//! // Submit the login and say that its result is awaited (it will not reach the
+//! // event buffer).
+//! let login = driver.submit(IgIntent::Login, now).unwrap();
+//! driver.await_op(login);
+//!
+//! // One pump: the machine asks for `POST /session`, now in flight.
+//! let pump = driver.pump(now);
+//! assert!(pump.changed);
+//! let [t] = <[_; 1]>::try_from(pump.transmits).unwrap();
+//! assert_eq!(t.request.uri(), "https://demo-api.ig.com/gateway/deal/session");
+//! assert_eq!(driver.in_flight(), 1);
+//!
+//! // IG answers; the response settles the transmit.
+//! let response = http::Response::builder()
+//!     .status(200)
+//!     .header("CST", "cst-token")
+//!     .header("X-SECURITY-TOKEN", "xst-token")
+//!     .body(br#"{"currentAccountId":"ABC123","lightstreamerEndpoint":"https://demo-apd.marketdatasystems.com"}"#.to_vec())
+//!     .unwrap();
+//! now = now + Duration::from_millis(80);
+//! driver.handle_input(Input::Response { id: t.id, response }, now);
+//! assert_eq!(driver.in_flight(), 0);
+//!
+//! // The next pump records the outcome for the awaiting caller, buffers the state
+//! // change and tracks the machine's timer: none, as v2 tokens have no expiry to
+//! // refresh ahead of.
+//! let pump = driver.pump(now);
+//! assert!(pump.transmits.is_empty());
+//! match driver.take_result(login) {
+//!     Some(Ok(IgOutcome::LoggedIn(info))) => assert_eq!(info.account_id, "ABC123"),
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! assert_eq!(driver.deadline(), None);
+//! assert!(!driver.drain_events().is_empty());
+//! assert_eq!(driver.finished(login), Some(Ok(())));
+//! ```
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::time::Instant;
+
+use crate::error::{Error, UsageError};
+use crate::machine::{Event, Input, Machine, OpId, Output, RequestId, Transmit};
+use crate::time::Now;
+
+/// How many finished operations a [`Driver`] remembers (oldest forgotten first), for
+/// callers that join an operation late, such as a recovery another caller started.
+pub const FINISHED_MEMORY: usize = 256;
+
+/// An event of machine `M`.
+pub type SessionEvent<M> = Event<<M as Machine>::State, <M as Machine>::Outcome>;
+
+/// The typed result of one of `M`'s operations.
+pub type OpResult<M> = Result<<M as Machine>::Outcome, Error>;
+
+/// What one [`Driver::pump`] produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Pump {
+    /// Requests to send; hand each response or failure to [`Driver::handle_input`].
+    pub transmits: Vec<Transmit>,
+    /// Whether anything observable changed (an event, a transmit, a new deadline),
+    /// so a transport wakes its waiters only then.
+    pub changed: bool,
+}
+
+/// A [`Machine`] with the bookkeeping a transport needs around it: the deadline of
+/// its timer, the requests in flight, the results of awaited operations, the last
+/// finished operations and a bounded buffer of events.
+///
+/// Pure like the machine: no IO, no clock reads (every call that may run the
+/// machine takes [`Now`]), no panics. See the [module documentation](self) for an
+/// example.
+pub struct Driver<M: Machine> {
+    machine: M,
+    /// The deadline of the machine's last `Wait`.
+    deadline: Option<Instant>,
+    /// Transmits handed out by `pump` whose response or failure has not come back.
+    in_flight: HashSet<RequestId>,
+    /// Operations a caller awaits, with their result once it arrives.
+    awaited: HashMap<OpId, Option<OpResult<M>>>,
+    /// The last operations to finish, oldest first.
+    finished: VecDeque<(OpId, Result<(), Error>)>,
+    events: VecDeque<SessionEvent<M>>,
+    event_capacity: usize,
+    dropped_events: u64,
+}
+
+impl<M: Machine> fmt::Debug for Driver<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Counts only: events and results are the application's, printed (redacted)
+        // when it takes them.
+        f.debug_struct("Driver")
+            .field("state", &self.machine.state())
+            .field("deadline", &self.deadline)
+            .field("in_flight", &self.in_flight.len())
+            .field("awaited", &self.awaited.len())
+            .field("events", &self.events.len())
+            .field("dropped_events", &self.dropped_events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Machine> Driver<M> {
+    /// Wraps `machine`. At most `event_capacity` events are buffered for
+    /// [`drain_events`](Self::drain_events) / [`next_event`](Self::next_event); when
+    /// the buffer is full the oldest event is dropped and counted in
+    /// [`dropped_events`](Self::dropped_events). With a capacity of 0 every event is
+    /// dropped (results of awaited operations still arrive).
+    pub fn new(machine: M, event_capacity: usize) -> Self {
+        Self {
+            machine,
+            deadline: None,
+            in_flight: HashSet::new(),
+            awaited: HashMap::new(),
+            finished: VecDeque::new(),
+            events: VecDeque::new(),
+            event_capacity,
+            dropped_events: 0,
+        }
+    }
+
+    /// Runs the machine's timer if its deadline has passed at `now`, then polls the
+    /// machine until it waits: events are recorded, the new deadline is tracked and
+    /// the requests to send are returned (and counted in flight).
+    pub fn pump(&mut self, now: Now) -> Pump {
+        let mut changed = false;
+        if self.deadline.is_some_and(|d| d <= now.mono) {
+            self.deadline = None;
+            self.machine.handle_input(Input::Timeout, now);
+            changed = true;
+        }
+        let mut transmits = Vec::new();
+        loop {
+            match self.machine.poll_output(now) {
+                Output::Send(t) => {
+                    self.in_flight.insert(t.id);
+                    transmits.push(t);
+                }
+                Output::Event(e) => {
+                    self.record(e);
+                    changed = true;
+                }
+                Output::Wait(w) => {
+                    changed |= w != self.deadline;
+                    self.deadline = w;
+                    break;
+                }
+            }
+        }
+        changed |= !transmits.is_empty();
+        Pump { transmits, changed }
+    }
+
+    /// Feeds `input` to the machine. A response or failure for a transmit handed out
+    /// by [`pump`](Self::pump) settles it (it no longer counts in
+    /// [`in_flight`](Self::in_flight)). Call [`pump`](Self::pump) afterwards.
+    ///
+    /// Timers are run by `pump`; there is no need to pass [`Input::Timeout`].
+    pub fn handle_input(&mut self, input: Input, now: Now) {
+        if let Input::Response { id, .. } | Input::Failed { id, .. } = &input {
+            self.in_flight.remove(id);
+        }
+        self.machine.handle_input(input, now);
+    }
+
+    /// Submits `intent` to the machine; call [`await_op`](Self::await_op) with the
+    /// id to receive its result through [`take_result`](Self::take_result), then
+    /// [`pump`](Self::pump).
+    pub fn submit(&mut self, intent: M::Intent, now: Now) -> Result<OpId, UsageError> {
+        self.machine.submit(intent, now)
+    }
+
+    /// Marks `op` as awaited: its result is kept for
+    /// [`take_result`](Self::take_result) instead of going to the event buffer. Call
+    /// it before the next [`pump`](Self::pump) after submitting, so the result cannot
+    /// be missed.
+    pub fn await_op(&mut self, op: OpId) {
+        self.awaited.entry(op).or_insert(None);
+    }
+
+    /// The result of awaited operation `op` once it has completed; the operation is
+    /// then no longer awaited. `None` while it runs (or if it is not awaited).
+    pub fn take_result(&mut self, op: OpId) -> Option<OpResult<M>> {
+        let result = self.awaited.get_mut(&op).and_then(Option::take);
+        if result.is_some() {
+            self.awaited.remove(&op);
+        }
+        result
+    }
+
+    /// Stops awaiting `op` (its caller gave up): a result that arrives later goes to
+    /// the event buffer; one that already arrived is discarded.
+    pub fn forget_op(&mut self, op: OpId) {
+        self.awaited.remove(&op);
+    }
+
+    /// Whether operation `op` succeeded, if it is among the last [`FINISHED_MEMORY`]
+    /// operations to finish; `None` if it has not finished (or was forgotten). Any
+    /// number of callers can ask, e.g. every caller waiting for one recovery.
+    pub fn finished(&self, op: OpId) -> Option<Result<(), Error>> {
+        self.finished
+            .iter()
+            .rev()
+            .find(|(o, _)| *o == op)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Takes every buffered event (state changes, session loss, completions of
+    /// operations nobody awaited), oldest first.
+    pub fn drain_events(&mut self) -> Vec<SessionEvent<M>> {
+        self.events.drain(..).collect()
+    }
+
+    /// Takes the oldest buffered event.
+    pub fn next_event(&mut self) -> Option<SessionEvent<M>> {
+        self.events.pop_front()
+    }
+
+    /// How many events were dropped because the buffer was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events
+    }
+
+    /// The deadline of the machine's timer as of the last [`pump`](Self::pump):
+    /// pump again at (or soon after) that instant. `None`: no timer is set.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// How many transmits handed out by [`pump`](Self::pump) await their response
+    /// or failure.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+
+    /// The machine, to authorize and observe application requests or call its own
+    /// methods. Call [`pump`](Self::pump) afterwards: the machine may have work.
+    pub fn machine_mut(&mut self) -> &mut M {
+        &mut self.machine
+    }
+
+    fn record(&mut self, e: SessionEvent<M>) {
+        let e = match e {
+            Event::Completed { op, result } => {
+                if self.finished.len() >= FINISHED_MEMORY {
+                    self.finished.pop_front();
+                }
+                self.finished
+                    .push_back((op, result.as_ref().map(|_| ()).map_err(Clone::clone)));
+                match self.awaited.get_mut(&op) {
+                    Some(slot) => {
+                        *slot = Some(result);
+                        return;
+                    }
+                    None => Event::Completed { op, result },
+                }
+            }
+            other => other,
+        };
+        if self.event_capacity == 0 {
+            self.dropped_events += 1;
+            return;
+        }
+        if self.events.len() >= self.event_capacity {
+            self.events.pop_front();
+            self.dropped_events += 1;
+        }
+        self.events.push_back(e);
+    }
+}
+
+#[cfg(test)]
+mod tests;

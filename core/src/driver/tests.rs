@@ -1,0 +1,292 @@
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::machine::{AuthStamp, AuthorizeError, FailureKind, Observation, TransportFailure};
+
+/// A scripted machine: each intent is one request; its response completes the
+/// operation with the intent as outcome, a failure completes it with an error.
+/// Timer ticks are counted and reported as state changes.
+#[derive(Default)]
+struct Fake {
+    queue: VecDeque<Output<u32, u32>>,
+    pending: HashMap<RequestId, (OpId, u32)>,
+    wait: Option<Instant>,
+    ticks: u32,
+    next: u64,
+}
+
+impl Fake {
+    fn emit(&mut self, e: Event<u32, u32>) {
+        self.queue.push_back(Output::Event(e));
+    }
+
+    fn complete(&mut self, op: u64, outcome: u32) {
+        self.emit(Event::Completed {
+            op: OpId(op),
+            result: Ok(outcome),
+        });
+    }
+}
+
+impl Machine for Fake {
+    type Intent = u32;
+    type State = u32;
+    type Outcome = u32;
+
+    fn submit(&mut self, intent: u32, _now: Now) -> Result<OpId, UsageError> {
+        if intent == 0 {
+            return Err(UsageError::QueueFull);
+        }
+        self.next += 1;
+        let (op, id) = (OpId(self.next), RequestId(self.next));
+        self.pending.insert(id, (op, intent));
+        let request = http::Request::get("https://broker.test/session")
+            .body(Vec::new())
+            .unwrap();
+        self.queue.push_back(Output::Send(Transmit { id, request }));
+        Ok(op)
+    }
+
+    fn handle_input(&mut self, input: Input, _now: Now) {
+        match input {
+            Input::Response { id, .. } => {
+                if let Some((op, intent)) = self.pending.remove(&id) {
+                    self.emit(Event::Completed {
+                        op,
+                        result: Ok(intent),
+                    });
+                }
+            }
+            Input::Failed { id, failure } => {
+                if let Some((op, _)) = self.pending.remove(&id) {
+                    self.emit(Event::Completed {
+                        op,
+                        result: Err(Error::Transport(failure)),
+                    });
+                }
+            }
+            Input::Timeout => {
+                self.ticks += 1;
+                self.wait = None;
+                self.emit(Event::StateChanged(self.ticks));
+            }
+        }
+    }
+
+    fn poll_output(&mut self, _now: Now) -> Output<u32, u32> {
+        self.queue.pop_front().unwrap_or(Output::Wait(self.wait))
+    }
+
+    fn authorize<B>(
+        &mut self,
+        _: &mut http::Request<B>,
+        _: Now,
+    ) -> Result<AuthStamp, AuthorizeError> {
+        Err(AuthorizeError::NotLoggedIn)
+    }
+
+    fn observe<B: AsRef<[u8]>>(
+        &mut self,
+        _: &http::Response<B>,
+        _: AuthStamp,
+        _: Now,
+    ) -> Observation {
+        Observation::Accepted
+    }
+
+    fn state(&self) -> u32 {
+        self.ticks
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // a test needs some instant to start from
+fn start() -> Now {
+    Now::new(
+        Instant::now(),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1000),
+    )
+}
+
+fn ok(id: RequestId) -> Input {
+    Input::Response {
+        id,
+        response: http::Response::new(Vec::new()),
+    }
+}
+
+#[test]
+fn event_buffer_keeps_the_newest_and_counts_the_dropped() {
+    let now = start();
+    let mut d = Driver::new(Fake::default(), 3);
+    for i in 1..=5 {
+        d.machine_mut().emit(Event::StateChanged(i));
+    }
+    assert!(d.pump(now).changed);
+    assert_eq!(d.dropped_events(), 2);
+    assert_eq!(d.next_event(), Some(Event::StateChanged(3)));
+    assert_eq!(
+        d.drain_events(),
+        vec![Event::StateChanged(4), Event::StateChanged(5)]
+    );
+    assert_eq!(d.next_event(), None);
+
+    // With no room at all every event is dropped, but awaited results still arrive.
+    let mut d = Driver::new(Fake::default(), 0);
+    let op = d.submit(7, now).unwrap();
+    d.await_op(op);
+    let t = d.pump(now).transmits;
+    d.handle_input(ok(t[0].id), now);
+    d.machine_mut().emit(Event::StateChanged(1));
+    d.pump(now);
+    assert_eq!(d.dropped_events(), 1);
+    assert!(d.drain_events().is_empty());
+    assert_eq!(d.take_result(op).unwrap().unwrap(), 7);
+}
+
+#[test]
+fn awaited_results_go_to_their_caller_others_to_the_buffer() {
+    let now = start();
+    let mut d = Driver::new(Fake::default(), 16);
+    let mine = d.submit(10, now).unwrap();
+    let theirs = d.submit(20, now).unwrap();
+    d.await_op(mine);
+    let pump = d.pump(now);
+    assert_eq!(pump.transmits.len(), 2);
+    assert_eq!(d.take_result(mine).map(|_| ()), None, "still running");
+
+    for t in pump.transmits {
+        d.handle_input(ok(t.id), now);
+    }
+    assert!(d.pump(now).changed);
+    assert_eq!(d.take_result(mine).unwrap().unwrap(), 10);
+    // Taken once: the operation is no longer awaited.
+    assert!(d.take_result(mine).is_none());
+    assert_eq!(
+        d.drain_events(),
+        vec![Event::Completed {
+            op: theirs,
+            result: Ok(20)
+        }]
+    );
+    // Not awaited, never awaited: nothing to take.
+    assert!(d.take_result(theirs).is_none());
+}
+
+#[test]
+fn a_forgotten_operation_reports_to_the_buffer() {
+    let now = start();
+    let mut d = Driver::new(Fake::default(), 16);
+    let op = d.submit(5, now).unwrap();
+    d.await_op(op);
+    let t = d.pump(now).transmits;
+    d.forget_op(op);
+    d.handle_input(ok(t[0].id), now);
+    d.pump(now);
+    assert!(d.take_result(op).is_none());
+    assert_eq!(
+        d.drain_events(),
+        vec![Event::Completed { op, result: Ok(5) }]
+    );
+}
+
+#[test]
+fn finished_operations_are_remembered_for_every_asker_up_to_the_limit() {
+    let now = start();
+    let mut d = Driver::new(Fake::default(), 0);
+    let op = d.submit(1, now).unwrap();
+    let failing = d.submit(2, now).unwrap();
+    assert_eq!(d.finished(op), None);
+    let t = d.pump(now).transmits;
+    d.handle_input(ok(t[0].id), now);
+    let failure = TransportFailure::new(FailureKind::Other, "reset");
+    d.handle_input(
+        Input::Failed {
+            id: t[1].id,
+            failure: failure.clone(),
+        },
+        now,
+    );
+    d.pump(now);
+    assert_eq!(d.finished(op), Some(Ok(())));
+    assert_eq!(d.finished(op), Some(Ok(())), "asked twice");
+    assert_eq!(d.finished(failing), Some(Err(Error::Transport(failure))));
+
+    // Only the last FINISHED_MEMORY operations are remembered.
+    for i in 0..FINISHED_MEMORY as u64 - 1 {
+        d.machine_mut().complete(1000 + i, 0);
+    }
+    d.pump(now);
+    assert_eq!(d.finished(op), None);
+    assert!(d.finished(failing).is_some());
+    assert!(
+        d.finished(OpId(1000 + FINISHED_MEMORY as u64 - 2))
+            .is_some()
+    );
+}
+
+#[test]
+fn in_flight_counts_only_transmits_handed_out_and_not_yet_answered() {
+    let now = start();
+    let mut d = Driver::new(Fake::default(), 16);
+    d.submit(1, now).unwrap();
+    d.submit(2, now).unwrap();
+    assert_eq!(d.in_flight(), 0);
+    let t = d.pump(now).transmits;
+    assert_eq!(d.in_flight(), 2);
+    // An answer for a request never handed out changes nothing.
+    d.handle_input(ok(RequestId(99)), now);
+    assert_eq!(d.in_flight(), 2);
+    d.handle_input(ok(t[0].id), now);
+    assert_eq!(d.in_flight(), 1);
+    // A second answer for the same request is not counted twice.
+    d.handle_input(ok(t[0].id), now);
+    assert_eq!(d.in_flight(), 1);
+    d.handle_input(
+        Input::Failed {
+            id: t[1].id,
+            failure: TransportFailure::new(FailureKind::Cancelled, "dropped"),
+        },
+        now,
+    );
+    assert_eq!(d.in_flight(), 0);
+}
+
+#[test]
+fn the_timer_runs_once_its_deadline_has_passed() {
+    let now = start();
+    let due = now.mono + Duration::from_secs(10);
+    let mut d = Driver::new(Fake::default(), 16);
+    assert!(!d.pump(now).changed, "nothing happened");
+    assert_eq!(d.deadline(), None);
+
+    d.machine_mut().wait = Some(due);
+    assert!(d.pump(now).changed, "a new deadline is a change");
+    assert_eq!(d.deadline(), Some(due));
+    assert!(!d.pump(now).changed, "the same deadline is not");
+
+    // Not yet due: the machine hears no timeout.
+    d.pump(now + Duration::from_secs(9));
+    assert_eq!(d.machine().ticks, 0);
+
+    let later = now + Duration::from_secs(10);
+    assert!(d.pump(later).changed);
+    assert_eq!(d.machine().ticks, 1);
+    assert_eq!(d.deadline(), None, "the fake set no new timer");
+    assert_eq!(d.drain_events(), vec![Event::StateChanged(1)]);
+    d.pump(later + Duration::from_secs(60));
+    assert_eq!(d.machine().ticks, 1, "no timer, no timeout");
+}
+
+#[test]
+fn usage_errors_pass_through_and_debug_shows_counts_only() {
+    let now = start();
+    let mut d = Driver::new(Fake::default(), 4);
+    assert_eq!(d.submit(0, now), Err(UsageError::QueueFull));
+    d.submit(3, now).unwrap();
+    let pump = d.pump(now);
+    assert!(format!("{pump:?}").contains("broker.test"));
+    let debug = format!("{d:?}");
+    assert!(debug.contains("in_flight: 1"), "{debug}");
+    assert!(debug.contains("state: 0"), "{debug}");
+}
