@@ -2,14 +2,13 @@
 //! `.await`. Session requests are exchanged by spawned tasks that always feed their
 //! result back, so dropping a caller's future never leaves the machine waiting.
 
-use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use broker_session::driver::{Driver, SessionEvent};
 use broker_session::{
-    AuthorizeError, Event, FailureKind, Input, Machine, Observation, OpId, Output, RequestId,
-    Transmit, TransportFailure,
+    AuthorizeError, FailureKind, Input, Machine, Observation, OpId, RequestId, TransportFailure,
 };
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -17,12 +16,6 @@ use tokio::sync::Notify;
 use crate::error::Error;
 use crate::http_client::HttpClient;
 use crate::{Config, now};
-
-/// How many finished operations are remembered for tasks that join a recovery late.
-const FINISHED_MEMORY: usize = 256;
-
-type SessionEvent<M> = Event<<M as Machine>::State, <M as Machine>::Outcome>;
-type OpResult<M> = Result<<M as Machine>::Outcome, broker_session::Error>;
 
 /// An async session client for any [`Machine`], on tokio.
 ///
@@ -48,7 +41,7 @@ impl<M: Machine> std::fmt::Debug for Session<M> {
         let mut d = f.debug_struct("Session");
         // `try_lock`: Debug may be called while this thread holds the lock.
         match self.inner.shared.try_lock() {
-            Ok(g) => d.field("state", &g.machine.state()),
+            Ok(g) => d.field("state", &g.machine().state()),
             Err(_) => d.field("state", &"<locked>"),
         };
         d.finish_non_exhaustive()
@@ -58,7 +51,7 @@ impl<M: Machine> std::fmt::Debug for Session<M> {
 pub(crate) struct Inner<M: Machine> {
     http: HttpClient,
     runtime: Handle,
-    shared: Mutex<Shared<M>>,
+    shared: Mutex<Driver<M>>,
     changed: Notify,
     /// Failures of exchanges whose task was dropped. Kept apart from `shared`
     /// because a task can be dropped while `shared` is locked (spawning on a runtime
@@ -66,88 +59,8 @@ pub(crate) struct Inner<M: Machine> {
     orphaned: Mutex<Vec<Input>>,
 }
 
-pub(crate) struct Shared<M: Machine> {
-    machine: M,
-    deadline: Option<Instant>,
-    in_flight: usize,
-    awaited: HashMap<OpId, Option<OpResult<M>>>,
-    finished: VecDeque<(OpId, Result<(), broker_session::Error>)>,
-    events: VecDeque<SessionEvent<M>>,
-    event_capacity: usize,
-    dropped_events: u64,
-}
-
-impl<M: Machine> Shared<M> {
-    fn pump(&mut self) -> (Vec<Transmit>, bool) {
-        let now = now();
-        let mut changed = false;
-        if self.deadline.is_some_and(|d| d <= now.mono) {
-            self.deadline = None;
-            self.machine.handle_input(Input::Timeout, now);
-            changed = true;
-        }
-        let mut sends = Vec::new();
-        loop {
-            match self.machine.poll_output(now) {
-                Output::Send(t) => sends.push(t),
-                Output::Event(e) => {
-                    self.record(e);
-                    changed = true;
-                }
-                Output::Wait(w) => {
-                    changed |= w != self.deadline;
-                    self.deadline = w;
-                    break;
-                }
-                // An output this transport does not know: stop rather than spin.
-                _ => break,
-            }
-        }
-        changed |= !sends.is_empty();
-        self.in_flight += sends.len();
-        (sends, changed)
-    }
-
-    fn record(&mut self, e: SessionEvent<M>) {
-        let e = match e {
-            Event::Completed { op, result } => {
-                if self.finished.len() == FINISHED_MEMORY {
-                    self.finished.pop_front();
-                }
-                self.finished
-                    .push_back((op, result.as_ref().map(|_| ()).map_err(Clone::clone)));
-                match self.awaited.get_mut(&op) {
-                    Some(slot) => {
-                        *slot = Some(result);
-                        return;
-                    }
-                    None => Event::Completed { op, result },
-                }
-            }
-            other => other,
-        };
-        if self.event_capacity == 0 {
-            self.dropped_events += 1;
-            return;
-        }
-        if self.events.len() == self.event_capacity {
-            self.events.pop_front();
-            self.dropped_events += 1;
-        }
-        self.events.push_back(e);
-    }
-
-    fn finished(&self, op: OpId) -> Option<Result<(), broker_session::Error>> {
-        self.finished
-            .iter()
-            .rev()
-            .find(|(o, _)| *o == op)
-            .map(|(_, r)| r.clone())
-    }
-}
-
 impl<M: Machine> Inner<M> {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared<M>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Driver<M>> {
         // A panic elsewhere leaves the machine as it was between two calls; carrying
         // on is safer than poisoning every later call.
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
@@ -161,15 +74,14 @@ where
     M::Outcome: Send,
 {
     /// Polls the machine until it waits and hands each transmit to a spawned task.
-    fn drive_locked(self: &Arc<Self>, g: &mut Shared<M>) {
+    fn drive_locked(self: &Arc<Self>, g: &mut Driver<M>) {
         let orphaned =
             std::mem::take(&mut *self.orphaned.lock().unwrap_or_else(PoisonError::into_inner));
         for input in orphaned {
-            g.in_flight = g.in_flight.saturating_sub(1);
-            g.machine.handle_input(input, now());
+            g.handle_input(input, now());
         }
-        let (sends, changed) = g.pump();
-        for t in sends {
+        let pump = g.pump(now());
+        for t in pump.transmits {
             let feed = FeedBack {
                 inner: Arc::clone(self),
                 id: t.id,
@@ -177,15 +89,14 @@ where
             };
             self.runtime.spawn(feed.exchange(t.request));
         }
-        if changed {
+        if pump.changed {
             self.changed.notify_waiters();
         }
     }
 
     fn feed(self: &Arc<Self>, input: Input) {
         let mut g = self.lock();
-        g.in_flight = g.in_flight.saturating_sub(1);
-        g.machine.handle_input(input, now());
+        g.handle_input(input, now());
         self.drive_locked(&mut g);
         // The exchange ended: wake waiters even if the machine emitted nothing.
         self.changed.notify_waiters();
@@ -195,7 +106,7 @@ where
     /// until something changed.
     async fn wait_until<T>(
         self: &Arc<Self>,
-        mut ready: impl FnMut(&mut Shared<M>) -> Option<T>,
+        mut ready: impl FnMut(&mut Driver<M>) -> Option<T>,
     ) -> Result<T, Error> {
         loop {
             let mut notified = pin!(self.changed.notified());
@@ -206,9 +117,9 @@ where
                 if let Some(v) = ready(&mut g) {
                     return Ok(v);
                 }
-                match g.deadline {
+                match g.deadline() {
                     Some(d) => Some(d),
-                    None if g.in_flight > 0 => None,
+                    None if g.in_flight() > 0 => None,
                     None => return Err(Error::Stalled),
                 }
             };
@@ -222,7 +133,7 @@ where
     }
 
     async fn wait_finished(self: &Arc<Self>, op: OpId) -> Result<(), Error> {
-        self.wait_until(|s| s.finished(op))
+        self.wait_until(|d| d.finished(op))
             .await?
             .map_err(Error::Session)
     }
@@ -235,7 +146,7 @@ where
             let deadline = {
                 let mut g = self.lock();
                 self.drive_locked(&mut g);
-                g.deadline
+                g.deadline()
             };
             match deadline {
                 Some(d) => {
@@ -327,7 +238,7 @@ where
     M::Outcome: Send,
 {
     fn drop(&mut self) {
-        self.inner.lock().awaited.remove(&self.op);
+        self.inner.lock().forget_op(self.op);
     }
 }
 
@@ -352,16 +263,7 @@ where
             inner: Arc::new(Inner {
                 http,
                 runtime,
-                shared: Mutex::new(Shared {
-                    machine,
-                    deadline: None,
-                    in_flight: 0,
-                    awaited: HashMap::new(),
-                    finished: VecDeque::new(),
-                    events: VecDeque::new(),
-                    event_capacity: config.event_capacity,
-                    dropped_events: 0,
-                }),
+                shared: Mutex::new(Driver::new(machine, config.event_capacity)),
                 changed: Notify::new(),
                 orphaned: Mutex::new(Vec::new()),
             }),
@@ -382,8 +284,8 @@ where
     pub async fn run(&self, intent: M::Intent) -> Result<M::Outcome, Error> {
         let op = {
             let mut g = self.inner.lock();
-            let op = g.machine.submit(intent, now()).map_err(Error::Usage)?;
-            g.awaited.insert(op, None);
+            let op = g.submit(intent, now()).map_err(Error::Usage)?;
+            g.await_op(op);
             op
         };
         let _slot = AwaitSlot {
@@ -391,7 +293,7 @@ where
             op,
         };
         self.inner
-            .wait_until(|s| s.awaited.get_mut(&op).and_then(Option::take))
+            .wait_until(|d| d.take_result(op))
             .await?
             .map_err(Error::Session)
     }
@@ -403,7 +305,7 @@ where
     /// call.
     pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
         let mut g = self.inner.lock();
-        let op = g.machine.submit(intent, now()).map_err(Error::Usage)?;
+        let op = g.submit(intent, now()).map_err(Error::Usage)?;
         self.inner.drive_locked(&mut g);
         Ok(op)
     }
@@ -428,7 +330,7 @@ where
         let mut waits = 0;
         loop {
             let mut req = clone_request(&request);
-            let authorized = self.inner.lock().machine.authorize(&mut req, now());
+            let authorized = self.inner.lock().machine_mut().authorize(&mut req, now());
             let stamp = match authorized {
                 Ok(stamp) => stamp,
                 Err(AuthorizeError::Pending { op }) if waits < 2 => {
@@ -446,7 +348,7 @@ where
                 .map_err(Error::Transport)?;
             let observation = {
                 let mut g = self.inner.lock();
-                let o = g.machine.observe(&response, stamp, now());
+                let o = g.machine_mut().observe(&response, stamp, now());
                 self.inner.drive_locked(&mut g);
                 o
             };
@@ -468,12 +370,12 @@ where
     pub fn service(&self) -> Option<Instant> {
         let mut g = self.inner.lock();
         self.inner.drive_locked(&mut g);
-        g.deadline
+        g.deadline()
     }
 
     /// The session's current state.
     pub fn state(&self) -> M::State {
-        self.inner.lock().machine.state()
+        self.inner.lock().machine().state()
     }
 
     /// Runs `f` on the machine under the session's lock, e.g. to read a getter the
@@ -481,7 +383,7 @@ where
     /// session from it (the lock is not reentrant).
     pub fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
         let mut g = self.inner.lock();
-        let r = f(&mut g.machine);
+        let r = f(g.machine_mut());
         self.inner.drive_locked(&mut g);
         r
     }
@@ -490,7 +392,7 @@ where
     /// operations no [`run`](Session::run) call was waiting for, such as proactive
     /// refreshes and keep-alive ticks), oldest first.
     pub fn drain_events(&self) -> Vec<SessionEvent<M>> {
-        self.inner.lock().events.drain(..).collect()
+        self.inner.lock().drain_events()
     }
 
     /// Waits for the next event, driving the machine meanwhile. Wrap it in
@@ -502,10 +404,10 @@ where
             let deadline = {
                 let mut g = self.inner.lock();
                 self.inner.drive_locked(&mut g);
-                if let Some(e) = g.events.pop_front() {
+                if let Some(e) = g.next_event() {
                     return e;
                 }
-                g.deadline
+                g.deadline()
             };
             match deadline {
                 Some(d) => {
@@ -519,7 +421,7 @@ where
     /// How many events were dropped because the buffer was full
     /// ([`Config::event_capacity`]).
     pub fn dropped_events(&self) -> u64 {
-        self.inner.lock().dropped_events
+        self.inner.lock().dropped_events()
     }
 
     /// The HTTP client this session uses.

@@ -1,19 +1,15 @@
 //! The blocking session client: one machine behind a mutex, driven by whichever
 //! thread needs progress, never holding the lock during network IO.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use broker_session::{AuthorizeError, Event, Input, Machine, Observation, OpId, Output, Transmit};
+use broker_session::driver::{Driver, SessionEvent};
+use broker_session::{AuthorizeError, Input, Machine, Observation, OpId};
 
 use crate::error::Error;
 use crate::http_client::HttpClient;
 use crate::{Config, now};
-
-/// How many finished operations are remembered for threads that join a recovery
-/// late.
-const FINISHED_MEMORY: usize = 256;
 
 /// How long a waiter sleeps at most while another thread has a request in flight;
 /// a safety net only: the waiter is woken as soon as the exchange ends.
@@ -44,7 +40,7 @@ impl<M: Machine> std::fmt::Debug for Client<M> {
         let mut d = f.debug_struct("Client");
         // `try_lock`: Debug may be called while this thread holds the lock.
         match self.inner.shared.try_lock() {
-            Ok(g) => d.field("state", &g.machine.state()),
+            Ok(g) => d.field("state", &g.machine().state()),
             Err(_) => d.field("state", &"<locked>"),
         };
         d.finish_non_exhaustive()
@@ -53,106 +49,12 @@ impl<M: Machine> std::fmt::Debug for Client<M> {
 
 pub(crate) struct Inner<M: Machine> {
     http: HttpClient,
-    shared: Mutex<Shared<M>>,
+    shared: Mutex<Driver<M>>,
     changed: Condvar,
 }
 
-type SessionEvent<M> = Event<<M as Machine>::State, <M as Machine>::Outcome>;
-type OpResult<M> = Result<<M as Machine>::Outcome, broker_session::Error>;
-
-pub(crate) struct Shared<M: Machine> {
-    machine: M,
-    /// The deadline of the machine's last `Wait`.
-    deadline: Option<Instant>,
-    /// Transmits being exchanged by some thread right now.
-    in_flight: usize,
-    /// Operations a caller of `run` waits for, with their result once it arrives.
-    awaited: HashMap<OpId, Option<OpResult<M>>>,
-    /// The last operations to finish, for threads waiting on a recovery.
-    finished: VecDeque<(OpId, Result<(), broker_session::Error>)>,
-    events: VecDeque<SessionEvent<M>>,
-    event_capacity: usize,
-    dropped_events: u64,
-}
-
-impl<M: Machine> Shared<M> {
-    /// Runs a due timer, then polls until the machine waits. Returns the transmits to
-    /// exchange and whether anything changed (so waiters are woken only then).
-    fn pump(&mut self) -> (Vec<Transmit>, bool) {
-        let now = now();
-        let mut changed = false;
-        if self.deadline.is_some_and(|d| d <= now.mono) {
-            self.deadline = None;
-            self.machine.handle_input(Input::Timeout, now);
-            changed = true;
-        }
-        let mut sends = Vec::new();
-        loop {
-            match self.machine.poll_output(now) {
-                Output::Send(t) => sends.push(t),
-                Output::Event(e) => {
-                    self.record(e);
-                    changed = true;
-                }
-                Output::Wait(w) => {
-                    changed |= w != self.deadline;
-                    self.deadline = w;
-                    break;
-                }
-                // A future kind of output this transport does not know: stop polling
-                // rather than spin; the next call polls again.
-                _ => break,
-            }
-        }
-        changed |= !sends.is_empty();
-        self.in_flight += sends.len();
-        (sends, changed)
-    }
-
-    fn record(&mut self, e: SessionEvent<M>) {
-        let e = match e {
-            Event::Completed { op, result } => {
-                if self.finished.len() == FINISHED_MEMORY {
-                    self.finished.pop_front();
-                }
-                self.finished
-                    .push_back((op, result.as_ref().map(|_| ()).map_err(Clone::clone)));
-                match self.awaited.get_mut(&op) {
-                    Some(slot) => {
-                        *slot = Some(result);
-                        return;
-                    }
-                    None => Event::Completed { op, result },
-                }
-            }
-            other => other,
-        };
-        if self.event_capacity == 0 {
-            self.dropped_events += 1;
-            return;
-        }
-        if self.events.len() == self.event_capacity {
-            self.events.pop_front();
-            self.dropped_events += 1;
-        }
-        self.events.push_back(e);
-    }
-
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    fn finished(&self, op: OpId) -> Option<Result<(), broker_session::Error>> {
-        self.finished
-            .iter()
-            .rev()
-            .find(|(o, _)| *o == op)
-            .map(|(_, r)| r.clone())
-    }
-}
-
 impl<M: Machine> Inner<M> {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared<M>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Driver<M>> {
         // A panic in another thread leaves the machine as it was between two calls;
         // carrying on is safer than poisoning every later call.
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
@@ -162,18 +64,19 @@ impl<M: Machine> Inner<M> {
     /// with the lock released, and feeds the results back.
     pub(crate) fn drive<'a>(
         &'a self,
-        mut g: MutexGuard<'a, Shared<M>>,
-    ) -> MutexGuard<'a, Shared<M>> {
+        mut g: MutexGuard<'a, Driver<M>>,
+    ) -> MutexGuard<'a, Driver<M>> {
         loop {
-            let (sends, changed) = g.pump();
-            if changed {
+            let pump = g.pump(now());
+            if pump.changed {
                 self.changed.notify_all();
             }
-            if sends.is_empty() {
+            if pump.transmits.is_empty() {
                 return g;
             }
             drop(g);
-            let inputs: Vec<Input> = sends
+            let inputs: Vec<Input> = pump
+                .transmits
                 .into_iter()
                 .map(|t| match self.http.execute(t.request) {
                     Ok(response) => Input::Response { id: t.id, response },
@@ -181,10 +84,9 @@ impl<M: Machine> Inner<M> {
                 })
                 .collect();
             g = self.lock();
-            g.in_flight -= inputs.len();
             let now = now();
             for input in inputs {
-                g.machine.handle_input(input, now);
+                g.handle_input(input, now);
             }
             // An exchange ended: waiters re-check even if the machine emits nothing.
             self.changed.notify_all();
@@ -195,17 +97,17 @@ impl<M: Machine> Inner<M> {
     /// machine's next deadline or another thread's progress.
     fn wait_until<'a, T>(
         &'a self,
-        mut g: MutexGuard<'a, Shared<M>>,
-        mut ready: impl FnMut(&mut Shared<M>) -> Option<T>,
-    ) -> (MutexGuard<'a, Shared<M>>, Result<T, Error>) {
+        mut g: MutexGuard<'a, Driver<M>>,
+        mut ready: impl FnMut(&mut Driver<M>) -> Option<T>,
+    ) -> (MutexGuard<'a, Driver<M>>, Result<T, Error>) {
         loop {
             g = self.drive(g);
             if let Some(v) = ready(&mut g) {
                 return (g, Ok(v));
             }
-            let sleep = match g.deadline {
+            let sleep = match g.deadline() {
                 Some(d) => d.saturating_duration_since(Instant::now()),
-                None if g.in_flight > 0 => IN_FLIGHT_POLL,
+                None if g.in_flight() > 0 => IN_FLIGHT_POLL,
                 None => return (g, Err(Error::Stalled)),
             };
             if !sleep.is_zero() {
@@ -222,18 +124,18 @@ impl<M: Machine> Inner<M> {
     /// pending login) and returns whether it succeeded.
     fn wait_finished<'a>(
         &'a self,
-        g: MutexGuard<'a, Shared<M>>,
+        g: MutexGuard<'a, Driver<M>>,
         op: OpId,
-    ) -> (MutexGuard<'a, Shared<M>>, Result<(), Error>) {
-        let (g, r) = self.wait_until(g, |s| s.finished(op));
+    ) -> (MutexGuard<'a, Driver<M>>, Result<(), Error>) {
+        let (g, r) = self.wait_until(g, |d| d.finished(op));
         (g, r.and_then(|r| r.map_err(Error::Session)))
     }
 
     pub(crate) fn wait_changed<'a>(
         &'a self,
-        g: MutexGuard<'a, Shared<M>>,
+        g: MutexGuard<'a, Driver<M>>,
         timeout: Duration,
-    ) -> MutexGuard<'a, Shared<M>> {
+    ) -> MutexGuard<'a, Driver<M>> {
         self.changed
             .wait_timeout(g, timeout)
             .unwrap_or_else(PoisonError::into_inner)
@@ -257,16 +159,7 @@ impl<M: Machine> Client<M> {
         Self {
             inner: Arc::new(Inner {
                 http,
-                shared: Mutex::new(Shared {
-                    machine,
-                    deadline: None,
-                    in_flight: 0,
-                    awaited: HashMap::new(),
-                    finished: VecDeque::new(),
-                    events: VecDeque::new(),
-                    event_capacity: config.event_capacity,
-                    dropped_events: 0,
-                }),
+                shared: Mutex::new(Driver::new(machine, config.event_capacity)),
                 changed: Condvar::new(),
             }),
         }
@@ -280,12 +173,10 @@ impl<M: Machine> Client<M> {
     /// the operation's typed result.
     pub fn run(&self, intent: M::Intent) -> Result<M::Outcome, Error> {
         let mut g = self.inner.lock();
-        let op = g.machine.submit(intent, now()).map_err(Error::Usage)?;
-        g.awaited.insert(op, None);
-        let (mut g, r) = self
-            .inner
-            .wait_until(g, |s| s.awaited.get_mut(&op).and_then(Option::take));
-        g.awaited.remove(&op);
+        let op = g.submit(intent, now()).map_err(Error::Usage)?;
+        g.await_op(op);
+        let (mut g, r) = self.inner.wait_until(g, |d| d.take_result(op));
+        g.forget_op(op);
         r?.map_err(Error::Session)
     }
 
@@ -297,7 +188,6 @@ impl<M: Machine> Client<M> {
         let op = self
             .inner
             .lock()
-            .machine
             .submit(intent, now())
             .map_err(Error::Usage)?;
         self.inner.notify();
@@ -325,7 +215,7 @@ impl<M: Machine> Client<M> {
             let mut req = clone_request(&request);
             let stamp = {
                 let mut g = self.inner.lock();
-                match g.machine.authorize(&mut req, now()) {
+                match g.machine_mut().authorize(&mut req, now()) {
                     Ok(stamp) => stamp,
                     Err(AuthorizeError::Pending { op }) if waits < 2 => {
                         waits += 1;
@@ -337,7 +227,7 @@ impl<M: Machine> Client<M> {
             };
             let response = self.inner.http.execute(req).map_err(Error::Transport)?;
             let mut g = self.inner.lock();
-            let observation = g.machine.observe(&response, stamp, now());
+            let observation = g.machine_mut().observe(&response, stamp, now());
             match observation {
                 Observation::Replay if !resent => {
                     resent = true;
@@ -368,12 +258,12 @@ impl<M: Machine> Client<M> {
     /// scheduled until the next call on the client.
     pub fn service(&self) -> Option<Instant> {
         let g = self.inner.drive(self.inner.lock());
-        g.deadline
+        g.deadline()
     }
 
     /// The session's current state.
     pub fn state(&self) -> M::State {
-        self.inner.lock().machine.state()
+        self.inner.lock().machine().state()
     }
 
     /// Runs `f` on the machine under the client's lock, e.g. to read a getter the
@@ -381,7 +271,7 @@ impl<M: Machine> Client<M> {
     /// client from it (the lock is not reentrant).
     pub fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
         let mut g = self.inner.lock();
-        let r = f(&mut g.machine);
+        let r = f(g.machine_mut());
         drop(self.inner.drive(g));
         r
     }
@@ -390,7 +280,7 @@ impl<M: Machine> Client<M> {
     /// operations no [`run`](Client::run) call was waiting for, such as proactive
     /// refreshes and keep-alive ticks), oldest first.
     pub fn drain_events(&self) -> Vec<SessionEvent<M>> {
-        self.inner.lock().events.drain(..).collect()
+        self.inner.lock().drain_events()
     }
 
     /// Waits up to `timeout` for the next event, driving the machine meanwhile.
@@ -399,14 +289,14 @@ impl<M: Machine> Client<M> {
         let mut g = self.inner.lock();
         loop {
             g = self.inner.drive(g);
-            if let Some(e) = g.events.pop_front() {
+            if let Some(e) = g.next_event() {
                 return Some(e);
             }
             let now = Instant::now();
             if now >= end {
                 return None;
             }
-            let until = g.deadline.map_or(end, |d| d.min(end));
+            let until = g.deadline().map_or(end, |d| d.min(end));
             let sleep = until.saturating_duration_since(now);
             if !sleep.is_zero() {
                 g = self.inner.wait_changed(g, sleep);
@@ -417,7 +307,7 @@ impl<M: Machine> Client<M> {
     /// How many events were dropped because the buffer was full
     /// ([`Config::event_capacity`]).
     pub fn dropped_events(&self) -> u64 {
-        self.inner.lock().dropped_events
+        self.inner.lock().dropped_events()
     }
 
     /// The HTTP client this session uses.
