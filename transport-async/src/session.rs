@@ -299,8 +299,9 @@ where
     }
 
     /// Queues `intent` and starts it if the machine is idle, without waiting; returns
-    /// its operation id. Its result arrives as an [`Event::Completed`] in the event
-    /// buffer (see [`next_event`](Self::next_event)). Timers still need a driver:
+    /// its operation id. Its result arrives as an
+    /// [`Event::Completed`](broker_session::Event::Completed) in the event buffer (see
+    /// [`next_event`](Self::next_event)). Timers still need a driver:
     /// [`keep_alive`](Self::keep_alive), [`service`](Self::service) or any awaiting
     /// call.
     pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {

@@ -183,7 +183,8 @@ impl<M: Machine> Client<M> {
     /// Queues `intent` without sending anything; returns its operation id. The
     /// operation runs when the machine is next driven (by [`service`](Self::service),
     /// the [`keep_alive`](Self::keep_alive) thread or any other call), and its result
-    /// arrives as an [`Event::Completed`] in the event buffer.
+    /// arrives as an [`Event::Completed`](broker_session::Event::Completed) in the
+    /// event buffer.
     pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
         let op = self
             .inner
