@@ -58,7 +58,7 @@
 //! assert_eq!(driver.finished(login), Some(Ok(())));
 //! ```
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Instant;
 
@@ -99,9 +99,10 @@ pub struct Driver<M: Machine> {
     /// The deadline of the machine's last `Wait`.
     deadline: Option<Instant>,
     /// Transmits handed out by `pump` whose response or failure has not come back.
-    in_flight: HashSet<RequestId>,
+    /// Ordered collections, not hashed ones: std's hasher seeds itself from the OS.
+    in_flight: BTreeSet<RequestId>,
     /// Operations a caller awaits, with their result once it arrives.
-    awaited: HashMap<OpId, Option<OpResult<M>>>,
+    awaited: BTreeMap<OpId, Option<OpResult<M>>>,
     /// The last operations to finish, oldest first.
     finished: VecDeque<(OpId, Result<(), Error>)>,
     events: VecDeque<SessionEvent<M>>,
@@ -134,8 +135,8 @@ impl<M: Machine> Driver<M> {
         Self {
             machine,
             deadline: None,
-            in_flight: HashSet::new(),
-            awaited: HashMap::new(),
+            in_flight: BTreeSet::new(),
+            awaited: BTreeMap::new(),
             finished: VecDeque::new(),
             events: VecDeque::new(),
             event_capacity,
