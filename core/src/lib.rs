@@ -26,6 +26,14 @@
 //!    credentials on the request and [`Machine::observe`] learns from the response
 //!    (a 401 starts one recovery, a throttling answer a back-off).
 //!
+//! Writing a transport of your own? [`driver::Driver`] keeps the bookkeeping around
+//! the loop (due timers, requests in flight, results of awaited operations, a bounded
+//! event buffer) so that only locking, sockets and clocks are left to write; both
+//! bundled transports use it.
+//!
+//! With the `tracing` feature, every request the machines emit (method and path) and
+//! every event (through its redacting `Debug`) is traced; no secret ever is.
+//!
 //! ## Example: an IG v2 login, driven by hand
 //!
 //! A transport does this loop for you; here canned responses stand in for IG.
