@@ -5,9 +5,13 @@
 //!   session life run in milliseconds.
 //! - [`ig`]: a fake IG Markets REST broker, strict the way IG is.
 //! - [`ibkr`]: a fake Interactive Brokers broker (gateway and OAuth 1.0a modes).
+//! - [`faults`]: generated fault plans and a fault-injecting, request-recording
+//!   broker wrapper for your own property tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod ibkr;
 pub mod ig;
 pub mod sim;
+
+pub mod faults;
