@@ -197,6 +197,12 @@ impl FaultPlan {
         self.faults.last().map_or(Duration::ZERO, |f| f.after)
     }
 
+    /// This plan's faults and `other`'s, in one plan.
+    pub fn and(mut self, other: Self) -> Self {
+        self.faults.extend(other.faults);
+        Self::new(self.faults)
+    }
+
     /// Queues every fault on a [`FakeIg`](crate::ig::FakeIg) with its own injection
     /// (ignoring the times: they fire on the next matching request). Only
     /// [`Target::Path`] and [`Target::MethodPath`] faults can be queued there; others
@@ -396,6 +402,26 @@ pub fn ig_failure() -> impl Strategy<Value = Failure> + Clone {
         Just(Failure::truncated(200)),
         Just(Failure::transport(FailureKind::Io)),
         Just(Failure::transport(FailureKind::Connect)),
+        Just(Failure::timeout()),
+    ]
+}
+
+/// IG's transient answers: what a session retries or waits out (5xx, 429, the
+/// allowance 403, malformed and truncated bodies, transport failures, timeouts). Aim
+/// these at the login when the test expects the session to survive: any 401 on a
+/// login closes an IG session by design (repeated refused logins lock the account).
+pub fn ig_transient_failure() -> impl Strategy<Value = Failure> + Clone {
+    prop_oneof![
+        Just(Failure::ig_error(
+            403,
+            Some("error.public-api.exceeded-api-key-allowance")
+        )),
+        Just(Failure::ig_error(429, None)),
+        Just(Failure::ig_error(500, Some("system.error"))),
+        Just(Failure::malformed(503)),
+        Just(Failure::malformed(200)),
+        Just(Failure::truncated(200)),
+        Just(Failure::transport(FailureKind::Io)),
         Just(Failure::timeout()),
     ]
 }
