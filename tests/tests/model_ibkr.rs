@@ -445,7 +445,11 @@ impl StateMachineTest for IbkrMachineTest {
             expect(model),
             "state differs from the model: {ctx}"
         );
-        assert_eq!(elapsed_ms(&h.sim), model.now, "virtual time differs: {ctx}");
+        assert_eq!(
+            elapsed_ms(&h.sim),
+            model.now + h.drift_ms,
+            "virtual time differs: {ctx}"
+        );
         h
     }
 }
