@@ -147,6 +147,9 @@ enum T {
     },
     /// `ReadSession`, its `GET /session` answered by this fault first.
     Read(Option<F>),
+    /// `SwitchAccount` to the other account (or back to the default), its
+    /// `PUT /session` (v2) answered by this fault first.
+    Switch { other: bool, fault: Option<F> },
     /// `Logout`, its `DELETE /session` answered by this fault first.
     Logout(Option<F>),
     /// IG drops the session's tokens (maintenance, login elsewhere).
@@ -176,6 +179,8 @@ struct Model {
     cst_expires: u64,
     /// v3: when the proactive refresh is due.
     refresh_due: u64,
+    /// The user switched to the other account.
+    other_account: bool,
 }
 
 impl Model {
@@ -379,6 +384,48 @@ impl Model {
         }
     }
 
+    fn switch(&mut self, other: bool, f: Option<F>) {
+        self.wait_backoff();
+        self.settle();
+        if self.phase != Phase::Active {
+            return;
+        }
+        if self.v3 {
+            // Local: the account travels in IG-ACCOUNT-ID.
+            self.other_account = other;
+            return;
+        }
+        let mut answer = f;
+        if let Some(x) = answer
+            && x.transient()
+        {
+            self.now += S;
+            answer = None;
+        }
+        match answer {
+            None => {
+                if !self.server_accepts() {
+                    // One re-login inside the operation (re-selecting the account),
+                    // then the switch again.
+                    self.new_tokens();
+                }
+                self.other_account = other;
+                self.used();
+            }
+            Some(x) if x.fatal() => self.phase = Phase::Closed,
+            Some(x) if x.backoff_ms(false).is_some() => {
+                self.backoff(x.backoff_ms(false).unwrap_or_default());
+            }
+            // A 200 without new tokens keeps the old ones: switched.
+            Some(x) if x.garbage() => self.other_account = other,
+            Some(_) => {
+                self.new_tokens();
+                self.other_account = other;
+                self.used();
+            }
+        }
+    }
+
     fn logout(&mut self) {
         self.wait_backoff();
         self.settle();
@@ -402,6 +449,7 @@ impl ReferenceStateMachine for IgModel {
                 server_ok: false,
                 cst_expires: 0,
                 refresh_due: 0,
+                other_account: false,
             })
             .boxed()
     }
@@ -421,6 +469,7 @@ impl ReferenceStateMachine for IgModel {
             6 => (proptest::option::weighted(0.6, any_f()), proptest::bool::weighted(0.15), proptest::option::weighted(0.5, any_f()))
                 .prop_map(|(app, twice, recovery)| T::App { app, twice, recovery }),
             2 => proptest::option::of(any_f()).prop_map(T::Read),
+            2 => (any::<bool>(), proptest::option::of(any_f())).prop_map(|(other, fault)| T::Switch { other, fault }),
             1 => proptest::option::of(any_f()).prop_map(T::Logout),
             1 => Just(T::ExpireServer),
             4 => advance.prop_map(T::Advance),
@@ -447,6 +496,7 @@ impl ReferenceStateMachine for IgModel {
                 recovery,
             } => m.app(*app, *twice, *recovery),
             T::Read(f) => m.read(*f),
+            T::Switch { other, fault } => m.switch(*other, *fault),
             T::Logout(_) => m.logout(),
             T::ExpireServer => m.server_ok = false,
             T::Advance(d) => {
@@ -456,6 +506,7 @@ impl ReferenceStateMachine for IgModel {
         }
         if m.phase != Phase::Active {
             m.server_ok = false;
+            m.other_account = false;
         }
         m.settle();
         m
@@ -604,6 +655,19 @@ impl StateMachineTest for IgMachineTest {
                     fetch_tokens: false,
                 });
             }
+            T::Switch { other, fault } => {
+                if let Some(f) = fault {
+                    h.sim.broker.fail_next(
+                        Target::MethodPath(http::Method::PUT, "/session".into()),
+                        f.failure(),
+                    );
+                }
+                let account_id = if *other { "ACC-OTHER" } else { "ACC-DEFAULT" };
+                h.run_intent(IgIntent::SwitchAccount {
+                    account_id: account_id.into(),
+                    make_default: false,
+                });
+            }
             T::Logout(f) => {
                 if let Some(f) = f {
                     h.sim.broker.fail_next(
@@ -688,7 +752,7 @@ impl StateMachineTest for IgMachineTest {
 #[derive(Debug, PartialEq, Eq)]
 enum Proj {
     LoggedOut,
-    Active(AuthMode),
+    Active(AuthMode, String),
     BackingOff(u64),
     Lost,
     Closed,
@@ -698,10 +762,7 @@ fn project(h: &Harness) -> Proj {
     let now = h.sim.now().mono;
     match h.sim.machine.state() {
         IgState::LoggedOut => Proj::LoggedOut,
-        IgState::Active { account_id, mode } => {
-            assert_eq!(account_id, "ACC-DEFAULT");
-            Proj::Active(mode)
-        }
+        IgState::Active { account_id, mode } => Proj::Active(mode, account_id),
         IgState::BackingOff { until } => {
             let left = u64::try_from((until - now).as_millis()).unwrap_or(u64::MAX);
             Proj::BackingOff(elapsed_ms(&h.sim) + left)
@@ -721,8 +782,10 @@ fn expect(m: &Model) -> Proj {
     }
     match m.phase {
         Phase::LoggedOut => Proj::LoggedOut,
-        Phase::Active if m.v3 => Proj::Active(AuthMode::OAuth),
-        Phase::Active => Proj::Active(AuthMode::Cst),
+        Phase::Active => Proj::Active(
+            if m.v3 { AuthMode::OAuth } else { AuthMode::Cst },
+            if m.other_account { "ACC-OTHER" } else { "ACC-DEFAULT" }.into(),
+        ),
         Phase::Lost => Proj::Lost,
         Phase::Closed => Proj::Closed,
     }
