@@ -784,7 +784,12 @@ fn expect(m: &Model) -> Proj {
         Phase::LoggedOut => Proj::LoggedOut,
         Phase::Active => Proj::Active(
             if m.v3 { AuthMode::OAuth } else { AuthMode::Cst },
-            if m.other_account { "ACC-OTHER" } else { "ACC-DEFAULT" }.into(),
+            if m.other_account {
+                "ACC-OTHER"
+            } else {
+                "ACC-DEFAULT"
+            }
+            .into(),
         ),
         Phase::Lost => Proj::Lost,
         Phase::Closed => Proj::Closed,
