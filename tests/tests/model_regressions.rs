@@ -60,3 +60,53 @@ fn oauth_token_request_throttled_ends_disconnected_after_the_backoff() {
     assert!(sim.run(IbkrIntent::Connect).is_ok());
     assert_eq!(sim.machine.state(), IbkrState::Ready);
 }
+
+fn encrypted_ig() -> Sim<broker_session::ig::IgSession, broker_session_testkit::ig::FakeIg> {
+    use broker_session::ig::{IgSession, LoginFlow};
+    use broker_session_testkit::ig::{FakeIg, session_config};
+    let fake = FakeIg::default();
+    let clock = VirtualClock::new();
+    let machine =
+        IgSession::new(session_config(&fake, LoginFlow::EncryptedV2), clock.now()).unwrap();
+    Sim::with_clock(machine, fake, clock)
+}
+
+/// An encrypted v2 login whose `POST /session` met a 5xx used to fail with a usage
+/// error ("encrypted login without an encryption key"): the retry had no encrypted
+/// password left. It now fetches a fresh key and retries.
+#[test]
+fn encrypted_login_is_retried_with_a_fresh_key() {
+    use broker_session::ig::{IgIntent, IgOutcome};
+    use broker_session_testkit::ig::Fault;
+    let mut sim = encrypted_ig();
+    sim.broker.inject(
+        "/session",
+        Some(http::Method::POST),
+        Fault::error(500, None),
+    );
+    let out = sim.run(IgIntent::Login);
+    assert!(matches!(out, Ok(IgOutcome::LoggedIn(_))), "{out:?}");
+    assert_eq!(sim.broker.stats.count("GET /session/encryptionKey"), 2);
+    assert_eq!(sim.broker.stats.count("POST /session"), 2);
+    assert_eq!(sim.broker.stats.encrypted_logins, 1);
+}
+
+/// And the retries stay bounded: a successful key fetch used to reset the attempt
+/// count, so an encrypted login retried for as long as IG kept failing.
+#[test]
+fn encrypted_login_retries_are_bounded() {
+    use broker_session::ig::IgIntent;
+    use broker_session_testkit::ig::Fault;
+    let mut sim = encrypted_ig();
+    for _ in 0..10 {
+        sim.broker.inject(
+            "/session",
+            Some(http::Method::POST),
+            Fault::error(503, None),
+        );
+    }
+    let out = sim.run(IgIntent::Login);
+    assert!(matches!(out, Err(Error::Unavailable(_))), "{out:?}");
+    // IgConfig::max_attempts defaults to 3.
+    assert_eq!(sim.broker.stats.count("POST /session"), 3);
+}
