@@ -168,6 +168,7 @@ enum Phase {
 
 #[derive(Clone, Debug)]
 struct Model {
+    flow: LoginFlow,
     v3: bool,
     phase: Phase,
     now: u64,
@@ -440,18 +441,25 @@ impl ReferenceStateMachine for IgModel {
     type Transition = T;
 
     fn init_state() -> BoxedStrategy<Model> {
-        any::<bool>()
-            .prop_map(|v3| Model {
-                v3,
-                phase: Phase::LoggedOut,
-                now: 0,
-                backoff_until: None,
-                server_ok: false,
-                cst_expires: 0,
-                refresh_due: 0,
-                other_account: false,
-            })
-            .boxed()
+        prop_oneof![
+            3 => Just(LoginFlow::V2),
+            3 => Just(LoginFlow::V3),
+            1 => Just(LoginFlow::V1),
+            1 => Just(LoginFlow::EncryptedV2),
+            1 => Just(LoginFlow::WebPlatform),
+        ]
+        .prop_map(|flow| Model {
+            flow,
+            v3: flow == LoginFlow::V3,
+            phase: Phase::LoggedOut,
+            now: 0,
+            backoff_until: None,
+            server_ok: false,
+            cst_expires: 0,
+            refresh_due: 0,
+            other_account: false,
+        })
+        .boxed()
     }
 
     fn transitions(_: &Model) -> BoxedStrategy<T> {
@@ -569,8 +577,7 @@ impl StateMachineTest for IgMachineTest {
     fn init_test(m: &Model) -> Harness {
         let fake = FakeIg::default();
         let clock = VirtualClock::new();
-        let flow = if m.v3 { LoginFlow::V3 } else { LoginFlow::V2 };
-        let machine = IgSession::new(session_config(&fake, flow), clock.now()).unwrap();
+        let machine = IgSession::new(session_config(&fake, m.flow), clock.now()).unwrap();
         let broker = Faulty::new(fake, FaultPlan::default(), clock.now());
         let mut sim = Sim::with_clock(machine, broker, clock);
         // Exchanges take no virtual time, so the model can predict every instant.
