@@ -8,6 +8,11 @@
 //! was sent after the session was closed. The strategies ([`ig_failure`],
 //! [`ibkr_failure`], [`fault_plan`] …) generate plans with proptest.
 //!
+//! `Faulty` works with any fake ([`FakeIg`](crate::ig::FakeIg),
+//! [`FakeIbkr`](crate::ibkr::FakeIbkr), your own [`FakeBroker`]); [`Faulty::sim`]
+//! builds the [`Sim`](crate::sim::Sim). A plan can also be queued on a `FakeIg`'s own
+//! fault injection with [`FaultPlan::inject_into_ig`] (times are then ignored).
+//!
 //! # Example
 //!
 //! A user-level loop ("every virtual minute, call `GET /accounts`") driven through
@@ -20,7 +25,7 @@
 //! use broker_session::ig::{IgIntent, IgSession, LoginFlow};
 //! use broker_session_testkit::faults::{self, Faulty};
 //! use broker_session_testkit::ig::{FakeIg, accounts_request, session_config};
-//! use broker_session_testkit::sim::{Sim, VirtualClock};
+//! use broker_session_testkit::sim::VirtualClock;
 //! use proptest::prelude::*;
 //! use proptest::test_runner::{Config, TestRunner};
 //!
@@ -32,7 +37,7 @@
 //!     let machine = IgSession::new(session_config(&fake, LoginFlow::V2), clock.now()).unwrap();
 //!     let request = accounts_request(&fake);
 //!     let n_faults = plan.faults.len();
-//!     let mut sim = Sim::with_clock(machine, Faulty::new(fake, plan, clock.now()), clock);
+//!     let mut sim = Faulty::sim(machine, fake, plan, clock);
 //!     let _ = sim.run(IgIntent::Login);
 //!     for _minute in 0..15 {
 //!         sim.advance(Duration::from_secs(60));
@@ -302,6 +307,21 @@ impl<F> Faulty<F> {
             seen: Vec::new(),
             start,
         }
+    }
+
+    /// A [`Sim`](crate::sim::Sim) of `machine` against `inner` with `plan`'s faults,
+    /// on `clock` (plan times count from its current time). Build the machine with
+    /// `clock.now()`.
+    pub fn sim<M: broker_session::Machine>(
+        machine: M,
+        inner: F,
+        plan: FaultPlan,
+        clock: crate::sim::VirtualClock,
+    ) -> crate::sim::Sim<M, Self>
+    where
+        F: FakeBroker,
+    {
+        crate::sim::Sim::with_clock(machine, Self::new(inner, plan, clock.now()), clock)
     }
 
     /// Adds a fault that fires on the next matching request.

@@ -18,8 +18,10 @@
 use std::time::Duration;
 
 use broker_session::Machine;
+use broker_session::ibkr::{IbkrIntent, IbkrSession, IbkrState};
 use broker_session::ig::{IgIntent, IgSession, IgState, LoginFlow};
 use broker_session_testkit::faults::{self, FaultPlan, Faulty, Target};
+use broker_session_testkit::ibkr::FakeIbkr;
 use broker_session_testkit::ig::{FakeIg, accounts_request, session_config};
 use broker_session_testkit::sim::{Sim, VirtualClock};
 use proptest::prelude::*;
@@ -83,5 +85,50 @@ proptest! {
         // 2. Working again once the faults stopped and any back-off has passed.
         sim.advance(Duration::from_secs(5 * 60));
         prop_assert_eq!(call_accounts(&mut sim), Some(200), "state {:?}", sim.machine.state());
+    }
+}
+
+/// The same kind of program on an IBKR gateway: every minute an `/iserver` call,
+/// reconnecting when the session is not ready. Faults hit any request (keep-alive
+/// tickles, status probes, `ssodh/init`, the application call). Once they stop and any
+/// back-off (15 minutes) has passed, one Connect brings the session back.
+fn call_iserver(sim: &mut Sim<IbkrSession, Faulty<FakeIbkr>>) -> Option<u16> {
+    if !matches!(
+        sim.machine.state(),
+        IbkrState::Ready | IbkrState::BackingOff { .. }
+    ) {
+        let _ = sim.run(IbkrIntent::Connect);
+    }
+    let request = http::Request::get("https://localhost:5000/v1/api/iserver/accounts")
+        .body(Vec::new())
+        .ok()?;
+    let out = sim.app_request(&request).ok()?;
+    out.response.map(|r| r.status().as_u16())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn my_ibkr_loop_survives_generated_faults(
+        plan in faults::fault_plan(faults::ibkr_failure(), faults::ibkr_target(), 0..8, Duration::from_secs(600)),
+    ) {
+        let clock = VirtualClock::new();
+        let machine = IbkrSession::new(FakeIbkr::gateway_config(1), clock.now()).unwrap();
+        let mut sim = Faulty::sim(machine, FakeIbkr::gateway(), plan, clock);
+        for _minute in 0..20 {
+            let _ = call_iserver(&mut sim);
+            sim.advance(Duration::from_secs(60));
+        }
+        sim.broker.clear();
+        let fired = sim.broker.fired.len();
+        // Bounded: brokerage initialisations at most one per fault plus the first,
+        // each with at most `init_attempts` (3) tries.
+        let inits = sim.broker.count("POST", "/iserver/auth/ssodh/init");
+        prop_assert!(inits <= 3 * (1 + fired), "{inits} inits for {fired} faults");
+
+        sim.advance(Duration::from_secs(16 * 60));
+        prop_assert_eq!(call_iserver(&mut sim), Some(200), "state {:?}", sim.machine.state());
+        prop_assert_eq!(sim.machine.state(), IbkrState::Ready);
     }
 }
