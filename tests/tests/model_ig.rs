@@ -821,3 +821,66 @@ prop_state_machine! {
     #[test]
     fn ig_machine_follows_the_model(sequential 1..40 => IgMachineTest);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// A saved session resumed in a fresh machine (another process) is checked, never
+    /// replaced by a login: valid tokens resume the session, stale ones end the resume
+    /// with an error and leave it logged out.
+    #[test]
+    fn resume_checks_tokens_and_never_logs_in(
+        v3 in any::<bool>(),
+        idle_s in prop_oneof![Just(1u64), Just(55), Just(65), Just(700), Just(5 * 3600), Just(7 * 3600)],
+        expire in any::<bool>(),
+        fault in proptest::option::of(prop_oneof![Just(F::S500), Just(F::Timeout), Just(F::Malformed), Just(F::S429), Just(F::ClientToken)]),
+    ) {
+        let fake = FakeIg::default();
+        let clock = VirtualClock::new();
+        let flow = if v3 { LoginFlow::V3 } else { LoginFlow::V2 };
+        let config = session_config(&fake, flow);
+        let machine = IgSession::new(config.clone(), clock.now()).unwrap();
+        let mut first = Sim::with_clock(machine, fake, clock);
+        first.latency = Duration::ZERO;
+        first.run(IgIntent::Login).unwrap();
+        let snapshot = first.machine.snapshot().unwrap();
+        // The first process stops; time passes; IG may drop the tokens.
+        let mut fake = first.broker;
+        let mut clock = first.clock;
+        clock.advance(Duration::from_secs(idle_s));
+        if expire {
+            fake.expire_cst_sessions();
+            fake.revoke_access_tokens();
+        }
+        let logins_before = fake.stats.count("POST /session");
+        let machine = IgSession::new(config, clock.now()).unwrap();
+        let mut broker = Faulty::new(fake, FaultPlan::default(), clock.now());
+        if let Some(f) = fault {
+            broker.fail_next(Target::Any, f.failure());
+        }
+        let mut second = Sim::with_clock(machine, broker, clock);
+        second.latency = Duration::ZERO;
+        let result = second.run(IgIntent::Resume(snapshot));
+        prop_assert_eq!(second.broker.inner.stats.count("POST /session"), logins_before, "a resume logged in");
+        match result {
+            Ok(_) => {
+                let active = matches!(second.machine.state(), IgState::Active { .. });
+                prop_assert!(active, "resumed but {:?}", second.machine.state());
+                // And the resumed credentials work.
+                let request = accounts_request(&second.broker.inner);
+                let out = second.app_request(&request).unwrap();
+                prop_assert_eq!(out.response.map(|r| r.status().as_u16()), Some(200));
+            }
+            Err(_) => {
+                let state = second.machine.state();
+                let settled = matches!(state, IgState::LoggedOut | IgState::BackingOff { .. });
+                prop_assert!(settled, "failed resume left {:?}", state);
+                prop_assert!(second.machine.snapshot().is_none(), "failed resume kept tokens");
+            }
+        }
+    }
+}
