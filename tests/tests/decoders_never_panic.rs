@@ -1,7 +1,8 @@
 //! Every public decoder, parser and classifier returns a value or a typed error for
 //! any input: arbitrary bytes, and arbitrary-but-JSON-shaped bodies built from the
 //! field names the decoders look for. They are pure functions, so each proptest runs
-//! 10,000 cases by default (`PROPTEST_CASES` overrides).
+//! 10,000 cases by default (`PROPTEST_CASES` overrides), except the two doing big-integer
+//! arithmetic per case (a quarter and a tenth of that).
 
 use std::time::Duration;
 
@@ -16,6 +17,12 @@ use broker_session::secret::{LiveSessionToken, Password};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use serde_json::{Map, Value};
+
+/// The fixture Diffie-Hellman group (2048-bit prime), built once.
+static GROUP: std::sync::LazyLock<DhGroup> = std::sync::LazyLock::new(|| {
+    let vectors: Value = serde_json::from_str(broker_session_testkit::ibkr::VECTORS_JSON).unwrap();
+    DhGroup::new(vectors["dh"]["prime_hex"].as_str().unwrap(), 2).unwrap()
+});
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -281,29 +288,43 @@ proptest! {
 }
 
 proptest! {
-    // Big-integer and RSA work per case: fewer cases, still thousands.
-    #![proptest_config(ProptestConfig { cases: cases() / 5, ..config() })]
+    // A 2048-bit modular exponentiation per valid response: 2,500 cases by default.
+    #![proptest_config(ProptestConfig { cases: cases() / 4, ..config() })]
 
     #[test]
-    fn dh_and_token_checks(resp in "[0-9a-fA-F]{0,300}", junk in "[ -~]{0,64}", sig in "[ -~]{0,64}") {
-        let vectors: Value = serde_json::from_str(broker_session_testkit::ibkr::VECTORS_JSON).unwrap();
-        let prime = vectors["dh"]["prime_hex"].as_str().unwrap();
-        let group = DhGroup::new(prime, 2).unwrap();
+    fn dh_response_and_token_checks(resp in "[0-9a-fA-F]{0,300}", junk in "[ -~]{0,64}", sig in "[ -~]{0,64}") {
+        let group = &*GROUP;
         if let Ok(secret) = DhSecret::from_hex("0123456789abcdef") {
             let _ = group.shared_secret(&secret, &resp);
             let _ = group.shared_secret(&secret, &junk);
         }
-        let _ = DhGroup::new(&resp, 2);
-        let _ = DhGroup::new(&junk, 2);
-        let _ = DhSecret::from_hex(&resp);
         let token = lst::live_session_token(resp.as_bytes(), junk.as_bytes());
         let _ = lst::validate_live_session_token(&token, "TESTCONS", &sig);
         let _ = lst::live_session_token_signature(&LiveSessionToken::new(junk.clone()), &sig);
     }
 
+}
+
+proptest! {
+    #![proptest_config(config())]
+
     #[test]
     fn ig_encryption_key_from_any_text(key in prop_oneof!["[A-Za-z0-9+/=]{0,400}", "[ -~]{0,100}"], ts in any::<i64>()) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let _ = encrypt_password(&mut rng, &key, ts, &Password::new("pw"));
+    }
+}
+
+proptest! {
+    // Configuration parsers (a prime, a secret), not broker input; each odd modulus
+    // costs a Montgomery set-up, so fewer cases.
+    #![proptest_config(ProptestConfig { cases: cases() / 10, ..config() })]
+
+    #[test]
+    fn dh_configuration_parsers(hex in "[0-9a-fA-F]{0,300}", junk in "[ -~]{0,64}") {
+        let _ = DhGroup::new(&hex, 2);
+        let _ = DhGroup::new(&junk, 2);
+        let _ = DhSecret::from_hex(&hex);
+        let _ = DhSecret::from_hex(&junk);
     }
 }
