@@ -358,3 +358,34 @@ pub trait Machine {
     /// The current state.
     fn state(&self) -> Self::State;
 }
+
+/// Reports an output through `tracing` when the `tracing` feature is on: requests by
+/// method and path only (never headers or bodies), events by their `Debug`, which
+/// redacts every secret.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn trace_output<S: fmt::Debug, O: fmt::Debug>(broker: &'static str, out: &Output<S, O>) {
+    #[cfg(feature = "tracing")]
+    match out {
+        Output::Send(t) => tracing::debug!(
+            broker,
+            request = t.id.0,
+            method = %t.request.method(),
+            path = t.request.uri().path(),
+            "session request"
+        ),
+        Output::Event(Event::StateChanged(state)) => {
+            tracing::info!(broker, state = ?state, "session state changed");
+        }
+        Output::Event(Event::Completed {
+            op,
+            result: Ok(outcome),
+        }) => tracing::debug!(broker, op = op.0, outcome = ?outcome, "operation completed"),
+        Output::Event(Event::Completed { op, result: Err(e) }) => {
+            tracing::warn!(broker, op = op.0, error = %e, "operation failed");
+        }
+        Output::Event(Event::SessionLost { reason }) => {
+            tracing::warn!(broker, reason = %reason, "session lost");
+        }
+        Output::Wait(_) => {}
+    }
+}

@@ -5,6 +5,7 @@
 //!   session life run in milliseconds.
 //! - [`ig`]: a fake IG Markets REST broker, strict the way IG is.
 //! - [`ibkr`]: a fake Interactive Brokers broker (gateway and OAuth 1.0a modes).
+//! - [`server`]: serves any fake over real HTTP and HTTPS on loopback.
 //! - [`faults`]: generated fault plans and a fault-injecting, request-recording
 //!   broker wrapper for your own property tests.
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@
 
 pub mod ibkr;
 pub mod ig;
+pub mod server;
 pub mod sim;
 
 pub mod faults;

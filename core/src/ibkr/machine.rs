@@ -680,6 +680,7 @@ impl Machine for IbkrSession {
     fn poll_output(&mut self, now: Now) -> Out {
         self.drive(now);
         if let Some(o) = self.out.pop_front() {
+            crate::machine::trace_output("ibkr", &o);
             return o;
         }
         let mut next: Option<Instant> = None;

@@ -80,6 +80,7 @@ impl Machine for IgSession {
         self.start_next(now);
         self.sync_state();
         if let Some(o) = self.outbox.pop_front() {
+            crate::machine::trace_output("ig", &o);
             return o;
         }
         Output::Wait(self.next_deadline(now.mono))
