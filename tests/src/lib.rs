@@ -6,6 +6,8 @@
 //! - [`ig`]: a fake IG Markets REST broker, strict the way IG is.
 //! - [`ibkr`]: a fake Interactive Brokers broker (gateway and OAuth 1.0a modes).
 //! - [`server`]: serves any fake over real HTTP and HTTPS on loopback.
+//! - [`faults`]: generated fault plans and a fault-injecting, request-recording
+//!   broker wrapper for your own property tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -13,3 +15,5 @@ pub mod ibkr;
 pub mod ig;
 pub mod server;
 pub mod sim;
+
+pub mod faults;

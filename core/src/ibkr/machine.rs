@@ -339,6 +339,16 @@ impl IbkrSession {
             // Nothing established: do not stay "connecting" after giving up.
             self.set_state(IbkrState::Disconnected);
         }
+        if connect_failed
+            && matches!(
+                self.before_backoff,
+                Some(IbkrState::Connecting | IbkrState::AcquiringToken)
+            )
+        {
+            // Throttled while connecting: the back-off must not end in "connecting"
+            // with no operation left to finish it.
+            self.before_backoff = Some(IbkrState::Disconnected);
+        }
         if let Some(op) = self.current.take() {
             self.complete(op, result);
         }

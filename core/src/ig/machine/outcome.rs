@@ -9,7 +9,11 @@ impl IgSession {
         let next = if status.is_success() {
             match self.apply_success(&step, response, now) {
                 Ok(()) => {
-                    if let Some(op) = self.current.as_mut() {
+                    // A key fetch is only the first half of an encrypted login: its
+                    // success must not reset the login's attempt count.
+                    if step != Step::EncKey
+                        && let Some(op) = self.current.as_mut()
+                    {
                         op.attempts = 0;
                     }
                     Next::Continue
@@ -254,6 +258,9 @@ impl IgSession {
     pub(super) fn retry(&mut self, step: Step, e: Error, now: Now) -> Next {
         let max = self.cfg.max_attempts.max(1);
         let delay = self.cfg.retry_delay;
+        // The encrypted password was used up by the failed attempt (and its timeStamp
+        // ages): a retried encrypted login fetches a fresh encryption key first.
+        let fresh_key = step == Step::Login && self.cfg.login_flow == LoginFlow::EncryptedV2;
         let Some(op) = self.current.as_mut() else {
             return Next::Done(Err(e));
         };
@@ -264,6 +271,9 @@ impl IgSession {
         let factor = 1u32 << (op.attempts - 1).min(10);
         op.retry_at = Some(now.mono + delay.saturating_mul(factor).max(Duration::from_millis(1)));
         op.steps.push_front(step);
+        if fresh_key {
+            op.steps.push_front(Step::EncKey);
+        }
         Next::Continue
     }
 
