@@ -118,6 +118,14 @@ impl Script {
         self.responses.iter().map(clone_response).collect()
     }
 
+    /// A fresh copy of the `i`-th recorded answer.
+    ///
+    /// # Panics
+    /// If there is no such answer.
+    pub fn response(&self, i: usize) -> http::Response<Vec<u8>> {
+        clone_response(&self.responses[i])
+    }
+
     /// Replays the script on a fresh machine; returns the operations that completed
     /// successfully (equal to [`ops`](Self::ops) when the replay was faithful).
     pub fn replay<M: Machine>(
