@@ -1,7 +1,82 @@
-//! Async transport for [`broker_session`] on `hyper` and `tokio`.
+//! Async transport for [`broker_session`] on `hyper` 1 and `tokio`.
 //!
-//! **Not implemented yet**: this crate is a placeholder in the workspace. Until it
-//! lands, drive a [`broker_session::Machine`] with your own HTTP client following the
-//! loop described in the `broker_session` crate documentation.
+//! [`Session`] drives any [`Machine`](broker_session::Machine) over HTTPS: its
+//! methods submit an intent and run the machine until that operation completes,
+//! [`Session::send`] stamps the session's credentials on your own API requests and
+//! recovers once from a refused credential, and [`Session::keep_alive`] (or
+//! [`Session::service`]) runs the session's timers. One [`HttpClient`] (one
+//! connection pool) can serve many sessions.
+//!
+//! ```no_run
+//! # async fn demo<M>(machine: M, intent: M::Intent) -> Result<(), broker_session_hyper::Error>
+//! # where M: broker_session::Machine + Send + 'static, M::State: Send, M::Outcome: Send {
+//! use broker_session_hyper::{Config, HttpClient, Session};
+//!
+//! let config = Config::default();
+//! let http = HttpClient::new(&config)?;             // share clones between sessions
+//! let session = Session::with_http(machine, http.clone(), &config)?;
+//! let outcome = session.run(intent).await?;         // e.g. a login
+//! let _keep_alive = session.keep_alive();           // timers run until this drops
+//! let response = session
+//!     .send(
+//!         broker_session::http::Request::get("https://api.example.com/accounts")
+//!             .body(Vec::new())
+//!             .expect("valid request"),
+//!     )
+//!     .await?;
+//! # let _ = (outcome, response); Ok(()) }
+//! ```
+//!
+//! # What the transport does and does not do
+//!
+//! It makes no protocol decision. It sends requests exactly as the machine built
+//! them, adds only `User-Agent` and `Content-Length` (on every `POST`, `PUT` and
+//! `PATCH`, `0` when empty), never follows a redirect, passes every status through,
+//! limits the response body, enforces connect and request timeouts, and maps every
+//! failure to a [`TransportFailure`](broker_session::TransportFailure).
+//!
+//! # Cancellation
+//!
+//! Every future is cancellation-safe. Session requests are exchanged on tasks the
+//! session spawns, which always hand the result to the machine (and, should the
+//! runtime drop them, report [`FailureKind::Cancelled`](broker_session::FailureKind)).
+//!
+//! # TLS
+//!
+//! rustls with the `ring` provider; Mozilla's roots compiled in by default
+//! ([`Tls::WebPkiRoots`]), or certificates you give in PEM ([`Tls::Pem`], for the
+//! IBKR gateway's self-signed certificate). [`Tls::InsecureLoopbackOnly`] turns
+//! verification off and is refused for any non-loopback host. Plain `http://` is
+//! allowed to loopback hosts only, unless [`Config::allow_plain_http`] is set.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod brokers;
+mod config;
+mod error;
+mod http_client;
+mod keep_alive;
+mod session;
+mod tls;
+
+use std::time::{Instant, SystemTime};
+
+use broker_session::{Now, RngSeed};
+
+pub use config::{Config, Tls};
+pub use error::Error;
+pub use http_client::HttpClient;
+pub use keep_alive::KeepAlive;
+pub use session::Session;
+
+/// The current time from the operating system's clocks.
+pub fn now() -> Now {
+    Now::new(Instant::now(), SystemTime::now())
+}
+
+/// A seed for a machine's random number generator, from the operating system.
+pub fn os_seed() -> Result<RngSeed, Error> {
+    let mut seed = RngSeed([0; 32]);
+    getrandom::getrandom(&mut seed.0).map_err(|_| Error::Random)?;
+    Ok(seed)
+}

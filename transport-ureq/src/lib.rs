@@ -1,7 +1,79 @@
-//! Blocking transport for [`broker_session`] on `ureq`.
+//! Blocking transport for [`broker_session`] on [`ureq`](https://docs.rs/ureq).
 //!
-//! **Not implemented yet**: this crate is a placeholder in the workspace. Until it
-//! lands, drive a [`broker_session::Machine`] with your own HTTP client following the
-//! loop described in the `broker_session` crate documentation.
+//! [`Client`] drives any [`Machine`](broker_session::Machine) over HTTPS: its
+//! methods submit an intent and run the machine until that operation completes,
+//! [`Client::send`] stamps the session's credentials on your own API requests and
+//! recovers once from a refused credential, and [`Client::keep_alive`] (or
+//! [`Client::service`] if you own the loop) runs the session's timers.
+//!
+//! ```no_run
+//! # fn demo<M>(machine: M, intent: M::Intent) -> Result<(), broker_session_ureq::Error>
+//! # where M: broker_session::Machine + Send + 'static, M::State: Send, M::Outcome: Send {
+//! use broker_session_ureq::{Client, Config};
+//!
+//! let client = Client::new(machine, &Config::default())?;
+//! let outcome = client.run(intent)?;          // e.g. a login
+//! let _keep_alive = client.keep_alive()?;     // timers run until this guard drops
+//! let response = client.send(
+//!     broker_session::http::Request::get("https://api.example.com/accounts")
+//!         .body(Vec::new())
+//!         .expect("valid request"),
+//! )?;
+//! # let _ = (outcome, response); Ok(()) }
+//! ```
+//!
+//! # What the transport does and does not do
+//!
+//! It makes no protocol decision: the machine decides what to send, how to read a
+//! response and when to retry. The transport sends requests exactly as built, adds
+//! only `User-Agent` and `Content-Length` (on every `POST`, `PUT` and `PATCH`, `0`
+//! when empty), never follows a redirect (a `3xx` goes to the machine as it is),
+//! passes every status through, limits the response body, enforces connect and
+//! request timeouts, and maps every failure to a
+//! [`TransportFailure`](broker_session::TransportFailure).
+//!
+//! # TLS
+//!
+//! rustls with the `ring` provider. Server certificates are verified against
+//! Mozilla's roots compiled in ([`Tls::WebPkiRoots`], the default), or against
+//! certificates you give in PEM ([`Tls::Pem`], for the IBKR Client Portal Gateway's
+//! self-signed certificate). [`Tls::InsecureLoopbackOnly`] turns verification off and
+//! is refused for any host that is not a loopback address. Plain `http://` is
+//! allowed to loopback hosts only, unless [`Config::allow_plain_http`] is set.
+//!
+//! # Logs
+//!
+//! ureq logs through the `log` crate; at `TRACE` level it logs request and response
+//! bytes **unredacted**, including session credentials. Do not enable `TRACE` for
+//! `ureq` in production.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod brokers;
+mod client;
+mod config;
+mod error;
+mod http_client;
+mod keep_alive;
+
+use std::time::{Instant, SystemTime};
+
+use broker_session::{Now, RngSeed};
+
+pub use client::Client;
+pub use config::{Config, Tls};
+pub use error::Error;
+pub use http_client::HttpClient;
+pub use keep_alive::KeepAlive;
+
+/// The current time from the operating system's clocks.
+pub fn now() -> Now {
+    Now::new(Instant::now(), SystemTime::now())
+}
+
+/// A seed for a machine's random number generator, from the operating system.
+pub fn os_seed() -> Result<RngSeed, Error> {
+    let mut seed = RngSeed([0; 32]);
+    getrandom::getrandom(&mut seed.0).map_err(|_| Error::Random)?;
+    Ok(seed)
+}

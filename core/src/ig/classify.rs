@@ -126,7 +126,10 @@ pub fn classify(endpoint: Endpoint, status: u16, code: Option<&str>, b: BackOffs
             retry_after: b.allowance,
         };
     }
-    if is_key_problem(code) || is_account_problem(code) {
+    // An account code on an application call may concern only that call (another
+    // account's data, say): it falls through to the status rules, so a 401 gets one
+    // re-login, whose own answer closes the session if the account really is barred.
+    if is_key_problem(code) || (is_account_problem(code) && endpoint != Endpoint::Application) {
         return Action::Close(Error::Rejected(api));
     }
     if status == 429 {
@@ -192,6 +195,30 @@ mod tests {
 
     fn c(e: Endpoint, s: u16, code: &str) -> Action {
         classify(e, s, (!code.is_empty()).then_some(code), B)
+    }
+
+    #[test]
+    fn account_codes_on_application_calls_do_not_close_the_session() {
+        assert!(matches!(
+            c(
+                Endpoint::Application,
+                403,
+                "error.security.account-access-denied"
+            ),
+            Action::Fail(_)
+        ));
+        assert!(matches!(
+            c(
+                Endpoint::Application,
+                401,
+                "error.security.account-suspended"
+            ),
+            Action::Relogin(_)
+        ));
+        assert!(matches!(
+            c(Endpoint::Login, 401, "error.security.account-suspended"),
+            Action::Close(Error::Rejected(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,372 @@
+//! The async transport over real loopback sockets, with a small test machine.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use broker_session::{AuthorizeError, Error as CoreError, FailureKind, ProtocolError};
+use broker_session_hyper::{Config, Error, HttpClient, Session, Tls};
+use broker_session_testkit::server::{CertMode, Server, ServerOptions};
+use common::{Intent, Outcome, TestBroker, TestMachine, get, start_server};
+
+fn session(base: &str, config: &Config) -> Session<TestMachine> {
+    Session::new(TestMachine::new(base), config).expect("session")
+}
+
+fn transport_kind(r: Result<Outcome, Error>) -> FailureKind {
+    match r {
+        Err(Error::Session(CoreError::Transport(f))) => f.kind,
+        other => panic!("expected a transport failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn redirect_is_not_followed() {
+    let (server, _) = start_server();
+    let s = session(&server.http_url(), &Config::default());
+    match s.run(Intent::Get("/redirect".into())).await {
+        Err(Error::Session(CoreError::Protocol(ProtocolError::Redirect { status, .. }))) => {
+            assert_eq!(status, 302)
+        }
+        other => panic!("{other:?}"),
+    }
+    s.run(Intent::Login).await.expect("login");
+    let r = s
+        .send(get(&format!("{}/redirect", server.http_url())))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 302);
+    let paths: Vec<_> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/redirect", "/login", "/redirect"]);
+}
+
+#[tokio::test]
+async fn oversized_body_is_rejected() {
+    let (server, _) = start_server();
+    let s = session(&server.http_url(), &Config::default());
+    assert_eq!(
+        transport_kind(s.run(Intent::Get("/big".into())).await),
+        FailureKind::BodyTooLarge
+    );
+    let mut small = Config::default();
+    small.max_body = 1;
+    let s = session(&server.http_url(), &small);
+    assert_eq!(
+        transport_kind(s.run(Intent::Get("/echo".into())).await),
+        FailureKind::BodyTooLarge
+    );
+}
+
+#[tokio::test]
+async fn timeout_is_classified() {
+    let (server, _) = start_server();
+    let mut config = Config::default();
+    config.request_timeout = Duration::from_millis(300);
+    let s = session(&server.http_url(), &config);
+    assert_eq!(
+        transport_kind(s.run(Intent::Get("/slow".into())).await),
+        FailureKind::Timeout
+    );
+}
+
+#[tokio::test]
+async fn empty_post_has_content_length_and_user_agent() {
+    let (server, _) = start_server();
+    let s = session(&server.http_url(), &Config::default());
+    s.run(Intent::PostEmpty("/empty".into()))
+        .await
+        .expect("post");
+    s.run(Intent::Get("/get".into())).await.expect("get");
+    let reqs = server.requests();
+    assert_eq!(reqs[0].method, http::Method::POST);
+    assert_eq!(reqs[0].headers["content-length"], "0");
+    for r in &reqs {
+        let ua = r.headers["user-agent"].to_str().expect("ua");
+        assert!(ua.starts_with("broker-session/"), "{ua}");
+    }
+}
+
+#[tokio::test]
+async fn https_with_custom_ca_works_and_fails_without_it() {
+    let (server, _) = start_server();
+    let mut config = Config::default();
+    config.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
+    let s = session(&server.https_url(), &config);
+    let out = s.run(Intent::Get("/echo".into())).await.expect("https");
+    assert_eq!(out.status, 200);
+    assert!(server.requests()[0].tls);
+
+    let s = session(&server.https_url(), &Config::default());
+    assert_eq!(
+        transport_kind(s.run(Intent::Get("/echo".into())).await),
+        FailureKind::Tls
+    );
+}
+
+#[tokio::test]
+async fn https_with_self_signed_leaf() {
+    let mut options = ServerOptions::default();
+    options.cert = CertMode::SelfSignedLeaf;
+    let server = Server::start_shared(
+        Arc::new(std::sync::Mutex::new(TestBroker::default())),
+        options,
+    )
+    .expect("server");
+    let mut config = Config::default();
+    config.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
+    let s = session(&server.https_url(), &config);
+    assert_eq!(
+        s.run(Intent::Get("/echo".into())).await.expect("ok").status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn insecure_mode_works_on_loopback_and_is_refused_elsewhere() {
+    let (server, _) = start_server();
+    let mut config = Config::default();
+    config.tls = Tls::InsecureLoopbackOnly;
+    let s = session(&server.https_url(), &config);
+    assert_eq!(
+        s.run(Intent::Get("/echo".into())).await.expect("ok").status,
+        200
+    );
+    let s = session("https://broker.invalid", &config);
+    assert_eq!(
+        transport_kind(s.run(Intent::Get("/echo".into())).await),
+        FailureKind::Tls
+    );
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_for_non_loopback_hosts() {
+    let s = session("http://broker.invalid", &Config::default());
+    match s.run(Intent::Get("/echo".into())).await {
+        Err(Error::Session(CoreError::Transport(f))) => {
+            assert_eq!(f.kind, FailureKind::Other);
+            assert!(f.detail.contains("plain http"), "{}", f.detail);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn send_refuses_other_hosts_and_requires_login() {
+    let (server, _) = start_server();
+    let s = session(&server.http_url(), &Config::default());
+    assert!(matches!(
+        s.send(get(&format!("{}/data", server.http_url()))).await,
+        Err(Error::Authorize(AuthorizeError::NotLoggedIn))
+    ));
+    s.run(Intent::Login).await.expect("login");
+    assert!(matches!(
+        s.send(get("http://127.0.0.2:1/data")).await,
+        Err(Error::Authorize(AuthorizeError::Refused(_)))
+    ));
+}
+
+#[tokio::test]
+async fn dropped_future_does_not_wedge_the_machine() {
+    let (server, _) = start_server();
+    let mut config = Config::default();
+    config.request_timeout = Duration::from_millis(500);
+    let s = session(&server.http_url(), &config);
+    // The machine's own deadline (10 s) is far away: only the spawned exchange can
+    // unblock it in time.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(50),
+        s.run(Intent::Get("/slow".into())),
+    )
+    .await;
+    assert!(dropped.is_err(), "the slow request should still be running");
+    let out = tokio::time::timeout(Duration::from_secs(5), s.run(Intent::Get("/echo".into())))
+        .await
+        .expect("the machine is not wedged")
+        .expect("echo");
+    assert_eq!(out.status, 200);
+    // The dropped operation's result went to the event buffer.
+    let events = s.drain_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            broker_session::Event::Completed { result: Err(CoreError::Transport(f)), .. } if f.kind == FailureKind::Timeout
+        )),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_401_storm_recovers_exactly_once() {
+    let (server, broker) = start_server();
+    let config = Config::default();
+    let http = HttpClient::new(&config).expect("http");
+    let s = Session::with_http(TestMachine::new(&server.http_url()), http, &config).expect("s");
+    s.run(Intent::Login).await.expect("login");
+    broker.lock().expect("broker").token = Some("revoked".into());
+    let url = format!("{}/data", server.http_url());
+    let barrier = Arc::new(tokio::sync::Barrier::new(32));
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (s, url, barrier) = (s.clone(), url.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                s.send(get(&url)).await.expect("send").status()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), 200);
+    }
+    let b = broker.lock().expect("broker");
+    assert_eq!(
+        b.logins.load(Ordering::SeqCst),
+        2,
+        "one login, one recovery"
+    );
+    assert_eq!(b.data_ok, 32);
+}
+
+#[tokio::test]
+async fn keep_alive_runs_timers_until_dropped() {
+    let (server, _) = start_server();
+    let mut m = TestMachine::new(&server.http_url());
+    m.tick_every = Some(Duration::from_millis(40));
+    let s = Session::new(m, &Config::default()).expect("session");
+    s.run(Intent::Login).await.expect("login");
+    let ticks = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/tick")
+            .count()
+    };
+    let guard = s.keep_alive();
+    let start = Instant::now();
+    while ticks() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no ticks");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(guard);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after = ticks();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(ticks(), after, "ticks after the handle dropped");
+}
+
+#[tokio::test]
+async fn sessions_share_one_pool() {
+    let (server, _) = start_server();
+    let config = Config::default();
+    let http = HttpClient::new(&config).expect("http");
+    let a =
+        Session::with_http(TestMachine::new(&server.http_url()), http.clone(), &config).expect("a");
+    let b = Session::with_http(TestMachine::new(&server.http_url()), http, &config).expect("b");
+    a.run(Intent::Login).await.expect("a");
+    b.run(Intent::Login).await.expect("b");
+    assert_eq!(a.state(), common::State::Active);
+    assert_eq!(b.state(), common::State::Active);
+}
+
+#[test]
+fn session_needs_a_runtime() {
+    assert!(matches!(
+        Session::new(TestMachine::new("http://127.0.0.1:1"), &Config::default()),
+        Err(Error::NoRuntime)
+    ));
+}
+
+#[test]
+fn exchange_dropped_with_its_runtime_reports_cancelled() {
+    let (server, _) = start_server();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = runtime.block_on(async {
+        let s = session(&server.http_url(), &Config::default());
+        // Submitting drives the machine, which spawns the exchange of /slow.
+        s.with_machine(|m| {
+            broker_session::Machine::submit(
+                m,
+                Intent::Get("/slow".into()),
+                broker_session_hyper::now(),
+            )
+        })
+        .expect("submit");
+        tokio::task::yield_now().await;
+        s
+    });
+    drop(runtime);
+    // The dropped exchange was reported as cancelled; the machine is not left waiting.
+    s.service();
+    let events = s.drain_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            broker_session::Event::Completed { result: Err(CoreError::Transport(f)), .. }
+                if f.kind == FailureKind::Cancelled
+        )),
+        "{events:?}"
+    );
+    // A transmit spawned on the dead runtime is dropped at once, while the session
+    // is locked: it must be reported, not deadlock.
+    s.with_machine(|m| {
+        broker_session::Machine::submit(m, Intent::Get("/echo".into()), broker_session_hyper::now())
+    })
+    .expect("submit");
+    s.service();
+    let events = s.drain_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            broker_session::Event::Completed { result: Err(CoreError::Transport(f)), .. }
+                if f.kind == FailureKind::Cancelled
+        )),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn submit_then_next_event() {
+    let (server, _) = start_server();
+    let s = session(&server.http_url(), &Config::default());
+    let op = s.submit(Intent::Get("/echo".into())).expect("submit");
+    let event = loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), s.next_event())
+            .await
+            .expect("an event");
+        if matches!(e, broker_session::Event::Completed { .. }) {
+            break e;
+        }
+    };
+    assert!(
+        matches!(&event, broker_session::Event::Completed { op: o, result: Ok(out) } if *o == op && out.status == 200),
+        "{event:?}"
+    );
+    s.with_machine(|_| format!("{s:?}"));
+}
+
+#[tokio::test]
+async fn refused_connection_is_a_connect_failure() {
+    let s = session("http://127.0.0.1:1", &Config::default());
+    assert_eq!(
+        transport_kind(s.run(Intent::Get("/echo".into())).await),
+        FailureKind::Connect
+    );
+}
+
+#[tokio::test]
+async fn stalled_tls_handshake_times_out() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("https://{}", silent.local_addr().expect("addr"));
+    let mut config = Config::default();
+    config.connect_timeout = Duration::from_millis(200);
+    config.request_timeout = Duration::from_millis(400);
+    let s = session(&url, &config);
+    assert_eq!(
+        transport_kind(s.run(Intent::Get("/echo".into())).await),
+        FailureKind::Timeout
+    );
+}

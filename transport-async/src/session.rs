@@ -1,0 +1,539 @@
+//! The async session: one machine behind a mutex that is never held across an
+//! `.await`. Session requests are exchanged by spawned tasks that always feed their
+//! result back, so dropping a caller's future never leaves the machine waiting.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use broker_session::{
+    AuthorizeError, Event, FailureKind, Input, Machine, Observation, OpId, Output, RequestId,
+    Transmit, TransportFailure,
+};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use crate::error::Error;
+use crate::http_client::HttpClient;
+use crate::{Config, now};
+
+/// How many finished operations are remembered for tasks that join a recovery late.
+const FINISHED_MEMORY: usize = 256;
+
+type SessionEvent<M> = Event<<M as Machine>::State, <M as Machine>::Outcome>;
+type OpResult<M> = Result<<M as Machine>::Outcome, broker_session::Error>;
+
+/// An async session client for any [`Machine`], on tokio.
+///
+/// Cheap to clone; clones share the session. Methods can be called from many tasks
+/// at once. Every future is cancellation-safe: dropping one never loses a response
+/// the machine waits for, because session requests are exchanged by tasks the
+/// session spawns. Those tasks (and the [`keep_alive`](Session::keep_alive) task) run
+/// on the tokio runtime the session was created in.
+pub struct Session<M: Machine> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M: Machine> Clone for Session<M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<M: Machine> std::fmt::Debug for Session<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Session");
+        // `try_lock`: Debug may be called while this thread holds the lock.
+        match self.inner.shared.try_lock() {
+            Ok(g) => d.field("state", &g.machine.state()),
+            Err(_) => d.field("state", &"<locked>"),
+        };
+        d.finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<M: Machine> {
+    http: HttpClient,
+    runtime: Handle,
+    shared: Mutex<Shared<M>>,
+    changed: Notify,
+    /// Failures of exchanges whose task was dropped. Kept apart from `shared`
+    /// because a task can be dropped while `shared` is locked (spawning on a runtime
+    /// that is shutting down drops the task at once); the next drive feeds them.
+    orphaned: Mutex<Vec<Input>>,
+}
+
+pub(crate) struct Shared<M: Machine> {
+    machine: M,
+    deadline: Option<Instant>,
+    in_flight: usize,
+    awaited: HashMap<OpId, Option<OpResult<M>>>,
+    finished: VecDeque<(OpId, Result<(), broker_session::Error>)>,
+    events: VecDeque<SessionEvent<M>>,
+    event_capacity: usize,
+    dropped_events: u64,
+}
+
+impl<M: Machine> Shared<M> {
+    fn pump(&mut self) -> (Vec<Transmit>, bool) {
+        let now = now();
+        let mut changed = false;
+        if self.deadline.is_some_and(|d| d <= now.mono) {
+            self.deadline = None;
+            self.machine.handle_input(Input::Timeout, now);
+            changed = true;
+        }
+        let mut sends = Vec::new();
+        loop {
+            match self.machine.poll_output(now) {
+                Output::Send(t) => sends.push(t),
+                Output::Event(e) => {
+                    self.record(e);
+                    changed = true;
+                }
+                Output::Wait(w) => {
+                    changed |= w != self.deadline;
+                    self.deadline = w;
+                    break;
+                }
+                // An output this transport does not know: stop rather than spin.
+                _ => break,
+            }
+        }
+        changed |= !sends.is_empty();
+        self.in_flight += sends.len();
+        (sends, changed)
+    }
+
+    fn record(&mut self, e: SessionEvent<M>) {
+        let e = match e {
+            Event::Completed { op, result } => {
+                if self.finished.len() == FINISHED_MEMORY {
+                    self.finished.pop_front();
+                }
+                self.finished
+                    .push_back((op, result.as_ref().map(|_| ()).map_err(Clone::clone)));
+                match self.awaited.get_mut(&op) {
+                    Some(slot) => {
+                        *slot = Some(result);
+                        return;
+                    }
+                    None => Event::Completed { op, result },
+                }
+            }
+            other => other,
+        };
+        if self.event_capacity == 0 {
+            self.dropped_events += 1;
+            return;
+        }
+        if self.events.len() == self.event_capacity {
+            self.events.pop_front();
+            self.dropped_events += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    fn finished(&self, op: OpId) -> Option<Result<(), broker_session::Error>> {
+        self.finished
+            .iter()
+            .rev()
+            .find(|(o, _)| *o == op)
+            .map(|(_, r)| r.clone())
+    }
+}
+
+impl<M: Machine> Inner<M> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared<M>> {
+        // A panic elsewhere leaves the machine as it was between two calls; carrying
+        // on is safer than poisoning every later call.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<M> Inner<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    /// Polls the machine until it waits and hands each transmit to a spawned task.
+    fn drive_locked(self: &Arc<Self>, g: &mut Shared<M>) {
+        let orphaned =
+            std::mem::take(&mut *self.orphaned.lock().unwrap_or_else(PoisonError::into_inner));
+        for input in orphaned {
+            g.in_flight = g.in_flight.saturating_sub(1);
+            g.machine.handle_input(input, now());
+        }
+        let (sends, changed) = g.pump();
+        for t in sends {
+            let feed = FeedBack {
+                inner: Arc::clone(self),
+                id: t.id,
+                done: false,
+            };
+            self.runtime.spawn(feed.exchange(t.request));
+        }
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn feed(self: &Arc<Self>, input: Input) {
+        let mut g = self.lock();
+        g.in_flight = g.in_flight.saturating_sub(1);
+        g.machine.handle_input(input, now());
+        self.drive_locked(&mut g);
+        // The exchange ended: wake waiters even if the machine emitted nothing.
+        self.changed.notify_waiters();
+    }
+
+    /// Drives until `ready` yields, sleeping until the machine's next deadline or
+    /// until something changed.
+    async fn wait_until<T>(
+        self: &Arc<Self>,
+        mut ready: impl FnMut(&mut Shared<M>) -> Option<T>,
+    ) -> Result<T, Error> {
+        loop {
+            let mut notified = pin!(self.changed.notified());
+            notified.as_mut().enable();
+            let deadline = {
+                let mut g = self.lock();
+                self.drive_locked(&mut g);
+                if let Some(v) = ready(&mut g) {
+                    return Ok(v);
+                }
+                match g.deadline {
+                    Some(d) => Some(d),
+                    None if g.in_flight > 0 => None,
+                    None => return Err(Error::Stalled),
+                }
+            };
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), notified).await;
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    async fn wait_finished(self: &Arc<Self>, op: OpId) -> Result<(), Error> {
+        self.wait_until(|s| s.finished(op))
+            .await?
+            .map_err(Error::Session)
+    }
+
+    /// Runs timers forever; the keep-alive task's body.
+    pub(crate) async fn keep_alive_loop(self: Arc<Self>) {
+        loop {
+            let mut notified = pin!(self.changed.notified());
+            notified.as_mut().enable();
+            let deadline = {
+                let mut g = self.lock();
+                self.drive_locked(&mut g);
+                g.deadline
+            };
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), notified).await;
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
+
+/// Exchanges one transmit and feeds the result to the machine, even if the task is
+/// dropped half-way (the runtime shutting down): then the machine hears
+/// [`FailureKind::Cancelled`] at once instead of waiting for its own deadline.
+struct FeedBack<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    inner: Arc<Inner<M>>,
+    id: RequestId,
+    done: bool,
+}
+
+impl<M> FeedBack<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    async fn exchange(mut self, request: http::Request<Vec<u8>>) {
+        let input = match self.inner.http.execute(request).await {
+            Ok(response) => Input::Response {
+                id: self.id,
+                response,
+            },
+            Err(failure) => Input::Failed {
+                id: self.id,
+                failure,
+            },
+        };
+        self.done = true;
+        self.inner.feed(input);
+    }
+}
+
+impl<M> Drop for FeedBack<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn drop(&mut self) {
+        if !self.done {
+            let failure = TransportFailure::new(
+                FailureKind::Cancelled,
+                "the exchange was dropped before it completed",
+            );
+            self.inner
+                .orphaned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Input::Failed {
+                    id: self.id,
+                    failure,
+                });
+            // The next drive (any call on the session, or a woken waiter) feeds it.
+            self.inner.changed.notify_waiters();
+        }
+    }
+}
+
+/// Removes a `run` caller's slot when its future ends or is dropped.
+struct AwaitSlot<'a, M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    inner: &'a Inner<M>,
+    op: OpId,
+}
+
+impl<M> Drop for AwaitSlot<'_, M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn drop(&mut self) {
+        self.inner.lock().awaited.remove(&self.op);
+    }
+}
+
+impl<M> Session<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    /// A session for `machine` with its own [`HttpClient`] built from `config`. Must
+    /// be called inside a tokio runtime (its tasks are spawned on it).
+    pub fn new(machine: M, config: &Config) -> Result<Self, Error> {
+        Self::with_http(machine, HttpClient::new(config)?, config)
+    }
+
+    /// A session for `machine` sharing `http` (and its connection pool) with other
+    /// sessions. Only [`Config::event_capacity`] is read from `config`. Must be called
+    /// inside a tokio runtime.
+    pub fn with_http(machine: M, http: HttpClient, config: &Config) -> Result<Self, Error> {
+        let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                runtime,
+                shared: Mutex::new(Shared {
+                    machine,
+                    deadline: None,
+                    in_flight: 0,
+                    awaited: HashMap::new(),
+                    finished: VecDeque::new(),
+                    events: VecDeque::new(),
+                    event_capacity: config.event_capacity,
+                    dropped_events: 0,
+                }),
+                changed: Notify::new(),
+                orphaned: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner<M>> {
+        &self.inner
+    }
+
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.inner.runtime
+    }
+
+    /// Submits `intent` and drives the machine until its operation completes; returns
+    /// the operation's typed result. If the future is dropped, the operation still
+    /// runs to its end (its result then goes to the event buffer).
+    pub async fn run(&self, intent: M::Intent) -> Result<M::Outcome, Error> {
+        let op = {
+            let mut g = self.inner.lock();
+            let op = g.machine.submit(intent, now()).map_err(Error::Usage)?;
+            g.awaited.insert(op, None);
+            op
+        };
+        let _slot = AwaitSlot {
+            inner: &self.inner,
+            op,
+        };
+        self.inner
+            .wait_until(|s| s.awaited.get_mut(&op).and_then(Option::take))
+            .await?
+            .map_err(Error::Session)
+    }
+
+    /// Queues `intent` and starts it if the machine is idle, without waiting; returns
+    /// its operation id. Its result arrives as an [`Event::Completed`] in the event
+    /// buffer (see [`next_event`](Self::next_event)). Timers still need a driver:
+    /// [`keep_alive`](Self::keep_alive), [`service`](Self::service) or any awaiting
+    /// call.
+    pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
+        let mut g = self.inner.lock();
+        let op = g.machine.submit(intent, now()).map_err(Error::Usage)?;
+        self.inner.drive_locked(&mut g);
+        Ok(op)
+    }
+
+    /// Sends an application request with the session's credentials and returns the
+    /// broker's response, whatever its status.
+    ///
+    /// Authorizes the request, exchanges it and lets the machine observe the
+    /// response. If the credentials were refused and the machine recovers them,
+    /// waits for that one recovery (shared by every task that hit the same refusal)
+    /// and resends the request once; if they had already been replaced, resends it
+    /// once at once. If credentials are being obtained, waits for them first.
+    ///
+    /// Errors: [`Error::Authorize`] when the session cannot stamp the request,
+    /// [`Error::Transport`] when the exchange failed, [`Error::Session`] when the
+    /// session was lost or its recovery failed.
+    pub async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, Error> {
+        let mut resent = false;
+        let mut waits = 0;
+        loop {
+            let mut req = clone_request(&request);
+            let authorized = self.inner.lock().machine.authorize(&mut req, now());
+            let stamp = match authorized {
+                Ok(stamp) => stamp,
+                Err(AuthorizeError::Pending { op }) if waits < 2 => {
+                    waits += 1;
+                    self.inner.wait_finished(op).await?;
+                    continue;
+                }
+                Err(e) => return Err(Error::Authorize(e)),
+            };
+            let response = self
+                .inner
+                .http
+                .execute(req)
+                .await
+                .map_err(Error::Transport)?;
+            let observation = {
+                let mut g = self.inner.lock();
+                let o = g.machine.observe(&response, stamp, now());
+                self.inner.drive_locked(&mut g);
+                o
+            };
+            match observation {
+                Observation::Replay if !resent => resent = true,
+                Observation::Recover { op } if !resent => {
+                    resent = true;
+                    self.inner.wait_finished(op).await?;
+                }
+                Observation::Lost(e) => return Err(Error::Session(e)),
+                _ => return Ok(response),
+            }
+        }
+    }
+
+    /// Runs what is due now without waiting: timers whose deadline has passed are
+    /// run and the session requests they produce are handed to spawned tasks. Returns
+    /// the machine's next deadline (`None`: nothing scheduled until the next call).
+    pub fn service(&self) -> Option<Instant> {
+        let mut g = self.inner.lock();
+        self.inner.drive_locked(&mut g);
+        g.deadline
+    }
+
+    /// The session's current state.
+    pub fn state(&self) -> M::State {
+        self.inner.lock().machine.state()
+    }
+
+    /// Runs `f` on the machine under the session's lock, e.g. to read a getter the
+    /// [`Machine`] trait does not have. Do not block inside `f`, and do not call this
+    /// session from it (the lock is not reentrant).
+    pub fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
+        let mut g = self.inner.lock();
+        let r = f(&mut g.machine);
+        self.inner.drive_locked(&mut g);
+        r
+    }
+
+    /// Takes every buffered event (state changes, session loss, and completions of
+    /// operations no [`run`](Session::run) call was waiting for, such as proactive
+    /// refreshes and keep-alive ticks), oldest first.
+    pub fn drain_events(&self) -> Vec<SessionEvent<M>> {
+        self.inner.lock().events.drain(..).collect()
+    }
+
+    /// Waits for the next event, driving the machine meanwhile. Wrap it in
+    /// `tokio::time::timeout` to bound the wait.
+    pub async fn next_event(&self) -> SessionEvent<M> {
+        loop {
+            let mut notified = pin!(self.inner.changed.notified());
+            notified.as_mut().enable();
+            let deadline = {
+                let mut g = self.inner.lock();
+                self.inner.drive_locked(&mut g);
+                if let Some(e) = g.events.pop_front() {
+                    return e;
+                }
+                g.deadline
+            };
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), notified).await;
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// How many events were dropped because the buffer was full
+    /// ([`Config::event_capacity`]).
+    pub fn dropped_events(&self) -> u64 {
+        self.inner.lock().dropped_events
+    }
+
+    /// The HTTP client this session uses.
+    pub fn http(&self) -> &HttpClient {
+        &self.inner.http
+    }
+}
+
+/// A copy of a request (method, URI, version, headers, body), for a resend.
+fn clone_request(r: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
+    let mut out = http::Request::new(r.body().clone());
+    *out.method_mut() = r.method().clone();
+    *out.uri_mut() = r.uri().clone();
+    *out.version_mut() = r.version();
+    *out.headers_mut() = r.headers().clone();
+    out
+}
