@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use broker_session::{Event, Input, Machine, Now, Output, RequestId};
-use broker_session_testkit::sim::{FakeBroker, Reply};
+use broker_session_testkit::sim::{FakeBroker, Reply, clone_request};
 
 use crate::alloc::{self, AllocDelta};
 
@@ -31,6 +31,8 @@ pub struct Script {
     responses: Vec<http::Response<Vec<u8>>>,
     /// `METHOD /path` of each request, in order.
     pub requests: Vec<String>,
+    /// Each request as the machine built it, in order.
+    pub sent: Vec<http::Request<Vec<u8>>>,
     /// Operations the session completed successfully.
     pub ops: usize,
 }
@@ -62,6 +64,7 @@ impl Script {
             steps: Vec::new(),
             responses: Vec::new(),
             requests: Vec::new(),
+            sent: Vec::new(),
             ops: 0,
         };
         let mut now = start;
@@ -81,6 +84,7 @@ impl Script {
                             t.request.uri().path()
                         ));
                         s.responses.push(clone_response(&r));
+                        s.sent.push(clone_request(&t.request));
                         s.steps.push(Step::Respond);
                         machine.handle_input(
                             Input::Response {
@@ -116,6 +120,11 @@ impl Script {
     /// Fresh copies of the recorded answers, for one replay.
     pub fn responses(&self) -> Vec<http::Response<Vec<u8>>> {
         self.responses.iter().map(clone_response).collect()
+    }
+
+    /// The recorded answers, in order.
+    pub fn recorded_responses(&self) -> &[http::Response<Vec<u8>>] {
+        &self.responses
     }
 
     /// A fresh copy of the `i`-th recorded answer.
