@@ -136,7 +136,8 @@ impl Script {
     }
 
     /// Replays the script on a fresh machine; returns the operations that completed
-    /// successfully (equal to [`ops`](Self::ops) when the replay was faithful).
+    /// successfully (equal to [`ops`](Self::ops) when the replay was faithful). Given
+    /// fewer answers than recorded, it stops where they run out.
     pub fn replay<M: Machine>(
         &self,
         machine: &mut M,
@@ -197,11 +198,13 @@ impl Script {
                         let _ = machine.submit(intent, now);
                     }
                 }
-                Step::Respond => {
-                    if let (Some(id), Some(response)) = (in_flight.take(), responses.next()) {
+                Step::Respond => match (in_flight.take(), responses.next()) {
+                    (Some(id), Some(response)) => {
                         machine.handle_input(Input::Response { id, response }, now);
                     }
-                }
+                    // Fewer answers than recorded: replay only that prefix.
+                    _ => break,
+                },
                 Step::Timeout(offset) => {
                     now = self.start + offset;
                     machine.handle_input(Input::Timeout, now);
