@@ -7,6 +7,7 @@
 //! Before the timings it prints the allocations of one cycle, request by request.
 //! Run: `cargo bench -p broker-session-benches --bench core_cycle`.
 
+use broker_session::Machine;
 use broker_session::ibkr::{IbkrIntent, IbkrSession};
 use broker_session::ig::{IgIntent, IgSession, LoginFlow};
 use broker_session_benches::alloc::{self, AllocDelta, CountingAlloc};
@@ -129,6 +130,23 @@ fn main() {
         .profile(&mut ibkr.machine(), ibkr_intents(), ibkr.script.responses());
     print_profile("IBKR gateway status → init → 10 tickles → logout", &rows);
 
+    // Stamping an application request (the per-request path after login).
+    let mut m = ig.machine();
+    let n_login = 1;
+    let login_answers = (0..n_login).map(|i| ig.script.response(i)).collect();
+    ig.script
+        .replay(&mut m, vec![IgIntent::Login], login_answers);
+    let mut req = app_request();
+    let now = ig.clock.now();
+    m.authorize(&mut req, now).expect("stamped");
+    let before = alloc::snapshot();
+    m.authorize(&mut req, now).expect("stamped");
+    let d = alloc::snapshot().since(before);
+    println!(
+        "\nIG v3 authorize (stamp Authorization, IG-ACCOUNT-ID, X-IG-API-KEY on an app request): {} allocations, {} bytes",
+        d.allocs, d.bytes
+    );
+
     // What one canned answer costs to copy (the input side, outside the timed loop).
     let before = alloc::snapshot();
     let responses = ig.script.responses();
@@ -169,6 +187,25 @@ fn ibkr_gateway_cycle(bencher: Bencher<'_, '_>) {
             assert_eq!(ok, ibkr.script.ops);
             m
         });
+}
+
+fn app_request() -> http::Request<Vec<u8>> {
+    http::Request::get("https://fake-ig.test/gateway/deal/accounts")
+        .header("Version", "1")
+        .body(Vec::new())
+        .expect("valid")
+}
+
+/// `authorize` of an application request on a logged-in IG v3 session.
+#[divan::bench(max_time = 1)]
+fn ig_v3_authorize(bencher: Bencher<'_, '_>) {
+    let ig = Ig::new();
+    let mut m = ig.machine();
+    ig.script
+        .replay(&mut m, vec![IgIntent::Login], vec![ig.script.response(0)]);
+    let mut req = app_request();
+    let now = ig.clock.now();
+    bencher.bench_local(|| m.authorize(divan::black_box(&mut req), now));
 }
 
 /// Building an IG session (config validation), for scale.

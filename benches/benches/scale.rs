@@ -276,6 +276,23 @@ fn machine_heap(ig: &Script, ibkr: &Script, base: &str, t: &Timing) -> (f64, f64
     (ig_heap, ibkr_heap)
 }
 
+/// Open file descriptors of this process (`None` if even that cannot be opened).
+fn open_fds() -> String {
+    std::fs::read_dir("/proc/self/fd")
+        .map_or_else(|e| format!("unknown ({e})"), |d| d.count().to_string())
+}
+
+fn fd_limit() -> String {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -388,9 +405,12 @@ fn phase(t: &Timing, n: usize, secs: u64) {
         served.load(Relaxed)
     );
 
-    // Let the start-up burst settle into the steady rhythm before measuring.
-    std::thread::sleep(t.tickle.max(Duration::from_secs(2)));
+    // Let the start-up burst settle before measuring; the window must hold at least
+    // one keep-alive action of every session.
+    std::thread::sleep(Duration::from_secs(2));
+    let secs = secs.max(t.tickle.as_secs() + 5);
     reset_lateness();
+    let fds0 = open_fds();
     let (cpu0, srv0, req0, w0) = (
         sys::cpu_time(),
         sys::threads_cpu_time("fake-broker-ser"),
@@ -410,6 +430,11 @@ fn phase(t: &Timing, n: usize, secs: u64) {
     let live1 = alloc::snapshot().live;
     let (rss, hwm) = (sys::status_kib("VmRSS"), sys::status_kib("VmHWM"));
     let (count, p50, p99, max) = lateness_stats();
+    println!(
+        "open file descriptors: {fds0} at the start of the window, {} at its end (limit {})",
+        open_fds(),
+        fd_limit()
+    );
 
     let per_action = |d: Duration| d.as_secs_f64() * 1e6 / actions.max(1) as f64;
     println!(
