@@ -115,7 +115,51 @@ fn print_profile(name: &str, rows: &[broker_session_benches::replay::RequestAllo
     );
 }
 
+/// `BENCH_ONLY=ig|ibkr BENCH_ITERS=n`: run n cycles and exit, for instruction counts
+/// under `valgrind --tool=callgrind` (see BENCHMARKS.md); `ig-setup`/`ibkr-setup` do
+/// the same set-up (machine, answers) without the replay, to subtract.
+fn cycles_only() -> bool {
+    let (Ok(only), Ok(iters)) = (std::env::var("BENCH_ONLY"), std::env::var("BENCH_ITERS")) else {
+        return false;
+    };
+    let iters: usize = iters.parse().unwrap_or(1);
+    let mut ok = 0;
+    match only.as_str() {
+        "ig" => {
+            let ig = Ig::new();
+            for _ in 0..iters {
+                ok += ig.script.replay(&mut ig.machine(), ig_intents(), ig.script.responses());
+            }
+        }
+        "ibkr" => {
+            let b = Ibkr::new();
+            for _ in 0..iters {
+                ok += b.script.replay(&mut b.machine(), ibkr_intents(), b.script.responses());
+            }
+        }
+        // The same set-up without the replay, to subtract.
+        "ig-setup" => {
+            let ig = Ig::new();
+            for _ in 0..iters {
+                std::hint::black_box((ig.machine(), ig_intents(), ig.script.responses()));
+            }
+        }
+        "ibkr-setup" => {
+            let b = Ibkr::new();
+            for _ in 0..iters {
+                std::hint::black_box((b.machine(), ibkr_intents(), b.script.responses()));
+            }
+        }
+        other => panic!("BENCH_ONLY={other}: ig, ibkr, ig-setup or ibkr-setup"),
+    }
+    println!("{ok} operations");
+    true
+}
+
 fn main() {
+    if cycles_only() {
+        return;
+    }
     println!("machine: {}", sys::machine_line());
     alloc::set_counting(true);
     let ig = Ig::new();
