@@ -51,9 +51,12 @@ pub struct Config {
     /// Longest time to resolve and connect (including the TLS handshake).
     /// Default: 10 s.
     pub connect_timeout: Duration,
-    /// Longest time for a whole exchange: connect, send, and read the full response.
-    /// Default: 30 s. When it expires the machine gets a
-    /// [`FailureKind::Timeout`](broker_session::FailureKind::Timeout) failure.
+    /// Longest time for each phase of an exchange: sending the request head,
+    /// sending the body, waiting for the response head, reading the response body
+    /// (connecting has [`connect_timeout`](Self::connect_timeout)). Default: 30 s.
+    /// When it expires the machine gets a
+    /// [`FailureKind::Timeout`](broker_session::FailureKind::Timeout) failure. (The
+    /// session machines also give up on a request after their own deadline.)
     pub request_timeout: Duration,
     /// Largest response body read; a larger one is a
     /// [`FailureKind::BodyTooLarge`](broker_session::FailureKind::BodyTooLarge)

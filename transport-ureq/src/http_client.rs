@@ -59,7 +59,13 @@ impl HttpClient {
             .max_redirects(0)
             .user_agent(config.user_agent.as_str())
             .accept_encoding("")
-            .timeout_global(Some(config.request_timeout))
+            // Per phase rather than `timeout_global`: ureq re-arms the socket
+            // timeouts on every read and write under a global deadline, which
+            // measured 3-6x slower per request on loopback.
+            .timeout_send_request(Some(config.request_timeout))
+            .timeout_send_body(Some(config.request_timeout))
+            .timeout_recv_response(Some(config.request_timeout))
+            .timeout_recv_body(Some(config.request_timeout))
             .timeout_connect(Some(config.connect_timeout))
             .tls_config(tls.build())
             .build()
