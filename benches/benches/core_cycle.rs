@@ -128,13 +128,17 @@ fn cycles_only() -> bool {
         "ig" => {
             let ig = Ig::new();
             for _ in 0..iters {
-                ok += ig.script.replay(&mut ig.machine(), ig_intents(), ig.script.responses());
+                ok += ig
+                    .script
+                    .replay(&mut ig.machine(), ig_intents(), ig.script.responses());
             }
         }
         "ibkr" => {
             let b = Ibkr::new();
             for _ in 0..iters {
-                ok += b.script.replay(&mut b.machine(), ibkr_intents(), b.script.responses());
+                ok += b
+                    .script
+                    .replay(&mut b.machine(), ibkr_intents(), b.script.responses());
             }
         }
         // The same set-up without the replay, to subtract.

@@ -327,8 +327,9 @@ fn phase(t: &Timing, n: usize, secs: u64) {
 
     println!(
         "transport bookkeeping: one remembered finished operation (OpId, Result<(), Error>) is {} B; one event {} B",
-        size_of::<(broker_session::OpId, Result<(), broker_session::Error>)>(),
-        size_of::<broker_session::Event<broker_session::ig::IgState, broker_session::ig::IgOutcome>>()
+        size_of::<(OpId, Result<(), broker_session::Error>)>(),
+        size_of::<broker_session::Event<broker_session::ig::IgState, broker_session::ig::IgOutcome>>(
+        )
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
