@@ -7,7 +7,8 @@
 //! 2. the brokers' real timing (tickle every 60 s, IG tokens of 60 s, a refresh every
 //!    50 s): `BENCH_SCALE_BIG_N` sessions (default 100,000).
 //!
-//! Each phase runs `BENCH_SCALE_SECS` seconds (default 30) after every session is up.
+//! Each phase runs `BENCH_SCALE_SECS` seconds (default 30; at least one keep-alive
+//! period plus 5 s) after every session is up; N = 0 skips a phase.
 //! The server answers with the fake brokers' answers recorded beforehand (the fakes
 //! themselves keep per-request records that grow without bound at these rates). All
 //! sessions share one HttpClient (one connection pool).
@@ -301,6 +302,9 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn phase(t: &Timing, n: usize, secs: u64) {
+    if n == 0 {
+        return;
+    }
     println!(
         "\n== {} (tickle every {:?}, IG tokens of {:?}), N = {n}",
         t.name, t.tickle, t.token
