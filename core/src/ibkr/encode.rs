@@ -205,6 +205,10 @@ impl Signer {
     }
 
     /// Stamps the HMAC-SHA256 `Authorization` header onto any request.
+    ///
+    /// This runs for every signed request, so it borrows the parameters and builds the
+    /// base string and the header each in one buffer: a handful of allocations rather
+    /// than one per parameter.
     pub(crate) fn sign<B>(
         &self,
         req: &mut http::Request<B>,
@@ -212,31 +216,95 @@ impl Signer {
         rng: &mut SessionRng,
         now: Now,
     ) -> Result<(), Error> {
+        let nonce = nonce_bytes(rng);
+        let mut ts_buf = [0u8; 20];
+        let oauth: [(&str, &str); 5] = [
+            ("oauth_consumer_key", &self.consumer_key),
+            ("oauth_nonce", ascii(&nonce)),
+            ("oauth_signature_method", "HMAC-SHA256"),
+            ("oauth_timestamp", decimal(now.unix_seconds(), &mut ts_buf)),
+            ("oauth_token", self.access_token.expose_secret()),
+        ];
         let uri = req.uri();
-        let url = url_without_query(uri);
-        let mut params = self.common_params(rng, "HMAC-SHA256", now);
-        let mut signed = params.clone();
-        if self.query_signing == QuerySigning::Include
-            && let Some(q) = uri.query()
-        {
-            {
-                let qp = query_params(q).ok_or(Error::Usage(UsageError::InvalidArgument {
+        let query = match (self.query_signing, uri.query()) {
+            (QuerySigning::Include, Some(q)) => Some(query_params(q).ok_or(Error::Usage(
+                UsageError::InvalidArgument {
                     what: "request URI",
                     reason: "query string has a malformed percent escape or is not UTF-8",
-                }))?;
-                signed.extend(qp);
-            }
+                },
+            ))?),
+            _ => None,
+        };
+        let mut signed: Vec<(&str, &str)> =
+            Vec::with_capacity(oauth.len() + query.as_ref().map_or(0, Vec::len));
+        signed.extend_from_slice(&oauth);
+        if let Some(q) = &query {
+            signed.extend(q.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         }
-        let base_str = base_string("", req.method().as_str(), &url, &signed);
-        let key = Zeroizing::new(STANDARD.decode(lst.expose_secret()).map_err(|_| {
+        // Same order as sorting the owned pairs: by key, then value.
+        signed.sort_unstable();
+        let mut base_str = String::with_capacity(512);
+        for c in req.method().as_str().chars() {
+            base_str.push(c.to_ascii_uppercase());
+        }
+        base_str.push('&');
+        push_encoded_url(&mut base_str, uri);
+        base_str.push('&');
+        // Percent-encoding is byte by byte, so encoding `k=v&k=v` is encoding each
+        // piece and writing `=` as `%3D` and `&` as `%26`.
+        for (i, (k, v)) in signed.iter().enumerate() {
+            if i > 0 {
+                base_str.push_str("%26");
+            }
+            percent::encode_into(&mut base_str, k.as_bytes());
+            base_str.push_str("%3D");
+            percent::encode_into(&mut base_str, v.as_bytes());
+        }
+        let bad_lst = || {
             Error::Crypto(CryptoError::InvalidKey {
                 which: "IBKR live session token",
             })
-        })?);
-        let sig = hmac_sha256_signature(&key, &base_str);
-        params.push(("oauth_signature".to_owned(), percent::encode(&sig)));
-        let header = authorization_header(&self.realm, &params);
-        set_authorization(req, &header)
+        };
+        // The token is 20 bytes (HMAC-SHA1); decode it on the stack when it fits.
+        let mut key_buf = Zeroizing::new([0u8; 64]);
+        let sig = match STANDARD.decode_slice(lst.expose_secret(), &mut key_buf[..]) {
+            Ok(n) => hmac_sha256_signature(&key_buf[..n], &base_str),
+            Err(_) => {
+                let key = Zeroizing::new(
+                    STANDARD
+                        .decode(lst.expose_secret())
+                        .map_err(|_| bad_lst())?,
+                );
+                hmac_sha256_signature(&key, &base_str)
+            }
+        };
+        let sig = percent::encode(&sig);
+        let mut header_params: [(&str, &str); 6] = [
+            oauth[0],
+            oauth[1],
+            oauth[2],
+            oauth[3],
+            oauth[4],
+            ("oauth_signature", &sig),
+        ];
+        header_params.sort_unstable();
+        let mut header = String::with_capacity(64 + self.realm.len() + base_str.len() / 2);
+        header.push_str("OAuth realm=\"");
+        header.push_str(&self.realm);
+        header.push('"');
+        for (k, v) in header_params {
+            header.push_str(", ");
+            header.push_str(k);
+            header.push_str("=\"");
+            header.push_str(v);
+            header.push('"');
+        }
+        // Moves the string into the header value (no copy).
+        let mut value =
+            http::HeaderValue::try_from(header).map_err(|_| Error::Crypto(CryptoError::Sign))?;
+        value.set_sensitive(true);
+        req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        Ok(())
     }
 }
 
@@ -247,7 +315,9 @@ fn set_authorization<B>(req: &mut http::Request<B>, header: &str) -> Result<(), 
 }
 
 /// `scheme://authority/path` as it enters the base string: scheme and host lowercase,
-/// default ports dropped, no query.
+/// default ports dropped, no query. The signer writes it encoded with
+/// [`push_encoded_url`]; this plain form pins that down in tests.
+#[cfg(test)]
 fn url_without_query(uri: &http::Uri) -> String {
     let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
     let host = uri.host().unwrap_or_default().to_ascii_lowercase();
@@ -258,23 +328,91 @@ fn url_without_query(uri: &http::Uri) -> String {
     format!("{scheme}://{host}{port}{}", uri.path())
 }
 
-/// 16 characters from `[A-Za-z0-9]`, as ibind draws them.
-fn nonce(rng: &mut SessionRng) -> String {
+/// `scheme://host[:port]/path` percent-encoded into `out`, as `url_without_query`
+/// renders it.
+fn push_encoded_url(out: &mut String, uri: &http::Uri) {
+    let scheme = uri.scheme_str().unwrap_or("https");
+    for b in scheme.bytes() {
+        percent::encode_into(out, &[b.to_ascii_lowercase()]);
+    }
+    out.push_str("%3A%2F%2F");
+    for b in uri.host().unwrap_or_default().bytes() {
+        percent::encode_into(out, &[b.to_ascii_lowercase()]);
+    }
+    let default_port = match uri.port_u16() {
+        None => true,
+        Some(443) => scheme.eq_ignore_ascii_case("https"),
+        Some(80) => scheme.eq_ignore_ascii_case("http"),
+        Some(_) => false,
+    };
+    if let (false, Some(p)) = (default_port, uri.port_u16()) {
+        let mut buf = [0u8; 20];
+        out.push_str("%3A");
+        out.push_str(decimal(u64::from(p), &mut buf));
+    }
+    percent::encode_into(out, uri.path().as_bytes());
+}
+
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        // `n % 10` is a single digit.
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    ascii(&buf[i..])
+}
+
+/// ASCII bytes as text (the callers only produce ASCII).
+fn ascii(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
+}
+
+/// 16 characters from `[A-Za-z0-9]`, as ibind draws them, on the stack.
+fn nonce_bytes(rng: &mut SessionRng) -> [u8; 16] {
     const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(16);
-    while out.len() < 16 {
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    while n < out.len() {
         // Rejection sampling keeps the distribution uniform (248 = 4 * 62).
         let b = (rng.next_u32() & 0xff) as u8;
         if b < 248 {
-            out.push(char::from(ALPHABET[usize::from(b % 62)]));
+            out[n] = ALPHABET[usize::from(b % 62)];
+            n += 1;
         }
     }
     out
 }
 
+/// 16 characters from `[A-Za-z0-9]`, as ibind draws them.
+fn nonce(rng: &mut SessionRng) -> String {
+    ascii(&nonce_bytes(rng)).to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_url_matches_the_plain_form() {
+        for u in [
+            "https://api.ibkr.com/v1/api/iserver/accounts?x=1",
+            "HTTPS://API.IBKR.com:443/v1/api/tickle",
+            "http://127.0.0.1:80/v1/api/tickle",
+            "http://127.0.0.1:5000/v1/api/sso/validate",
+            "https://localhost:5000/v1/api/a%20b/c~d",
+        ] {
+            let uri: http::Uri = u.parse().unwrap();
+            let mut out = String::new();
+            push_encoded_url(&mut out, &uri);
+            assert_eq!(out, percent::encode(&url_without_query(&uri)), "{u}");
+        }
+    }
 
     #[test]
     fn base_origin_checks() {

@@ -13,8 +13,15 @@ pub fn encode(input: &str) -> String {
 
 /// [`encode`] for raw bytes.
 pub fn encode_bytes(input: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(input.len() * 3);
+    encode_into(&mut out, input);
+    out
+}
+
+/// [`encode_bytes`] appending to `out`, so a signature base string is built in one
+/// buffer.
+pub(crate) fn encode_into(out: &mut String, input: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in input {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
@@ -24,7 +31,6 @@ pub fn encode_bytes(input: &[u8]) -> String {
             out.push(char::from(HEX[usize::from(b & 0x0f)]));
         }
     }
-    out
 }
 
 /// Decodes `%XX` escapes; with `plus_is_space`, `+` becomes a space (as in

@@ -1,0 +1,266 @@
+//! The core alone: a full session cycle through the machine with answers prepared in
+//! advance (no fake broker logic in the timed loop, no IO).
+//!
+//! - IG v3: login → 10 refreshes → logout (12 requests).
+//! - IBKR gateway: status → init (→ status poll, accounts) → 10 tickles → logout.
+//!
+//! Before the timings it prints the allocations of one cycle, request by request.
+//! Run: `cargo bench -p broker-session-benches --bench core_cycle`.
+
+use broker_session::Machine;
+use broker_session::ibkr::{IbkrIntent, IbkrSession};
+use broker_session::ig::{IgIntent, IgSession, LoginFlow};
+use broker_session_benches::alloc::{self, AllocDelta, CountingAlloc};
+use broker_session_benches::replay::Script;
+use broker_session_benches::sys;
+use broker_session_testkit::ibkr::FakeIbkr;
+use broker_session_testkit::ig::{FakeIg, session_config};
+use broker_session_testkit::sim::VirtualClock;
+use divan::Bencher;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+const REFRESHES: usize = 10;
+const TICKLES: usize = 10;
+
+fn ig_intents() -> Vec<IgIntent> {
+    let mut v = vec![IgIntent::Login];
+    v.extend((0..REFRESHES).map(|_| IgIntent::Refresh));
+    v.push(IgIntent::Logout);
+    v
+}
+
+fn ibkr_intents() -> Vec<IbkrIntent> {
+    let mut v = vec![
+        IbkrIntent::CheckStatus,
+        IbkrIntent::InitBrokerage { compete: None },
+    ];
+    v.extend((0..TICKLES).map(|_| IbkrIntent::Tickle));
+    v.push(IbkrIntent::Logout);
+    v
+}
+
+struct Ig {
+    script: Script,
+    config: broker_session::ig::IgConfig,
+    clock: VirtualClock,
+}
+
+impl Ig {
+    fn new() -> Self {
+        let mut fake = FakeIg::default();
+        let config = session_config(&fake, LoginFlow::V3);
+        let clock = VirtualClock::new();
+        let mut m = IgSession::new(config.clone(), clock.now()).expect("valid config");
+        let script = Script::record(&mut m, &mut fake, clock.now(), ig_intents());
+        Self {
+            script,
+            config,
+            clock,
+        }
+    }
+
+    fn machine(&self) -> IgSession {
+        IgSession::new(self.config.clone(), self.clock.now()).expect("valid config")
+    }
+}
+
+struct Ibkr {
+    script: Script,
+    config: broker_session::ibkr::IbkrConfig,
+    clock: VirtualClock,
+}
+
+impl Ibkr {
+    fn new() -> Self {
+        let mut fake = FakeIbkr::gateway();
+        let config = FakeIbkr::gateway_config(1);
+        let clock = VirtualClock::new();
+        let mut m = IbkrSession::new(config.clone(), clock.now()).expect("valid config");
+        let script = Script::record(&mut m, &mut fake, clock.now(), ibkr_intents());
+        Self {
+            script,
+            config,
+            clock,
+        }
+    }
+
+    fn machine(&self) -> IbkrSession {
+        IbkrSession::new(self.config.clone(), self.clock.now()).expect("valid config")
+    }
+}
+
+fn print_profile(name: &str, rows: &[broker_session_benches::replay::RequestAllocs]) {
+    println!("\n{name}: allocations per request in one cycle (count / bytes)");
+    println!(
+        "  {:<36} {:>16} {:>22}",
+        "request", "build request", "answer + transitions"
+    );
+    let mut total = AllocDelta::default();
+    for r in rows {
+        println!(
+            "  {:<36} {:>7} / {:>6} {:>11} / {:>8}",
+            r.request, r.encode.allocs, r.encode.bytes, r.decode.allocs, r.decode.bytes
+        );
+        total += r.encode;
+        total += r.decode;
+    }
+    println!(
+        "  {:<36} {:>7} allocations, {} bytes per cycle ({} requests)",
+        "total",
+        total.allocs,
+        total.bytes,
+        rows.len()
+    );
+}
+
+/// `BENCH_ONLY=ig|ibkr BENCH_ITERS=n`: run n cycles and exit, for instruction counts
+/// under `valgrind --tool=callgrind` (see BENCHMARKS.md); `ig-setup`/`ibkr-setup` do
+/// the same set-up (machine, answers) without the replay, to subtract.
+fn cycles_only() -> bool {
+    let (Ok(only), Ok(iters)) = (std::env::var("BENCH_ONLY"), std::env::var("BENCH_ITERS")) else {
+        return false;
+    };
+    let iters: usize = iters.parse().unwrap_or(1);
+    let mut ok = 0;
+    match only.as_str() {
+        "ig" => {
+            let ig = Ig::new();
+            for _ in 0..iters {
+                ok += ig
+                    .script
+                    .replay(&mut ig.machine(), ig_intents(), ig.script.responses());
+            }
+        }
+        "ibkr" => {
+            let b = Ibkr::new();
+            for _ in 0..iters {
+                ok += b
+                    .script
+                    .replay(&mut b.machine(), ibkr_intents(), b.script.responses());
+            }
+        }
+        // The same set-up without the replay, to subtract.
+        "ig-setup" => {
+            let ig = Ig::new();
+            for _ in 0..iters {
+                std::hint::black_box((ig.machine(), ig_intents(), ig.script.responses()));
+            }
+        }
+        "ibkr-setup" => {
+            let b = Ibkr::new();
+            for _ in 0..iters {
+                std::hint::black_box((b.machine(), ibkr_intents(), b.script.responses()));
+            }
+        }
+        other => panic!("BENCH_ONLY={other}: ig, ibkr, ig-setup or ibkr-setup"),
+    }
+    println!("{ok} operations");
+    true
+}
+
+fn main() {
+    if cycles_only() {
+        return;
+    }
+    println!("machine: {}", sys::machine_line());
+    alloc::set_counting(true);
+    let ig = Ig::new();
+    let rows = ig
+        .script
+        .profile(&mut ig.machine(), ig_intents(), ig.script.responses());
+    print_profile("IG v3 login → 10 refreshes → logout", &rows);
+
+    let ibkr = Ibkr::new();
+    let rows = ibkr
+        .script
+        .profile(&mut ibkr.machine(), ibkr_intents(), ibkr.script.responses());
+    print_profile("IBKR gateway status → init → 10 tickles → logout", &rows);
+
+    // Stamping an application request (the per-request path after login).
+    let mut m = ig.machine();
+    let n_login = 1;
+    let login_answers = (0..n_login).map(|i| ig.script.response(i)).collect();
+    ig.script
+        .replay(&mut m, vec![IgIntent::Login], login_answers);
+    let mut req = app_request();
+    let now = ig.clock.now();
+    m.authorize(&mut req, now).expect("stamped");
+    let before = alloc::snapshot();
+    m.authorize(&mut req, now).expect("stamped");
+    let d = alloc::snapshot().since(before);
+    println!(
+        "\nIG v3 authorize (stamp Authorization, IG-ACCOUNT-ID, X-IG-API-KEY on an app request): {} allocations, {} bytes",
+        d.allocs, d.bytes
+    );
+
+    // What one canned answer costs to copy (the input side, outside the timed loop).
+    let before = alloc::snapshot();
+    let responses = ig.script.responses();
+    let d = alloc::snapshot().since(before);
+    drop(responses);
+    println!(
+        "\n(outside the timed loop) copying the {} canned IG answers: {} allocations, {} bytes",
+        ig.script.requests.len(),
+        d.allocs,
+        d.bytes
+    );
+    alloc::set_counting(false);
+    println!();
+    divan::main();
+}
+
+/// One IG v3 cycle: 12 requests through a machine built beforehand.
+#[divan::bench(max_time = 3)]
+fn ig_v3_cycle(bencher: Bencher<'_, '_>) {
+    let ig = Ig::new();
+    bencher
+        .with_inputs(|| (ig.machine(), ig_intents(), ig.script.responses()))
+        .bench_local_values(|(mut m, intents, responses)| {
+            let ok = ig.script.replay(&mut m, intents, responses);
+            assert_eq!(ok, ig.script.ops);
+            m
+        });
+}
+
+/// One IBKR gateway cycle through a machine built beforehand.
+#[divan::bench(max_time = 3)]
+fn ibkr_gateway_cycle(bencher: Bencher<'_, '_>) {
+    let ibkr = Ibkr::new();
+    bencher
+        .with_inputs(|| (ibkr.machine(), ibkr_intents(), ibkr.script.responses()))
+        .bench_local_values(|(mut m, intents, responses)| {
+            let ok = ibkr.script.replay(&mut m, intents, responses);
+            assert_eq!(ok, ibkr.script.ops);
+            m
+        });
+}
+
+fn app_request() -> http::Request<Vec<u8>> {
+    http::Request::get("https://fake-ig.test/gateway/deal/accounts")
+        .header("Version", "1")
+        .body(Vec::new())
+        .expect("valid")
+}
+
+/// `authorize` of an application request on a logged-in IG v3 session.
+#[divan::bench(max_time = 1)]
+fn ig_v3_authorize(bencher: Bencher<'_, '_>) {
+    let ig = Ig::new();
+    let mut m = ig.machine();
+    ig.script
+        .replay(&mut m, vec![IgIntent::Login], vec![ig.script.response(0)]);
+    let mut req = app_request();
+    let now = ig.clock.now();
+    bencher.bench_local(|| m.authorize(divan::black_box(&mut req), now));
+}
+
+/// Building an IG session (config validation), for scale.
+#[divan::bench(max_time = 1)]
+fn ig_new_session(bencher: Bencher<'_, '_>) {
+    let ig = Ig::new();
+    bencher
+        .with_inputs(|| ig.config.clone())
+        .bench_local_values(|c| IgSession::new(c, ig.clock.now()));
+}
