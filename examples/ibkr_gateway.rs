@@ -29,10 +29,10 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use broker_session::ibkr::{IbkrConfig, IbkrOutcome};
+use broker_session::ibkr::IbkrConfig;
 use broker_session_examples::embedded::EmbeddedGateway;
 use broker_session_examples::env::{self, Transport};
-use broker_session_examples::{hold, lines};
+use broker_session_examples::ibkr_run;
 
 type Res = Result<(), Box<dyn Error>>;
 
@@ -91,10 +91,6 @@ fn run() -> Res {
     }
 }
 
-fn accounts(base_url: &str) -> Result<http::Request<Vec<u8>>, Box<dyn Error>> {
-    Ok(http::Request::get(format!("{base_url}/iserver/accounts")).body(Vec::new())?)
-}
-
 fn blocking(config: IbkrConfig, trust: Trust, hold: Duration, base_url: &str) -> Res {
     use broker_session_ureq::{Client, Config, Tls};
     let mut transport = Config::default();
@@ -104,25 +100,7 @@ fn blocking(config: IbkrConfig, trust: Trust, hold: Duration, base_url: &str) ->
         Trust::InsecureLoopback => Tls::InsecureLoopbackOnly,
     };
     let client = Client::ibkr(config, &transport)?;
-    let print = |c: &Client<_>| {
-        for e in c.drain_events() {
-            println!("  {}", lines::ibkr(&e));
-        }
-    };
-    let connected = client.connect();
-    print(&client);
-    let status = connected?;
-    println!("  {}", lines::ibkr_outcome(&IbkrOutcome::Connected(status)));
-    let response = client.send(accounts(base_url)?)?;
-    println!("  GET /iserver/accounts -> {}", response.status());
-    hold::blocking(&client, hold, lines::ibkr)?;
-    let status = client.logout()?;
-    print(&client);
-    println!(
-        "  {}",
-        lines::ibkr_outcome(&IbkrOutcome::LoggedOut { status })
-    );
-    Ok(())
+    ibkr_run::blocking(&client, hold, base_url)
 }
 
 async fn nonblocking(config: IbkrConfig, trust: Trust, hold: Duration, base_url: &str) -> Res {
@@ -134,23 +112,5 @@ async fn nonblocking(config: IbkrConfig, trust: Trust, hold: Duration, base_url:
         Trust::InsecureLoopback => Tls::InsecureLoopbackOnly,
     };
     let session = Session::ibkr(config, &transport)?;
-    let print = |c: &Session<_>| {
-        for e in c.drain_events() {
-            println!("  {}", lines::ibkr(&e));
-        }
-    };
-    let connected = session.connect().await;
-    print(&session);
-    let status = connected?;
-    println!("  {}", lines::ibkr_outcome(&IbkrOutcome::Connected(status)));
-    let response = session.send(accounts(base_url)?).await?;
-    println!("  GET /iserver/accounts -> {}", response.status());
-    hold::nonblocking(&session, hold, lines::ibkr).await;
-    let status = session.logout().await?;
-    print(&session);
-    println!(
-        "  {}",
-        lines::ibkr_outcome(&IbkrOutcome::LoggedOut { status })
-    );
-    Ok(())
+    ibkr_run::nonblocking(&session, hold, base_url).await
 }

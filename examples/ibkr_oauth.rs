@@ -30,11 +30,11 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use broker_session::ibkr::{IbkrConfig, IbkrOutcome, OAuthConfig};
+use broker_session::ibkr::{IbkrConfig, OAuthConfig};
 use broker_session::secret::{AccessToken, AccessTokenSecret, PrivateKeyPem};
 use broker_session_examples::embedded::EmbeddedIbkrOAuth;
 use broker_session_examples::env::{self, Transport};
-use broker_session_examples::{hold, lines};
+use broker_session_examples::ibkr_run;
 
 type Res = Result<(), Box<dyn Error>>;
 
@@ -98,10 +98,6 @@ fn run() -> Res {
     }
 }
 
-fn accounts(base_url: &str) -> Result<http::Request<Vec<u8>>, Box<dyn Error>> {
-    Ok(http::Request::get(format!("{base_url}/iserver/accounts")).body(Vec::new())?)
-}
-
 fn blocking(config: IbkrConfig, trust: Option<Vec<u8>>, hold: Duration, base_url: &str) -> Res {
     use broker_session_ureq::{Client, Config, Tls};
     let mut transport = Config::default();
@@ -109,25 +105,7 @@ fn blocking(config: IbkrConfig, trust: Option<Vec<u8>>, hold: Duration, base_url
         transport.tls = Tls::Pem(pem);
     }
     let client = Client::ibkr(config, &transport)?;
-    let print = |c: &Client<_>| {
-        for e in c.drain_events() {
-            println!("  {}", lines::ibkr(&e));
-        }
-    };
-    let connected = client.connect();
-    print(&client);
-    let status = connected?;
-    println!("  {}", lines::ibkr_outcome(&IbkrOutcome::Connected(status)));
-    let response = client.send(accounts(base_url)?)?;
-    println!("  GET /iserver/accounts (signed) -> {}", response.status());
-    hold::blocking(&client, hold, lines::ibkr)?;
-    let status = client.logout()?;
-    print(&client);
-    println!(
-        "  {}",
-        lines::ibkr_outcome(&IbkrOutcome::LoggedOut { status })
-    );
-    Ok(())
+    ibkr_run::blocking(&client, hold, base_url)
 }
 
 async fn nonblocking(
@@ -142,23 +120,5 @@ async fn nonblocking(
         transport.tls = Tls::Pem(pem);
     }
     let session = Session::ibkr(config, &transport)?;
-    let print = |c: &Session<_>| {
-        for e in c.drain_events() {
-            println!("  {}", lines::ibkr(&e));
-        }
-    };
-    let connected = session.connect().await;
-    print(&session);
-    let status = connected?;
-    println!("  {}", lines::ibkr_outcome(&IbkrOutcome::Connected(status)));
-    let response = session.send(accounts(base_url)?).await?;
-    println!("  GET /iserver/accounts (signed) -> {}", response.status());
-    hold::nonblocking(&session, hold, lines::ibkr).await;
-    let status = session.logout().await?;
-    print(&session);
-    println!(
-        "  {}",
-        lines::ibkr_outcome(&IbkrOutcome::LoggedOut { status })
-    );
-    Ok(())
+    ibkr_run::nonblocking(&session, hold, base_url).await
 }

@@ -9,6 +9,7 @@
 pub mod embedded;
 pub mod env;
 pub mod hold;
+pub mod ibkr_run;
 pub mod lines;
 
 /// The README's code blocks, compiled as doctests so they stay true.
