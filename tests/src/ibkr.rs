@@ -34,7 +34,7 @@ use crate::sim::{FakeBroker, Reply};
 
 mod oauth_server;
 
-pub use oauth_server::OAuthServer;
+pub use oauth_server::{OAuthServer, PUBLIC_BASE_URL, QueryAcceptance, realm_for};
 
 /// The vectors file with the throwaway test keys (PKCS#1 and PKCS#8 PEMs).
 pub const VECTORS_JSON: &str = include_str!("../fixtures/ibkr-oauth1-vectors.json");
@@ -128,7 +128,8 @@ impl FakeIbkr {
     }
 
     /// An OAuth 1.0a server using the fixture keys, and the matching client
-    /// configuration (base `https://api.ibkr.com/v1/api`). The access token secret is
+    /// configuration (base `https://api.ibkr.com/v1/api`, realm `test_realm` as IBKR
+    /// pairs with the test consumer `TESTCONS`). The access token secret is
     /// a real RSA encryption of the server's prepend with the consumer's public
     /// encryption key. `pkcs8` picks the client's PEM form.
     pub fn oauth(pkcs8: bool) -> (Self, OAuthConfig) {
@@ -171,7 +172,7 @@ impl FakeIbkr {
         let server = OAuthServer {
             consumer_key: CONSUMER_KEY.to_owned(),
             access_token: ACCESS_TOKEN.to_owned(),
-            realm: "limited_poa".to_owned(),
+            realm: realm_for(CONSUMER_KEY).to_owned(),
             signature_key: sig_pub,
             prepend,
             group,
@@ -180,12 +181,13 @@ impl FakeIbkr {
             lst_expires_ms: 0,
             nonces: HashSet::new(),
             lst_lifetime: Duration::from_secs(24 * 3600),
-            sign_query: true,
+            query_signing: QueryAcceptance::Either,
+            public_base_url: PUBLIC_BASE_URL.to_owned(),
             reject_consumer: false,
             tokens_issued: 0,
             bad_signatures: 0,
         };
-        let config = OAuthConfig::new(
+        let mut config = OAuthConfig::new(
             CONSUMER_KEY,
             AccessToken::new(ACCESS_TOKEN),
             AccessTokenSecret::new(STANDARD.encode(ciphertext)),
@@ -193,6 +195,7 @@ impl FakeIbkr {
             PrivateKeyPem::new(sig_pem),
             prime,
         );
+        config.realm = realm_for(CONSUMER_KEY).to_owned();
         let mut fake = Self::gateway();
         fake.browser_login_done = false;
         fake.oauth = Some(server);
@@ -431,6 +434,16 @@ impl FakeIbkr {
                 self.reauth_at = Some(now.mono + self.reauth_delay);
                 respond(200, &json!({"message": "triggered"}))
             }
+            ("GET", "/sso/validate") if self.oauth.is_some() => {
+                // IBKR Web API v1.0 documentation, "Validate SSO": the endpoint is
+                // "only valid for Client Portal Gateway and OAuth 2.0 clients". An
+                // OAuth 1.0a session has no SSO session to validate; the answer is the
+                // endpoint's documented failure status, 401 (the body is this fake's).
+                respond(
+                    401,
+                    &json!({"error": "sso validation is not available to OAuth 1.0a sessions", "statusCode": 401}),
+                )
+            }
             ("GET", "/sso/validate") => {
                 let v = json!({
                     "USER_ID": 123_456_789, "USER_NAME": "testuser1", "RESULT": true,
@@ -463,6 +476,19 @@ impl FakeIbkr {
                     200,
                     &json!({"accounts": ["DU1234567"], "selectedAccount": "DU1234567"}),
                 )
+            }
+            ("GET", "/iserver/account/orders") => {
+                // IBKR Web API "Live Orders": `GET /iserver/account/orders` with the
+                // optional query `filters`, `force`, `accountId`; answers `orders` and
+                // `snapshot`. Served so that signed GETs with a query string can be
+                // exercised; the fake has no orders.
+                if !self.authenticated {
+                    return respond(
+                        400,
+                        &json!({"error": "Bad Request: no bridge", "statusCode": 400}),
+                    );
+                }
+                respond(200, &json!({"orders": [], "snapshot": true}))
             }
             _ => respond(404, &json!({"error": "not found"})),
         }

@@ -5,26 +5,33 @@
 //! endpoint (`GET /accounts`, Version 1) and the unofficial web-platform login, as a
 //! pure function of the request, its own state and the virtual time.
 //!
-//! Strictness:
+//! Strictness (each rule's source is in a comment next to its code):
 //! - `X-IG-API-KEY` missing → 400 `error.security.api-key-missing`; wrong → 403
 //!   `error.security.api-key-invalid` (not checked on the web-platform login);
-//! - a `Version` header that is missing or not one the endpoint serves → 400
-//!   `invalid.request.version`. IG itself defaults a missing `Version` to 1; the fake
-//!   is stricter on purpose, so a client that forgets the header is caught. The status
-//!   and code are this fake's choice: IG documents none;
+//! - a missing `Version` header means Version 1, as IG's REST guide says; a
+//!   `Version` the endpoint does not serve → 400 [`VERSION_UNSUPPORTED`] (status and
+//!   code are this fake's choice: IG documents none);
+//! - `POST` with the header `_method: DELETE` (or `PUT`) is served as that method:
+//!   IG's documented method tunnel;
 //! - CST mode: missing CST → 401 `error.security.client-token-missing`; unknown or
 //!   expired CST → 401 `error.security.client-token-invalid`; missing XST → 401
 //!   `error.security.account-token-missing`; stale XST (e.g. from before a switch) →
 //!   401 `error.security.account-token-invalid`;
 //! - OAuth mode: unknown or expired access token → 401
 //!   `error.security.oauth-token-invalid`; refresh tokens rotate and a used one is
-//!   revoked (reuse is counted in [`FakeIgStats::reused_refresh_tokens`]);
+//!   revoked (reuse is counted in [`FakeIgStats::reused_refresh_tokens`]); a refresh
+//!   without a `refresh_token` → 400 `invalid.input`;
+//! - `PUT /session` (switch account) needs the CST/XST pair; a v3 session gets one
+//!   with `GET /session?fetchSessionTokens=true` and may send it next to its Bearer
+//!   token;
 //! - encrypted passwords are decrypted with the fixture key
 //!   (`tests/fixtures/ig_encryption_key.pem`) and must be
 //!   `Base64(password + "|" + timeStamp)` with a timeStamp this fake issued less than
 //!   [`FakeIgConfig::encryption_key_max_age`] ago;
 //! - logins closer together than [`FakeIgConfig::min_login_interval`] → 401
-//!   `service.security.authentication.failure-invalid-client-security-token`.
+//!   `service.security.authentication.failure-invalid-client-security-token`;
+//! - a path outside [`FakeIgConfig::prefix`] or one IG does not serve here → 404
+//!   [`NOT_FOUND`].
 //!
 //! Faults are injected per path with [`FakeIg::inject`].
 
@@ -42,6 +49,18 @@ use crate::sim::{FakeBroker, Reply};
 
 /// The fixture RSA key the fake decrypts passwords with (never a production key).
 pub const ENCRYPTION_KEY_PEM: &str = include_str!("../fixtures/ig_encryption_key.pem");
+
+/// The error code of a request whose `Version` the endpoint does not serve.
+///
+/// IG documents no code for this; the string is this fake's own (the status, 400, is
+/// the one IG uses for its other malformed-request codes such as `invalid.input`).
+pub const VERSION_UNSUPPORTED: &str = "invalid.request.version";
+
+/// The error code of a path the fake does not serve (404).
+///
+/// IG's reference documents no code for an unknown path; the string is this fake's
+/// own, named so that it cannot be mistaken for a real IG code.
+pub const NOT_FOUND: &str = "error.fake-ig.not-found";
 
 /// The login-throttling error code.
 pub const LOGIN_THROTTLED: &str =
@@ -237,6 +256,33 @@ struct Req<'a> {
 
 type Resp = http::Response<Vec<u8>>;
 
+/// The request's `Version`, trimmed; `"1"` when absent (IG's documented default).
+fn version(headers: &http::HeaderMap) -> &str {
+    headers
+        .get("version")
+        .and_then(|v| v.to_str().ok())
+        .map_or("1", str::trim)
+}
+
+/// The method a request stands for: IG's method tunnel lets a `POST` carry the header
+/// `_method: DELETE` (or `PUT`) for clients that cannot send a body with those methods
+/// (IG Labs FAQ; PyPI trading-ig 0.0.25 logs out with `POST /session` + `_method:
+/// DELETE`). Other methods and other `_method` values are taken as sent.
+fn effective_method(request: &http::Request<Vec<u8>>) -> http::Method {
+    let tunnelled = request
+        .headers()
+        .get("_method")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    match (request.method(), tunnelled) {
+        (&http::Method::POST, Some(m)) if m.eq_ignore_ascii_case("DELETE") => {
+            http::Method::DELETE
+        }
+        (&http::Method::POST, Some(m)) if m.eq_ignore_ascii_case("PUT") => http::Method::PUT,
+        (m, _) => m.clone(),
+    }
+}
+
 fn respond(status: u16, headers: &[(&str, &str)], body: &Value) -> Resp {
     let mut b = http::Response::builder().status(status);
     for (k, v) in headers {
@@ -340,10 +386,15 @@ impl FakeIg {
     }
 
     fn check_version(&mut self, r: &Req<'_>, allowed: &[&str]) -> Option<Resp> {
-        let v = r.headers.get("version").and_then(|v| v.to_str().ok());
-        match v {
-            Some(v) if allowed.contains(&v.trim()) => None,
-            _ => Some(self.reject(r, 400, "invalid.request.version")),
+        // IG REST trading API guide, header table: `Version` "defaults to 1, if not
+        // specified" (https://labs.ig.com/rest-trading-api-guide). npm ig-trading-api
+        // 0.13.9 sends no Version on createSession/getSession/refreshToken/logout, and
+        // PyPI trading-ig 0.0.25 none on its first encryption-key fetch.
+        let v = version(r.headers);
+        if allowed.contains(&v) {
+            None
+        } else {
+            Some(self.reject(r, 400, VERSION_UNSUPPORTED))
         }
     }
 
@@ -386,6 +437,17 @@ impl FakeIg {
             }
             return Ok((account, None));
         }
+        self.check_cst_auth(r, now)
+    }
+
+    /// Checks the CST/XST pair alone; returns the account and the CST.
+    fn check_cst_auth(
+        &mut self,
+        r: &Req<'_>,
+        now: Now,
+    ) -> Result<(String, Option<String>), Box<Resp>> {
+        let h = r.headers;
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let Some(cst) = get("cst") else {
             return Err(Box::new(self.reject(
                 r,
@@ -504,13 +566,7 @@ impl FakeIg {
         if let Some(e) = self.check_version(r, &["1", "2", "3"]) {
             return e;
         }
-        let version = r
-            .headers
-            .get("version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("1")
-            .trim()
-            .to_owned();
+        let version = version(r.headers).to_owned();
         let Ok(body) = serde_json::from_slice::<Value>(r.body) else {
             return self.reject(r, 400, "invalid.input");
         };
@@ -628,8 +684,14 @@ impl FakeIg {
         if let Some(e) = self.check_version(r, &["1"]) {
             return e;
         }
+        // IG reference for /session/refresh-token: the body's `refresh_token` is
+        // NotNull, and a generic input error is 400 `invalid.input`
+        // (https://labs.ig.com/rest-trading-api-reference/service-detail?id=688).
         let body: Value = serde_json::from_slice(r.body).unwrap_or(Value::Null);
-        let token = body["refresh_token"].as_str().unwrap_or("").to_owned();
+        let Some(token) = body["refresh_token"].as_str().map(str::to_owned) else {
+            self.stats.failed_refreshes += 1;
+            return self.reject(r, 400, "invalid.input");
+        };
         if self.revoked_refresh.contains(&token) {
             self.stats.reused_refresh_tokens += 1;
         }
@@ -703,12 +765,25 @@ impl FakeIg {
         if let Some(e) = self.check_version(r, &["1"]) {
             return e;
         }
-        let (current, cst) = match self.check_auth(r, now) {
+        // Switching is a CST/XST operation: IG's reference lists PUT /session under
+        // the v1/v2 session model and answers with a new X-SECURITY-TOKEN (IG Java
+        // sample `UpdateActiveAccountV1Request`). IG documents nothing about a Bearer
+        // token on this call (v3 sessions select the account per request with
+        // `IG-ACCOUNT-ID`, IG REST guide "Authentication and authorisation"). So the
+        // CST/XST pair decides whenever it is sent — npm ig-trading-api 0.13.9 and PyPI
+        // trading-ig 0.0.25 send the pair fetched with `fetchSessionTokens=true`,
+        // trading-ig next to its Bearer token — and a request with only a Bearer token
+        // is refused for the CST it lacks.
+        let auth = if r.headers.contains_key("cst") {
+            self.check_cst_auth(r, now)
+        } else {
+            self.check_auth(r, now)
+        };
+        let (current, cst) = match auth {
             Ok(a) => a,
             Err(e) => return *e,
         };
         let Some(cst) = cst else {
-            // PUT /session in OAuth mode is unconfirmed at IG; the fake insists on CST.
             return self.reject(r, 401, "error.security.client-token-missing");
         };
         let body: Value = serde_json::from_slice(r.body).unwrap_or(Value::Null);
@@ -788,15 +863,15 @@ impl FakeBroker for FakeIg {
     fn handle(&mut self, request: &http::Request<Vec<u8>>, now: Now) -> Reply {
         let full = request.uri().path();
         let web = full == self.config.web_platform_path;
-        let path = if web {
-            full.to_owned()
-        } else {
-            match full.strip_prefix(self.config.prefix.as_str()) {
-                Some(p) => p.to_owned(),
-                None => full.to_owned(),
-            }
+        let under_prefix = full
+            .strip_prefix(self.config.prefix.as_str())
+            .filter(|p| p.is_empty() || p.starts_with('/'));
+        let path = match (web, under_prefix) {
+            (true, _) => full.to_owned(),
+            (false, Some(p)) => p.to_owned(),
+            (false, None) => full.to_owned(),
         };
-        let method = request.method();
+        let method = &effective_method(request);
         *self
             .stats
             .requests
@@ -832,6 +907,11 @@ impl FakeBroker for FakeIg {
             headers: request.headers(),
             body: request.body(),
         };
+        if !web && under_prefix.is_none() {
+            // A wrong base URL is told apart from bad credentials: nothing outside the
+            // REST prefix is IG's.
+            return Reply::Response(self.reject(&r, 404, NOT_FOUND));
+        }
         if web {
             return if *method == http::Method::POST {
                 Reply::Response(self.web_login(&r, now))
@@ -850,7 +930,7 @@ impl FakeBroker for FakeIg {
             ("POST", "/session/refresh-token") => self.refresh_token(&r, now),
             ("GET", "/session/encryptionKey") => self.encryption_key(&r, now),
             ("GET", "/accounts") => self.accounts(&r, now),
-            _ => self.reject(&r, 404, "error.fake-ig.not-found"),
+            _ => self.reject(&r, 404, NOT_FOUND),
         };
         Reply::Response(resp)
     }

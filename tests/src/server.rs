@@ -11,10 +11,18 @@
 //! [`FailureKind::Timeout`] stalls the
 //! response for [`ServerOptions::stall`] and then drops the connection; any other
 //! kind drops the connection at once without a response.
+//!
+//! Like any HTTP server in front of a broker, it answers a request body over 2 MiB
+//! with `413 Payload Too Large`, and a request whose headers or body do not arrive
+//! within [`ServerOptions::body_timeout`] with `408 Request Timeout` (or, for headers,
+//! by closing the connection), so a stuck client never holds a connection forever.
+//! Each request reaches the fake with a [`ServedOn`] extension: the address it came
+//! in on.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +32,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
@@ -64,6 +72,24 @@ pub struct ServerOptions {
     pub http_port: u16,
     /// Port of the HTTPS listener (`0`: an ephemeral port).
     pub https_port: u16,
+    /// How long the server waits for a request's headers, and then for its whole
+    /// body, before it gives up on it (`408 Request Timeout` for a body). Default:
+    /// 10 s.
+    pub body_timeout: Duration,
+    /// A file to append one JSON line per request to: time, method, path and query,
+    /// headers (credentials redacted), body size, status and error code of the answer.
+    /// Default: none.
+    pub request_log: Option<PathBuf>,
+}
+
+/// Where a request came in: a request extension the server adds, for fakes that
+/// need the address a client connected to (e.g. to check what URL it signed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServedOn {
+    /// Whether over HTTPS.
+    pub tls: bool,
+    /// The listening address (`127.0.0.1:<port>`).
+    pub addr: SocketAddr,
 }
 
 impl Default for ServerOptions {
@@ -73,6 +99,8 @@ impl Default for ServerOptions {
             cert: CertMode::CaSigned,
             http_port: 0,
             https_port: 0,
+            body_timeout: Duration::from_secs(10),
+            request_log: None,
         }
     }
 }
@@ -115,6 +143,8 @@ struct State<F> {
     broker: Arc<Mutex<F>>,
     requests: Arc<Mutex<VecDeque<Recorded>>>,
     stall: Duration,
+    body_timeout: Duration,
+    log: Option<Mutex<std::fs::File>>,
 }
 
 impl Server {
@@ -136,10 +166,21 @@ impl Server {
         https_std.set_nonblocking(true)?;
         let (http, https) = (http_std.local_addr()?, https_std.local_addr()?);
         let requests = Arc::new(Mutex::new(VecDeque::new()));
+        let log = match &options.request_log {
+            Some(path) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )),
+            None => None,
+        };
         let state = Arc::new(State {
             broker,
             requests: Arc::clone(&requests),
             stall: options.stall,
+            body_timeout: options.body_timeout,
+            log,
         });
         let (tx, rx) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -222,6 +263,13 @@ async fn accept_loop<F: FakeBroker + Send + 'static>(
     tls: Option<TlsAcceptor>,
     state: Arc<State<F>>,
 ) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let on = ServedOn {
+        tls: tls.is_some(),
+        addr,
+    };
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -229,12 +277,15 @@ async fn accept_loop<F: FakeBroker + Send + 'static>(
         let state = Arc::clone(&state);
         let tls = tls.clone();
         tokio::spawn(async move {
-            let is_tls = tls.is_some();
+            let header_timeout = state.body_timeout;
             let service = service_fn(move |req| {
                 let state = Arc::clone(&state);
-                async move { serve(state, req, is_tls).await }
+                async move { serve(state, req, on).await }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
             match tls {
                 None => {
                     let _ = builder
@@ -242,7 +293,8 @@ async fn accept_loop<F: FakeBroker + Send + 'static>(
                         .await;
                 }
                 Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(stream).await {
+                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
                         let _ = builder
                             .serve_connection(TokioIo::new(stream), service)
                             .await;
@@ -265,20 +317,58 @@ impl std::fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
+/// An answer the server gives by itself (the fake never sees the request), closing
+/// the connection.
+fn refuse(status: u16, reason: &str) -> http::Response<Full<Bytes>> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONNECTION, "close")
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(reason.to_owned())))
+        .unwrap_or_default()
+}
+
 async fn serve<F: FakeBroker>(
     state: Arc<State<F>>,
     req: http::Request<Incoming>,
-    tls: bool,
+    on: ServedOn,
 ) -> Result<http::Response<Full<Bytes>>, DropConnection> {
+    let tls = on.tls;
     let (parts, body) = req.into_parts();
-    let Ok(body) = Limited::new(body, MAX_REQUEST_BODY).collect().await else {
-        return Err(DropConnection);
-    };
-    let body = body.to_bytes().to_vec();
     let path = parts
         .uri
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || refuse(413, "Payload Too Large: the limit is 2 MiB\n");
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        let resp = too_large();
+        state.log_line(&parts, &path, tls, declared, Some(&resp), None);
+        return Ok(resp);
+    }
+    let collected = tokio::time::timeout(
+        state.body_timeout,
+        Limited::new(body, MAX_REQUEST_BODY).collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(body)) => body.to_bytes().to_vec(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            let resp = too_large();
+            state.log_line(&parts, &path, tls, None, Some(&resp), None);
+            return Ok(resp);
+        }
+        Ok(Err(_)) => return Err(DropConnection),
+        Err(_) => {
+            let resp = refuse(408, "Request Timeout: the body did not arrive\n");
+            state.log_line(&parts, &path, tls, None, Some(&resp), None);
+            return Ok(resp);
+        }
+    };
     {
         let mut log = lock(&state.requests);
         if log.len() == RECORD_LIMIT {
@@ -300,23 +390,120 @@ async fn serve<F: FakeBroker>(
         .unwrap_or("127.0.0.1")
         .to_owned();
     let scheme = if tls { "https" } else { "http" };
+    let body_len = body.len() as u64;
     let mut request = http::Request::new(body);
-    *request.method_mut() = parts.method;
-    *request.headers_mut() = parts.headers;
+    *request.method_mut() = parts.method.clone();
+    *request.headers_mut() = parts.headers.clone();
     *request.version_mut() = parts.version;
+    request.extensions_mut().insert(on);
     if let Ok(uri) = format!("{scheme}://{host}{path}").parse() {
         *request.uri_mut() = uri;
     }
     let now = Now::new(Instant::now(), SystemTime::now());
     let reply = lock(&state.broker).handle(&request, now);
     match reply {
-        Reply::Response(r) => Ok(r.map(|b| Full::new(Bytes::from(b)))),
+        Reply::Response(r) => {
+            state.log_line(&parts, &path, tls, Some(body_len), None, Some(&r));
+            Ok(r.map(|b| Full::new(Bytes::from(b))))
+        }
         Reply::Fail(f) => {
+            state.log_line(&parts, &path, tls, Some(body_len), None, None);
             if f.kind == FailureKind::Timeout {
                 tokio::time::sleep(state.stall).await;
             }
             Err(DropConnection)
         }
+    }
+}
+
+/// Headers whose values are credentials: logged as `<redacted>` (for
+/// `Authorization`, only the scheme, the OAuth realm and the parameter names).
+const SECRET_HEADERS: [&str; 6] = [
+    "cst",
+    "x-security-token",
+    "x-ig-api-key",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+];
+
+/// `Authorization` without its secrets: `Bearer <redacted>`, or `OAuth realm="r",
+/// oauth_consumer_key, oauth_nonce, …` (names only).
+fn redact_authorization(value: &str) -> String {
+    let Some(rest) = value.strip_prefix("OAuth ") else {
+        let scheme = value.split_whitespace().next().unwrap_or("");
+        return format!("{scheme} <redacted>");
+    };
+    let parts: Vec<String> = rest
+        .split(',')
+        .map(str::trim)
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some(if k == "realm" {
+                format!("{k}={v}")
+            } else {
+                k.to_owned()
+            })
+        })
+        .collect();
+    format!("OAuth {}", parts.join(", "))
+}
+
+impl<F> State<F> {
+    /// Appends one JSON line about a request to the request log, if there is one.
+    fn log_line(
+        &self,
+        parts: &http::request::Parts,
+        path: &str,
+        tls: bool,
+        body_bytes: Option<u64>,
+        own: Option<&http::Response<Full<Bytes>>>,
+        fake: Option<&http::Response<Vec<u8>>>,
+    ) {
+        let Some(file) = &self.log else {
+            return;
+        };
+        let mut headers = serde_json::Map::new();
+        for (name, value) in &parts.headers {
+            let value = value.to_str().unwrap_or("<not text>");
+            let shown = if name == http::header::AUTHORIZATION {
+                redact_authorization(value)
+            } else if SECRET_HEADERS.contains(&name.as_str()) {
+                "<redacted>".to_owned()
+            } else {
+                value.to_owned()
+            };
+            headers.insert(name.as_str().to_owned(), serde_json::Value::String(shown));
+        }
+        let status = own
+            .map(|r| r.status().as_u16())
+            .or_else(|| fake.map(|r| r.status().as_u16()));
+        // The error code of a refusal (IG `errorCode`, IBKR `error`); never a body.
+        let error = fake
+            .filter(|r| !r.status().is_success())
+            .and_then(|r| serde_json::from_slice::<serde_json::Value>(r.body()).ok())
+            .and_then(|v| {
+                v.get("errorCode")
+                    .or_else(|| v.get("error"))
+                    .and_then(|e| e.as_str())
+                    .map(str::to_owned)
+            });
+        let at_ms = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let line = serde_json::json!({
+            "at_ms": at_ms,
+            "method": parts.method.as_str(),
+            "path": path,
+            "tls": tls,
+            "headers": headers,
+            "body_bytes": body_bytes,
+            "status": status,
+            "error": error,
+        });
+        let mut f = lock(file);
+        let _ = writeln!(f, "{line}");
+        let _ = f.flush();
     }
 }
 

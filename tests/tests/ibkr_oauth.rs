@@ -7,7 +7,7 @@ use broker_session::ibkr::{
 };
 use broker_session::secret::PrivateKeyPem;
 use broker_session::{AuthorizeError, CryptoError, Error, Machine, Observation, UsageError};
-use broker_session_testkit::ibkr::{FakeIbkr, Fault};
+use broker_session_testkit::ibkr::{FakeIbkr, Fault, QueryAcceptance};
 use broker_session_testkit::sim::{FakeBroker, Reply, Sim, VirtualClock};
 
 fn sim_with(
@@ -70,16 +70,19 @@ fn connect_obtains_a_live_session_token_and_initialises() {
 #[test]
 fn query_parameters_follow_the_signing_policy() {
     let uri = "https://api.ibkr.com/v1/api/iserver/accounts?conid=265598&period=1d&bar=a%2Fb+c";
-    for (client, server_includes, ok) in [
-        (QuerySigning::Include, true, true),
-        (QuerySigning::Omit, false, true),
-        (QuerySigning::Include, false, false),
+    for (client, server_accepts, ok) in [
+        (QuerySigning::Include, QueryAcceptance::Either, true),
+        (QuerySigning::Omit, QueryAcceptance::Either, true),
+        (QuerySigning::Include, QueryAcceptance::Included, true),
+        (QuerySigning::Omit, QueryAcceptance::Omitted, true),
+        (QuerySigning::Include, QueryAcceptance::Omitted, false),
+        (QuerySigning::Omit, QueryAcceptance::Included, false),
     ] {
         let mut sim = sim_with(false, |c, f| {
             if let broker_session::ibkr::IbkrAuth::OAuth(o) = &mut c.auth {
                 o.query_signing = client;
             }
-            f.oauth_server().unwrap().sign_query = server_includes;
+            f.oauth_server().unwrap().query_signing = server_accepts;
         });
         sim.run(IbkrIntent::Connect).unwrap();
         let out = sim.app_request(&get(uri)).unwrap();

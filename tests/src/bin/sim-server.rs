@@ -1,61 +1,89 @@
 //! `sim-server`: the fake IG and IBKR brokers on loopback, for pointing any client at.
 //!
-//! ```text
-//! cargo run -p broker-session-testkit --bin sim-server -- [options]
-//!
-//!   --http-port N          plain HTTP port (default: ephemeral)
-//!   --https-port N         HTTPS port (default: ephemeral)
-//!   --ibkr MODE            gateway (default) or oauth
-//!   --self-signed          HTTPS presents a self-signed leaf, as the IBKR gateway
-//!                          does (default: a leaf signed by a generated CA)
-//!   --ca-out FILE          write the PEM certificate to trust to FILE
-//!   --ig-access-ttl S      IG v3 access-token lifetime in seconds (default 60)
-//!   --ig-min-login-gap S   IG: logins closer than S seconds are throttled (default 0)
-//!   --ibkr-competing       IBKR: another brokerage session competes at start
-//!   --ibkr-idle-timeout S  IBKR: the brokerage session drops after S idle seconds
-//!                          (default 300)
-//!   --stall S              how long an injected timeout stalls (default 3)
-//!   --for S                stop after S seconds (default: run until killed)
-//! ```
-//!
-//! It prints the base URLs and the credentials the fakes accept. Everything listens
-//! on 127.0.0.1 only.
+//! `cargo run -p broker-session-testkit --bin sim-server -- --help` lists every option
+//! with its meaning and default ([`HELP`]). At start-up it prints which base URL to
+//! give to which client library, the credentials the fakes accept, the certificate to
+//! trust and a curl example. Everything listens on 127.0.0.1 only.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use broker_session::Now;
-use broker_session_testkit::ibkr::{ACCESS_TOKEN, BASE_PATH, CONSUMER_KEY, FakeIbkr};
+use broker_session_testkit::ibkr::{
+    ACCESS_TOKEN, BASE_PATH, CONSUMER_KEY, FakeIbkr, PUBLIC_BASE_URL, realm_for,
+};
 use broker_session_testkit::ig::{FakeIg, FakeIgConfig};
 use broker_session_testkit::server::{CertMode, Server, ServerOptions};
 use broker_session_testkit::sim::{FakeBroker, Reply};
 
-/// Routes requests to the IG fake or the IBKR fake by path.
+/// The text of `--help`.
+const HELP: &str = "\
+sim-server: the fake IG and IBKR brokers on 127.0.0.1, for pointing any client at.
+
+Usage: sim-server [OPTIONS]
+
+Paths under /v1/api go to the IBKR fake; every other path goes to the IG fake (its
+REST API is under /gateway/deal; anything else there answers 404).
+
+Options:
+  --http-port N          plain HTTP port (default: 0, an ephemeral port)
+  --https-port N         HTTPS port (default: 0, an ephemeral port)
+  --ibkr MODE            IBKR mode: `gateway`, a Client Portal Gateway whose browser
+                         login is done, or `oauth`, OAuth 1.0a with the test consumer
+                         TESTCONS and realm test_realm (default: gateway)
+  --oauth-public-url URL with --ibkr oauth: signatures computed for this base URL are
+                         accepted besides the URL the client connected to and the
+                         one its Host header names, as for a client that believes it
+                         talks to the real host (default: https://api.ibkr.com/v1/api)
+  --self-signed          HTTPS presents a self-signed leaf, as the IBKR gateway does
+                         (default: a leaf for 127.0.0.1 and localhost signed by a CA
+                         generated at start-up)
+  --ca-out FILE          write the PEM certificate to trust to FILE (default: print
+                         it to standard output)
+  --request-log FILE     append one JSON line per request to FILE: time, method, path
+                         and query, headers with credentials redacted, body size,
+                         status and error code of the answer (default: no log)
+  --ig-access-ttl S      IG v3 access-token lifetime in seconds (default: 60)
+  --ig-min-login-gap S   IG: logins closer than S seconds are throttled (default: 0)
+  --ibkr-competing       IBKR: another brokerage session competes at start
+                         (default: none)
+  --ibkr-idle-timeout S  IBKR: the brokerage session drops after S idle seconds
+                         (default: 300)
+  --body-timeout S       seconds to wait for a request's headers, then for its body,
+                         before answering 408 or closing (default: 10)
+  --stall S              seconds an injected timeout stalls before the connection
+                         drops (default: 3)
+  --for S                stop after S seconds (default: run until killed)
+  -h, --help             print this help
+";
+
+/// Routes requests to the IBKR fake (paths under `/v1/api`) or the IG fake
+/// (everything else, so that a wrong IG base URL gets the IG fake's 404).
 struct Brokers {
     ig: FakeIg,
-    ig_paths: [String; 2],
     ibkr: FakeIbkr,
 }
 
-/// How many IBKR request records the server keeps; older ones are dropped so a
+/// How many request records each fake keeps; older ones are dropped so a
 /// long-running server does not grow without bound.
-const IBKR_RECORDS: usize = 10_000;
+const RECORDS: usize = 10_000;
 
 impl FakeBroker for Brokers {
     fn handle(&mut self, request: &http::Request<Vec<u8>>, now: Now) -> Reply {
         let path = request.uri().path();
-        if self.ig_paths.iter().any(|p| path.starts_with(p.as_str())) {
-            let reply = self.ig.handle(request, now);
-            let rejections = &mut self.ig.stats.rejections;
-            if rejections.len() > IBKR_RECORDS {
-                rejections.drain(..rejections.len() - IBKR_RECORDS);
+        let ibkr = path == BASE_PATH || path.starts_with(&format!("{BASE_PATH}/"));
+        if ibkr {
+            let reply = self.ibkr.handle(request, now);
+            let records = &mut self.ibkr.requests;
+            if records.len() > RECORDS {
+                records.drain(..records.len() - RECORDS);
             }
             reply
         } else {
-            let reply = self.ibkr.handle(request, now);
-            let records = &mut self.ibkr.requests;
-            if records.len() > IBKR_RECORDS {
-                records.drain(..records.len() - IBKR_RECORDS);
+            let reply = self.ig.handle(request, now);
+            let rejections = &mut self.ig.stats.rejections;
+            if rejections.len() > RECORDS {
+                rejections.drain(..rejections.len() - RECORDS);
             }
             reply
         }
@@ -65,6 +93,7 @@ impl FakeBroker for Brokers {
 struct Args {
     options: ServerOptions,
     oauth: bool,
+    oauth_public_url: String,
     ca_out: Option<String>,
     ig: FakeIgConfig,
     competing: bool,
@@ -81,6 +110,7 @@ fn parse() -> Args {
     let mut a = Args {
         options: ServerOptions::default(),
         oauth: false,
+        oauth_public_url: PUBLIC_BASE_URL.to_owned(),
         ca_out: None,
         ig: FakeIgConfig::default(),
         competing: false,
@@ -101,9 +131,7 @@ fn parse() -> Args {
         };
         match flag.as_str() {
             "--help" | "-h" => {
-                println!(
-                    "sim-server [--http-port N] [--https-port N] [--ibkr gateway|oauth] [--self-signed]\n           [--ca-out FILE] [--ig-access-ttl S] [--ig-min-login-gap S] [--ibkr-competing]\n           [--ibkr-idle-timeout S] [--stall S] [--for S]"
-                );
+                print!("{HELP}");
                 std::process::exit(0);
             }
             "--http-port" => {
@@ -117,6 +145,15 @@ fn parse() -> Args {
                 "oauth" => a.oauth = true,
                 _ => usage("--ibkr takes gateway or oauth"),
             },
+            "--oauth-public-url" => {
+                let url = value();
+                if !url.starts_with("https://") && !url.starts_with("http://") {
+                    usage("--oauth-public-url takes an http(s) URL");
+                }
+                a.oauth_public_url = url;
+            }
+            "--request-log" => a.options.request_log = Some(value().into()),
+            "--body-timeout" => a.options.body_timeout = secs(value()),
             "--self-signed" => a.options.cert = CertMode::SelfSignedLeaf,
             "--ca-out" => a.ca_out = Some(value()),
             "--ig-access-ttl" => a.ig.access_ttl = secs(value()),
@@ -135,7 +172,10 @@ fn main() {
     let args = parse();
     let ig = FakeIg::new(args.ig.clone());
     let (mut ibkr, oauth) = if args.oauth {
-        let (fake, oauth) = FakeIbkr::oauth(false);
+        let (mut fake, oauth) = FakeIbkr::oauth(false);
+        if let Some(server) = fake.oauth_server() {
+            server.public_base_url = args.oauth_public_url.clone();
+        }
         (fake, Some(oauth))
     } else {
         (FakeIbkr::gateway(), None)
@@ -144,32 +184,38 @@ fn main() {
     if let Some(t) = args.idle_timeout {
         ibkr.idle_timeout = t;
     }
-    let ig_paths = [args.ig.prefix.clone(), args.ig.web_platform_path.clone()];
-    let brokers = Arc::new(Mutex::new(Brokers { ig, ig_paths, ibkr }));
+    let brokers = Arc::new(Mutex::new(Brokers { ig, ibkr }));
     let server = Server::start_shared(brokers, args.options.clone())
         .unwrap_or_else(|e| usage(&format!("cannot start: {e}")));
+    let (http, https) = (server.http_url(), server.https_url());
 
     let ig = &args.ig;
-    println!("IG REST (Custom environment base URL):");
-    println!("  {}{}", server.http_url(), ig.prefix);
-    println!("  {}{}", server.https_url(), ig.prefix);
+    println!("IG REST: the base URL for IG clients (trading-ig: IGService.BASE_URL;");
+    println!("  ig-trading-api: new APIClient(base); broker-session: IgEnvironment::Custom):");
+    println!("  {http}{}", ig.prefix);
+    println!("  {https}{}", ig.prefix);
     println!("  api key:    {}", ig.api_key);
     println!("  identifier: {}", ig.identifier);
     println!("  password:   {}", ig.password);
     println!("  accounts:   {}", ig.accounts.join(", "));
-    println!(
-        "  web-platform login: {}{}",
-        server.https_url(),
-        ig.web_platform_path
-    );
+    println!("  web-platform login: {https}{}", ig.web_platform_path);
     match &oauth {
-        None => println!("IBKR Client Portal Gateway (browser login already done):"),
-        Some(_) => println!("IBKR OAuth 1.0a:"),
+        None => {
+            println!("IBKR Client Portal Gateway (browser login already done): the base URL");
+            println!("  for gateway clients (ibind: IbkrClient(url=...); broker-session:");
+            println!("  IbkrConfig::gateway() with base_url):");
+        }
+        Some(_) => {
+            println!("IBKR OAuth 1.0a: the base URL for OAuth clients (ibind:");
+            println!("  OAuth1aConfig(oauth_rest_url=...); broker-session: IbkrConfig::oauth");
+            println!("  with base_url):");
+        }
     }
-    println!("  {}{BASE_PATH}", server.http_url());
-    println!("  {}{BASE_PATH}", server.https_url());
+    println!("  {http}{BASE_PATH}/");
+    println!("  {https}{BASE_PATH}/");
     if let Some(o) = &oauth {
         println!("  consumer key:        {CONSUMER_KEY}");
+        println!("  realm:               {}", realm_for(CONSUMER_KEY));
         println!("  access token:        {ACCESS_TOKEN}");
         println!(
             "  access token secret: {}",
@@ -178,13 +224,36 @@ fn main() {
         println!(
             "  DH prime, encryption and signature keys: tests/fixtures/ibkr-oauth1-vectors.json"
         );
+        println!(
+            "  signatures accepted for this address, the Host header's, and {}",
+            args.oauth_public_url
+        );
     }
+    let curl_login = format!(
+        "-H 'X-IG-API-KEY: {}' -H 'Version: 2' -H 'Content-Type: application/json' -d '{{\"identifier\":\"{}\",\"password\":\"{}\"}}'",
+        ig.api_key, ig.identifier, ig.password
+    );
     match &args.ca_out {
-        Some(path) => match std::fs::write(path, server.trust_pem()) {
-            Ok(()) => println!("Certificate to trust (PEM) written to {path}"),
-            Err(e) => usage(&format!("cannot write {path}: {e}")),
-        },
-        None => print!("Certificate to trust (PEM):\n{}", server.trust_pem()),
+        Some(path) => {
+            match std::fs::write(path, server.trust_pem()) {
+                Ok(()) => println!("Certificate to trust (PEM) written to {path}"),
+                Err(e) => usage(&format!("cannot write {path}: {e}")),
+            }
+            println!(
+                "  (Python requests, trading-ig, ibind: REQUESTS_CA_BUNDLE={path}; ibind gateway: cacert={path}; Node: NODE_EXTRA_CA_CERTS={path})"
+            );
+            println!(
+                "Example: curl -i --cacert {path} {curl_login} {https}{}/session",
+                ig.prefix
+            );
+        }
+        None => {
+            print!("Certificate to trust (PEM):\n{}", server.trust_pem());
+            println!("Example: curl -i {curl_login} {http}{}/session", ig.prefix);
+        }
+    }
+    if let Some(path) = &args.options.request_log {
+        println!("Request log (JSON lines): {}", path.display());
     }
     println!("Listening on 127.0.0.1 only. Stop with Ctrl-C.");
 

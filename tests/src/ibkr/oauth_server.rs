@@ -12,7 +12,45 @@ use hmac::{KeyInit as _, Mac as _};
 use rsa::PublicKey;
 use serde_json::json;
 
-use super::respond;
+use super::{BASE_PATH, respond};
+use crate::server::ServedOn;
+
+/// IBKR's public OAuth 1.0a base URL, the one a client signs for when it believes it
+/// talks to the real host ([`OAuthServer::public_base_url`]'s default).
+pub const PUBLIC_BASE_URL: &str = "https://api.ibkr.com/v1/api";
+
+/// The realm IBKR pairs with a consumer key: `test_realm` for IBKR's test consumer
+/// `TESTCONS`, `limited_poa` for every other consumer.
+///
+/// Source: ibind 0.2.2 `OAuth1aConfig.realm` ("generally set to limited_poa, however
+/// should be set to test_realm when using the TESTCONS consumer key"), and IBKR's
+/// C# OAuth 1.0a sample, which picks `test_realm` for `TESTCONS`.
+pub fn realm_for(consumer_key: &str) -> &'static str {
+    if consumer_key == "TESTCONS" {
+        "test_realm"
+    } else {
+        "limited_poa"
+    }
+}
+
+/// Which variants of a signed request's query string the server accepts.
+///
+/// IBKR's own description of the base string (quoted in ibind 0.2.2's
+/// `generate_base_string` docstring) lists "query parameters" among the signed
+/// pairs, as RFC 5849 §3.4.1.3 does; ibind 0.2.2 signs without them and is used that
+/// way against the live API (ibind `IbkrClient._get_headers` passes no
+/// `request_params`). Both are therefore accepted by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueryAcceptance {
+    /// Signed with or without the query parameters (the default).
+    #[default]
+    Either,
+    /// Only signatures that include the query parameters.
+    Included,
+    /// Only signatures without the query parameters.
+    Omitted,
+}
 
 /// The OAuth server side.
 pub struct OAuthServer {
@@ -28,8 +66,11 @@ pub struct OAuthServer {
     pub(super) nonces: HashSet<String>,
     /// Lifetime of each live session token (default 24 h).
     pub lst_lifetime: Duration,
-    /// Whether query parameters are part of the signed parameters (default `true`).
-    pub sign_query: bool,
+    /// Which query-string variants of the base string are accepted (default: either).
+    pub query_signing: QueryAcceptance,
+    /// The public base URL clients sign for besides the URL they connect to (default
+    /// [`PUBLIC_BASE_URL`]).
+    pub public_base_url: String,
     /// Answer the LST request 401 `invalid consumer` (default `false`).
     pub reject_consumer: bool,
     /// Live session tokens issued.
@@ -81,15 +122,16 @@ impl OAuthServer {
             return deny("missing parameters");
         };
         let prepend_hex: String = self.prepend.iter().map(|b| format!("{b:02x}")).collect();
-        let base = format!("{prepend_hex}{}", self.base_string(req, &params, false));
         let Some(sig) = pct_decode(&sig).and_then(|s| STANDARD.decode(s).ok()) else {
             return deny("bad signature encoding");
         };
-        if self
-            .signature_key
-            .pkcs1v15_verify::<sha2::Sha256>(base.as_bytes(), &sig)
-            .is_err()
-        {
+        let verified = self.urls(req).iter().any(|url| {
+            let base = format!("{prepend_hex}{}", base_string(req, url, &params, false));
+            self.signature_key
+                .pkcs1v15_verify::<sha2::Sha256>(base.as_bytes(), &sig)
+                .is_ok()
+        });
+        if !verified {
             self.bad_signatures += 1;
             return deny("invalid signature");
         }
@@ -125,45 +167,36 @@ impl OAuthServer {
         ts.abs_diff(now.unix_seconds()) <= 300 && self.nonces.insert(nonce)
     }
 
-    /// `METHOD&pct(url)&pct(sorted params)`, independent of the client's code.
-    fn base_string(
-        &self,
-        req: &http::Request<Vec<u8>>,
-        params: &[(String, String)],
-        with_query: bool,
-    ) -> String {
+    /// The URLs (without query) a client may have signed a request for:
+    /// - the URL rebuilt from the request's `Host` header (what a client that sends
+    ///   its own host computes);
+    /// - the address the request actually reached, as `127.0.0.1:<port>` and
+    ///   `localhost:<port>` (ibind 0.2.2 signs for its configured base URL but always
+    ///   sends `Host: api.ibkr.com`, `oauth1a.generate_oauth_headers`);
+    /// - [`public_base_url`](Self::public_base_url) plus the path below `/v1/api` (a
+    ///   client that believes it talks to the real host).
+    fn urls(&self, req: &http::Request<Vec<u8>>) -> Vec<String> {
         let uri = req.uri();
-        let url = format!(
+        let path = uri.path();
+        let mut urls = vec![format!(
             "{}://{}{}",
             uri.scheme_str().unwrap_or("https"),
             uri.authority().map(|a| a.as_str()).unwrap_or(""),
-            uri.path()
-        );
-        let mut all: Vec<(String, String)> = params
-            .iter()
-            .filter(|(k, _)| k != "oauth_signature")
-            .cloned()
-            .collect();
-        if with_query {
-            for pair in uri
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .filter(|p| !p.is_empty())
-            {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let dec = |s: &str| pct_decode(&s.replace('+', " ")).unwrap_or_default();
-                all.push((pct(&dec(k)), pct(&dec(v))));
-            }
+            path
+        )];
+        if let Some(on) = req.extensions().get::<ServedOn>() {
+            let scheme = if on.tls { "https" } else { "http" };
+            urls.push(format!("{scheme}://{}{path}", on.addr));
+            urls.push(format!("{scheme}://localhost:{}{path}", on.addr.port()));
         }
-        all.sort();
-        let joined: Vec<String> = all.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!(
-            "{}&{}&{}",
-            req.method().as_str(),
-            pct(&url),
-            pct(&joined.join("&"))
-        )
+        if let Some(below) = path.strip_prefix(BASE_PATH) {
+            urls.push(format!(
+                "{}{below}",
+                self.public_base_url.trim_end_matches('/')
+            ));
+        }
+        urls.dedup();
+        urls
     }
 
     pub(super) fn verify(
@@ -195,22 +228,70 @@ impl OAuthServer {
         {
             return Err(deny());
         }
-        let base = self.base_string(req, &params, self.sign_query);
-        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&lst) else {
+        let Some(sent) = get("oauth_signature").and_then(|s| pct_decode(&s)) else {
+            self.bad_signatures += 1;
             return Err(deny());
         };
-        mac.update(base.as_bytes());
-        let expected = STANDARD.encode(mac.finalize().into_bytes());
-        if get("oauth_signature")
-            .and_then(|s| pct_decode(&s))
-            .as_deref()
-            != Some(expected.as_str())
+        let with_query: &[bool] = match self.query_signing {
+            QueryAcceptance::Either => &[true, false],
+            QueryAcceptance::Included => &[true],
+            QueryAcceptance::Omitted => &[false],
+        };
+        let matches = |url: &str, q: bool| {
+            let base = base_string(req, url, &params, q);
+            let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&lst) else {
+                return false;
+            };
+            mac.update(base.as_bytes());
+            STANDARD.encode(mac.finalize().into_bytes()) == sent
+        };
+        let urls = self.urls(req);
+        if !urls
+            .iter()
+            .any(|url| with_query.iter().any(|&q| matches(url, q)))
         {
             self.bad_signatures += 1;
             return Err(deny());
         }
         Ok(())
     }
+}
+
+/// `METHOD&pct(url)&pct(sorted params)`, independent of the client's code. With
+/// `with_query`, the query parameters are decoded, re-encoded and sorted in with the
+/// OAuth parameters (RFC 5849 §3.4.1.3).
+fn base_string(
+    req: &http::Request<Vec<u8>>,
+    url: &str,
+    params: &[(String, String)],
+    with_query: bool,
+) -> String {
+    let mut all: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "oauth_signature")
+        .cloned()
+        .collect();
+    if with_query {
+        for pair in req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| pct_decode(&s.replace('+', " ")).unwrap_or_default();
+            all.push((pct(&dec(k)), pct(&dec(v))));
+        }
+    }
+    all.sort();
+    let joined: Vec<String> = all.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(
+        "{}&{}&{}",
+        req.method().as_str(),
+        pct(url),
+        pct(&joined.join("&"))
+    )
 }
 
 fn hmac_sha1(key: &[u8], msg: &[u8]) -> Vec<u8> {
