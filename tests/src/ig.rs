@@ -275,9 +275,7 @@ fn effective_method(request: &http::Request<Vec<u8>>) -> http::Method {
         .and_then(|v| v.to_str().ok())
         .map(str::trim);
     match (request.method(), tunnelled) {
-        (&http::Method::POST, Some(m)) if m.eq_ignore_ascii_case("DELETE") => {
-            http::Method::DELETE
-        }
+        (&http::Method::POST, Some(m)) if m.eq_ignore_ascii_case("DELETE") => http::Method::DELETE,
         (&http::Method::POST, Some(m)) if m.eq_ignore_ascii_case("PUT") => http::Method::PUT,
         (m, _) => m.clone(),
     }

@@ -24,9 +24,20 @@ pub enum IbkrAuth {
 
 /// Which query parameters enter the HMAC-SHA256 signature of a request.
 ///
-/// IBKR's documentation is ambiguous and implementations differ (ibind omits them,
-/// IBKR's own text and other ports include them); the server has been reported to
-/// accept both for HMAC-signed calls.
+/// IBKR accepts both variants for HMAC-signed calls:
+/// - [`Omit`](Self::Omit) is what ibind (PyPI `ibind` 0.2.2, `IbkrClient._get_headers`)
+///   sends for every GET with a query string, and ibind is in wide use against the
+///   live OAuth 1.0a API;
+/// - [`Include`](Self::Include) is what IBKR's own description of the base string
+///   prescribes ("a lexicographically sorted list of key/value pairs including the
+///   authorization header pairs, query parameters and …", quoted in ibind's
+///   `generate_base_string`), as do RFC 5849 §3.4.1.3 and other ports (Ruby,
+///   TypeScript) used against the live API.
+///
+/// `Include` is the default because it is the documented rule and the OAuth 1.0a
+/// standard; `Omit` exists for matching ibind byte for byte. (IBKR's C# sample signs
+/// a third way, the whole lower-cased URL with its query string; neither variant here
+/// reproduces that.) The test kit's fake accepts both, as IBKR does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QuerySigning {
