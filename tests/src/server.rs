@@ -520,8 +520,15 @@ fn tls_config(mode: CertMode) -> io::Result<(rustls::ServerConfig, String)> {
         CertMode::CaSigned => {
             let ca_key = rcgen::KeyPair::generate().map_err(err)?;
             let mut ca = rcgen::CertificateParams::new(Vec::new()).map_err(err)?;
-            ca.distinguished_name
-                .push(rcgen::DnType::CommonName, "broker-session test CA");
+            // A name of its own per start-up: a client that trusts the CAs of two
+            // servers at once (one bundle) must find each leaf's issuer by name.
+            let unique = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            ca.distinguished_name.push(
+                rcgen::DnType::CommonName,
+                format!("broker-session test CA {unique:x}"),
+            );
             ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             ca.key_usages = vec![
                 rcgen::KeyUsagePurpose::KeyCertSign,
