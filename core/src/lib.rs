@@ -117,7 +117,7 @@ pub use machine::{
     AuthStamp, AuthorizeError, Event, FailureKind, Input, MAX_BODY, Machine, Observation, OpId,
     Output, RequestId, RngSeed, Transmit, TransportFailure,
 };
-pub use time::Now;
+pub use time::{Now, deadline_after};
 
 /// Re-export of the `http` crate whose types appear in this crate's API.
 pub use http;
