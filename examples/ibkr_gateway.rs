@@ -79,7 +79,6 @@ fn run() -> Res {
     config.base_url = base_url.clone();
     config.compete = env::flag("IBKR_COMPETE", true)?;
     config.tickle_interval = env::seconds("IBKR_TICKLE_SECS", 60)?;
-    config.rng_seed = broker_session_ureq::os_seed()?;
     let hold = env::seconds("IBKR_HOLD_SECS", 0)?;
     let transport = env::transport("IBKR_TRANSPORT")?;
     println!("IBKR gateway at {base_url} ({transport:?} transport)");

@@ -86,7 +86,6 @@ fn run() -> Res {
     let mut config = IbkrConfig::oauth(oauth);
     config.base_url = base_url.clone();
     config.tickle_interval = env::seconds("IBKR_TICKLE_SECS", 60)?;
-    config.rng_seed = broker_session_ureq::os_seed()?;
     let hold = env::seconds("IBKR_HOLD_SECS", 0)?;
     let transport = env::transport("IBKR_TRANSPORT")?;
     println!("IBKR OAuth 1.0a at {base_url} ({transport:?} transport)");

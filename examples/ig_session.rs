@@ -92,7 +92,6 @@ fn run() -> Res {
         api_key,
         identifier,
         password,
-        broker_session_ureq::os_seed()?,
     );
     config.login_flow = flow;
     let settings = Settings {

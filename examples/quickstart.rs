@@ -86,7 +86,6 @@ fn ig_config(ig: &EmbeddedIg, flow: LoginFlow) -> Result<IgConfig, Box<dyn Error
         ig.api_key.as_str(),
         ig.identifier.as_str(),
         ig.password.as_str(),
-        broker_session_ureq::os_seed()?,
     );
     config.login_flow = flow;
     // Refresh 1 s before the 2 s tokens expire.
@@ -116,7 +115,6 @@ fn gateway_config(gateway: &EmbeddedGateway) -> Result<IbkrConfig, Box<dyn Error
     let mut config = IbkrConfig::gateway();
     config.base_url = gateway.base_url.clone();
     config.tickle_interval = Duration::from_secs(1);
-    config.rng_seed = broker_session_ureq::os_seed()?;
     Ok(config)
 }
 
@@ -124,7 +122,6 @@ fn oauth_config(oauth: &EmbeddedIbkrOAuth) -> Result<IbkrConfig, Box<dyn Error>>
     let mut config = IbkrConfig::oauth(oauth.oauth.clone());
     config.base_url = oauth.base_url.clone();
     config.tickle_interval = Duration::from_secs(1);
-    config.rng_seed = broker_session_ureq::os_seed()?;
     Ok(config)
 }
 

@@ -52,7 +52,12 @@ impl Ig {
         let mut fake = FakeIg::default();
         let config = session_config(&fake, LoginFlow::V3);
         let clock = VirtualClock::new();
-        let mut m = IgSession::new(config.clone(), clock.now()).expect("valid config");
+        let mut m = IgSession::new(
+            config.clone(),
+            broker_session::RngSeed::from_u64(1),
+            clock.now(),
+        )
+        .expect("valid config");
         let script = Script::record(&mut m, &mut fake, clock.now(), ig_intents());
         Self {
             script,
@@ -62,7 +67,12 @@ impl Ig {
     }
 
     fn machine(&self) -> IgSession {
-        IgSession::new(self.config.clone(), self.clock.now()).expect("valid config")
+        IgSession::new(
+            self.config.clone(),
+            broker_session::RngSeed::from_u64(1),
+            self.clock.now(),
+        )
+        .expect("valid config")
     }
 }
 
@@ -75,9 +85,14 @@ struct Ibkr {
 impl Ibkr {
     fn new() -> Self {
         let mut fake = FakeIbkr::gateway();
-        let config = FakeIbkr::gateway_config(1);
+        let config = FakeIbkr::gateway_config();
         let clock = VirtualClock::new();
-        let mut m = IbkrSession::new(config.clone(), clock.now()).expect("valid config");
+        let mut m = IbkrSession::new(
+            config.clone(),
+            broker_session::RngSeed::from_u64(1),
+            clock.now(),
+        )
+        .expect("valid config");
         let script = Script::record(&mut m, &mut fake, clock.now(), ibkr_intents());
         Self {
             script,
@@ -87,7 +102,12 @@ impl Ibkr {
     }
 
     fn machine(&self) -> IbkrSession {
-        IbkrSession::new(self.config.clone(), self.clock.now()).expect("valid config")
+        IbkrSession::new(
+            self.config.clone(),
+            broker_session::RngSeed::from_u64(1),
+            self.clock.now(),
+        )
+        .expect("valid config")
     }
 }
 
@@ -262,5 +282,7 @@ fn ig_new_session(bencher: Bencher<'_, '_>) {
     let ig = Ig::new();
     bencher
         .with_inputs(|| ig.config.clone())
-        .bench_local_values(|c| IgSession::new(c, ig.clock.now()));
+        .bench_local_values(|c| {
+            IgSession::new(c, broker_session::RngSeed::from_u64(1), ig.clock.now())
+        });
 }

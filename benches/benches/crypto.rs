@@ -81,9 +81,14 @@ fn oauth() -> &'static OAuth {
     static O: OnceLock<OAuth> = OnceLock::new();
     O.get_or_init(|| {
         let (mut fake, oc) = FakeIbkr::oauth(false);
-        let config = FakeIbkr::oauth_config(oc, 7);
+        let config = FakeIbkr::oauth_config(oc);
         let clock = VirtualClock::new();
-        let mut m = IbkrSession::new(config.clone(), clock.now()).expect("valid config");
+        let mut m = IbkrSession::new(
+            config.clone(),
+            broker_session::RngSeed::from_u64(7),
+            clock.now(),
+        )
+        .expect("valid config");
         let script = Script::record(&mut m, &mut fake, clock.now(), vec![IbkrIntent::Connect]);
         assert_eq!(script.requests[0], "POST /v1/api/oauth/live_session_token");
         OAuth {
@@ -96,7 +101,12 @@ fn oauth() -> &'static OAuth {
 
 impl OAuth {
     fn connected(&self) -> IbkrSession {
-        let mut m = IbkrSession::new(self.config.clone(), self.clock.now()).expect("valid");
+        let mut m = IbkrSession::new(
+            self.config.clone(),
+            broker_session::RngSeed::from_u64(1),
+            self.clock.now(),
+        )
+        .expect("valid");
         let ok = self
             .script
             .replay(&mut m, vec![IbkrIntent::Connect], self.script.responses());
@@ -146,7 +156,8 @@ fn ibkr_lst_whole_step(bencher: Bencher<'_, '_>) {
     bencher
         .with_inputs(|| (o.config.clone(), o.script.response(0)))
         .bench_local_values(|(config, answer)| {
-            let mut m = IbkrSession::new(config, now).expect("valid");
+            let mut m =
+                IbkrSession::new(config, broker_session::RngSeed::from_u64(1), now).expect("valid");
             let _ = m.submit(IbkrIntent::Connect, now);
             let t = next_send(&mut m, now);
             m.handle_input(
@@ -176,7 +187,8 @@ fn ibkr_lst_exchange_only(bencher: Bencher<'_, '_>) {
     let now = o.clock.now();
     bencher
         .with_inputs(|| {
-            let m = IbkrSession::new(o.config.clone(), now).expect("valid");
+            let m = IbkrSession::new(o.config.clone(), broker_session::RngSeed::from_u64(1), now)
+                .expect("valid");
             (m, o.script.response(0))
         })
         .bench_local_values(|(mut m, answer)| {

@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use broker_session::Now;
 use broker_session::ibkr::{IbkrConfig, IbkrIntent, IbkrSession};
 use broker_session::ig::{IgConfig, IgEnvironment, IgIntent, IgSession, LoginFlow};
-use broker_session::{Now, RngSeed};
 use broker_session_benches::replay::{Script, clone_response};
 use broker_session_benches::sys;
 use broker_session_testkit::ibkr::FakeIbkr;
@@ -59,14 +59,13 @@ fn ig_config(base: &str) -> IgConfig {
         f.api_key.as_str(),
         f.identifier.as_str(),
         f.password.as_str(),
-        RngSeed::from_u64(5),
     );
     c.login_flow = LoginFlow::V3;
     c
 }
 
 fn ibkr_config(base: &str) -> IbkrConfig {
-    let mut c = FakeIbkr::gateway_config(5);
+    let mut c = FakeIbkr::gateway_config();
     c.base_url = format!("{base}/v1/api");
     c
 }
@@ -189,11 +188,21 @@ fn main() {
     // Record both cycles in memory against the real fakes, with the loopback URLs.
     let clock = VirtualClock::new();
     let mut ig_fake = FakeIg::default();
-    let mut m = IgSession::new(ig_config(&base), clock.now()).expect("valid");
+    let mut m = IgSession::new(
+        ig_config(&base),
+        broker_session::RngSeed::from_u64(5),
+        clock.now(),
+    )
+    .expect("valid");
     let ig_script = Script::record(&mut m, &mut ig_fake, clock.now(), ig_intents());
     let mut ibkr_fake = FakeIbkr::gateway();
     ibkr_fake.authenticated = true;
-    let mut m = IbkrSession::new(ibkr_config(&base), clock.now()).expect("valid");
+    let mut m = IbkrSession::new(
+        ibkr_config(&base),
+        broker_session::RngSeed::from_u64(1),
+        clock.now(),
+    )
+    .expect("valid");
     let ibkr_script = Script::record(&mut m, &mut ibkr_fake, clock.now(), ibkr_intents());
     {
         let mut c = canned.lock().expect("not poisoned");
@@ -272,7 +281,12 @@ fn main() {
         ig_client.logout().expect("logout");
     };
     let ureq_ibkr_session = || {
-        let m = IbkrSession::new(ibkr_config(&base), broker_session_ureq::now()).expect("valid");
+        let m = IbkrSession::new(
+            ibkr_config(&base),
+            broker_session::RngSeed::from_u64(1),
+            broker_session_ureq::now(),
+        )
+        .expect("valid");
         let c = broker_session_ureq::Client::with_http(m, uhttp.clone(), &ucfg);
         c.status().expect("status");
         c.tickle().expect("tickle");
@@ -291,7 +305,12 @@ fn main() {
     let hcfg = broker_session_hyper::Config::default();
     let (hhttp, ig_session) = rt.block_on(async {
         let http = broker_session_hyper::HttpClient::new(&hcfg).expect("client");
-        let m = IgSession::new(ig_config(&base), broker_session_hyper::now()).expect("valid");
+        let m = IgSession::new(
+            ig_config(&base),
+            broker_session::RngSeed::from_u64(1),
+            broker_session_hyper::now(),
+        )
+        .expect("valid");
         let s = broker_session_hyper::Session::with_http(m, http.clone(), &hcfg).expect("session");
         (http, s)
     });
@@ -324,8 +343,12 @@ fn main() {
     };
     let hyper_ibkr_session = || {
         rt.block_on(async {
-            let m =
-                IbkrSession::new(ibkr_config(&base), broker_session_hyper::now()).expect("valid");
+            let m = IbkrSession::new(
+                ibkr_config(&base),
+                broker_session::RngSeed::from_u64(1),
+                broker_session_hyper::now(),
+            )
+            .expect("valid");
             let s =
                 broker_session_hyper::Session::with_http(m, hhttp.clone(), &hcfg).expect("session");
             s.status().await.expect("status");

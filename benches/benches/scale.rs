@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use broker_session::ibkr::{IbkrConfig, IbkrIntent, IbkrSession};
 use broker_session::ig::{IgConfig, IgEnvironment, IgIntent, IgSession, LoginFlow};
 use broker_session::{
-    AuthStamp, AuthorizeError, Input, Machine, Now, Observation, OpId, Output, RngSeed, UsageError,
+    AuthStamp, AuthorizeError, Input, Machine, Now, Observation, OpId, Output, UsageError,
 };
 use broker_session_benches::alloc::{self, CountingAlloc};
 use broker_session_benches::replay::{Script, clone_response};
@@ -194,14 +194,13 @@ fn ig_config(base: &str) -> IgConfig {
         f.api_key.as_str(),
         f.identifier.as_str(),
         f.password.as_str(),
-        RngSeed::from_u64(9),
     );
     c.login_flow = LoginFlow::V3;
     c
 }
 
 fn ibkr_config(base: &str, tickle: Duration) -> IbkrConfig {
-    let mut c = FakeIbkr::gateway_config(9);
+    let mut c = FakeIbkr::gateway_config();
     c.base_url = format!("{base}/v1/api");
     c.tickle_interval = tickle;
     c
@@ -218,7 +217,12 @@ fn record_answers(
         access_ttl: t.token,
         ..FakeIgConfig::default()
     });
-    let mut m = IgSession::new(ig_config(base), clock.now()).expect("valid");
+    let mut m = IgSession::new(
+        ig_config(base),
+        broker_session::RngSeed::from_u64(9),
+        clock.now(),
+    )
+    .expect("valid");
     let ig = Script::record(
         &mut m,
         &mut ig_fake,
@@ -227,7 +231,12 @@ fn record_answers(
     );
     let mut ibkr_fake = FakeIbkr::gateway();
     ibkr_fake.authenticated = true;
-    let mut m = IbkrSession::new(ibkr_config(base, t.tickle), clock.now()).expect("valid");
+    let mut m = IbkrSession::new(
+        ibkr_config(base, t.tickle),
+        broker_session::RngSeed::from_u64(1),
+        clock.now(),
+    )
+    .expect("valid");
     let ibkr = Script::record(
         &mut m,
         &mut ibkr_fake,
@@ -251,7 +260,12 @@ fn machine_heap(ig: &Script, ibkr: &Script, base: &str, t: &Timing) -> (f64, f64
     let mut igs = Vec::with_capacity(K);
     let vec_bytes = alloc::snapshot().since(before).live;
     for _ in 0..K {
-        let mut m = IgSession::new(ig_config(base), clock.now()).expect("valid");
+        let mut m = IgSession::new(
+            ig_config(base),
+            broker_session::RngSeed::from_u64(1),
+            clock.now(),
+        )
+        .expect("valid");
         let responses = vec![ig.response(0)];
         ig.replay(&mut m, vec![IgIntent::Login], responses);
         igs.push(m);
@@ -261,7 +275,12 @@ fn machine_heap(ig: &Script, ibkr: &Script, base: &str, t: &Timing) -> (f64, f64
     let before = alloc::snapshot();
     let mut ibkrs = Vec::with_capacity(K);
     for _ in 0..K {
-        let mut m = IbkrSession::new(ibkr_config(base, t.tickle), clock.now()).expect("valid");
+        let mut m = IbkrSession::new(
+            ibkr_config(base, t.tickle),
+            broker_session::RngSeed::from_u64(1),
+            clock.now(),
+        )
+        .expect("valid");
         let n = ibkr
             .requests
             .iter()
@@ -353,7 +372,12 @@ fn phase(t: &Timing, n: usize, secs: u64) {
         let mut ibkr = Vec::with_capacity(n - n / 2);
         for _ in 0..n / 2 {
             let m = Probe::new(
-                IgSession::new(ig_config(&base), broker_session_hyper::now()).expect("valid"),
+                IgSession::new(
+                    ig_config(&base),
+                    broker_session::RngSeed::from_u64(1),
+                    broker_session_hyper::now(),
+                )
+                .expect("valid"),
             );
             ig.push(Arc::new(
                 Session::with_http(m, http.clone(), &config).expect("session"),
@@ -361,8 +385,12 @@ fn phase(t: &Timing, n: usize, secs: u64) {
         }
         for _ in 0..n - n / 2 {
             let m = Probe::new(
-                IbkrSession::new(ibkr_config(&base, t.tickle), broker_session_hyper::now())
-                    .expect("valid"),
+                IbkrSession::new(
+                    ibkr_config(&base, t.tickle),
+                    broker_session::RngSeed::from_u64(1),
+                    broker_session_hyper::now(),
+                )
+                .expect("valid"),
             );
             ibkr.push(Arc::new(
                 Session::with_http(m, http.clone(), &config).expect("session"),

@@ -17,9 +17,9 @@
 //! use broker_session::{Input, Machine, Now, RngSeed};
 //! use std::time::{Duration, Instant, SystemTime};
 //!
-//! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password", RngSeed::from_u64(1));
+//! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password");
 //! let mut now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-//! let mut driver = Driver::new(IgSession::new(config, now).unwrap(), 64);
+//! let mut driver = Driver::new(IgSession::new(config, RngSeed::from_u64(1), now).unwrap(), 64);
 //!
 //! // Submit the login and say that its result is awaited (it will not reach the
 //! // event buffer).

@@ -43,9 +43,9 @@
 //! use broker_session::{Event, Input, Machine, Now, Output, RngSeed};
 //! use std::time::{Duration, Instant, SystemTime};
 //!
-//! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password", RngSeed::from_u64(1));
+//! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password");
 //! let mut now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-//! let mut ig = IgSession::new(config, now).unwrap();
+//! let mut ig = IgSession::new(config, RngSeed::from_u64(1), now).unwrap();
 //! let login = ig.submit(IgIntent::Login, now).unwrap();
 //!
 //! // 1. The machine asks for `POST /session` (Version 2).
@@ -117,7 +117,7 @@ pub use machine::{
     AuthStamp, AuthorizeError, Event, FailureKind, Input, MAX_BODY, Machine, Observation, OpId,
     Output, RequestId, RngSeed, Transmit, TransportFailure,
 };
-pub use time::Now;
+pub use time::{Now, deadline_after};
 
 /// Re-export of the `http` crate whose types appear in this crate's API.
 pub use http;

@@ -43,6 +43,12 @@ pub struct Transmit {
     /// The request, complete with all headers. The transport adds only what belongs to
     /// it (`User-Agent`, `Host`, `Content-Length`).
     pub request: http::Request<Vec<u8>>,
+    /// When the machine stops waiting for this request's answer. After it the machine
+    /// treats the request as possibly delivered (never resending a login on that
+    /// ground). A transport ends the exchange before this instant (its own per-exchange
+    /// timeout is capped by it), so that an answer is never left arriving after the
+    /// machine gave up on it.
+    pub deadline: Instant,
 }
 
 impl fmt::Debug for Transmit {
@@ -53,6 +59,7 @@ impl fmt::Debug for Transmit {
             .field("uri", self.request.uri())
             .field("headers", &HeaderNames(self.request.headers()))
             .field("body_len", &self.request.body().len())
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -168,6 +175,9 @@ impl fmt::Debug for Input {
 /// What the machine wants next; returned by [`Machine::poll_output`].
 #[derive(Debug)]
 #[non_exhaustive]
+// `Send` is the common case and is moved out at once; boxing it would cost one
+// allocation per request to shrink a value that never lives in a collection of many.
+#[allow(clippy::large_enum_variant)]
 pub enum Output<S, O> {
     /// Send this request and hand its response to [`Machine::handle_input`].
     Send(Transmit),

@@ -57,7 +57,46 @@ impl Now {
             let ahead = Duration::from_millis(u64::try_from(ahead).unwrap_or(u64::MAX));
             self.mono
                 .checked_add(ahead)
-                .unwrap_or_else(|| self.mono + Duration::from_secs(100 * 365 * 24 * 3600))
+                .unwrap_or_else(|| deadline_after(self.mono, Duration::MAX))
+        }
+    }
+
+    /// The monotonic instant `by` from now, saturating far in the future instead of
+    /// overflowing (see [`deadline_after`]).
+    pub fn after(&self, by: Duration) -> Instant {
+        deadline_after(self.mono, by)
+    }
+}
+
+/// `at + by`, but never panicking: a duration that would overflow `Instant` (such as
+/// `Duration::MAX` from a configuration, or a server's absurd expiry) gives an instant
+/// about a century ahead, which no timer ever reaches in practice.
+///
+/// Every deadline in the workspace is computed with this (or with `checked_add`), never
+/// with `Instant + Duration`, which panics on overflow.
+///
+/// ```
+/// use broker_session::deadline_after;
+/// use std::time::{Duration, Instant};
+///
+/// let t0 = Instant::now();
+/// assert_eq!(deadline_after(t0, Duration::from_secs(5)), t0 + Duration::from_secs(5));
+/// assert!(deadline_after(t0, Duration::MAX) > t0); // no panic
+/// ```
+pub fn deadline_after(at: Instant, by: Duration) -> Instant {
+    if let Some(t) = at.checked_add(by) {
+        return t;
+    }
+    // Halve the step until it fits: the largest representable instant is platform
+    // specific, and a century is enough for "never".
+    let mut step = Duration::from_secs(100 * 365 * 24 * 3600).min(by);
+    loop {
+        if let Some(t) = at.checked_add(step) {
+            return t;
+        }
+        step /= 2;
+        if step.is_zero() {
+            return at;
         }
     }
 }
@@ -65,10 +104,12 @@ impl Now {
 impl std::ops::Add<Duration> for Now {
     type Output = Self;
 
+    /// Saturates instead of panicking (see [`deadline_after`]); the wall clock
+    /// stays put if it would overflow.
     fn add(self, rhs: Duration) -> Self {
         Self {
-            mono: self.mono + rhs,
-            wall: self.wall + rhs,
+            mono: deadline_after(self.mono, rhs),
+            wall: self.wall.checked_add(rhs).unwrap_or(self.wall),
         }
     }
 }
@@ -88,6 +129,8 @@ mod tests {
         );
         assert_eq!(now.instant_at_epoch_millis(10), now.mono);
         // Far future does not panic.
-        let _ = now.instant_at_epoch_millis(i64::MAX);
+        assert!(now.instant_at_epoch_millis(i64::MAX) > now.mono);
+        assert!(deadline_after(now.mono, Duration::MAX) > now.mono);
+        assert!((now + Duration::MAX).mono > now.mono);
     }
 }

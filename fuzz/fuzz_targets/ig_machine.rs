@@ -18,7 +18,6 @@ fuzz_target!(|data: &[u8]| {
         "key",
         "user",
         "password",
-        RngSeed::from_u64(1),
     );
     config.login_flow = match first % 5 {
         0 => LoginFlow::V1,
@@ -32,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     if first & 0x20 != 0 {
         config.account_id = Some("B".into());
     }
-    let Ok(machine) = IgSession::new(config, broker_session_fuzz::start()) else {
+    let Ok(machine) = IgSession::new(config, broker_session::RngSeed::from_u64(1), broker_session_fuzz::start()) else {
         return;
     };
     drive(

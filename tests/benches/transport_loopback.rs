@@ -25,7 +25,6 @@ fn setup() -> (Server, String, IgConfig) {
         fake_config.api_key.as_str(),
         fake_config.identifier.as_str(),
         fake_config.password.as_str(),
-        broker_session::RngSeed::from_u64(1),
     );
     config.login_flow = LoginFlow::V2;
     (server, base, config)

@@ -34,7 +34,7 @@
 //! runner.run(&plans, |plan| {
 //!     let fake = FakeIg::default();
 //!     let clock = VirtualClock::new();
-//!     let machine = IgSession::new(session_config(&fake, LoginFlow::V2), clock.now()).unwrap();
+//!     let machine = IgSession::new(session_config(&fake, LoginFlow::V2), broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
 //!     let request = accounts_request(&fake);
 //!     let n_faults = plan.faults.len();
 //!     let mut sim = Faulty::sim(machine, fake, plan, clock);

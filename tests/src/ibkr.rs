@@ -24,7 +24,7 @@ use base64::engine::general_purpose::STANDARD;
 use broker_session::ibkr::oauth::dh::{DhGroup, DhSecret};
 use broker_session::ibkr::{IbkrConfig, OAuthConfig};
 use broker_session::secret::{AccessToken, AccessTokenSecret, PrivateKeyPem};
-use broker_session::{FailureKind, Now, RngSeed, TransportFailure};
+use broker_session::{FailureKind, Now, TransportFailure};
 use rand::SeedableRng;
 use rsa::PrivateKey;
 use rsa::pkcs1::DecodeRsaPrivateKey as _;
@@ -202,18 +202,14 @@ impl FakeIbkr {
         (fake, config)
     }
 
-    /// A client configuration for this fake's gateway mode, seeded.
-    pub fn gateway_config(seed: u64) -> IbkrConfig {
-        let mut c = IbkrConfig::gateway();
-        c.rng_seed = RngSeed::from_u64(seed);
-        c
+    /// A client configuration for this fake's gateway mode.
+    pub fn gateway_config() -> IbkrConfig {
+        IbkrConfig::gateway()
     }
 
-    /// A client configuration for an OAuth fake, seeded.
-    pub fn oauth_config(oauth: OAuthConfig, seed: u64) -> IbkrConfig {
-        let mut c = IbkrConfig::oauth(oauth);
-        c.rng_seed = RngSeed::from_u64(seed);
-        c
+    /// A client configuration for an OAuth fake.
+    pub fn oauth_config(oauth: OAuthConfig) -> IbkrConfig {
+        IbkrConfig::oauth(oauth)
     }
 
     /// The OAuth server side, if in OAuth mode.

@@ -951,7 +951,6 @@ pub fn session_config(
         fake.config.api_key.as_str(),
         fake.config.identifier.as_str(),
         fake.config.password.as_str(),
-        broker_session::RngSeed::from_u64(42),
     );
     c.login_flow = flow;
     c.web_platform_url = format!("https://{TEST_HOST}{}", fake.config.web_platform_path);

@@ -12,9 +12,10 @@ fn sim_with(
     tweak: impl FnOnce(&mut broker_session::ibkr::IbkrConfig),
 ) -> Sim<IbkrSession, FakeIbkr> {
     let clock = VirtualClock::new();
-    let mut config = FakeIbkr::gateway_config(1);
+    let mut config = FakeIbkr::gateway_config();
     tweak(&mut config);
-    let session = IbkrSession::new(config, clock.now()).unwrap();
+    let session =
+        IbkrSession::new(config, broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
     Sim::with_clock(session, fake, clock)
 }
 
@@ -407,7 +408,12 @@ fn no_bridge_on_an_application_call_reinitialises() {
 fn an_unanswered_request_times_out_in_the_core() {
     use broker_session::{Input, Output, ProtocolError};
     let clock = VirtualClock::new();
-    let mut session = IbkrSession::new(FakeIbkr::gateway_config(1), clock.now()).unwrap();
+    let mut session = IbkrSession::new(
+        FakeIbkr::gateway_config(),
+        broker_session::RngSeed::from_u64(1),
+        clock.now(),
+    )
+    .unwrap();
     let mut clock = clock;
     let op = session
         .submit(IbkrIntent::CheckStatus, clock.now())

@@ -15,10 +15,11 @@ fn sim_with(
     tweak: impl FnOnce(&mut IbkrConfig, &mut FakeIbkr),
 ) -> Sim<IbkrSession, FakeIbkr> {
     let (mut fake, oauth) = FakeIbkr::oauth(pkcs8);
-    let mut config = FakeIbkr::oauth_config(oauth, 7);
+    let mut config = FakeIbkr::oauth_config(oauth);
     tweak(&mut config, &mut fake);
     let clock = VirtualClock::new();
-    let session = IbkrSession::new(config, clock.now()).unwrap();
+    let session =
+        IbkrSession::new(config, broker_session::RngSeed::from_u64(7), clock.now()).unwrap();
     Sim::with_clock(session, fake, clock)
 }
 
@@ -209,7 +210,11 @@ fn the_wrong_encryption_key_is_caught_by_the_token_signature() {
     // Same size key, wrong one: rsa 0.10 decrypts to a synthetic prepend.
     wrong.encryption_key = PrivateKeyPem::new(oauth.signature_key.expose_secret());
     let clock = VirtualClock::new();
-    let session = match IbkrSession::new(FakeIbkr::oauth_config(wrong, 1), clock.now()) {
+    let session = match IbkrSession::new(
+        FakeIbkr::oauth_config(wrong),
+        broker_session::RngSeed::from_u64(1),
+        clock.now(),
+    ) {
         Ok(s) => s,
         // A decryption error is also an acceptable early refusal.
         Err(e) => return assert!(matches!(e, Error::Crypto(_)), "{e}"),
@@ -251,18 +256,29 @@ fn bad_keys_and_primes_fail_at_construction() {
     bad.signature_key =
         PrivateKeyPem::new("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----");
     assert!(matches!(
-        IbkrSession::new(FakeIbkr::oauth_config(bad, 1), now),
+        IbkrSession::new(
+            FakeIbkr::oauth_config(bad),
+            broker_session::RngSeed::from_u64(1),
+            now
+        ),
         Err(Error::Crypto(CryptoError::InvalidKey { .. }))
     ));
     let mut bad: OAuthConfig = oauth.clone();
     bad.dh_prime = "xyz".into();
     assert!(matches!(
-        IbkrSession::new(FakeIbkr::oauth_config(bad, 1), now),
+        IbkrSession::new(
+            FakeIbkr::oauth_config(bad),
+            broker_session::RngSeed::from_u64(1),
+            now
+        ),
         Err(Error::Crypto(CryptoError::InvalidKey { .. }))
     ));
-    let mut bad = FakeIbkr::oauth_config(oauth, 1);
+    let mut bad = FakeIbkr::oauth_config(oauth);
     bad.base_url = "ftp://nowhere".into();
-    assert!(matches!(IbkrSession::new(bad, now), Err(Error::Usage(_))));
+    assert!(matches!(
+        IbkrSession::new(bad, broker_session::RngSeed::from_u64(1), now),
+        Err(Error::Usage(_))
+    ));
 }
 
 #[test]
@@ -359,7 +375,12 @@ fn the_same_seed_gives_the_same_bytes() {
     let headers = |seed: u64| {
         let (fake, oauth) = FakeIbkr::oauth(false);
         let clock = VirtualClock::new();
-        let session = IbkrSession::new(FakeIbkr::oauth_config(oauth, seed), clock.now()).unwrap();
+        let session = IbkrSession::new(
+            FakeIbkr::oauth_config(oauth),
+            broker_session::RngSeed::from_u64(seed),
+            clock.now(),
+        )
+        .unwrap();
         let mut sim = Sim::with_clock(session, fake, clock);
         sim.run(IbkrIntent::Connect).unwrap();
         let mut req = get(ACCOUNTS);

@@ -180,7 +180,7 @@ proptest! {
 
     #[test]
     fn gateway_machine_never_panics(steps in proptest::collection::vec(step(), 0..60)) {
-        let session = IbkrSession::new(FakeIbkr::gateway_config(5), VirtualClock::new().now()).unwrap();
+        let session = IbkrSession::new(FakeIbkr::gateway_config(), broker_session::RngSeed::from_u64(5), VirtualClock::new().now()).unwrap();
         run(session, steps);
     }
 }
@@ -191,9 +191,9 @@ proptest! {
     #[test]
     fn oauth_machine_never_panics(steps in proptest::collection::vec(step(), 0..40)) {
         let (_, oauth) = FakeIbkr::oauth(false);
-        let mut config = FakeIbkr::oauth_config(oauth, 5);
+        let mut config = FakeIbkr::oauth_config(oauth);
         config.base_url = "https://api.ibkr.com/v1/api".into();
-        let session = IbkrSession::new(config, VirtualClock::new().now()).unwrap();
+        let session = IbkrSession::new(config, broker_session::RngSeed::from_u64(5), VirtualClock::new().now()).unwrap();
         run(session, steps);
     }
 }
@@ -242,9 +242,9 @@ proptest! {
             fake.inject(p, f);
         }
         let clock = VirtualClock::new();
-        let mut config = FakeIbkr::oauth_config(oauth, 9);
+        let mut config = FakeIbkr::oauth_config(oauth);
         config.throttle_backoff = Duration::from_secs(60);
-        let session = IbkrSession::new(config, clock.now()).unwrap();
+        let session = IbkrSession::new(config, broker_session::RngSeed::from_u64(9), clock.now()).unwrap();
         let mut sim = Sim::with_clock(session, fake, clock);
         let first = sim.run(IbkrIntent::Connect);
         if first.is_err() {
@@ -277,9 +277,9 @@ proptest! {
             fake.inject(p, f);
         }
         let clock = VirtualClock::new();
-        let mut config = FakeIbkr::gateway_config(9);
+        let mut config = FakeIbkr::gateway_config();
         config.throttle_backoff = Duration::from_secs(60);
-        let session = IbkrSession::new(config, clock.now()).unwrap();
+        let session = IbkrSession::new(config, broker_session::RngSeed::from_u64(9), clock.now()).unwrap();
         let mut sim = Sim::with_clock(session, fake, clock);
         let first = sim.run(IbkrIntent::Connect);
         if first.is_err() {

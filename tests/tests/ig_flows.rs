@@ -17,7 +17,7 @@ fn sim_with(fake: FakeIg, flow: LoginFlow) -> Sim<IgSession, FakeIg> {
 /// A new session ("another process") on the same fake and the same virtual clock.
 fn sim_at(fake: FakeIg, flow: LoginFlow, clock: VirtualClock) -> Sim<IgSession, FakeIg> {
     let cfg = session_config(&fake, flow);
-    let m = IgSession::new(cfg, clock.now()).unwrap();
+    let m = IgSession::new(cfg, broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
     Sim::with_clock(m, fake, clock)
 }
 
@@ -235,7 +235,11 @@ fn v3_login_can_fetch_streaming_tokens_itself() {
     let mut cfg = session_config(&fake, LoginFlow::V3);
     cfg.fetch_streaming_tokens = true;
     let clock = VirtualClock::new();
-    let mut s = Sim::with_clock(IgSession::new(cfg, clock.now()).unwrap(), fake, clock);
+    let mut s = Sim::with_clock(
+        IgSession::new(cfg, broker_session::RngSeed::from_u64(1), clock.now()).unwrap(),
+        fake,
+        clock,
+    );
     s.run(IgIntent::Login).unwrap();
     assert!(s.machine.lightstreamer_credentials().is_some());
 }
@@ -381,7 +385,11 @@ fn configured_account_is_selected_after_login() {
     let mut cfg = session_config(&fake, LoginFlow::V2);
     cfg.account_id = Some("ACC-OTHER".into());
     let clock = VirtualClock::new();
-    let mut s = Sim::with_clock(IgSession::new(cfg, clock.now()).unwrap(), fake, clock);
+    let mut s = Sim::with_clock(
+        IgSession::new(cfg, broker_session::RngSeed::from_u64(1), clock.now()).unwrap(),
+        fake,
+        clock,
+    );
     let IgOutcome::LoggedIn(info) = s.run(IgIntent::Login).unwrap() else {
         panic!()
     };
@@ -593,7 +601,7 @@ fn encrypted_password_too_long_for_the_key_is_a_crypto_error() {
     s.broker.config.password = long.clone();
     let mut cfg = session_config(&s.broker, LoginFlow::EncryptedV2);
     cfg.password = long.into();
-    s.machine = IgSession::new(cfg, s.now()).unwrap();
+    s.machine = IgSession::new(cfg, broker_session::RngSeed::from_u64(1), s.now()).unwrap();
     assert!(matches!(s.run(IgIntent::Login), Err(Error::Crypto(_))));
     assert_eq!(
         s.broker.stats.login_attempts, 0,
@@ -608,7 +616,11 @@ fn v3_configured_account_is_selected_locally() {
     let mut cfg = session_config(&fake, LoginFlow::V3);
     cfg.account_id = Some("ACC-OTHER".into());
     let clock = VirtualClock::new();
-    let mut s = Sim::with_clock(IgSession::new(cfg, clock.now()).unwrap(), fake, clock);
+    let mut s = Sim::with_clock(
+        IgSession::new(cfg, broker_session::RngSeed::from_u64(1), clock.now()).unwrap(),
+        fake,
+        clock,
+    );
     let IgOutcome::LoggedIn(info) = s.run(IgIntent::Login).unwrap() else {
         panic!()
     };

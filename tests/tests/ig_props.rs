@@ -190,7 +190,7 @@ proptest! {
     fn machine_mid_login_survives_anything(f in flow(), feeds in proptest::collection::vec(feed(), 1..8)) {
         let fake = FakeIg::default();
         let mut clock = VirtualClock::new();
-        let mut m = IgSession::new(session_config(&fake, f), clock.now()).unwrap();
+        let mut m = IgSession::new(session_config(&fake, f), broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
         let mut submitted = vec![m.submit(IgIntent::Login, clock.now()).unwrap()];
         let mut done = pump_with(&mut m, &mut clock, &feeds);
         submitted.extend(m.submit(IgIntent::ReadSession { fetch_tokens: true }, clock.now()));
@@ -228,7 +228,7 @@ proptest! {
     ) {
         let fake = FakeIg::default();
         let clock = VirtualClock::new();
-        let m = IgSession::new(session_config(&fake, LoginFlow::V3), clock.now()).unwrap();
+        let m = IgSession::new(session_config(&fake, LoginFlow::V3), broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
         let mut s = Sim::with_clock(m, fake, clock);
         s.run(IgIntent::Login).unwrap();
         // Due for a refresh: answer it with garbage.

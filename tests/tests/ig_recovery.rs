@@ -14,7 +14,11 @@ use broker_session_testkit::sim::{Sim, VirtualClock};
 fn sim_with(fake: FakeIg, flow: LoginFlow) -> Sim<IgSession, FakeIg> {
     let clock = VirtualClock::new();
     let cfg = session_config(&fake, flow);
-    Sim::with_clock(IgSession::new(cfg, clock.now()).unwrap(), fake, clock)
+    Sim::with_clock(
+        IgSession::new(cfg, broker_session::RngSeed::from_u64(1), clock.now()).unwrap(),
+        fake,
+        clock,
+    )
 }
 
 fn sim(flow: LoginFlow) -> Sim<IgSession, FakeIg> {
@@ -415,7 +419,12 @@ fn change_environment_and_forms_are_action_required() {
 fn a_dropped_request_times_out_on_the_core_deadline() {
     let fake = FakeIg::default();
     let clock = VirtualClock::new();
-    let mut m = IgSession::new(session_config(&fake, LoginFlow::V2), clock.now()).unwrap();
+    let mut m = IgSession::new(
+        session_config(&fake, LoginFlow::V2),
+        broker_session::RngSeed::from_u64(1),
+        clock.now(),
+    )
+    .unwrap();
     let now = clock.now();
     let op = m.submit(IgIntent::Login, now).unwrap();
     let mut sends = 0;
@@ -447,7 +456,12 @@ fn a_dropped_request_times_out_on_the_core_deadline() {
 fn stale_responses_are_ignored() {
     let fake = FakeIg::default();
     let clock = VirtualClock::new();
-    let mut m = IgSession::new(session_config(&fake, LoginFlow::V2), clock.now()).unwrap();
+    let mut m = IgSession::new(
+        session_config(&fake, LoginFlow::V2),
+        broker_session::RngSeed::from_u64(1),
+        clock.now(),
+    )
+    .unwrap();
     let now = clock.now();
     m.submit(IgIntent::Login, now).unwrap();
     let broker_session::Output::Send(t) = m.poll_output(now) else {

@@ -50,7 +50,7 @@ fn run(flow: LoginFlow, wrong_password: bool) -> Vec<String> {
     if wrong_password {
         fake.config.password = "other-secret".into();
     }
-    let mut m = IgSession::new(cfg, clock.now()).unwrap();
+    let mut m = IgSession::new(cfg, broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
     let now = clock.now();
     m.submit(IgIntent::Login, now).unwrap();
     drive(&mut m, &mut fake, &mut clock, &mut out);
@@ -131,7 +131,12 @@ fn the_check_would_catch_a_leak() {
     // Sanity: the secrets exist and the persisted form (explicitly exposed) has them.
     let mut fake = FakeIg::default();
     let mut clock = VirtualClock::new();
-    let mut m = IgSession::new(session_config(&fake, LoginFlow::V3), clock.now()).unwrap();
+    let mut m = IgSession::new(
+        session_config(&fake, LoginFlow::V3),
+        broker_session::RngSeed::from_u64(1),
+        clock.now(),
+    )
+    .unwrap();
     m.submit(IgIntent::Login, clock.now()).unwrap();
     let mut out = Vec::new();
     drive(&mut m, &mut fake, &mut clock, &mut out);

@@ -304,13 +304,14 @@ impl StateMachineTest for IbkrMachineTest {
         let clock = VirtualClock::new();
         let (fake, config) = if m.oauth {
             let (fake, oauth) = FakeIbkr::oauth(false);
-            let mut config = FakeIbkr::oauth_config(oauth, 7);
+            let mut config = FakeIbkr::oauth_config(oauth);
             config.base_url = "https://api.ibkr.com/v1/api".into();
             (fake, config)
         } else {
-            (FakeIbkr::gateway(), FakeIbkr::gateway_config(7))
+            (FakeIbkr::gateway(), FakeIbkr::gateway_config())
         };
-        let machine = IbkrSession::new(config, clock.now()).unwrap();
+        let machine =
+            IbkrSession::new(config, broker_session::RngSeed::from_u64(7), clock.now()).unwrap();
         let broker = Faulty::new(fake, FaultPlan::default(), clock.now());
         let mut sim = Sim::with_clock(machine, broker, clock);
         sim.latency = Duration::ZERO;

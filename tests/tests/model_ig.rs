@@ -577,7 +577,12 @@ impl StateMachineTest for IgMachineTest {
     fn init_test(m: &Model) -> Harness {
         let fake = FakeIg::default();
         let clock = VirtualClock::new();
-        let machine = IgSession::new(session_config(&fake, m.flow), clock.now()).unwrap();
+        let machine = IgSession::new(
+            session_config(&fake, m.flow),
+            broker_session::RngSeed::from_u64(1),
+            clock.now(),
+        )
+        .unwrap();
         let broker = Faulty::new(fake, FaultPlan::default(), clock.now());
         let mut sim = Sim::with_clock(machine, broker, clock);
         // Exchanges take no virtual time, so the model can predict every instant.
@@ -843,7 +848,7 @@ proptest! {
         let clock = VirtualClock::new();
         let flow = if v3 { LoginFlow::V3 } else { LoginFlow::V2 };
         let config = session_config(&fake, flow);
-        let machine = IgSession::new(config.clone(), clock.now()).unwrap();
+        let machine = IgSession::new(config.clone(), broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
         let mut first = Sim::with_clock(machine, fake, clock);
         first.latency = Duration::ZERO;
         first.run(IgIntent::Login).unwrap();
@@ -857,7 +862,7 @@ proptest! {
             fake.revoke_access_tokens();
         }
         let logins_before = fake.stats.count("POST /session");
-        let machine = IgSession::new(config, clock.now()).unwrap();
+        let machine = IgSession::new(config, broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
         let mut broker = Faulty::new(fake, FaultPlan::default(), clock.now());
         if let Some(f) = fault {
             broker.fail_next(Target::Any, f.failure());

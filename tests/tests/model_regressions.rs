@@ -10,7 +10,12 @@ use broker_session_testkit::sim::{Sim, VirtualClock};
 
 fn gateway_sim(fake: FakeIbkr) -> Sim<IbkrSession, FakeIbkr> {
     let clock = VirtualClock::new();
-    let machine = IbkrSession::new(FakeIbkr::gateway_config(3), clock.now()).unwrap();
+    let machine = IbkrSession::new(
+        FakeIbkr::gateway_config(),
+        broker_session::RngSeed::from_u64(3),
+        clock.now(),
+    )
+    .unwrap();
     Sim::with_clock(machine, fake, clock)
 }
 
@@ -19,9 +24,10 @@ fn oauth_sim(
     oauth: broker_session::ibkr::OAuthConfig,
 ) -> Sim<IbkrSession, FakeIbkr> {
     let clock = VirtualClock::new();
-    let mut config = FakeIbkr::oauth_config(oauth, 3);
+    let mut config = FakeIbkr::oauth_config(oauth);
     config.base_url = "https://api.ibkr.com/v1/api".into();
-    let machine = IbkrSession::new(config, clock.now()).unwrap();
+    let machine =
+        IbkrSession::new(config, broker_session::RngSeed::from_u64(3), clock.now()).unwrap();
     Sim::with_clock(machine, fake, clock)
 }
 
@@ -66,8 +72,12 @@ fn encrypted_ig() -> Sim<broker_session::ig::IgSession, broker_session_testkit::
     use broker_session_testkit::ig::{FakeIg, session_config};
     let fake = FakeIg::default();
     let clock = VirtualClock::new();
-    let machine =
-        IgSession::new(session_config(&fake, LoginFlow::EncryptedV2), clock.now()).unwrap();
+    let machine = IgSession::new(
+        session_config(&fake, LoginFlow::EncryptedV2),
+        broker_session::RngSeed::from_u64(1),
+        clock.now(),
+    )
+    .unwrap();
     Sim::with_clock(machine, fake, clock)
 }
 

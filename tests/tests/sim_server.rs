@@ -43,7 +43,6 @@ fn sim_server_serves_an_ig_login() {
         field("api key:").as_str(),
         field("identifier:").as_str(),
         field("password:").as_str(),
-        broker_session_ureq::os_seed().expect("seed"),
     );
     cfg.login_flow = LoginFlow::V3;
     let client = Client::ig(cfg, &Config::default()).expect("client");

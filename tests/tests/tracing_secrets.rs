@@ -82,6 +82,7 @@ fn ig_flows() {
         let request = accounts_request(&fake);
         let machine = IgSession::new(
             config,
+            broker_session::RngSeed::from_u64(1),
             broker_session_testkit::sim::VirtualClock::new().now(),
         )
         .expect("session");
@@ -105,6 +106,7 @@ fn ig_flows() {
     fake.config.password = "another-secret".into();
     let machine = IgSession::new(
         config,
+        broker_session::RngSeed::from_u64(1),
         broker_session_testkit::sim::VirtualClock::new().now(),
     )
     .expect("session");
@@ -118,9 +120,10 @@ fn ibkr_flows() -> Vec<String> {
         ACCESS_TOKEN.to_owned(),
         oauth.access_token_secret.expose_secret().to_owned(),
     ];
-    let config = FakeIbkr::oauth_config(oauth, 7);
+    let config = FakeIbkr::oauth_config(oauth);
     let machine = IbkrSession::new(
         config,
+        broker_session::RngSeed::from_u64(7),
         broker_session_testkit::sim::VirtualClock::new().now(),
     )
     .expect("session");
@@ -129,7 +132,8 @@ fn ibkr_flows() -> Vec<String> {
     sim.advance(Duration::from_secs(300));
     sim.run(IbkrIntent::Logout).expect("logout");
     let gateway = IbkrSession::new(
-        FakeIbkr::gateway_config(8),
+        FakeIbkr::gateway_config(),
+        broker_session::RngSeed::from_u64(8),
         broker_session_testkit::sim::VirtualClock::new().now(),
     )
     .expect("session");

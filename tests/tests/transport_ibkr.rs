@@ -19,7 +19,6 @@ fn serve(fake: FakeIbkr, cert: CertMode) -> (Server, Arc<Mutex<FakeIbkr>>) {
 fn gateway_config(server: &Server) -> IbkrConfig {
     let mut c = IbkrConfig::gateway();
     c.base_url = format!("{}{BASE_PATH}", server.https_url());
-    c.rng_seed = broker_session_ureq::os_seed().expect("seed");
     c
 }
 
@@ -28,7 +27,6 @@ fn oauth_setup() -> (Server, Arc<Mutex<FakeIbkr>>, IbkrConfig) {
     let (server, fake) = serve(fake, CertMode::CaSigned);
     let mut c = IbkrConfig::oauth(oauth);
     c.base_url = format!("{}{BASE_PATH}", server.https_url());
-    c.rng_seed = broker_session_ureq::os_seed().expect("seed");
     (server, fake, c)
 }
 
@@ -130,7 +128,12 @@ mod nonblocking {
     #[tokio::test]
     async fn oauth_flow_over_https() {
         let (server, fake, config) = oauth_setup();
-        let machine = IbkrSession::new(config, broker_session_hyper::now()).expect("machine");
+        let machine = IbkrSession::new(
+            config,
+            broker_session::RngSeed::from_u64(1),
+            broker_session_hyper::now(),
+        )
+        .expect("machine");
         let s = Session::new(machine, &trusting(&server)).expect("session");
         s.connect().await.expect("connect");
         assert_eq!(s.state(), IbkrState::Ready);

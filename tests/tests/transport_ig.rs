@@ -29,7 +29,6 @@ fn ig_config(server: &Server, fake: &Mutex<FakeIg>, flow: LoginFlow) -> IgConfig
         f.config.api_key.as_str(),
         f.config.identifier.as_str(),
         f.config.password.as_str(),
-        broker_session_ureq::os_seed().expect("seed"),
     );
     c.login_flow = flow;
     c
@@ -237,6 +236,7 @@ mod nonblocking {
         let (http, config) = http(&server);
         let machine = IgSession::new(
             ig_config(&server, &fake, LoginFlow::V2),
+            broker_session::RngSeed::from_u64(1),
             broker_session_hyper::now(),
         )
         .expect("machine");
@@ -259,6 +259,7 @@ mod nonblocking {
         let (http, config) = http(&server);
         let machine = IgSession::new(
             ig_config(&server, &fake, LoginFlow::V3),
+            broker_session::RngSeed::from_u64(1),
             broker_session_hyper::now(),
         )
         .expect("machine");
@@ -318,7 +319,12 @@ mod nonblocking {
         let (http, config) = http(&server);
         let mut cfg = ig_config(&server, &fake, LoginFlow::V3);
         cfg.refresh_margin = Duration::from_millis(1500);
-        let machine = IgSession::new(cfg, broker_session_hyper::now()).expect("machine");
+        let machine = IgSession::new(
+            cfg,
+            broker_session::RngSeed::from_u64(1),
+            broker_session_hyper::now(),
+        )
+        .expect("machine");
         let s = Session::with_http(machine, http, &config).expect("session");
         s.login().await.expect("login");
         let keep_alive = s.keep_alive();
@@ -349,6 +355,7 @@ mod nonblocking {
         for _ in 0..4 {
             let m = IgSession::new(
                 ig_config(&server, &fake, LoginFlow::V3),
+                broker_session::RngSeed::from_u64(1),
                 broker_session_hyper::now(),
             )
             .expect("machine");

@@ -67,7 +67,7 @@ proptest! {
         let fake = FakeIg::default();
         let clock = VirtualClock::new();
         let flow = if v3 { LoginFlow::V3 } else { LoginFlow::V2 };
-        let machine = IgSession::new(session_config(&fake, flow), clock.now()).unwrap();
+        let machine = IgSession::new(session_config(&fake, flow), broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
         let mut sim = Sim::with_clock(machine, Faulty::new(fake, plan, clock.now()), clock);
 
         for _minute in 0..20 {
@@ -114,7 +114,7 @@ proptest! {
         plan in faults::fault_plan(faults::ibkr_failure(), faults::ibkr_target(), 0..8, Duration::from_secs(600)),
     ) {
         let clock = VirtualClock::new();
-        let machine = IbkrSession::new(FakeIbkr::gateway_config(1), clock.now()).unwrap();
+        let machine = IbkrSession::new(FakeIbkr::gateway_config(), broker_session::RngSeed::from_u64(1), clock.now()).unwrap();
         let mut sim = Faulty::sim(machine, FakeIbkr::gateway(), plan, clock);
         for _minute in 0..20 {
             let _ = call_iserver(&mut sim);

@@ -10,7 +10,7 @@ use broker_session::ig::{
     SessionInfo, SessionSnapshot,
 };
 
-use crate::{Config, Error, Session, now};
+use crate::{Config, Error, Session, now, os_seed};
 
 /// IG Markets sessions.
 ///
@@ -26,11 +26,11 @@ use crate::{Config, Error, Session, now};
 /// # Ok(()) }
 /// ```
 impl Session<IgSession> {
-    /// Builds an [`IgSession`] from `session` (fill its `rng_seed` with
-    /// [`os_seed`](crate::os_seed)) and a session client for it, with its own
+    /// Builds an [`IgSession`] from `session`, seeded from the operating system
+    /// ([`os_seed`]), and a session client for it, with its own
     /// [`HttpClient`](crate::HttpClient). Must be called inside a tokio runtime.
     pub fn ig(session: IgConfig, config: &Config) -> Result<Self, Error> {
-        let machine = IgSession::new(session, now()).map_err(Error::Usage)?;
+        let machine = IgSession::new(session, os_seed()?, now()).map_err(Error::Session)?;
         Self::new(machine, config)
     }
 
@@ -112,12 +112,13 @@ fn auth_status(outcome: IbkrOutcome) -> Result<AuthStatus, Error> {
 
 /// Interactive Brokers sessions (Client Portal Gateway or OAuth 1.0a).
 impl Session<IbkrSession> {
-    /// Builds an [`IbkrSession`] from `session` and a session client for it (inside
+    /// Builds an [`IbkrSession`] from `session`, seeded from the operating system
+    /// ([`os_seed`]), and a session client for it (inside
     /// a tokio runtime). For a gateway
     /// with its self-signed certificate, set [`Config::tls`] to
     /// [`Tls::Pem`](crate::Tls::Pem) with that certificate.
     pub fn ibkr(session: IbkrConfig, config: &Config) -> Result<Self, Error> {
-        let machine = IbkrSession::new(session, now()).map_err(Error::Session)?;
+        let machine = IbkrSession::new(session, os_seed()?, now()).map_err(Error::Session)?;
         Self::new(machine, config)
     }
 

@@ -10,7 +10,7 @@ use broker_session::ig::{
     SessionInfo, SessionSnapshot,
 };
 
-use crate::{Client, Config, Error, now};
+use crate::{Client, Config, Error, now, os_seed};
 
 /// IG Markets sessions.
 ///
@@ -26,10 +26,10 @@ use crate::{Client, Config, Error, now};
 /// # Ok(()) }
 /// ```
 impl Client<IgSession> {
-    /// Builds an [`IgSession`] from `session` (fill its `rng_seed` with
-    /// [`os_seed`](crate::os_seed)) and a client for it.
+    /// Builds an [`IgSession`] from `session`, seeded from the operating system
+    /// ([`os_seed`]), and a client for it.
     pub fn ig(session: IgConfig, config: &Config) -> Result<Self, Error> {
-        let machine = IgSession::new(session, now()).map_err(Error::Usage)?;
+        let machine = IgSession::new(session, os_seed()?, now()).map_err(Error::Session)?;
         Self::new(machine, config)
     }
 
@@ -111,11 +111,12 @@ fn auth_status(outcome: IbkrOutcome) -> Result<AuthStatus, Error> {
 
 /// Interactive Brokers sessions (Client Portal Gateway or OAuth 1.0a).
 impl Client<IbkrSession> {
-    /// Builds an [`IbkrSession`] from `session` and a client for it. For a gateway
+    /// Builds an [`IbkrSession`] from `session`, seeded from the operating system
+    /// ([`os_seed`]), and a client for it. For a gateway
     /// with its self-signed certificate, set [`Config::tls`] to
     /// [`Tls::Pem`](crate::Tls::Pem) with that certificate.
     pub fn ibkr(session: IbkrConfig, config: &Config) -> Result<Self, Error> {
-        let machine = IbkrSession::new(session, now()).map_err(Error::Session)?;
+        let machine = IbkrSession::new(session, os_seed()?, now()).map_err(Error::Session)?;
         Self::new(machine, config)
     }
 

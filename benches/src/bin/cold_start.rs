@@ -22,13 +22,11 @@ use broker_session_testkit::ig::FakeIgConfig;
 
 fn ig_config(base: &str, flow: LoginFlow) -> Result<IgConfig, String> {
     let f = FakeIgConfig::default();
-    let seed = broker_session_ureq::os_seed().map_err(|e| e.to_string())?;
     let mut c = IgConfig::new(
         IgEnvironment::Custom(format!("{base}{}", f.prefix)),
         f.api_key.as_str(),
         f.identifier.as_str(),
         f.password.as_str(),
-        seed,
     );
     c.login_flow = flow;
     Ok(c)
@@ -82,7 +80,6 @@ fn run(mode: &str, base: &str) -> Result<u16, String> {
         "ibkr" => {
             let mut cfg = IbkrConfig::gateway();
             cfg.base_url = format!("{base}/v1/api");
-            cfg.rng_seed = broker_session_ureq::os_seed().map_err(|e| e.to_string())?;
             let accounts = format!("{}/iserver/accounts", cfg.base_url);
             let client =
                 broker_session_ureq::Client::ibkr(cfg, &config).map_err(|e| e.to_string())?;

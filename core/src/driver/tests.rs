@@ -34,7 +34,7 @@ impl Machine for Fake {
     type State = u32;
     type Outcome = u32;
 
-    fn submit(&mut self, intent: u32, _now: Now) -> Result<OpId, UsageError> {
+    fn submit(&mut self, intent: u32, now: Now) -> Result<OpId, UsageError> {
         if intent == 0 {
             return Err(UsageError::QueueFull);
         }
@@ -44,7 +44,11 @@ impl Machine for Fake {
         let request = http::Request::get("https://broker.test/session")
             .body(Vec::new())
             .unwrap();
-        self.queue.push_back(Output::Send(Transmit { id, request }));
+        self.queue.push_back(Output::Send(Transmit {
+            id,
+            request,
+            deadline: now.mono + Duration::from_secs(30),
+        }));
         Ok(op)
     }
 

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use crate::machine::RngSeed;
 use crate::secret::{AccessToken, AccessTokenSecret, PrivateKeyPem};
 
 /// Default base URL of a local Client Portal Gateway.
@@ -187,9 +186,6 @@ pub struct IbkrConfig {
     pub throttle_backoff: Duration,
     /// The core's own deadline for an answer to each request. Default 30 s.
     pub request_timeout: Duration,
-    /// Seed of the session's random generator (DH secrets, nonces, RSA blinding).
-    /// Transports fill it from the OS; default all zeros, for tests only.
-    pub rng_seed: RngSeed,
 }
 
 impl IbkrConfig {
@@ -218,7 +214,6 @@ impl IbkrConfig {
             reauthenticate_method: ReauthenticateMethod::Post,
             throttle_backoff: Duration::from_secs(15 * 60),
             request_timeout: Duration::from_secs(30),
-            rng_seed: RngSeed([0; 32]),
         }
     }
 }

@@ -13,7 +13,7 @@ use super::{IbkrIntent, IbkrOutcome, IbkrState};
 use crate::error::{ActionRequired, Error, ProtocolError, UsageError};
 use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
-    Transmit, TransportFailure,
+    RngSeed, Transmit, TransportFailure,
 };
 use crate::rng::{SessionRng, session_rng};
 use crate::secret::LiveSessionToken;
@@ -164,13 +164,20 @@ impl IbkrSession {
     /// A session in [`IbkrState::Disconnected`]. Keys, the DH prime and the access
     /// token secret are parsed (and decrypted) now, so a bad configuration fails here.
     ///
+    /// `seed` seeds the session's random generator (Diffie-Hellman secrets, OAuth
+    /// nonces, RSA blinding). It is an argument, not a configuration field, so that no
+    /// session is built on a default seed by accident: two sessions on one seed would
+    /// send the same DH challenge and nonces. The transports fill it from the operating
+    /// system; tests pass a fixed seed ([`RngSeed::from_u64`]). `now` is the creation
+    /// time (reserved: today nothing is scheduled at creation).
+    ///
     /// # Errors
     /// [`Error::Crypto`] ([`CryptoError::InvalidKey`](crate::CryptoError::InvalidKey)) for a key or prime that does not
     /// parse, [`Error::Usage`] for a bad base URL.
-    pub fn new(config: IbkrConfig, now: Now) -> Result<Self, Error> {
+    pub fn new(config: IbkrConfig, seed: RngSeed, now: Now) -> Result<Self, Error> {
         let _ = now;
         let base = Base::parse(&config.base_url)?;
-        let mut rng = session_rng(&config.rng_seed);
+        let mut rng = session_rng(&seed);
         let signer = match &config.auth {
             IbkrAuth::Gateway => None,
             IbkrAuth::OAuth(o) => Some(Signer::new(o, &mut rng)?),
@@ -551,13 +558,18 @@ impl IbkrSession {
                     }
                     _ => {}
                 }
+                let deadline = now.mono + self.cfg.request_timeout;
                 self.in_flight = Some(InFlight {
                     id,
                     step,
-                    deadline: now.mono + self.cfg.request_timeout,
+                    deadline,
                     dh,
                 });
-                self.out.push_back(Output::Send(Transmit { id, request }));
+                self.out.push_back(Output::Send(Transmit {
+                    id,
+                    request,
+                    deadline,
+                }));
             }
             Err(e) => self.finish(Err(e)),
         }

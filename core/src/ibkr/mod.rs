@@ -34,10 +34,10 @@
 //! ```
 //! use std::time::{Duration, Instant, SystemTime};
 //! use broker_session::ibkr::{IbkrConfig, IbkrIntent, IbkrSession};
-//! use broker_session::{Machine, Now, Output};
+//! use broker_session::{Machine, Now, Output, RngSeed};
 //!
 //! let now = Now::new(Instant::now(), SystemTime::now());
-//! let mut session = IbkrSession::new(IbkrConfig::gateway(), now).unwrap();
+//! let mut session = IbkrSession::new(IbkrConfig::gateway(), RngSeed::from_u64(1), now).unwrap();
 //! let op = session.submit(IbkrIntent::Connect, now).unwrap();
 //! // The first request probes the gateway's status (after a state-change event).
 //! let transmit = loop {

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use crate::error::UsageError;
-use crate::machine::RngSeed;
 use crate::secret::{ApiKey, Password};
 
 /// The IG environment: which REST base URL the session talks to.
@@ -67,9 +66,8 @@ pub const WEB_PLATFORM_LOGIN_URL: &str = "https://api.ig.com/clientsecurity/sess
 ///
 /// ```
 /// use broker_session::ig::{IgConfig, IgEnvironment, LoginFlow};
-/// use broker_session::RngSeed;
 ///
-/// let mut config = IgConfig::new(IgEnvironment::Demo, "my-api-key", "my-user", "my-password", RngSeed::from_u64(7));
+/// let mut config = IgConfig::new(IgEnvironment::Demo, "my-api-key", "my-user", "my-password");
 /// config.login_flow = LoginFlow::V3;
 /// assert!(!format!("{config:?}").contains("my-password"));
 /// ```
@@ -114,9 +112,6 @@ pub struct IgConfig {
     /// URL of the unofficial web-platform login. Default [`WEB_PLATFORM_LOGIN_URL`];
     /// overridable for tests.
     pub web_platform_url: String,
-    /// Seed of the session's random number generator (RSA padding of the encrypted
-    /// password). Transports fill it from the operating system; tests use a fixed seed.
-    pub rng_seed: RngSeed,
 }
 
 impl IgConfig {
@@ -126,7 +121,6 @@ impl IgConfig {
         api_key: impl Into<ApiKey>,
         identifier: impl Into<String>,
         password: impl Into<Password>,
-        rng_seed: RngSeed,
     ) -> Self {
         Self {
             environment,
@@ -143,7 +137,6 @@ impl IgConfig {
             account_id: None,
             fetch_streaming_tokens: false,
             web_platform_url: WEB_PLATFORM_LOGIN_URL.to_owned(),
-            rng_seed,
         }
     }
 
@@ -265,13 +258,7 @@ mod tests {
 
     #[test]
     fn defaults_are_documented_values_and_debug_redacts() {
-        let c = IgConfig::new(
-            IgEnvironment::Live,
-            "key-123",
-            "user",
-            "pw-xyz",
-            RngSeed::from_u64(1),
-        );
+        let c = IgConfig::new(IgEnvironment::Live, "key-123", "user", "pw-xyz");
         assert_eq!(c.login_flow, LoginFlow::V2);
         assert_eq!(c.refresh_margin, Duration::from_secs(10));
         assert_eq!(c.request_deadline, Duration::from_secs(30));

@@ -207,8 +207,13 @@ impl Machine for TestMachine {
                     }
                 }
                 let rid = RequestId(self.id());
-                self.current = Some((op, rid, intent, now.mono + self.request_deadline));
-                return Output::Send(Transmit { id: rid, request });
+                let deadline = now.mono + self.request_deadline;
+                self.current = Some((op, rid, intent, deadline));
+                return Output::Send(Transmit {
+                    id: rid,
+                    request,
+                    deadline,
+                });
             }
         }
         let deadlines = [self.current.as_ref().map(|c| c.3), self.next_tick];

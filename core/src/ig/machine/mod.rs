@@ -24,7 +24,7 @@ use super::{
 use crate::error::{Error, ProtocolError, UsageError};
 use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
-    Transmit, TransportFailure,
+    RngSeed, Transmit, TransportFailure,
 };
 use crate::rng::{SessionRng, session_rng};
 use crate::secret::{
@@ -43,9 +43,9 @@ const MAX_QUEUE: usize = 64;
 /// use broker_session::{Machine, Now, RngSeed};
 /// use std::time::{Instant, SystemTime};
 ///
-/// let config = IgConfig::new(IgEnvironment::Demo, "key", "user", "password", RngSeed::from_u64(1));
+/// let config = IgConfig::new(IgEnvironment::Demo, "key", "user", "password");
 /// let now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH);
-/// let mut session = IgSession::new(config, now).unwrap();
+/// let mut session = IgSession::new(config, RngSeed::from_u64(1), now).unwrap();
 /// assert_eq!(session.state(), IgState::LoggedOut);
 /// let _login = session.submit(IgIntent::Login, now).unwrap();
 /// ```
@@ -147,16 +147,23 @@ enum Next {
 impl IgSession {
     /// A logged-out session.
     ///
+    /// `seed` seeds the session's random generator (RSA padding of the encrypted
+    /// password). It is an argument, not a configuration field, so that no session is
+    /// built on a default seed by accident: the transports fill it from the operating
+    /// system; tests pass a fixed seed ([`RngSeed::from_u64`]) so every byte is
+    /// reproducible. `now` is the creation time (reserved: today nothing is scheduled
+    /// at creation).
+    ///
     /// # Errors
-    /// [`UsageError::InvalidArgument`] for a configuration that cannot work: an empty
-    /// API key, a base URL that is not an absolute http(s) URL, the web-platform login
-    /// on demo.
-    pub fn new(config: IgConfig, now: Now) -> Result<Self, UsageError> {
+    /// [`Error::Usage`] ([`UsageError::InvalidArgument`]) for a configuration that
+    /// cannot work: an empty API key, a base URL that is not an absolute http(s) URL,
+    /// the web-platform login on demo, a zero deadline.
+    pub fn new(config: IgConfig, seed: RngSeed, now: Now) -> Result<Self, Error> {
         let _ = now;
-        let base = config.validate()?;
+        let base = config.validate().map_err(Error::Usage)?;
         let base_str = config.environment.base_url().to_owned();
         Ok(Self {
-            rng: session_rng(&config.rng_seed),
+            rng: session_rng(&seed),
             base,
             base_str,
             cfg: config,

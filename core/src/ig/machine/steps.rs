@@ -132,13 +132,13 @@ impl IgSession {
             match self.request_for(&step) {
                 Ok(request) => {
                     let id = self.ids.request();
-                    self.in_flight = Some(InFlight {
+                    let deadline = now.mono + self.cfg.request_deadline;
+                    self.in_flight = Some(InFlight { id, step, deadline });
+                    self.outbox.push_back(Output::Send(Transmit {
                         id,
-                        step,
-                        deadline: now.mono + self.cfg.request_deadline,
-                    });
-                    self.outbox
-                        .push_back(Output::Send(Transmit { id, request }));
+                        request,
+                        deadline,
+                    }));
                     return;
                 }
                 Err(e) => {
