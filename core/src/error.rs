@@ -84,6 +84,18 @@ pub enum Error {
     /// The operation was cancelled before it completed: the session was logged out
     /// or lost while it waited.
     Cancelled,
+    /// A login request may have reached the broker, but its answer never came: the
+    /// core's request deadline passed, or the transport failed after the request may
+    /// have been sent. It was not sent again, because a repeated login with a password
+    /// the broker may have just rejected can lock the account. If the broker's answer
+    /// still arrives and rejects the credentials, the session closes with
+    /// [`Error::CredentialsRejected`]. Retryable: logging in again later can succeed.
+    LoginUnanswered {
+        /// The endpoint, e.g. `POST /session`.
+        endpoint: &'static str,
+        /// The transport's failure, or `None` when the core's own deadline passed.
+        failure: Option<TransportFailure>,
+    },
     /// The operation made no sense in the session's state.
     Usage(UsageError),
 }
@@ -100,6 +112,7 @@ impl Error {
                 | Self::Protocol(_)
                 | Self::Unauthorized(_)
                 | Self::Cancelled
+                | Self::LoginUnanswered { .. }
         )
     }
 
@@ -143,6 +156,18 @@ impl fmt::Display for Error {
                 f.write_str("operation cancelled: the session ended before it completed")
             }
             Self::Usage(e) => write!(f, "usage error: {e}"),
+            Self::LoginUnanswered { endpoint, failure } => {
+                match failure {
+                    Some(t) => write!(f, "{endpoint}: the answer never came ({t})")?,
+                    None => write!(
+                        f,
+                        "{endpoint}: the answer never came before the request deadline"
+                    )?,
+                }
+                f.write_str(
+                    "; the login may have reached the broker, so nothing was retried (a repeated login with rejected credentials can lock the account): check the credentials and the network, then log in again",
+                )
+            }
         }
     }
 }

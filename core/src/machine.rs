@@ -114,7 +114,10 @@ impl std::error::Error for TransportFailure {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FailureKind {
-    /// Could not connect (refused, DNS, unreachable).
+    /// Could not connect (refused, DNS, unreachable): no connection was open, so no
+    /// byte of the request can have reached the server. The core relies on this to
+    /// resend even a login; a transport reports it only when that holds (a failure on
+    /// an already open or pooled connection is [`Io`](Self::Io)).
     Connect,
     /// The TLS handshake or certificate check failed.
     Tls,

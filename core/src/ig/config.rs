@@ -56,6 +56,9 @@ pub enum LoginFlow {
     WebPlatform,
 }
 
+/// The longest duration a configuration field takes effect with: one year.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The default URL of the web-platform login ([`LoginFlow::WebPlatform`]).
 pub const WEB_PLATFORM_LOGIN_URL: &str = "https://api.ig.com/clientsecurity/session";
 
@@ -86,22 +89,24 @@ pub struct IgConfig {
     pub login_flow: LoginFlow,
     /// How long before a v3 access token expires it is refreshed. Default 10 s. Clamped
     /// to at most half the token's lifetime, so a short-lived token is never refreshed
-    /// in a loop.
+    /// in a loop (and to at most a year).
     pub refresh_margin: Duration,
     /// How long the session waits for the answer to one of its own requests before it
-    /// treats the request as failed. Default 30 s.
+    /// treats the request as failed. Default 30 s; at most a year (longer values are
+    /// clamped). A login whose answer does not come in time is never sent again.
     pub request_deadline: Duration,
     /// Attempts per session request on server errors (5xx) and transport failures,
     /// including the first. Default 3. Rejected credentials are never retried.
     pub max_attempts: u32,
-    /// Delay before the first retry; doubles on each further retry. Default 1 s.
+    /// Delay before the first retry; doubles on each further retry. Default 1 s; at
+    /// most a year (longer values are clamped).
     pub retry_delay: Duration,
     /// How long to back off after an allowance error (`exceeded-*-allowance`, 403) or a
-    /// 429. Default 60 s.
+    /// 429. Default 60 s; at most a year (longer values are clamped).
     pub allowance_backoff: Duration,
     /// How long to back off when IG throttles logins (401
     /// `service.security.authentication.failure-invalid-client-security-token` on
-    /// `POST /session`). Default 3 minutes.
+    /// `POST /session`). Default 3 minutes; at most a year (longer values are clamped).
     pub login_throttle_backoff: Duration,
     /// An account to select after every login. Default `None` (stay on the account
     /// IG selects).
@@ -138,6 +143,21 @@ impl IgConfig {
             fetch_streaming_tokens: false,
             web_platform_url: WEB_PLATFORM_LOGIN_URL.to_owned(),
         }
+    }
+
+    /// The configuration with every duration capped at [`MAX_DURATION`], so no
+    /// deadline computed from it can come near `Instant`'s range.
+    pub(crate) fn clamped(mut self) -> Self {
+        for d in [
+            &mut self.refresh_margin,
+            &mut self.request_deadline,
+            &mut self.retry_delay,
+            &mut self.allowance_backoff,
+            &mut self.login_throttle_backoff,
+        ] {
+            *d = (*d).min(MAX_DURATION);
+        }
+        self
     }
 
     pub(crate) fn validate(&self) -> Result<BaseUrl, UsageError> {

@@ -34,7 +34,10 @@ impl Machine for IgSession {
                 op.target_account = Some(account_id);
                 op
             }
-            IgIntent::Logout => self.new_op(Kind::Logout),
+            IgIntent::Logout => {
+                self.cancel_for_logout(now);
+                self.new_op(Kind::Logout)
+            }
             IgIntent::Resume(snapshot) => {
                 if snapshot.base_url.trim_end_matches('/') != self.base_str {
                     return Err(UsageError::InvalidArgument {
@@ -63,6 +66,9 @@ impl Machine for IgSession {
             Input::Response { id, response } => {
                 if let Some(f) = self.in_flight.take_if(|f| f.id == id) {
                     self.on_response(f.step, &response, now);
+                } else if let Some(i) = self.abandoned_logins.iter().position(|a| *a == id) {
+                    self.abandoned_logins.remove(i);
+                    self.on_late_login_answer(&response, now);
                 }
             }
             Input::Failed { id, failure } => {
@@ -102,6 +108,10 @@ impl Machine for IgSession {
         }
         if let Some(until) = self.backoff_until.filter(|t| *t > now.mono) {
             return Err(AuthorizeError::BackingOff { until });
+        }
+        if self.logout_pending() {
+            // The credentials are being given up: none are handed out any more.
+            return Err(AuthorizeError::NotLoggedIn);
         }
         // Credentials being replaced (or not yet validated) are not handed out.
         let replacing = self
@@ -171,6 +181,9 @@ impl Machine for IgSession {
                     || (self.tokens.is_none() && self.credential_op().is_none())
                 {
                     Observation::Lost(self.closed.clone().unwrap_or(Error::Unauthorized(api)))
+                } else if self.logout_pending() {
+                    // Logout is final: a refused request starts no recovery after it.
+                    Observation::Lost(Error::Cancelled)
                 } else if stamp.generation < self.generation {
                     Observation::Replay
                 } else if let Some(op) = self.recovery_op().or_else(|| self.credential_op()) {
@@ -186,7 +199,7 @@ impl Machine for IgSession {
                 }
             }
             Action::BackOff { retry_after, .. } => {
-                let until = now.mono + retry_after;
+                let until = now.after(retry_after);
                 let until = self.backoff_until.map_or(until, |u| u.max(until));
                 self.backoff_until = Some(until);
                 Observation::BackOff { until }

@@ -36,6 +36,11 @@ use crate::wire::Ids;
 /// Intents that may wait in the queue at once.
 const MAX_QUEUE: usize = 64;
 
+/// Abandoned login requests remembered for their late answers. Each is one login
+/// whose answer never came in time; a handful covers every realistic case, and the
+/// oldest is forgotten first.
+const MAX_ABANDONED: usize = 4;
+
 /// An IG Markets session: a sans-IO [`Machine`].
 ///
 /// ```
@@ -78,6 +83,9 @@ pub struct IgSession {
     in_flight: Option<InFlight>,
     outbox: VecDeque<Output<IgState, IgOutcome>>,
     last_state: IgState,
+    /// Login requests (they carry the password) given up on before their answer came.
+    /// A late answer to one of them still counts if it rejects the credentials.
+    abandoned_logins: VecDeque<RequestId>,
 }
 
 enum Tokens {
@@ -131,6 +139,10 @@ struct Op {
     details: Option<SessionDetails>,
     streaming_tokens: bool,
     already_active: bool,
+    /// A logout was submitted while this operation had a request in flight: the
+    /// answer is applied (it may hold tokens the logout must end), then the operation
+    /// completes as [`Error::Cancelled`] without sending anything more.
+    cancelled: bool,
 }
 
 struct InFlight {
@@ -161,6 +173,7 @@ impl IgSession {
     pub fn new(config: IgConfig, seed: RngSeed, now: Now) -> Result<Self, Error> {
         let _ = now;
         let base = config.validate().map_err(Error::Usage)?;
+        let config = config.clamped();
         let base_str = config.environment.base_url().to_owned();
         Ok(Self {
             rng: session_rng(&seed),
@@ -186,6 +199,7 @@ impl IgSession {
             in_flight: None,
             outbox: VecDeque::new(),
             last_state: IgState::LoggedOut,
+            abandoned_logins: VecDeque::new(),
         })
     }
 
@@ -325,7 +339,25 @@ impl IgSession {
             details: None,
             streaming_tokens: false,
             already_active: false,
+            cancelled: false,
         }
+    }
+
+    /// A logout is queued or running: nothing but it may be sent, and nothing may be
+    /// started (no recovery, no refresh) until it ends.
+    fn logout_pending(&self) -> bool {
+        self.current
+            .iter()
+            .chain(self.queue.iter())
+            .any(|o| o.kind == Kind::Logout)
+    }
+
+    /// Remembers a login request given up on, for its late answer.
+    fn abandon_login(&mut self, id: RequestId) {
+        if self.abandoned_logins.len() >= MAX_ABANDONED {
+            self.abandoned_logins.pop_front();
+        }
+        self.abandoned_logins.push_back(id);
     }
 
     fn login_steps(&self) -> Vec<Step> {
@@ -404,7 +436,7 @@ impl IgSession {
                 let left = expires_at.saturating_duration_since(now.mono);
                 if !left.is_zero() {
                     let margin = self.cfg.refresh_margin.min(left / 2);
-                    self.refresh_at = Some(expires_at - margin);
+                    self.refresh_at = Some(expires_at.checked_sub(margin).unwrap_or(now.mono));
                 }
                 Tokens::OAuth {
                     access,

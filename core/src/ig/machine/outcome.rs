@@ -1,7 +1,8 @@
 //! What each answer, failure or timeout does to the running operation.
 
-use super::steps::{step_endpoint, step_endpoint_name};
+use super::steps::{sends_password, step_endpoint, step_endpoint_name};
 use super::*;
+use crate::machine::FailureKind;
 
 impl IgSession {
     pub(super) fn on_response(&mut self, step: Step, response: &http::Response<Vec<u8>>, now: Now) {
@@ -159,10 +160,10 @@ impl IgSession {
     }
 
     pub(super) fn set_oauth(&mut self, t: decode::OAuthTokens, now: Now) {
-        let expires_at = now.mono + t.expires_in;
+        let expires_at = now.after(t.expires_in);
         // The margin stays at most half the lifetime, so short tokens never loop.
         let margin = self.cfg.refresh_margin.min(t.expires_in / 2);
-        self.refresh_at = Some(expires_at - margin);
+        self.refresh_at = Some(expires_at.checked_sub(margin).unwrap_or(now.mono));
         self.tokens = Some(Tokens::OAuth {
             access: t.access_token,
             refresh: t.refresh_token,
@@ -220,9 +221,14 @@ impl IgSession {
                 Next::Continue
             }
             Action::BackOff { error, retry_after } => {
-                let until = now.mono + retry_after;
+                let until = now.after(retry_after);
                 self.backoff_until = Some(self.backoff_until.map_or(until, |u| u.max(until)));
                 Next::Done(Err(Error::Throttled { error, retry_after }))
+            }
+            // A login is repeated only after an answer that says IG did not judge it
+            // (a server error), never after a 4xx whatever its code.
+            Action::Retry(api) if sends_password(&step) && api.status < 500 => {
+                Next::Done(Err(Error::Unavailable(api)))
             }
             Action::Retry(api) => self.retry(step, Error::Unavailable(api), now),
             Action::AlreadyDone(_) => {
@@ -264,12 +270,15 @@ impl IgSession {
         let Some(op) = self.current.as_mut() else {
             return Next::Done(Err(e));
         };
+        if op.cancelled {
+            return Next::Done(Err(e));
+        }
         op.attempts += 1;
         if op.attempts >= max {
             return Next::Done(Err(e));
         }
         let factor = 1u32 << (op.attempts - 1).min(10);
-        op.retry_at = Some(now.mono + delay.saturating_mul(factor).max(Duration::from_millis(1)));
+        op.retry_at = Some(now.after(delay.saturating_mul(factor).max(Duration::from_millis(1))));
         op.steps.push_front(step);
         if fresh_key {
             op.steps.push_front(Step::EncKey);
@@ -280,12 +289,88 @@ impl IgSession {
     pub(super) fn on_failure(&mut self, step: Step, e: Error, now: Now) {
         let next = if step == Step::Logout {
             Next::Done(Ok(()))
+        } else if sends_password(&step) {
+            match e {
+                // No connection was opened: the password never left, so try again.
+                Error::Transport(f) if f.kind == FailureKind::Connect => {
+                    self.retry(step, Error::Transport(f), now)
+                }
+                Error::Transport(f) => Next::Done(Err(Error::LoginUnanswered {
+                    endpoint: step_endpoint_name(&step),
+                    failure: Some(f),
+                })),
+                e => Next::Done(Err(e)),
+            }
         } else {
             self.retry(step, e, now)
         };
         match next {
             Next::Continue => self.advance(now),
             Next::Done(r) => self.finish(r, now),
+        }
+    }
+
+    /// The answer to a login request given up on earlier (its deadline passed).
+    ///
+    /// A rejection still counts: bad credentials (and the other fatal answers) close
+    /// the session as if the answer had come in time, whatever runs now, so nobody
+    /// logs in again with a rejected password; a throttling answer starts its
+    /// back-off.
+    ///
+    /// A late *success* is ignored and its tokens dropped. The login's operation has
+    /// already failed; adopting the tokens now would make the session active without
+    /// the rest of that login (selecting the configured account, fetching streaming
+    /// tokens), could undo a logout submitted meanwhile, or replace the credentials of
+    /// a newer login. Ignoring it costs one idle session at IG, which expires there by
+    /// itself; the application logs in again as the failed operation told it to.
+    pub(super) fn on_late_login_answer(&mut self, response: &http::Response<Vec<u8>>, now: Now) {
+        let status = response.status();
+        if !(status.is_client_error() || status.is_server_error()) {
+            return;
+        }
+        let code = decode::error_code(response.body());
+        match classify(
+            Endpoint::Login,
+            status.as_u16(),
+            code.as_deref(),
+            self.backoffs(),
+        ) {
+            Action::Close(e) => {
+                self.close(e, now);
+                // The running operation's request was dropped with the session.
+                if self.current.is_some() {
+                    self.finish(Err(Error::Cancelled), now);
+                }
+            }
+            Action::BackOff { retry_after, .. } if self.closed.is_none() => {
+                let until = now.after(retry_after);
+                self.backoff_until = Some(self.backoff_until.map_or(until, |u| u.max(until)));
+            }
+            _ => {}
+        }
+    }
+
+    /// A logout was submitted: every other queued operation completes as cancelled,
+    /// the running one as soon as its request (if any) is answered, and no refresh or
+    /// retry timer is left.
+    pub(super) fn cancel_for_logout(&mut self, now: Now) {
+        for op in std::mem::take(&mut self.queue) {
+            self.outbox.push_back(Output::Event(Event::Completed {
+                op: op.id,
+                result: Err(Error::Cancelled),
+            }));
+        }
+        self.refresh_at = None;
+        let in_flight = self.in_flight.is_some();
+        if let Some(op) = self.current.as_mut() {
+            if op.kind == Kind::Logout {
+                return;
+            }
+            op.cancelled = true;
+            op.retry_at = None;
+            if !in_flight {
+                self.finish(Err(Error::Cancelled), now);
+            }
         }
     }
 
@@ -339,6 +424,15 @@ impl IgSession {
             return;
         };
         self.in_flight = None;
+        if op.cancelled {
+            // Cancelled by a logout: whatever the operation reached, it reports
+            // `Cancelled` and leaves the session to the logout (no loss, no retry).
+            self.outbox.push_back(Output::Event(Event::Completed {
+                op: op.id,
+                result: Err(Error::Cancelled),
+            }));
+            return;
+        }
         let not_logged_in = || Error::Usage(UsageError::NotLoggedIn);
         let result: Result<IgOutcome, Error> = match (op.kind, result) {
             (Kind::Logout, _) => {
@@ -419,7 +513,7 @@ impl IgSession {
                 } else if !expired && self.tokens.is_some() {
                     // Try again later while the current token still works.
                     self.refresh_at =
-                        Some(now.mono + self.cfg.retry_delay.max(Duration::from_secs(1)));
+                        Some(now.after(self.cfg.retry_delay.max(Duration::from_secs(1))));
                 }
             }
             Kind::Read { .. } | Kind::Switch { .. } => {

@@ -9,11 +9,24 @@ impl IgSession {
         }
         if let Some(f) = self.in_flight.take_if(|f| f.deadline <= now.mono) {
             let endpoint = step_endpoint_name(&f.step);
-            self.on_failure(
-                f.step,
-                Error::Protocol(ProtocolError::NoResponse { endpoint }),
-                now,
-            );
+            if sends_password(&f.step) {
+                // The login may have reached IG: never sent again. Its answer, should
+                // it still come, is judged by `on_late_login_answer`.
+                self.abandon_login(f.id);
+                self.finish(
+                    Err(Error::LoginUnanswered {
+                        endpoint,
+                        failure: None,
+                    }),
+                    now,
+                );
+            } else {
+                self.on_failure(
+                    f.step,
+                    Error::Protocol(ProtocolError::NoResponse { endpoint }),
+                    now,
+                );
+            }
         }
         if self.in_flight.is_none()
             && self
@@ -26,6 +39,10 @@ impl IgSession {
                 op.retry_at = None;
             }
             self.advance(now);
+        }
+        if self.logout_pending() {
+            // A logout ends the session: no refresh is due any more.
+            self.refresh_at = None;
         }
         if self.refresh_at.is_some_and(|t| t <= now.mono) && self.closed.is_none() {
             self.refresh_at = None;
@@ -114,7 +131,15 @@ impl IgSession {
             let Some(op) = self.current.as_mut() else {
                 return;
             };
-            if op.retry_at.is_some() || self.in_flight.is_some() {
+            if self.in_flight.is_some() {
+                return;
+            }
+            if op.cancelled {
+                // A logout was submitted: nothing more is sent for this operation.
+                self.finish(Err(Error::Cancelled), now);
+                return;
+            }
+            if op.retry_at.is_some() {
                 return;
             }
             let Some(step) = op.steps.pop_front() else {
@@ -132,7 +157,7 @@ impl IgSession {
             match self.request_for(&step) {
                 Ok(request) => {
                     let id = self.ids.request();
-                    let deadline = now.mono + self.cfg.request_deadline;
+                    let deadline = now.after(self.cfg.request_deadline);
                     self.in_flight = Some(InFlight { id, step, deadline });
                     self.outbox.push_back(Output::Send(Transmit {
                         id,
@@ -250,6 +275,14 @@ impl IgSession {
             })),
         }
     }
+}
+
+/// Whether the step's request carries the password: such a request is never sent
+/// twice unless the first provably never left (see [`FailureKind::Connect`]).
+///
+/// [`FailureKind::Connect`]: crate::FailureKind::Connect
+pub(super) fn sends_password(step: &Step) -> bool {
+    matches!(step, Step::Login | Step::WebLogin)
 }
 
 pub(super) fn step_endpoint(step: &Step) -> Endpoint {
