@@ -19,11 +19,12 @@ use common::{Intent, TestMachine, start_server};
 // A server that answers late.
 
 /// Accepts connections, records each request line, and answers `reply` only `delay`
-/// after the request arrived.
+/// after the request arrived, unless the client hangs up first.
 struct LateServer {
     url: String,
     requests: Arc<Mutex<Vec<String>>>,
     answered: Arc<AtomicBool>,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl LateServer {
@@ -32,11 +33,16 @@ impl LateServer {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let answered = Arc::new(AtomicBool::new(false));
-        let (r, a) = (Arc::clone(&requests), Arc::clone(&answered));
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let (r, a, gone) = (
+            Arc::clone(&requests),
+            Arc::clone(&answered),
+            Arc::clone(&abandoned),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let (r, a) = (Arc::clone(&r), Arc::clone(&a));
+                let (r, a, gone) = (Arc::clone(&r), Arc::clone(&a), Arc::clone(&gone));
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
                     let Some((head, _)) = read_head(&mut reader) else {
@@ -49,7 +55,13 @@ impl LateServer {
                     }
                     let line = head.lines().next().unwrap_or_default().to_owned();
                     lock(&r).push(line);
-                    std::thread::sleep(delay);
+                    // Wait for the delay, watching for the client hanging up.
+                    stream.set_read_timeout(Some(delay)).expect("read timeout");
+                    let mut byte = [0];
+                    if let Ok(0) = reader.read(&mut byte) {
+                        gone.store(true, Ordering::SeqCst);
+                        return;
+                    }
                     a.store(true, Ordering::SeqCst);
                     let mut stream = stream;
                     // The client may have gone: that is what the tests expect.
@@ -61,7 +73,17 @@ impl LateServer {
             url,
             requests,
             answered,
+            abandoned,
         }
+    }
+
+    /// Waits until the client hung up or the server answered (after the delay); true
+    /// if the client hung up first.
+    fn client_hung_up_first(&self) -> bool {
+        while !self.answered() && !self.abandoned.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.abandoned.load(Ordering::SeqCst)
     }
 
     fn requests(&self) -> Vec<String> {
@@ -125,10 +147,16 @@ fn ig_config(base: &str) -> IgConfig {
     c
 }
 
+/// The transport itself gave up on the exchange (closed the connection) before the
+/// late answer, and the server saw exactly one login.
 fn assert_one_abandoned_login(server: &LateServer, outcome: &dyn std::fmt::Debug) {
     assert!(
         !server.answered(),
         "the client waited for an answer the machine no longer expected: {outcome:?}"
+    );
+    assert!(
+        server.client_hung_up_first(),
+        "the exchange outlived the machine's deadline: {outcome:?}"
     );
     let requests = server.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
