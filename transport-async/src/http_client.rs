@@ -2,26 +2,39 @@
 //! the machine built them and mapping every failure to a [`TransportFailure`].
 
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use broker_session::{FailureKind, TransportFailure};
+use broker_session::{FailureKind, TransportFailure, deadline_after};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderValue, USER_AGENT};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as LegacyClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
-use crate::config::{Config, Tls, is_loopback};
+use crate::config::{self, Config, Tls};
 use crate::error::Error;
 use crate::tls;
 
 /// How long an idle pooled connection is kept: shorter than the idle timeouts
 /// brokers' load balancers commonly use, so a kept connection is rarely found dead.
-const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(50);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
-type Pool = LegacyClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// How long before a session request's [`Transmit::deadline`] the transport gives up
+/// on the exchange (or a tenth of the time left, if less), so that the failure reaches
+/// the machine while it still waits for it.
+///
+/// [`Transmit::deadline`]: broker_session::Transmit::deadline
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
+type Pool = LegacyClient<HttpsConnector<Route>, Full<Bytes>>;
 
 /// A pooled HTTP client: connections, TLS trust, timeouts, limits.
 ///
@@ -36,9 +49,11 @@ pub struct HttpClient {
 struct Settings {
     user_agent: HeaderValue,
     max_body: usize,
-    request_timeout: std::time::Duration,
+    request_timeout: Duration,
     insecure: bool,
     allow_plain_http: bool,
+    proxied: bool,
+    loopback_through_proxy: bool,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -47,26 +62,36 @@ impl std::fmt::Debug for HttpClient {
             .field("user_agent", &self.settings.user_agent)
             .field("max_body", &self.settings.max_body)
             .field("insecure", &self.settings.insecure)
+            .field("proxied", &self.settings.proxied)
             .finish_non_exhaustive()
     }
 }
 
 impl HttpClient {
     /// Builds a client from `config`. Fails if the PEM text of [`Tls::Pem`] holds no
-    /// parseable certificate, or the user agent is not a valid header value. Needs no
-    /// runtime; requests must run inside a tokio runtime.
+    /// parseable certificate, the user agent is not a valid header value, a timeout is
+    /// zero, or the proxy settings are unusable. Needs no runtime; requests must run
+    /// inside a tokio runtime.
     pub fn new(config: &Config) -> Result<Self, Error> {
         let user_agent = HeaderValue::from_str(&config.user_agent)
             .map_err(|_| Error::Config("the user agent is not a valid header value".into()))?;
+        let request_timeout = config::timeout(config.request_timeout, "request_timeout")?;
+        let connect_timeout = config::timeout(config.connect_timeout, "connect_timeout")?;
+        let (proxy, loopback_through_proxy) = config::proxy(config)?;
         let tls_config = tls::client_config(&config.tls)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_connect_timeout(Some(connect_timeout));
+        let route = Route {
+            tunnel: proxy.clone().map(|p| Tunnel::new(p, http.clone())),
+            proxy: proxy.clone(),
+            direct: http,
+        };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(route);
         let pool = LegacyClient::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -76,20 +101,53 @@ impl HttpClient {
             settings: Arc::new(Settings {
                 user_agent,
                 max_body: config.max_body,
-                request_timeout: config.request_timeout,
+                request_timeout,
                 insecure: matches!(config.tls, Tls::InsecureLoopbackOnly),
                 allow_plain_http: config.allow_plain_http,
+                proxied: proxy.is_some(),
+                loopback_through_proxy,
             }),
         })
     }
 
     /// Sends `request` as it is (no redirect followed, status codes passed through)
-    /// and reads the whole response body, within the configured limits.
+    /// and reads the whole response body, within the configured limits and
+    /// [`Config::request_timeout`].
     pub async fn execute(
         &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
+        self.exchange(request, None).await
+    }
+
+    /// Like [`execute`](Self::execute), but gives up on the exchange shortly before
+    /// `deadline` (by [`DEADLINE_MARGIN`], or a tenth of the time left if less) if
+    /// that comes before [`Config::request_timeout`]: pass a
+    /// [`Transmit::deadline`](broker_session::Transmit::deadline), so the machine hears
+    /// of the failure ([`FailureKind::Timeout`]) while it still waits for the answer.
+    /// A deadline already (nearly) passed fails at once, without sending.
+    pub async fn execute_before(
+        &self,
+        request: http::Request<Vec<u8>>,
+        deadline: Instant,
+    ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
+        self.exchange(request, Some(deadline)).await
+    }
+
+    async fn exchange(
+        &self,
         mut request: http::Request<Vec<u8>>,
+        deadline: Option<Instant>,
     ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
         self.check_target(request.uri())?;
+        let now = Instant::now();
+        let budget = exchange_budget(self.settings.request_timeout, now, deadline);
+        if budget.is_zero() {
+            return Err(TransportFailure::new(
+                FailureKind::Timeout,
+                "timeout: the session's deadline for this request had passed; not sent",
+            ));
+        }
         let headers = request.headers_mut();
         if !headers.contains_key(USER_AGENT) {
             headers.insert(USER_AGENT, self.settings.user_agent.clone());
@@ -105,6 +163,7 @@ impl HttpClient {
         }
         let request = request.map(|b| Full::new(Bytes::from(b)));
         let max_body = self.settings.max_body;
+        // One deadline around connect, send and the whole body.
         let exchange = async {
             let response = self.pool.request(request).await.map_err(classify_client)?;
             let (parts, body) = response.into_parts();
@@ -115,7 +174,8 @@ impl HttpClient {
                 .to_bytes();
             Ok(http::Response::from_parts(parts, body.to_vec()))
         };
-        match tokio::time::timeout(self.settings.request_timeout, exchange).await {
+        let give_up = deadline_after(now, budget);
+        match tokio::time::timeout_at(give_up.into(), exchange).await {
             Ok(r) => r,
             Err(_) => Err(TransportFailure::new(
                 FailureKind::Timeout,
@@ -126,23 +186,136 @@ impl HttpClient {
 
     /// Refuses, before any connection, what the configuration forbids.
     fn check_target(&self, uri: &http::Uri) -> Result<(), TransportFailure> {
-        let loopback = is_loopback(uri.host().unwrap_or(""));
-        match uri.scheme_str() {
-            Some("https") if self.settings.insecure && !loopback => Err(TransportFailure::new(
-                FailureKind::Tls,
-                "certificate verification is disabled, which is allowed for loopback hosts only: request refused",
-            )),
-            Some("https") => Ok(()),
-            Some("http") if loopback || self.settings.allow_plain_http => Ok(()),
-            Some("http") => Err(TransportFailure::new(
-                FailureKind::Other,
-                "plain http to a non-loopback host is refused (set Config::allow_plain_http to allow it)",
-            )),
-            _ => Err(TransportFailure::new(
-                FailureKind::Other,
-                "the request URI has no http or https scheme",
-            )),
+        let s = &self.settings;
+        match config::refusal(
+            uri,
+            s.insecure,
+            s.allow_plain_http,
+            s.proxied,
+            s.loopback_through_proxy,
+        ) {
+            Some(failure) => Err(failure),
+            None => Ok(()),
         }
+    }
+}
+
+/// How long an exchange may take: `timeout`, and for a session request no longer than
+/// until shortly before the machine's `deadline` for it. Zero: do not start it.
+fn exchange_budget(timeout: Duration, now: Instant, deadline: Option<Instant>) -> Duration {
+    let Some(deadline) = deadline else {
+        return timeout;
+    };
+    let left = deadline.saturating_duration_since(now);
+    let margin = DEADLINE_MARGIN.min(left / 10);
+    timeout.min(left.saturating_sub(margin))
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Where connections go: straight to the target, or through the configured proxy
+/// (a `CONNECT` tunnel for `https`, the proxy itself for plain `http`, to which the
+/// pool then sends requests in absolute form).
+#[derive(Clone)]
+pub(crate) struct Route {
+    direct: HttpConnector,
+    proxy: Option<http::Uri>,
+    tunnel: Option<Tunnel<HttpConnector>>,
+}
+
+impl tower_service::Service<http::Uri> for Route {
+    type Response = RouteIo;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<RouteIo, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        tower_service::Service::poll_ready(&mut self.direct, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, target: http::Uri) -> Self::Future {
+        let https = target.scheme_str() == Some("https");
+        match (&self.proxy, &mut self.tunnel) {
+            (Some(_), Some(tunnel)) if https => {
+                let connecting = tunnel.call(target);
+                Box::pin(async move {
+                    Ok(RouteIo {
+                        io: connecting.await?,
+                        proxied: false,
+                    })
+                })
+            }
+            (Some(proxy), _) => {
+                let connecting = self.direct.call(proxy.clone());
+                Box::pin(async move {
+                    Ok(RouteIo {
+                        io: connecting.await?,
+                        proxied: !https,
+                    })
+                })
+            }
+            (None, _) => {
+                let connecting = self.direct.call(target);
+                Box::pin(async move {
+                    Ok(RouteIo {
+                        io: connecting.await?,
+                        proxied: false,
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// A connection opened by [`Route`]: says whether it goes to an HTTP proxy (so the
+/// pool writes absolute-form request targets).
+pub(crate) struct RouteIo {
+    io: TokioIo<TcpStream>,
+    proxied: bool,
+}
+
+impl Connection for RouteIo {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.proxied)
+    }
+}
+
+impl hyper::rt::Read for RouteIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for RouteIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
 

@@ -32,8 +32,16 @@
 //! It makes no protocol decision. It sends requests exactly as the machine built
 //! them, adds only `User-Agent` and `Content-Length` (on every `POST`, `PUT` and
 //! `PATCH`, `0` when empty), never follows a redirect, passes every status through,
-//! limits the response body, enforces connect and request timeouts, and maps every
-//! failure to a [`TransportFailure`](broker_session::TransportFailure).
+//! limits the response body, ends every exchange within one overall deadline
+//! ([`Config::request_timeout`], and for a session request before the machine's own
+//! deadline for it), and maps every failure to a
+//! [`TransportFailure`](broker_session::TransportFailure).
+//!
+//! # Proxies
+//!
+//! None unless [`Config::proxy`] is set (the proxy environment variables are not
+//! read). Through a proxy, no host counts as loopback (see
+//! [`Config::trust_loopback_proxy`]).
 //!
 //! # Cancellation
 //!
@@ -47,7 +55,8 @@
 //! ([`Tls::WebPkiRoots`]), or certificates you give in PEM ([`Tls::Pem`], for the
 //! IBKR gateway's self-signed certificate). [`Tls::InsecureLoopbackOnly`] turns
 //! verification off and is refused for any non-loopback host. Plain `http://` is
-//! allowed to loopback hosts only, unless [`Config::allow_plain_http`] is set.
+//! allowed to loopback hosts only, unless [`Config::allow_plain_http`] is set. Through a
+//! [`Config::proxy`], no host counts as loopback.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -65,7 +74,7 @@ use broker_session::{Now, RngSeed};
 
 pub use config::{Config, Tls};
 pub use error::Error;
-pub use http_client::HttpClient;
+pub use http_client::{DEADLINE_MARGIN, HttpClient};
 pub use keep_alive::KeepAlive;
 pub use session::Session;
 

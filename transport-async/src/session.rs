@@ -87,7 +87,7 @@ where
                 id: t.id,
                 done: false,
             };
-            self.runtime.spawn(feed.exchange(t.request));
+            self.runtime.spawn(feed.exchange(t.request, t.deadline));
         }
         if pump.changed {
             self.changed.notify_waiters();
@@ -178,8 +178,8 @@ where
     M::State: Send,
     M::Outcome: Send,
 {
-    async fn exchange(mut self, request: http::Request<Vec<u8>>) {
-        let input = match self.inner.http.execute(request).await {
+    async fn exchange(mut self, request: http::Request<Vec<u8>>, deadline: Instant) {
+        let input = match self.inner.http.execute_before(request, deadline).await {
             Ok(response) => Input::Response {
                 id: self.id,
                 response,

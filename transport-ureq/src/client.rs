@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use broker_session::driver::{Driver, SessionEvent};
-use broker_session::{AuthorizeError, Input, Machine, Observation, OpId};
+use broker_session::{AuthorizeError, Input, Machine, Observation, OpId, deadline_after};
 
 use crate::error::Error;
 use crate::http_client::HttpClient;
@@ -78,7 +78,7 @@ impl<M: Machine> Inner<M> {
             let inputs: Vec<Input> = pump
                 .transmits
                 .into_iter()
-                .map(|t| match self.http.execute(t.request) {
+                .map(|t| match self.http.execute_before(t.request, t.deadline) {
                     Ok(response) => Input::Response { id: t.id, response },
                     Err(failure) => Input::Failed { id: t.id, failure },
                 })
@@ -284,9 +284,10 @@ impl<M: Machine> Client<M> {
         self.inner.lock().drain_events()
     }
 
-    /// Waits up to `timeout` for the next event, driving the machine meanwhile.
+    /// Waits up to `timeout` for the next event, driving the machine meanwhile. Any
+    /// duration is accepted: `Duration::MAX` waits as long as it takes.
     pub fn next_event(&self, timeout: Duration) -> Option<SessionEvent<M>> {
-        let end = Instant::now() + timeout;
+        let end = deadline_after(Instant::now(), timeout);
         let mut g = self.inner.lock();
         loop {
             g = self.inner.drive(g);

@@ -3,12 +3,14 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use broker_session::{FailureKind, TransportFailure};
 use http::header::{CONTENT_LENGTH, HeaderValue, USER_AGENT};
 
-use crate::config::{Config, Tls, is_loopback};
+use crate::config::{self, Config, Tls};
 use crate::error::Error;
+use crate::resolve::CachingResolver;
 
 /// A configured HTTP client: connection pool, TLS trust, timeouts, limits.
 ///
@@ -20,11 +22,21 @@ pub struct HttpClient {
     settings: Arc<Settings>,
 }
 
+/// How long before a session request's [`Transmit::deadline`] the transport gives up
+/// on the exchange (or a tenth of the time left, if less), so that the failure reaches
+/// the machine while it still waits for it.
+///
+/// [`Transmit::deadline`]: broker_session::Transmit::deadline
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
 struct Settings {
     user_agent: HeaderValue,
     max_body: usize,
+    request_timeout: Duration,
     insecure: bool,
     allow_plain_http: bool,
+    proxied: bool,
+    loopback_through_proxy: bool,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -33,17 +45,29 @@ impl std::fmt::Debug for HttpClient {
             .field("user_agent", &self.settings.user_agent)
             .field("max_body", &self.settings.max_body)
             .field("insecure", &self.settings.insecure)
+            .field("proxied", &self.settings.proxied)
             .finish_non_exhaustive()
     }
 }
 
 impl HttpClient {
     /// Builds a client from `config`. Fails if the PEM text of
-    /// [`Tls::Pem`] holds no parseable certificate, or the user agent is not a valid
-    /// header value.
+    /// [`Tls::Pem`] holds no parseable certificate, the user agent is not a valid
+    /// header value, a timeout is zero, or the proxy settings are unusable.
     pub fn new(config: &Config) -> Result<Self, Error> {
         let user_agent = HeaderValue::from_str(&config.user_agent)
             .map_err(|_| Error::Config("the user agent is not a valid header value".into()))?;
+        let request_timeout = config::timeout(config.request_timeout, "request_timeout")?;
+        let connect_timeout = config::timeout(config.connect_timeout, "connect_timeout")?;
+        let (proxy_uri, loopback_through_proxy) = config::proxy(config)?;
+        // Never `Proxy::try_from_env`: a proxy is used only when configured.
+        let proxy = match &proxy_uri {
+            Some(uri) => Some(
+                ureq::Proxy::new(&uri.to_string())
+                    .map_err(|_| Error::Config("Config::proxy is not a usable proxy URI".into()))?,
+            ),
+            None => None,
+        };
         let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
         let mut insecure = false;
         match &config.tls {
@@ -54,40 +78,75 @@ impl HttpClient {
                 tls = tls.disable_verification(true);
             }
         }
-        let agent = ureq::Agent::config_builder()
+        let agent_config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent(config.user_agent.as_str())
             .accept_encoding("")
-            // Per phase rather than `timeout_global`: ureq re-arms the socket
-            // timeouts on every read and write under a global deadline, which
-            // measured 3-6x slower per request on loopback.
-            .timeout_send_request(Some(config.request_timeout))
-            .timeout_send_body(Some(config.request_timeout))
-            .timeout_recv_response(Some(config.request_timeout))
-            .timeout_recv_body(Some(config.request_timeout))
-            .timeout_connect(Some(config.connect_timeout))
+            .proxy(proxy)
+            // One budget for the whole exchange (connect, send, response head and
+            // body). Cheap only with the caching resolver: see `resolve.rs` and
+            // `benches/exchange_deadline.rs`.
+            .timeout_per_call(Some(request_timeout))
+            .timeout_connect(Some(connect_timeout))
             .tls_config(tls.build())
-            .build()
-            .new_agent();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            agent_config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            CachingResolver::default(),
+        );
         Ok(Self {
             agent,
             settings: Arc::new(Settings {
                 user_agent,
                 max_body: config.max_body,
+                request_timeout,
                 insecure,
                 allow_plain_http: config.allow_plain_http,
+                proxied: proxy_uri.is_some(),
+                loopback_through_proxy,
             }),
         })
     }
 
     /// Sends `request` as it is (no redirect followed, status codes passed through)
-    /// and reads the whole response body, within the configured limits.
+    /// and reads the whole response body, within the configured limits and
+    /// [`Config::request_timeout`].
     pub fn execute(
         &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
+        self.exchange(request, None)
+    }
+
+    /// Like [`execute`](Self::execute), but gives up on the exchange shortly before
+    /// `deadline` (by [`DEADLINE_MARGIN`], or a tenth of the time left if less) if
+    /// that comes before [`Config::request_timeout`]: pass a
+    /// [`Transmit::deadline`](broker_session::Transmit::deadline), so the machine hears
+    /// of the failure ([`FailureKind::Timeout`]) while it still waits for the answer.
+    /// A deadline already (nearly) passed fails at once, without sending.
+    pub fn execute_before(
+        &self,
+        request: http::Request<Vec<u8>>,
+        deadline: Instant,
+    ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
+        self.exchange(request, Some(deadline))
+    }
+
+    fn exchange(
+        &self,
         mut request: http::Request<Vec<u8>>,
+        deadline: Option<Instant>,
     ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
         self.check_target(request.uri())?;
+        let budget = exchange_budget(self.settings.request_timeout, Instant::now(), deadline);
+        if budget.is_zero() {
+            return Err(TransportFailure::new(
+                FailureKind::Timeout,
+                "timeout: the session's deadline for this request had passed; not sent",
+            ));
+        }
         let headers = request.headers_mut();
         if !headers.contains_key(USER_AGENT) {
             headers.insert(USER_AGENT, self.settings.user_agent.clone());
@@ -100,6 +159,15 @@ impl HttpClient {
         if needs_length {
             let len = HeaderValue::from(request.body().len());
             request.headers_mut().insert(CONTENT_LENGTH, len);
+        }
+        // The agent's per-call timeout is the configured one; only a shorter budget
+        // (the machine's deadline comes first) costs a per-request configuration.
+        if budget < self.settings.request_timeout {
+            request = self
+                .agent
+                .configure_request(request)
+                .timeout_per_call(Some(budget))
+                .build();
         }
         let response = self.agent.run(request).map_err(classify)?;
         let (parts, body) = response.into_parts();
@@ -114,29 +182,33 @@ impl HttpClient {
 
     /// Refuses, before any connection, what the configuration forbids.
     fn check_target(&self, uri: &http::Uri) -> Result<(), TransportFailure> {
-        let host = uri.host().unwrap_or("");
-        let loopback = is_loopback(host);
-        match uri.scheme_str() {
-            Some("https") => {
-                if self.settings.insecure && !loopback {
-                    return Err(TransportFailure::new(
-                        FailureKind::Tls,
-                        "certificate verification is disabled, which is allowed for loopback hosts only: request refused",
-                    ));
-                }
-                Ok(())
-            }
-            Some("http") if loopback || self.settings.allow_plain_http => Ok(()),
-            Some("http") => Err(TransportFailure::new(
-                FailureKind::Other,
-                "plain http to a non-loopback host is refused (set Config::allow_plain_http to allow it)",
-            )),
-            _ => Err(TransportFailure::new(
-                FailureKind::Other,
-                "the request URI has no http or https scheme",
-            )),
+        let s = &self.settings;
+        match config::refusal(
+            uri,
+            s.insecure,
+            s.allow_plain_http,
+            s.proxied,
+            s.loopback_through_proxy,
+        ) {
+            Some(failure) => Err(failure),
+            None => Ok(()),
         }
     }
+}
+
+/// How long an exchange may take: `timeout`, and for a session request no longer than
+/// until shortly before the machine's `deadline` for it. Zero: do not start it.
+pub(crate) fn exchange_budget(
+    timeout: Duration,
+    now: Instant,
+    deadline: Option<Instant>,
+) -> Duration {
+    let Some(deadline) = deadline else {
+        return timeout;
+    };
+    let left = deadline.saturating_duration_since(now);
+    let margin = DEADLINE_MARGIN.min(left / 10);
+    timeout.min(left.saturating_sub(margin))
 }
 
 fn parse_pem(pem: &[u8]) -> Result<ureq::tls::RootCerts, Error> {
@@ -175,6 +247,10 @@ fn classify(e: ureq::Error) -> TransportFailure {
         E::LargeResponseHeader(..) => (
             FailureKind::BodyTooLarge,
             "response headers too large".to_owned(),
+        ),
+        E::ConnectProxyFailed(_) => (
+            FailureKind::Connect,
+            "the proxy did not open a tunnel".to_owned(),
         ),
         E::BodyStalled => (FailureKind::Timeout, "response body stalled".to_owned()),
         // Other variants can quote URLs or proxy settings: keep the detail generic.

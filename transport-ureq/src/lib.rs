@@ -28,9 +28,16 @@
 //! response and when to retry. The transport sends requests exactly as built, adds
 //! only `User-Agent` and `Content-Length` (on every `POST`, `PUT` and `PATCH`, `0`
 //! when empty), never follows a redirect (a `3xx` goes to the machine as it is),
-//! passes every status through, limits the response body, enforces connect and
-//! request timeouts, and maps every failure to a
+//! passes every status through, limits the response body, ends every exchange
+//! within one overall deadline ([`Config::request_timeout`], and for a session request
+//! before the machine's own deadline for it), and maps every failure to a
 //! [`TransportFailure`](broker_session::TransportFailure).
+//!
+//! # Proxies
+//!
+//! None unless [`Config::proxy`] is set: the proxy environment variables
+//! (`HTTPS_PROXY` and the like) are ignored. Through a proxy, no host counts as
+//! loopback (see [`Config::trust_loopback_proxy`]).
 //!
 //! # TLS
 //!
@@ -39,7 +46,8 @@
 //! certificates you give in PEM ([`Tls::Pem`], for the IBKR Client Portal Gateway's
 //! self-signed certificate). [`Tls::InsecureLoopbackOnly`] turns verification off and
 //! is refused for any host that is not a loopback address. Plain `http://` is
-//! allowed to loopback hosts only, unless [`Config::allow_plain_http`] is set.
+//! allowed to loopback hosts only, unless [`Config::allow_plain_http`] is set. Through a
+//! [`Config::proxy`], no host counts as loopback.
 //!
 //! # Logs
 //!
@@ -55,6 +63,7 @@ mod config;
 mod error;
 mod http_client;
 mod keep_alive;
+mod resolve;
 
 use std::time::{Instant, SystemTime};
 
@@ -63,7 +72,7 @@ use broker_session::{Now, RngSeed};
 pub use client::Client;
 pub use config::{Config, Tls};
 pub use error::Error;
-pub use http_client::HttpClient;
+pub use http_client::{DEADLINE_MARGIN, HttpClient};
 pub use keep_alive::KeepAlive;
 
 /// The current time from the operating system's clocks.
