@@ -143,7 +143,6 @@ fn ig_config(base: &str) -> IgConfig {
     );
     c.login_flow = LoginFlow::V2;
     c.request_deadline = Duration::from_secs(2);
-    c.max_attempts = 1;
     c
 }
 

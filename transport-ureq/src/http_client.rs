@@ -262,7 +262,10 @@ fn classify(e: ureq::Error) -> TransportFailure {
 fn classify_io(e: &io::Error) -> TransportFailure {
     use io::ErrorKind as K;
     let kind = match e.kind() {
-        K::ConnectionRefused | K::AddrNotAvailable | K::NotConnected => FailureKind::Connect,
+        // Only errors that can happen before a connection exists prove that nothing
+        // was sent (`FailureKind::Connect`, on which a login may be retried).
+        // `NotConnected` can come from a socket that was open, so it is `Io`.
+        K::ConnectionRefused | K::AddrNotAvailable => FailureKind::Connect,
         K::TimedOut | K::WouldBlock => FailureKind::Timeout,
         _ => FailureKind::Io,
     };
