@@ -62,8 +62,8 @@ impl fmt::Display for Leak {
 #[derive(Clone, Default)]
 pub struct SecretScan {
     labels: Vec<String>,
-    /// Secrets as added.
-    added: HashSet<Vec<u8>>,
+    /// Secrets as added, with their labels.
+    added: Vec<(String, Vec<u8>)>,
     /// Secrets and decoded forms, each once.
     seen: HashSet<Vec<u8>>,
     /// Window length → first 8 bytes → (window, origin).
@@ -169,7 +169,9 @@ impl SecretScan {
             "secret `{label}` is shorter than {} bytes",
             Self::WINDOW
         );
-        self.added.insert(secret.to_vec());
+        if !self.added.iter().any(|(_, s)| s == secret) {
+            self.added.push((label.to_owned(), secret.to_vec()));
+        }
         self.add_bytes(label, secret);
         let Ok(text) = std::str::from_utf8(secret) else {
             return;
@@ -190,6 +192,13 @@ impl SecretScan {
             if raw.len() >= Self::WINDOW && raw != secret {
                 self.add_bytes(&format!("{label} (decoded)"), &raw);
             }
+        }
+    }
+
+    /// Adds every secret of `other`.
+    pub fn extend(&mut self, other: &Self) {
+        for (label, secret) in &other.added {
+            self.add(label, secret);
         }
     }
 
