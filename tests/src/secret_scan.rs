@@ -37,6 +37,9 @@ struct Origin {
     form: &'static str,
 }
 
+/// Windows of one length, by their first 8 bytes.
+type Table = HashMap<u64, Vec<(Vec<u8>, Origin)>>;
+
 /// A secret found in output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leak {
@@ -67,7 +70,7 @@ pub struct SecretScan {
     /// Secrets and decoded forms, each once.
     seen: HashSet<Vec<u8>>,
     /// Window length → first 8 bytes → (window, origin).
-    windows: HashMap<usize, HashMap<u64, Vec<(Vec<u8>, Origin)>>>,
+    windows: HashMap<usize, Table>,
 }
 
 impl fmt::Debug for SecretScan {

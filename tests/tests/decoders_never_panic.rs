@@ -660,7 +660,7 @@ fn ig_session_answers_decode_or_fail_typed() {
             json!({"accountId": "Q1", "clientId": 100_001, "accounts": []}),
         ),
     ];
-    run_decoder(&tally, "ig login_v2", &v2, |r| responses::login_v2(r));
+    run_decoder(&tally, "ig login_v2", &v2, responses::login_v2);
     let web = [tpl(
         &cst_headers,
         json!({
@@ -671,9 +671,12 @@ fn ig_session_answers_decode_or_fail_typed() {
             "kycType": "FULL",
         }),
     )];
-    run_decoder(&tally, "ig web_platform_login", &web, |r| {
-        responses::web_platform_login(r)
-    });
+    run_decoder(
+        &tally,
+        "ig web_platform_login",
+        &web,
+        responses::web_platform_login,
+    );
     let v3 = [
         tpl(&[], ig_v3_body(json!("60"))),
         tpl(&[], ig_v3_body(json!(60))),
@@ -697,9 +700,7 @@ fn ig_session_answers_decode_or_fail_typed() {
         tpl(&[], ig_session_body()),
         tpl(&cst_headers, ig_session_body()),
     ];
-    run_decoder(&tally, "ig read_session", &read, |r| {
-        responses::read_session(r)
-    });
+    run_decoder(&tally, "ig read_session", &read, responses::read_session);
     let switch = [
         tpl(
             &[("x-security-token", XST)],
@@ -707,9 +708,12 @@ fn ig_session_answers_decode_or_fail_typed() {
         ),
         tpl(&cst_headers, json!({})),
     ];
-    run_decoder(&tally, "ig switch_account", &switch, |r| {
-        responses::switch_account(r)
-    });
+    run_decoder(
+        &tally,
+        "ig switch_account",
+        &switch,
+        responses::switch_account,
+    );
     let (_, key) = ig_public_key();
     let enc = [
         tpl(
@@ -721,9 +725,7 @@ fn ig_session_answers_decode_or_fail_typed() {
             json!({"encryptionKey": key, "timeStamp": "1601218928621"}),
         ),
     ];
-    run_decoder(&tally, "ig encryption_key", &enc, |r| {
-        responses::encryption_key(r)
-    });
+    run_decoder(&tally, "ig encryption_key", &enc, responses::encryption_key);
     let errors = [
         tpl(&[], json!({"errorCode": "error.security.invalid-details"})),
         tpl(
@@ -935,10 +937,14 @@ fn ig_encryption_key_to_encrypted_password() {
                 Err(e) => no_echo("encrypt_password", format!("{e} {e:?}"))?,
                 Ok(ct) => {
                     let raw = STANDARD.decode(ct.expose_secret()).expect("base64 out");
-                    prop_assert_eq!(raw.len(), 256);
-                    // The real key decrypts it (a few cases: a private RSA operation
-                    // is slow in a debug build).
+                    prop_assert!(!raw.is_empty());
+                    // The real key (2048 bits) decrypts it; a few cases only, as a
+                    // private RSA operation is slow in a debug build. (An edited key
+                    // that still parses is another key, of another size maybe.)
                     let mut n = checked.borrow_mut();
+                    if k.key == key {
+                        prop_assert_eq!(raw.len(), 256);
+                    }
                     if k.key == key && *n < 12 {
                         *n += 1;
                         let inner = sk.decrypt(rsa::Pkcs1v15Encrypt, &raw).expect("decrypts");
