@@ -6,6 +6,7 @@
 //! - [`ig`]: a fake IG Markets REST broker, strict the way IG is.
 //! - [`ibkr`]: a fake Interactive Brokers broker (gateway and OAuth 1.0a modes).
 //! - [`server`]: serves any fake over real HTTP and HTTPS on loopback.
+//! - [`secret_scan`]: finds issued secrets in captured output, in any encoding.
 //! - [`faults`]: generated fault plans and a fault-injecting, request-recording
 //!   broker wrapper for your own property tests.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 
 pub mod ibkr;
 pub mod ig;
+pub mod secret_scan;
 pub mod server;
 pub mod sim;
 
