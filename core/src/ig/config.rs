@@ -176,7 +176,7 @@ impl IgConfig {
             }
             BaseUrl::parse(&self.web_platform_url).map_err(|_| UsageError::InvalidArgument {
                 what: "web_platform_url",
-                reason: "not an absolute http(s) URL",
+                reason: "not an absolute http(s) URL without user info or query",
             })?;
         }
         if self.request_deadline.is_zero() {
@@ -187,7 +187,7 @@ impl IgConfig {
         }
         BaseUrl::parse(self.environment.base_url()).map_err(|_| UsageError::InvalidArgument {
             what: "environment",
-            reason: "base URL is not an absolute http(s) URL",
+            reason: "base URL is not an absolute http(s) URL without user info or query",
         })
     }
 }
@@ -208,7 +208,9 @@ impl BaseUrl {
             return Err(());
         }
         let authority = uri.authority().cloned().ok_or(())?;
-        if uri.query().is_some() {
+        // User info in a base URL (`https://user:pw@host/...`) would be sent with every
+        // request and printed wherever the URL is; IG never uses it.
+        if uri.query().is_some() || authority.as_str().contains('@') {
             return Err(());
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
@@ -251,6 +253,22 @@ fn default_port(s: &http::uri::Scheme) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_urls_with_user_info_are_refused() {
+        for url in [
+            "https://user:pw@demo-api.ig.com/gateway/deal",
+            "https://user@demo-api.ig.com/gateway/deal",
+        ] {
+            let c = IgConfig::new(IgEnvironment::Custom(url.into()), "k", "u", "p");
+            let e = c.validate().unwrap_err();
+            assert!(!format!("{e} {e:?}").contains("pw@"), "{e}");
+            let mut w = IgConfig::new(IgEnvironment::Live, "k", "u", "p");
+            w.login_flow = LoginFlow::WebPlatform;
+            w.web_platform_url = url.into();
+            assert!(w.validate().is_err());
+        }
+    }
 
     #[test]
     fn base_url_covers_only_its_origin_and_prefix() {
