@@ -29,6 +29,7 @@ mod classify;
 mod config;
 mod crypto;
 mod decode;
+mod display;
 mod encode;
 mod machine;
 mod snapshot;
