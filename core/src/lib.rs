@@ -111,6 +111,7 @@ pub mod ibkr;
 pub mod ig;
 
 pub mod driver;
+pub mod env;
 
 pub use error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError, UsageError};
 pub use machine::{

@@ -155,9 +155,9 @@ impl fmt::Display for IbkrOutcome {
             Self::Status(s) => write!(f, "status: {s}"),
             Self::Tickled(t) => write!(f, "tickled: {t}"),
             Self::Validated(v) => write!(f, "validated: {v}"),
-            Self::LoggedOut { status: Some(false) } => {
-                f.write_str("logged out (IBKR answered status false)")
-            }
+            Self::LoggedOut {
+                status: Some(false),
+            } => f.write_str("logged out (IBKR answered status false)"),
             Self::LoggedOut { .. } => f.write_str("logged out"),
         }
     }
@@ -193,7 +193,10 @@ mod tests {
         let s = t.to_string();
         assert!(s.chars().count() <= 100, "{} chars: {s}", s.chars().count());
         assert!(!s.contains("deadbeef"), "{s}");
-        assert!(s.contains("not authenticated, not connected, competing"), "{s}");
+        assert!(
+            s.contains("not authenticated, not connected, competing"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub mod config;
 pub mod decode;
 mod display;
 pub mod encode;
+mod env;
 mod machine;
 pub mod oauth;
 mod readiness;

@@ -5,8 +5,7 @@
 use std::fmt;
 
 use super::{
-    AuthMode, IgAccount, IgOutcome, IgState, LightstreamerCredentials, SessionDetails,
-    SessionInfo,
+    AuthMode, IgAccount, IgOutcome, IgState, LightstreamerCredentials, SessionDetails, SessionInfo,
 };
 use crate::machine::Clipped;
 
@@ -71,7 +70,12 @@ impl fmt::Display for IgAccount {
 /// authenticated, how many accounts the client has (v1/v2 logins list them).
 impl fmt::Display for SessionInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "account {} ({})", Clipped(&self.account_id, 40), self.mode)?;
+        write!(
+            f,
+            "account {} ({})",
+            Clipped(&self.account_id, 40),
+            self.mode
+        )?;
         match self.accounts.len() {
             0 => Ok(()),
             1 => f.write_str(", 1 account"),
@@ -212,10 +216,8 @@ mod tests {
 
     #[test]
     fn states_carry_the_reason_and_no_debug_names() {
-        let e = Error::CredentialsRejected(ApiError::new(
-            401,
-            Some("error.security.invalid-details"),
-        ));
+        let e =
+            Error::CredentialsRejected(ApiError::new(401, Some("error.security.invalid-details")));
         let s = IgState::Closed { reason: e }.to_string();
         assert!(s.starts_with("closed: credentials rejected"), "{s}");
         for state in [
