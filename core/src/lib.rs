@@ -96,6 +96,10 @@
 //! let mut foreign = http::Request::get("https://example.com/accounts").body(()).unwrap();
 //! assert!(ig.authorize(&mut foreign, now).is_err());
 //! ```
+// Where other crates' docs link for this crate's items when its own docs are not
+// built beside theirs (`cargo doc --no-deps -p broker-session-ureq`); without it those
+// links render as plain text. Keep the version in step with Cargo.toml.
+#![doc(html_root_url = "https://docs.rs/broker-session/0.1.0")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
