@@ -49,7 +49,10 @@ fn run() -> Res {
     // Without IG_BASE_URL: a fake IG (kept alive by `_fake`), and its certificate.
     let (config, trust_pem, _fake) = match var("IG_BASE_URL") {
         Some(_) => (IgConfig::from_env()?, None, None),
-        None => fake_ig()?,
+        None => {
+            let (config, pem, fake) = fake_ig()?;
+            (config, Some(pem), Some(fake))
+        }
     };
     let switch_to = var("IG_SWITCH_ACCOUNT");
     let hold = Duration::from_secs(match var("IG_HOLD_SECS") {
@@ -180,7 +183,7 @@ use broker_session_examples::embedded::EmbeddedIg;
 /// Starts the test kit's fake IG on 127.0.0.1 and returns the configuration for it
 /// (the connection variables are the fake's; `IG_FLOW` and `IG_ACCOUNT_ID` still
 /// apply), the certificate to trust, and the fake, which stops when dropped.
-fn fake_ig() -> Result<(IgConfig, Option<Vec<u8>>, Option<EmbeddedIg>), Box<dyn Error>> {
+fn fake_ig() -> Result<(IgConfig, Vec<u8>, EmbeddedIg), Box<dyn Error>> {
     let fake = EmbeddedIg::start(Duration::from_secs(60))?;
     println!("no IG_BASE_URL: using a fake IG at {}", fake.base_url);
     let config = IgConfig::from_lookup(|name| match name {
@@ -191,5 +194,5 @@ fn fake_ig() -> Result<(IgConfig, Option<Vec<u8>>, Option<EmbeddedIg>), Box<dyn 
         other => var(other),
     })?;
     let pem = fake.trust_pem().as_bytes().to_vec();
-    Ok((config, Some(pem), Some(fake)))
+    Ok((config, pem, fake))
 }

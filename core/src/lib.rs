@@ -34,7 +34,7 @@
 //! Every event, state and outcome prints as one short line with `Display`
 //! (`op#2 done: access token refreshed`, `state: active on ABC123 (OAuth tokens)`),
 //! never showing a secret. Configurations can be read from the `IG_*` and `IBKR_*`
-//! environment variables: the table is in [`env`].
+//! environment variables: the table is in [`env`](mod@env).
 //!
 //! This crate re-exports [`http`], whose `Request` and `Response` are in its API:
 //! `use broker_session::http;` needs no `http` dependency of your own and cannot pick
