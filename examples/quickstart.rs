@@ -1,6 +1,6 @@
 //! The quickstart: every session flow of the library, on both transports, against
 //! fake brokers served in-process over HTTPS on 127.0.0.1. No account, no network,
-//! no configuration; done in about fifteen seconds.
+//! no configuration; done in about ten seconds.
 //!
 //! ```text
 //! cargo run --example quickstart
@@ -18,10 +18,11 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use broker_session::ibkr::{IbkrConfig, IbkrOutcome};
-use broker_session::ig::{IgConfig, IgEnvironment, IgOutcome, LoginFlow};
+use std::fmt::Display;
+
 use broker_session_examples::embedded::{EmbeddedGateway, EmbeddedIbkrOAuth, EmbeddedIg};
-use broker_session_examples::lines;
+use broker_session_ureq::http;
+use broker_session_ureq::{IbkrConfig, IgConfig, IgEnvironment, LoginFlow};
 
 type Res = Result<(), Box<dyn Error>>;
 
@@ -71,9 +72,17 @@ fn run() -> Res {
     Ok(())
 }
 
-/// Prints what a call returned, in the same columns as the event lines.
-fn said(what: &str, line: String) {
-    println!("  {what:<11} {line}");
+/// Prints what a call returned.
+fn said(what: &str, line: impl Display) {
+    println!("  {what}: {line}");
+}
+
+/// IBKR's answer to a logout, in words.
+fn logged_out(status: Option<bool>) -> &'static str {
+    match status {
+        Some(false) => "done (IBKR answered status false)",
+        _ => "done",
+    }
 }
 
 fn section(title: &str) {
@@ -81,13 +90,12 @@ fn section(title: &str) {
 }
 
 fn ig_config(ig: &EmbeddedIg, flow: LoginFlow) -> Result<IgConfig, Box<dyn Error>> {
-    let mut config = IgConfig::new(
-        IgEnvironment::Custom(ig.base_url.clone()),
-        ig.api_key.as_str(),
-        ig.identifier.as_str(),
-        ig.password.as_str(),
-    );
-    config.login_flow = flow;
+    let mut config = IgConfig::builder(IgEnvironment::Custom(ig.base_url.clone()))
+        .api_key(ig.api_key.as_str())
+        .identifier(ig.identifier.as_str())
+        .password(ig.password.as_str())
+        .login_flow(flow)
+        .build()?;
     // Refresh 1 s before the 2 s tokens expire.
     config.refresh_margin = Duration::from_secs(1);
     Ok(config)
@@ -127,9 +135,7 @@ fn oauth_config(oauth: &EmbeddedIbkrOAuth) -> Result<IbkrConfig, Box<dyn Error>>
 
 mod blocking {
     use super::*;
-    use broker_session::ibkr::IbkrSession;
-    use broker_session::ig::IgSession;
-    use broker_session_ureq::{Client, Config, Tls};
+    use broker_session_ureq::{Client, Config, IbkrSession, IgSession, Tls};
 
     fn trusting(pem: &str) -> Config {
         let mut config = Config::default();
@@ -139,13 +145,13 @@ mod blocking {
 
     fn print_ig(client: &Client<IgSession>) {
         for e in client.drain_events() {
-            println!("  {}", lines::ig(&e));
+            println!("  {e}");
         }
     }
 
     fn print_ibkr(client: &Client<IbkrSession>) {
         for e in client.drain_events() {
-            println!("  {}", lines::ibkr(&e));
+            println!("  {e}");
         }
     }
 
@@ -154,17 +160,17 @@ mod blocking {
         let client = Client::ig(ig_config(ig, LoginFlow::V3)?, &trusting(ig.trust_pem()))?;
         let info = client.login()?;
         print_ig(&client);
-        said("login", lines::ig_outcome(&IgOutcome::LoggedIn(info)));
+        said("login", info);
         {
             let _keep_alive = client.keep_alive()?;
             std::thread::sleep(HOLD);
         }
         print_ig(&client);
         let response = client.send(ig_accounts(ig))?;
-        println!("  app call    GET /accounts -> {}", response.status());
+        println!("  app call: GET /accounts -> {}", response.status());
         let confirmed = client.logout()?;
         print_ig(&client);
-        said("logout", format!("server confirmed: {confirmed}"));
+        said("logout", format!("IG confirmed: {confirmed}"));
         Ok(())
     }
 
@@ -176,7 +182,7 @@ mod blocking {
         )?;
         let info = client.login()?;
         print_ig(&client);
-        said("login", lines::ig_outcome(&IgOutcome::LoggedIn(info)));
+        said("login", info);
         let already = client.switch_account(ig.accounts[1].as_str(), false)?;
         print_ig(&client);
         said(
@@ -184,10 +190,10 @@ mod blocking {
             format!("now on {} (already active: {already})", ig.accounts[1]),
         );
         let response = client.send(ig_accounts(ig))?;
-        println!("  app call    GET /accounts -> {}", response.status());
+        println!("  app call: GET /accounts -> {}", response.status());
         let confirmed = client.logout()?;
         print_ig(&client);
-        said("logout", format!("server confirmed: {confirmed}"));
+        said("logout", format!("IG confirmed: {confirmed}"));
         Ok(())
     }
 
@@ -196,26 +202,17 @@ mod blocking {
         let client = Client::ibkr(gateway_config(gateway)?, &trusting(gateway.trust_pem()))?;
         let status = client.connect()?;
         print_ibkr(&client);
-        said(
-            "connect",
-            lines::ibkr_outcome(&IbkrOutcome::Connected(status)),
-        );
+        said("connect", format_args!("brokerage session {status}"));
         {
             let _keep_alive = client.keep_alive()?;
             std::thread::sleep(HOLD);
         }
         print_ibkr(&client);
         let response = client.send(ibkr_accounts(&gateway.base_url))?;
-        println!(
-            "  app call    GET /iserver/accounts -> {}",
-            response.status()
-        );
+        println!("  app call: GET /iserver/accounts -> {}", response.status());
         let status = client.logout()?;
         print_ibkr(&client);
-        said(
-            "logout",
-            lines::ibkr_outcome(&IbkrOutcome::LoggedOut { status }),
-        );
+        said("logout", logged_out(status));
         Ok(())
     }
 
@@ -224,30 +221,22 @@ mod blocking {
         let client = Client::ibkr(oauth_config(oauth)?, &trusting(oauth.trust_pem()))?;
         let status = client.connect()?;
         print_ibkr(&client);
-        said(
-            "connect",
-            lines::ibkr_outcome(&IbkrOutcome::Connected(status)),
-        );
+        said("connect", format_args!("brokerage session {status}"));
         let response = client.send(ibkr_accounts(&oauth.base_url))?;
         println!(
-            "  app call    GET /iserver/accounts (HMAC-SHA256 signed) -> {}",
+            "  app call: GET /iserver/accounts (HMAC-SHA256 signed) -> {}",
             response.status()
         );
         let status = client.logout()?;
         print_ibkr(&client);
-        said(
-            "logout",
-            lines::ibkr_outcome(&IbkrOutcome::LoggedOut { status }),
-        );
+        said("logout", logged_out(status));
         Ok(())
     }
 }
 
 mod nonblocking {
     use super::*;
-    use broker_session::ibkr::IbkrSession;
-    use broker_session::ig::IgSession;
-    use broker_session_hyper::{Config, Session, Tls};
+    use broker_session_hyper::{Config, IbkrSession, IgSession, Session, Tls};
 
     fn trusting(pem: &str) -> Config {
         let mut config = Config::default();
@@ -257,13 +246,13 @@ mod nonblocking {
 
     fn print_ig(session: &Session<IgSession>) {
         for e in session.drain_events() {
-            println!("  {}", lines::ig(&e));
+            println!("  {e}");
         }
     }
 
     fn print_ibkr(session: &Session<IbkrSession>) {
         for e in session.drain_events() {
-            println!("  {}", lines::ibkr(&e));
+            println!("  {e}");
         }
     }
 
@@ -272,17 +261,17 @@ mod nonblocking {
         let session = Session::ig(ig_config(ig, LoginFlow::V3)?, &trusting(ig.trust_pem()))?;
         let info = session.login().await?;
         print_ig(&session);
-        said("login", lines::ig_outcome(&IgOutcome::LoggedIn(info)));
+        said("login", info);
         {
             let _keep_alive = session.keep_alive();
             tokio::time::sleep(HOLD).await;
         }
         print_ig(&session);
         let response = session.send(ig_accounts(ig)).await?;
-        println!("  app call    GET /accounts -> {}", response.status());
+        println!("  app call: GET /accounts -> {}", response.status());
         let confirmed = session.logout().await?;
         print_ig(&session);
-        said("logout", format!("server confirmed: {confirmed}"));
+        said("logout", format!("IG confirmed: {confirmed}"));
         Ok(())
     }
 
@@ -294,7 +283,7 @@ mod nonblocking {
         )?;
         let info = session.login().await?;
         print_ig(&session);
-        said("login", lines::ig_outcome(&IgOutcome::LoggedIn(info)));
+        said("login", info);
         let already = session
             .switch_account(ig.accounts[1].as_str(), false)
             .await?;
@@ -304,10 +293,10 @@ mod nonblocking {
             format!("now on {} (already active: {already})", ig.accounts[1]),
         );
         let response = session.send(ig_accounts(ig)).await?;
-        println!("  app call    GET /accounts -> {}", response.status());
+        println!("  app call: GET /accounts -> {}", response.status());
         let confirmed = session.logout().await?;
         print_ig(&session);
-        said("logout", format!("server confirmed: {confirmed}"));
+        said("logout", format!("IG confirmed: {confirmed}"));
         Ok(())
     }
 
@@ -319,26 +308,17 @@ mod nonblocking {
         let session = Session::ibkr(gateway_config(gateway)?, &trusting(gateway.trust_pem()))?;
         let status = session.connect().await?;
         print_ibkr(&session);
-        said(
-            "connect",
-            lines::ibkr_outcome(&IbkrOutcome::Connected(status)),
-        );
+        said("connect", format_args!("brokerage session {status}"));
         {
             let _keep_alive = session.keep_alive();
             tokio::time::sleep(HOLD).await;
         }
         print_ibkr(&session);
         let response = session.send(ibkr_accounts(&gateway.base_url)).await?;
-        println!(
-            "  app call    GET /iserver/accounts -> {}",
-            response.status()
-        );
+        println!("  app call: GET /iserver/accounts -> {}", response.status());
         let status = session.logout().await?;
         print_ibkr(&session);
-        said(
-            "logout",
-            lines::ibkr_outcome(&IbkrOutcome::LoggedOut { status }),
-        );
+        said("logout", logged_out(status));
         Ok(())
     }
 
@@ -347,21 +327,15 @@ mod nonblocking {
         let session = Session::ibkr(oauth_config(oauth)?, &trusting(oauth.trust_pem()))?;
         let status = session.connect().await?;
         print_ibkr(&session);
-        said(
-            "connect",
-            lines::ibkr_outcome(&IbkrOutcome::Connected(status)),
-        );
+        said("connect", format_args!("brokerage session {status}"));
         let response = session.send(ibkr_accounts(&oauth.base_url)).await?;
         println!(
-            "  app call    GET /iserver/accounts (HMAC-SHA256 signed) -> {}",
+            "  app call: GET /iserver/accounts (HMAC-SHA256 signed) -> {}",
             response.status()
         );
         let status = session.logout().await?;
         print_ibkr(&session);
-        said(
-            "logout",
-            lines::ibkr_outcome(&IbkrOutcome::LoggedOut { status }),
-        );
+        said("logout", logged_out(status));
         Ok(())
     }
 }

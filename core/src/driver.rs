@@ -14,7 +14,7 @@
 //! ```
 //! use broker_session::driver::Driver;
 //! use broker_session::ig::{IgConfig, IgEnvironment, IgIntent, IgOutcome, IgSession};
-//! use broker_session::{Input, Machine, Now, RngSeed};
+//! use broker_session::{Input, Machine, Now, RngSeed, http};
 //! use std::time::{Duration, Instant, SystemTime};
 //!
 //! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password");

@@ -31,6 +31,15 @@
 //! event buffer) so that only locking, sockets and clocks are left to write; both
 //! bundled transports use it.
 //!
+//! Every event, state and outcome prints as one short line with `Display`
+//! (`op#2 done: access token refreshed`, `state: active on ABC123 (OAuth tokens)`),
+//! never showing a secret. Configurations can be read from the `IG_*` and `IBKR_*`
+//! environment variables: the table is in [`env`](mod@env).
+//!
+//! This crate re-exports [`http`], whose `Request` and `Response` are in its API:
+//! `use broker_session::http;` needs no `http` dependency of your own and cannot pick
+//! another version.
+//!
 //! With the `tracing` feature, every request the machines emit (method and path) and
 //! every event (through its redacting `Debug`) is traced; no secret ever is.
 //!
@@ -40,10 +49,15 @@
 //!
 //! ```
 //! use broker_session::ig::{IgConfig, IgEnvironment, IgIntent, IgOutcome, IgSession};
-//! use broker_session::{Event, Input, Machine, Now, Output, RngSeed};
+//! use broker_session::{Event, Input, Machine, Now, Output, RngSeed, http};
 //! use std::time::{Duration, Instant, SystemTime};
 //!
-//! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password");
+//! let config = IgConfig::builder(IgEnvironment::Demo)
+//!     .api_key("api-key")
+//!     .identifier("user")
+//!     .password("password")
+//!     .build()
+//!     .unwrap();
 //! let mut now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
 //! let mut ig = IgSession::new(config, RngSeed::from_u64(1), now).unwrap();
 //! let login = ig.submit(IgIntent::Login, now).unwrap();
@@ -96,6 +110,10 @@
 //! let mut foreign = http::Request::get("https://example.com/accounts").body(()).unwrap();
 //! assert!(ig.authorize(&mut foreign, now).is_err());
 //! ```
+// Where other crates' docs link for this crate's items when its own docs are not
+// built beside theirs (`cargo doc --no-deps -p broker-session-ureq`); without it those
+// links render as plain text. Keep the version in step with Cargo.toml.
+#![doc(html_root_url = "https://docs.rs/broker-session/0.1.0")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -111,6 +129,7 @@ pub mod ibkr;
 pub mod ig;
 
 pub mod driver;
+pub mod env;
 
 pub use error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError, UsageError};
 pub use machine::{
@@ -119,5 +138,16 @@ pub use machine::{
 };
 pub use time::{Now, deadline_after};
 
-/// Re-export of the `http` crate whose types appear in this crate's API.
+/// The `http` crate, whose `Request`, `Response` and `HeaderValue` appear in this
+/// crate's API: `use broker_session::http;` instead of a dependency of your own, so
+/// the versions always match.
+///
+/// ```
+/// use broker_session::http;
+/// let request = http::Request::get("https://demo-api.ig.com/gateway/deal/accounts")
+///     .header("Version", "1")
+///     .body(Vec::<u8>::new())
+///     .unwrap();
+/// assert_eq!(request.method(), http::Method::GET);
+/// ```
 pub use http;

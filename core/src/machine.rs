@@ -104,7 +104,7 @@ impl TransportFailure {
 
 impl fmt::Display for TransportFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.kind, self.detail)
+        write!(f, "{}: {}", self.kind, self.detail)
     }
 }
 
@@ -400,5 +400,74 @@ pub(crate) fn trace_output<S: fmt::Debug, O: fmt::Debug>(broker: &'static str, o
             tracing::warn!(broker, reason = %reason, "session lost");
         }
         Output::Wait(_) => {}
+    }
+}
+
+/// `Display` of an event: one line for a person, built from the state's and the
+/// outcome's own `Display` (which never show a secret).
+///
+/// ```
+/// use broker_session::ig::{IgOutcome, IgState};
+/// use broker_session::{Event, OpId};
+///
+/// let e: Event<IgState, IgOutcome> = Event::Completed {
+///     op: OpId(7),
+///     result: Ok(IgOutcome::LoggedOut { server_confirmed: true }),
+/// };
+/// assert_eq!(e.to_string(), "op#7 done: logged out");
+/// let s: Event<IgState, IgOutcome> = Event::StateChanged(IgState::LoggingIn);
+/// assert_eq!(s.to_string(), "state: logging in");
+/// ```
+impl<S: fmt::Display, O: fmt::Display> fmt::Display for Event<S, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::StateChanged(state) => write!(f, "state: {state}"),
+            Self::Completed {
+                op,
+                result: Ok(outcome),
+            } => write!(f, "{op} done: {outcome}"),
+            Self::Completed { op, result: Err(e) } => write!(f, "{op} failed: {e}"),
+            Self::SessionLost { reason } => write!(f, "session lost: {reason}"),
+        }
+    }
+}
+
+/// `Display` of a failure class: what happened, in words.
+///
+/// ```
+/// use broker_session::{FailureKind, TransportFailure};
+///
+/// assert_eq!(FailureKind::Connect.to_string(), "could not connect");
+/// let t = TransportFailure::new(FailureKind::Timeout, "no answer in 30 s");
+/// assert_eq!(t.to_string(), "timed out: no answer in 30 s");
+/// ```
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "could not connect",
+            Self::Tls => "TLS handshake or certificate check failed",
+            Self::Timeout => "timed out",
+            Self::Io => "connection broken mid-exchange",
+            Self::BodyTooLarge => "response body too large",
+            Self::Cancelled => "cancelled",
+            Self::Other => "failed",
+        })
+    }
+}
+
+/// A broker's free text (a status message, an account name) for a one-line `Display`:
+/// control characters dropped, cut to `max` characters with `…`.
+pub(crate) struct Clipped<'a>(pub(crate) &'a str, pub(crate) usize);
+
+impl fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut chars = self.0.trim().chars().filter(|c| !c.is_control());
+        for c in chars.by_ref().take(self.1) {
+            fmt::Write::write_char(f, c)?;
+        }
+        if chars.next().is_some() {
+            f.write_str("…")?;
+        }
+        Ok(())
     }
 }

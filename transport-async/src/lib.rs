@@ -89,3 +89,23 @@ pub fn os_seed() -> Result<RngSeed, Error> {
     getrandom::getrandom(&mut seed.0).map_err(|_| Error::Random)?;
     Ok(seed)
 }
+
+mod env;
+pub use env::FromEnv;
+
+/// The core crate, re-exported so that a program needs this one dependency: the
+/// session machines, events, errors and secrets are all reachable through it
+/// (`broker_session::ig`, `broker_session::ibkr`, `broker_session::Event` …).
+pub use broker_session;
+/// The `http` crate the requests and responses are built with (the same version as
+/// the core's).
+#[doc(no_inline)]
+pub use broker_session::http;
+/// What a program names to start a session: the broker configurations and machines,
+/// re-exported from [`broker_session`].
+#[doc(no_inline)]
+pub use broker_session::{
+    env::EnvError,
+    ibkr::{IbkrConfig, IbkrSession, OAuthConfig},
+    ig::{IgConfig, IgEnvironment, IgSession, LoginFlow},
+};

@@ -53,9 +53,12 @@
 
 pub mod config;
 pub mod decode;
+mod display;
 pub mod encode;
+mod env;
 mod machine;
 pub mod oauth;
+mod readiness;
 pub mod status;
 
 use std::time::Instant;

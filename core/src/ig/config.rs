@@ -64,15 +64,22 @@ pub const WEB_PLATFORM_LOGIN_URL: &str = "https://api.ig.com/clientsecurity/sess
 
 /// Everything an [`IgSession`](super::IgSession) needs.
 ///
-/// Build it with [`IgConfig::new`] and adjust the public fields. Secrets are held in
-/// redacting types, so `Debug` never shows them.
+/// Build it with [`IgConfig::builder`] (credentials by name), from environment
+/// variables with [`IgConfig::from_lookup`], or with the positional
+/// [`IgConfig::new`]; then adjust the public fields. Secrets are held in redacting
+/// types, so `Debug` never shows them.
 ///
 /// ```
 /// use broker_session::ig::{IgConfig, IgEnvironment, LoginFlow};
 ///
-/// let mut config = IgConfig::new(IgEnvironment::Demo, "my-api-key", "my-user", "my-password");
+/// let mut config = IgConfig::builder(IgEnvironment::Demo)
+///     .api_key("my-api-key")
+///     .identifier("my-user")
+///     .password("my-password")
+///     .build()?;
 /// config.login_flow = LoginFlow::V3;
 /// assert!(!format!("{config:?}").contains("my-password"));
+/// # Ok::<(), broker_session::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -120,7 +127,17 @@ pub struct IgConfig {
 }
 
 impl IgConfig {
-    /// A configuration with every setting at its documented default.
+    /// A configuration with every setting at its documented default, from four
+    /// positional arguments: environment, **API key**, **identifier**, password.
+    /// The API key and the identifier are both strings, so swapping them compiles
+    /// (and IG then rejects the login); [`IgConfig::builder`] names each one instead.
+    /// Nothing is checked here; [`IgSession::new`](super::IgSession::new) checks.
+    ///
+    /// ```
+    /// use broker_session::ig::{IgConfig, IgEnvironment};
+    /// let config = IgConfig::new(IgEnvironment::Demo, "api-key", "identifier", "password");
+    /// assert_eq!(config.identifier, "identifier");
+    /// ```
     pub fn new(
         environment: IgEnvironment,
         api_key: impl Into<ApiKey>,

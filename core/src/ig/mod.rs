@@ -25,16 +25,20 @@
 //! it stamps on later requests (no request: IG's OAuth tokens identify the client,
 //! not the account); the choice survives refreshes and re-logins.
 
+mod builder;
 mod classify;
 mod config;
 mod crypto;
 mod decode;
+mod display;
 mod encode;
+mod env;
 mod machine;
 mod snapshot;
 
 use std::time::Instant;
 
+pub use builder::IgConfigBuilder;
 pub use classify::{Action, BackOffs, Endpoint, LOGIN_THROTTLED, classify};
 pub use config::{IgConfig, IgEnvironment, LoginFlow, WEB_PLATFORM_LOGIN_URL};
 pub use crypto::encrypt_password;
