@@ -97,6 +97,66 @@ mod blocking {
         assert_eq!(oauth.tokens_issued, 1);
         assert_eq!(oauth.bad_signatures, 0);
     }
+
+    /// Sessions built by the transports from one configuration draw their
+    /// randomness from the OS: different Diffie-Hellman challenges and nonces, so a
+    /// broker that remembers nonces accepts every one of them. (With one shared
+    /// default seed, the second session repeated the first one's challenge and nonce
+    /// and its live session token request was refused.)
+    #[test]
+    fn sessions_from_one_configuration_never_share_randomness() {
+        let (server, fake, config) = oauth_setup();
+        let trust = trusting(&server);
+        let a = Client::ibkr(config.clone(), &trust).expect("client a");
+        let b = Client::ibkr(config.clone(), &trust).expect("client b");
+        let c = broker_session_hyper_session(config, &server);
+        a.connect().expect("a connects");
+        b.connect().expect("b connects");
+        c.expect("c connects");
+        let challenges = dh_challenges(&server);
+        assert_eq!(challenges.len(), 3, "{challenges:?}");
+        assert!(
+            challenges[0] != challenges[1]
+                && challenges[1] != challenges[2]
+                && challenges[0] != challenges[2],
+            "a DH challenge was repeated"
+        );
+        let mut f = fake.lock().expect("f");
+        let oauth = f.oauth_server().expect("oauth");
+        assert_eq!(oauth.tokens_issued, 3);
+        assert_eq!(oauth.bad_signatures, 0);
+    }
+
+    /// A third session on the async transport, built the same way.
+    fn broker_session_hyper_session(config: IbkrConfig, server: &Server) -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let mut transport = broker_session_hyper::Config::default();
+            transport.tls = broker_session_hyper::Tls::Pem(server.trust_pem().as_bytes().to_vec());
+            let s = broker_session_hyper::Session::ibkr(config, &transport)
+                .map_err(|e| e.to_string())?;
+            s.connect().await.map(|_| ()).map_err(|e| e.to_string())
+        })
+    }
+
+    /// The `diffie_hellman_challenge` of every live session token request the
+    /// server saw, in order.
+    fn dh_challenges(server: &Server) -> Vec<String> {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/oauth/live_session_token"))
+            .filter_map(|r| {
+                let auth = r.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+                let start = auth.find("diffie_hellman_challenge=\"")? + 26;
+                let rest = &auth[start..];
+                Some(rest[..rest.find('"')?].to_owned())
+            })
+            .collect()
+    }
 }
 
 mod nonblocking {
