@@ -27,7 +27,7 @@ use broker_session::ibkr::oauth::{
 };
 use broker_session::ibkr::{decode as ibkr_decode, status};
 use broker_session::ig::{
-    BackOffs, Endpoint, PersistedSession, SessionSnapshot, classify, encrypt_password, responses,
+    BackOffs, Endpoint, PersistedSession, SessionSnapshot, action_for, encrypt_password, responses,
 };
 use broker_session::secret::Password;
 use broker_session::{Error, MAX_BODY};
@@ -648,6 +648,17 @@ fn run_decoder<T: std::fmt::Debug>(
         .unwrap_or_else(|e| panic!("{name}: {e}"));
 }
 
+/// A CST login's answer as the session sees it: a person having to act is an error.
+fn cst_login(
+    answer: Result<responses::CstLoginAnswer, broker_session::ProtocolError>,
+) -> Result<responses::CstLogin, Error> {
+    match answer? {
+        responses::CstLoginAnswer::LoggedIn(l) => Ok(l),
+        responses::CstLoginAnswer::ActionRequired(a) => Err(Error::ActionRequired(a)),
+        _ => unreachable!("a new kind of login answer"),
+    }
+}
+
 #[test]
 fn ig_session_answers_decode_or_fail_typed() {
     let tally = Tally::default();
@@ -660,7 +671,9 @@ fn ig_session_answers_decode_or_fail_typed() {
             json!({"accountId": "Q1", "clientId": 100_001, "accounts": []}),
         ),
     ];
-    run_decoder(&tally, "ig login_v2", &v2, responses::login_v2);
+    run_decoder(&tally, "ig login_v2", &v2, |r| {
+        cst_login(responses::login_v2(r.headers(), r.body()))
+    });
     let web = [tpl(
         &cst_headers,
         json!({
@@ -671,18 +684,15 @@ fn ig_session_answers_decode_or_fail_typed() {
             "kycType": "FULL",
         }),
     )];
-    run_decoder(
-        &tally,
-        "ig web_platform_login",
-        &web,
-        responses::web_platform_login,
-    );
+    run_decoder(&tally, "ig web_platform_login", &web, |r| {
+        cst_login(responses::web_platform_login(r.headers(), r.body()))
+    });
     let v3 = [
         tpl(&[], ig_v3_body(json!("60"))),
         tpl(&[], ig_v3_body(json!(60))),
     ];
     run_decoder(&tally, "ig login_v3", &v3, |r| {
-        let l = responses::login_v3(r)?;
+        let l = responses::login_v3(r.body())?;
         // A decoded lifetime is always usable: neither zero nor beyond a year.
         assert!((1..=366 * 24 * 3600).contains(&l.tokens.expires_in.as_secs()));
         Ok(l)
@@ -692,7 +702,7 @@ fn ig_session_answers_decode_or_fail_typed() {
         tpl(&[], ig_token_body(json!(30))),
     ];
     run_decoder(&tally, "ig refresh", &refresh, |r| {
-        let t = responses::refresh(r)?;
+        let t = responses::refresh(r.body())?;
         assert!(t.expires_in >= Duration::from_secs(1));
         Ok(t)
     });
@@ -700,7 +710,9 @@ fn ig_session_answers_decode_or_fail_typed() {
         tpl(&[], ig_session_body()),
         tpl(&cst_headers, ig_session_body()),
     ];
-    run_decoder(&tally, "ig read_session", &read, responses::read_session);
+    run_decoder(&tally, "ig read_session", &read, |r| {
+        Ok(responses::read_session(r.headers(), r.body())?)
+    });
     let switch = [
         tpl(
             &[("x-security-token", XST)],
@@ -708,12 +720,9 @@ fn ig_session_answers_decode_or_fail_typed() {
         ),
         tpl(&cst_headers, json!({})),
     ];
-    run_decoder(
-        &tally,
-        "ig switch_account",
-        &switch,
-        responses::switch_account,
-    );
+    run_decoder(&tally, "ig switch_account", &switch, |r| {
+        Ok(responses::switch_account(r.headers(), r.body())?)
+    });
     let (_, key) = ig_public_key();
     let enc = [
         tpl(
@@ -725,7 +734,9 @@ fn ig_session_answers_decode_or_fail_typed() {
             json!({"encryptionKey": key, "timeStamp": "1601218928621"}),
         ),
     ];
-    run_decoder(&tally, "ig encryption_key", &enc, responses::encryption_key);
+    run_decoder(&tally, "ig encryption_key", &enc, |r| {
+        Ok(responses::encryption_key(r.body())?)
+    });
     let errors = [
         tpl(&[], json!({"errorCode": "error.security.invalid-details"})),
         tpl(
@@ -758,16 +769,22 @@ fn ig_session_answers_decode_or_fail_typed() {
 }
 
 #[test]
-fn ig_error_code_and_classify() {
+fn ig_error_code_and_action_for() {
     const BACKOFFS: BackOffs = BackOffs {
         allowance: Duration::from_secs(60),
         login_throttle: Duration::from_secs(180),
     };
-    const ENDPOINTS: [Endpoint; 7] = [
-        Endpoint::Login,
+    const ENDPOINTS: [Endpoint; 11] = [
+        Endpoint::LoginV1,
+        Endpoint::LoginV2,
+        Endpoint::LoginV3,
+        Endpoint::WebPlatformLogin,
         Endpoint::Refresh,
         Endpoint::EncryptionKey,
-        Endpoint::ReadSession,
+        Endpoint::ReadSession {
+            fetch_tokens: false,
+        },
+        Endpoint::ReadSession { fetch_tokens: true },
         Endpoint::Switch,
         Endpoint::Logout,
         Endpoint::Application,
@@ -806,8 +823,8 @@ fn ig_error_code_and_classify() {
             let r = render(&codes[i], &m, pick);
             let from_body = responses::error_code(r.body());
             for e in ENDPOINTS {
-                let _ = classify(e, s, from_body.as_deref(), BACKOFFS);
-                let _ = classify(e, s, code.as_deref(), BACKOFFS);
+                let _ = action_for(e, s, from_body.as_deref(), BACKOFFS);
+                let _ = action_for(e, s, code.as_deref(), BACKOFFS);
             }
             Ok(())
         })
@@ -927,7 +944,7 @@ fn ig_encryption_key_to_encrypted_password() {
         .run(&strategy, |((i, m, pick), on_key, pw)| {
             let focus = on_key.then_some("/encryptionKey");
             let r = render_at(&templates[i], &m, pick, focus);
-            let k = responses::encryption_key(&r.response);
+            let k = responses::encryption_key(r.response.body());
             tally.result("encryption_key", &k);
             let Ok(k) = k else { return Ok(()) };
             let mut rng = rand::rngs::StdRng::seed_from_u64(1);

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use broker_session::ig::{BackOffs, Endpoint, IgIntent, IgSession, LoginFlow, classify, responses};
+use broker_session::ig::{
+    BackOffs, Endpoint, IgIntent, IgSession, LoginFlow, action_for, responses,
+};
 use broker_session::{
     AuthStamp, Event, FailureKind, Input, Machine, OpId, Output, TransportFailure,
 };
@@ -171,18 +173,21 @@ proptest! {
     #[test]
     fn decoders_never_panic(s in status(), h in headers(), b in body()) {
         let r = response(s, &h, b.clone());
-        let _ = responses::login_v2(&r);
-        let _ = responses::login_v3(&r);
-        let _ = responses::refresh(&r);
-        let _ = responses::read_session(&r);
-        let _ = responses::switch_account(&r);
-        let _ = responses::encryption_key(&r);
-        let _ = responses::web_platform_login(&r);
+        let (h, body) = (r.headers(), r.body());
+        let _ = responses::login_v2(h, body);
+        let _ = responses::login_v3(body);
+        let _ = responses::refresh(body);
+        let _ = responses::read_session(h, body);
+        let _ = responses::switch_account(h, body);
+        let _ = responses::encryption_key(body);
+        let _ = responses::web_platform_login(h, body);
         let code = responses::error_code(&b);
         let b = BackOffs { allowance: Duration::from_secs(60), login_throttle: Duration::from_secs(180) };
-        for e in [Endpoint::Login, Endpoint::Refresh, Endpoint::EncryptionKey, Endpoint::ReadSession,
-                  Endpoint::Switch, Endpoint::Logout, Endpoint::Application] {
-            let _ = classify(e, s, code.as_deref(), b);
+        for e in [Endpoint::LoginV1, Endpoint::LoginV2, Endpoint::LoginV3, Endpoint::WebPlatformLogin,
+                  Endpoint::Refresh, Endpoint::EncryptionKey, Endpoint::ReadSession { fetch_tokens: false },
+                  Endpoint::ReadSession { fetch_tokens: true }, Endpoint::Switch, Endpoint::Logout,
+                  Endpoint::Application] {
+            let _ = action_for(e, s, code.as_deref(), b);
         }
     }
 

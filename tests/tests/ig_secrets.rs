@@ -427,7 +427,7 @@ fn parse_errors_do_not_echo_the_serde_message() {
         .header("X-SECURITY-TOKEN", PLANTED[2])
         .body(body.into_bytes())
         .unwrap();
-    let e = broker_session::ig::responses::login_v2(&r).unwrap_err();
+    let e = broker_session::ig::responses::login_v2(r.headers(), r.body()).unwrap_err();
     scan.assert_clean("login_v2 error", &format!("{e} {e:?}"));
 
     // And through a session: the error the login completes with.

@@ -1,27 +1,19 @@
 //! Pure parsers for the answers of IG's session endpoints.
 //!
-//! Each parser takes a successful (2xx) response; the machine classifies other
-//! statuses with [`classify`](super::classify). Parsers never panic on any input and
-//! never put a body or header value into an error.
+//! Each parser takes what it reads of a successful (2xx) answer (the body, and the
+//! headers where tokens come in them) and returns the value or a [`ProtocolError`];
+//! the machine turns that into its [`Error`](crate::Error), and judges other
+//! statuses with [`action_for`](super::action_for). Parsers never panic on any input
+//! and never put a body or header value into an error.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{ActionRequired, Error, ProtocolError};
+use super::endpoint::Endpoint;
+use crate::error::{ActionRequired, ProtocolError};
 use crate::secret::{AccessToken, Cst, RefreshToken, SecurityToken};
 use crate::wire::{check_body, header_str, int_or_string, parse_json};
-
-/// Endpoint names used in errors.
-pub(crate) mod ep {
-    pub(crate) const LOGIN: &str = "POST /session";
-    pub(crate) const REFRESH: &str = "POST /session/refresh-token";
-    pub(crate) const READ: &str = "GET /session";
-    pub(crate) const SWITCH: &str = "PUT /session";
-    pub(crate) const LOGOUT: &str = "DELETE /session";
-    pub(crate) const ENC_KEY: &str = "GET /session/encryptionKey";
-    pub(crate) const WEB_LOGIN: &str = "POST /clientsecurity/session";
-}
 
 /// One account of the client, from a v1/v2 login response.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -57,6 +49,19 @@ pub struct CstLogin {
     pub lightstreamer_endpoint: Option<String>,
     /// The client's accounts.
     pub accounts: Vec<IgAccount>,
+}
+
+/// What a CST-mode login answered: the session, or that a person must act first
+/// (a change of environment, forms to fill, another authentication status). The
+/// second is read before any header, since such an answer lacks the tokens and
+/// reporting a missing header would hide the real cause.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum CstLoginAnswer {
+    /// Logged in.
+    LoggedIn(CstLogin),
+    /// IG accepted the credentials but a person must act before the API can be used.
+    ActionRequired(ActionRequired),
 }
 
 /// OAuth tokens from a v3 login or a refresh.
@@ -248,14 +253,15 @@ fn action_required(b: &CstLoginBody) -> Option<ActionRequired> {
 }
 
 fn cst_login(
-    endpoint: &'static str,
-    response: &http::Response<Vec<u8>>,
-) -> Result<CstLogin, Error> {
-    let b: CstLoginBody = parse_json(endpoint, response.body())?;
+    endpoint: Endpoint,
+    h: &http::HeaderMap,
+    body: &[u8],
+) -> Result<CstLoginAnswer, ProtocolError> {
+    let endpoint = endpoint.name();
+    let b: CstLoginBody = parse_json(endpoint, body)?;
     if let Some(a) = action_required(&b) {
-        return Err(Error::ActionRequired(a));
+        return Ok(CstLoginAnswer::ActionRequired(a));
     }
-    let h = response.headers();
     let cst = req_header(endpoint, h, "CST")?;
     let xst = req_header(endpoint, h, "X-SECURITY-TOKEN")?;
     let account_id = b
@@ -266,24 +272,27 @@ fn cst_login(
             endpoint,
             field: "currentAccountId",
         })?;
-    Ok(CstLogin {
+    Ok(CstLoginAnswer::LoggedIn(CstLogin {
         cst,
         xst,
         account_id,
         client_id: client_id(b.client_id),
         lightstreamer_endpoint: b.lightstreamer_endpoint,
         accounts: b.accounts.unwrap_or_default(),
-    })
+    }))
 }
 
-/// A v1/v2 login answer (`POST /session`, Version 1 or 2).
-pub fn login_v2(response: &http::Response<Vec<u8>>) -> Result<CstLogin, Error> {
-    cst_login(ep::LOGIN, response)
+/// A v1/v2 login answer ([`Endpoint::LoginV1`], [`Endpoint::LoginV2`]).
+pub fn login_v2(headers: &http::HeaderMap, body: &[u8]) -> Result<CstLoginAnswer, ProtocolError> {
+    cst_login(Endpoint::LoginV2, headers, body)
 }
 
-/// The unofficial web-platform login answer (`POST /clientsecurity/session`).
-pub fn web_platform_login(response: &http::Response<Vec<u8>>) -> Result<CstLogin, Error> {
-    cst_login(ep::WEB_LOGIN, response)
+/// The unofficial web-platform login answer ([`Endpoint::WebPlatformLogin`]).
+pub fn web_platform_login(
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<CstLoginAnswer, ProtocolError> {
+    cst_login(Endpoint::WebPlatformLogin, headers, body)
 }
 
 #[derive(Deserialize)]
@@ -328,8 +337,8 @@ fn tokens(endpoint: &'static str, t: TokenBody) -> Result<OAuthTokens, ProtocolE
     })
 }
 
-/// A v3 login answer (`POST /session`, Version 3).
-pub fn login_v3(response: &http::Response<Vec<u8>>) -> Result<OAuthLogin, Error> {
+/// A v3 login answer ([`Endpoint::LoginV3`]).
+pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
     #[derive(Deserialize)]
     struct Body {
         #[serde(rename = "accountId", default)]
@@ -343,8 +352,8 @@ pub fn login_v3(response: &http::Response<Vec<u8>>) -> Result<OAuthLogin, Error>
         #[serde(rename = "oauthToken")]
         oauth_token: Option<TokenBody>,
     }
-    let endpoint = ep::LOGIN;
-    let b: Body = parse_json(endpoint, response.body())?;
+    let endpoint = Endpoint::LoginV3.name();
+    let b: Body = parse_json(endpoint, body)?;
     let t = b.oauth_token.ok_or(ProtocolError::MissingField {
         endpoint,
         field: "oauthToken",
@@ -366,16 +375,19 @@ pub fn login_v3(response: &http::Response<Vec<u8>>) -> Result<OAuthLogin, Error>
     })
 }
 
-/// A refresh answer (`POST /session/refresh-token`): the bare token object.
-pub fn refresh(response: &http::Response<Vec<u8>>) -> Result<OAuthTokens, Error> {
-    let t: TokenBody = parse_json(ep::REFRESH, response.body())?;
-    Ok(tokens(ep::REFRESH, t)?)
+/// A refresh answer ([`Endpoint::Refresh`]): the bare token object.
+pub fn refresh(body: &[u8]) -> Result<OAuthTokens, ProtocolError> {
+    let endpoint = Endpoint::Refresh.name();
+    let t: TokenBody = parse_json(endpoint, body)?;
+    tokens(endpoint, t)
 }
 
-/// A `GET /session` answer, with the CST/X-SECURITY-TOKEN headers when both were sent.
+/// A [`Endpoint::ReadSession`] answer, with the CST/X-SECURITY-TOKEN headers when
+/// both were sent.
 pub fn read_session(
-    response: &http::Response<Vec<u8>>,
-) -> Result<(SessionDetails, Option<StreamingTokens>), Error> {
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<(SessionDetails, Option<StreamingTokens>), ProtocolError> {
     #[derive(Deserialize)]
     struct Body {
         #[serde(rename = "accountId", default)]
@@ -393,8 +405,11 @@ pub fn read_session(
         #[serde(rename = "timezoneOffset", default)]
         timezone_offset: Option<serde_json::Value>,
     }
-    let endpoint = ep::READ;
-    let b: Body = parse_json(endpoint, response.body())?;
+    let endpoint = Endpoint::ReadSession {
+        fetch_tokens: false,
+    }
+    .name();
+    let b: Body = parse_json(endpoint, body)?;
     let account_id = b
         .account_id
         .or(b.current_account_id)
@@ -403,9 +418,8 @@ pub fn read_session(
             endpoint,
             field: "accountId",
         })?;
-    let h = response.headers();
-    let cst: Option<Cst> = opt_header(endpoint, h, "CST")?;
-    let xst: Option<SecurityToken> = opt_header(endpoint, h, "X-SECURITY-TOKEN")?;
+    let cst: Option<Cst> = opt_header(endpoint, headers, "CST")?;
+    let xst: Option<SecurityToken> = opt_header(endpoint, headers, "X-SECURITY-TOKEN")?;
     let tokens = match (cst, xst) {
         (Some(cst), Some(xst)) => Some(StreamingTokens { cst, xst }),
         _ => None,
@@ -421,19 +435,22 @@ pub fn read_session(
     Ok((details, tokens))
 }
 
-/// A `PUT /session` answer: the new tokens from the headers. The body (account flags)
-/// is not needed; it is checked for size only.
-pub fn switch_account(response: &http::Response<Vec<u8>>) -> Result<SwitchTokens, Error> {
-    check_body(ep::SWITCH, response.body())?;
-    let h = response.headers();
+/// A [`Endpoint::Switch`] answer: the new tokens from the headers. The body (account
+/// flags) is not needed; it is checked for size only.
+pub fn switch_account(
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<SwitchTokens, ProtocolError> {
+    let endpoint = Endpoint::Switch.name();
+    check_body(endpoint, body)?;
     Ok(SwitchTokens {
-        cst: opt_header(ep::SWITCH, h, "CST")?,
-        xst: opt_header(ep::SWITCH, h, "X-SECURITY-TOKEN")?,
+        cst: opt_header(endpoint, headers, "CST")?,
+        xst: opt_header(endpoint, headers, "X-SECURITY-TOKEN")?,
     })
 }
 
-/// A `GET /session/encryptionKey` answer.
-pub fn encryption_key(response: &http::Response<Vec<u8>>) -> Result<EncryptionKey, Error> {
+/// A [`Endpoint::EncryptionKey`] answer.
+pub fn encryption_key(body: &[u8]) -> Result<EncryptionKey, ProtocolError> {
     #[derive(Deserialize)]
     struct Body {
         #[serde(rename = "encryptionKey")]
@@ -441,12 +458,13 @@ pub fn encryption_key(response: &http::Response<Vec<u8>>) -> Result<EncryptionKe
         #[serde(rename = "timeStamp", deserialize_with = "int_or_string")]
         time_stamp: i64,
     }
-    let b: Body = parse_json(ep::ENC_KEY, response.body())?;
+    let endpoint = Endpoint::EncryptionKey.name();
+    let b: Body = parse_json(endpoint, body)?;
     let key = b
         .encryption_key
         .filter(|k| !k.is_empty())
         .ok_or(ProtocolError::MissingField {
-            endpoint: ep::ENC_KEY,
+            endpoint,
             field: "encryptionKey",
         })?;
     Ok(EncryptionKey {
@@ -458,6 +476,37 @@ pub fn encryption_key(response: &http::Response<Vec<u8>>) -> Result<EncryptionKe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
+
+    // The decoders through the machine's lens: a response in, the session's error out.
+    type R = http::Response<Vec<u8>>;
+
+    fn v2(r: &R) -> Result<CstLogin, Error> {
+        match login_v2(r.headers(), r.body())? {
+            CstLoginAnswer::LoggedIn(l) => Ok(l),
+            CstLoginAnswer::ActionRequired(a) => Err(Error::ActionRequired(a)),
+        }
+    }
+
+    fn v3(r: &R) -> Result<OAuthLogin, Error> {
+        Ok(login_v3(r.body())?)
+    }
+
+    fn refreshed(r: &R) -> Result<OAuthTokens, Error> {
+        Ok(refresh(r.body())?)
+    }
+
+    fn read(r: &R) -> Result<(SessionDetails, Option<StreamingTokens>), Error> {
+        Ok(read_session(r.headers(), r.body())?)
+    }
+
+    fn key(r: &R) -> Result<EncryptionKey, Error> {
+        Ok(encryption_key(r.body())?)
+    }
+
+    fn switched(r: &R) -> Result<SwitchTokens, Error> {
+        Ok(switch_account(r.headers(), r.body())?)
+    }
 
     fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> http::Response<Vec<u8>> {
         let mut b = http::Response::builder().status(status);
@@ -478,7 +527,7 @@ mod tests {
     #[test]
     fn v2_login_reads_headers_case_insensitively_and_current_account() {
         let r = resp(200, &[("cst", "C1"), ("x-security-token", "X1")], V2_BODY);
-        let l = login_v2(&r).unwrap();
+        let l = v2(&r).unwrap();
         assert_eq!(l.cst.expose_secret(), "C1");
         assert_eq!(l.xst.expose_secret(), "X1");
         assert_eq!(l.account_id, "ABC123");
@@ -493,10 +542,10 @@ mod tests {
             &[("CST", "C"), ("X-SECURITY-TOKEN", "X")],
             r#"{"accountId":"Q1"}"#,
         );
-        assert_eq!(login_v2(&r).unwrap().account_id, "Q1");
+        assert_eq!(v2(&r).unwrap().account_id, "Q1");
         let r = resp(200, &[("CST", "C")], V2_BODY);
         assert!(matches!(
-            login_v2(&r),
+            v2(&r),
             Err(Error::Protocol(ProtocolError::MissingHeader {
                 header: "X-SECURITY-TOKEN",
                 ..
@@ -512,14 +561,14 @@ mod tests {
             r#"{"authenticationStatus":"CHANGE_ENVIRONMENT","reroutingEnvironment":"LIVE"}"#,
         );
         assert_eq!(
-            login_v2(&r).unwrap_err(),
+            v2(&r).unwrap_err(),
             Error::ActionRequired(ActionRequired::ChangeEnvironment {
                 environment: Some("LIVE".into())
             })
         );
         let r = resp(200, &[], r#"{"reroutingEnvironment":"DEMO"}"#);
         assert!(matches!(
-            login_v2(&r),
+            v2(&r),
             Err(Error::ActionRequired(
                 ActionRequired::ChangeEnvironment { .. }
             ))
@@ -530,7 +579,7 @@ mod tests {
             r#"{"currentAccountId":"A","formDetails":[{"formType":"KYC","formUrl":"u","formTitle":"t","formDismissible":false}]}"#,
         );
         assert_eq!(
-            login_v2(&r).unwrap_err(),
+            v2(&r).unwrap_err(),
             Error::ActionRequired(ActionRequired::Forms {
                 forms: vec!["KYC".into()]
             })
@@ -541,7 +590,7 @@ mod tests {
             r#"{"authenticationStatus":"DISABLED_PREFERRED_ACCOUNT"}"#,
         );
         assert!(matches!(
-            login_v2(&r),
+            v2(&r),
             Err(Error::ActionRequired(
                 ActionRequired::AuthenticationStatus { .. }
             ))
@@ -552,7 +601,7 @@ mod tests {
             &[("CST", "C"), ("X-SECURITY-TOKEN", "X")],
             r#"{"currentAccountId":"A","authenticationStatus":"AUTHENTICATED","formDetails":[]}"#,
         );
-        assert!(login_v2(&r).is_ok());
+        assert!(v2(&r).is_ok());
     }
 
     fn v3_body(expires: &str) -> String {
@@ -564,14 +613,14 @@ mod tests {
 
     #[test]
     fn v3_expires_in_string_number_and_garbage() {
-        let l = login_v3(&resp(200, &[], &v3_body("\"60\""))).unwrap();
+        let l = v3(&resp(200, &[], &v3_body("\"60\""))).unwrap();
         assert_eq!(l.tokens.expires_in, Duration::from_secs(60));
         assert_eq!(l.account_id, "ACC3");
         assert_eq!(l.tokens.access_token.expose_secret(), "AT");
-        let l = login_v3(&resp(200, &[], &v3_body("60"))).unwrap();
+        let l = v3(&resp(200, &[], &v3_body("60"))).unwrap();
         assert_eq!(l.tokens.expires_in, Duration::from_secs(60));
         for bad in ["\"sixty\"", "\"0\"", "0", "-5", "null", "\"\""] {
-            let e = login_v3(&resp(200, &[], &v3_body(bad))).unwrap_err();
+            let e = v3(&resp(200, &[], &v3_body(bad))).unwrap_err();
             assert!(matches!(e, Error::Protocol(_)), "{bad}: {e:?}");
             assert!(!e.to_string().contains("sixty"));
         }
@@ -584,21 +633,21 @@ mod tests {
             &[],
             r#"{"access_token":"A2","refresh_token":"R2","scope":"profile","token_type":"Bearer","expires_in":"30"}"#,
         );
-        let t = refresh(&r).unwrap();
+        let t = refreshed(&r).unwrap();
         assert_eq!(t.refresh_token.expose_secret(), "R2");
         assert_eq!(t.expires_in, Duration::from_secs(30));
         // The login shape (wrapped in oauthToken) is not a refresh answer.
-        assert!(refresh(&resp(200, &[], &v3_body("\"60\""))).is_err());
+        assert!(refreshed(&resp(200, &[], &v3_body("\"60\""))).is_err());
     }
 
     #[test]
     fn read_session_with_and_without_tokens() {
         let body = r#"{"clientId":"1","accountId":"A1","timezoneOffset":0,"locale":"en_GB","currency":"GBP","lightstreamerEndpoint":"https://ls"}"#;
-        let (d, t) = read_session(&resp(200, &[], body)).unwrap();
+        let (d, t) = read(&resp(200, &[], body)).unwrap();
         assert_eq!(d.account_id, "A1");
         assert_eq!(d.locale.as_deref(), Some("en_GB"));
         assert!(t.is_none());
-        let (_, t) = read_session(&resp(
+        let (_, t) = read(&resp(
             200,
             &[("cst", "SC"), ("x-security-token", "SX")],
             body,
@@ -609,28 +658,26 @@ mod tests {
 
     #[test]
     fn encryption_key_time_stamp_both_ways() {
-        let k = encryption_key(&resp(
+        let k = key(&resp(
             200,
             &[],
             r#"{"encryptionKey":"MIIB","timeStamp":"1601218928621"}"#,
         ))
         .unwrap();
         assert_eq!(k.time_stamp, 1_601_218_928_621);
-        let k = encryption_key(&resp(
+        let k = key(&resp(
             200,
             &[],
             r#"{"encryptionKey":"MIIB","timeStamp":1601218928621}"#,
         ))
         .unwrap();
         assert_eq!(k.time_stamp, 1_601_218_928_621);
-        assert!(
-            encryption_key(&resp(200, &[], r#"{"encryptionKey":"K","timeStamp":"x"}"#)).is_err()
-        );
+        assert!(key(&resp(200, &[], r#"{"encryptionKey":"K","timeStamp":"x"}"#)).is_err());
     }
 
     #[test]
     fn switch_keeps_absent_tokens_absent() {
-        let t = switch_account(&resp(200, &[("X-SECURITY-TOKEN", "X2")], "{}")).unwrap();
+        let t = switched(&resp(200, &[("X-SECURITY-TOKEN", "X2")], "{}")).unwrap();
         assert!(t.cst.is_none());
         assert_eq!(t.xst.unwrap().expose_secret(), "X2");
     }
@@ -645,7 +692,7 @@ mod tests {
         assert_eq!(error_code(b""), None);
         assert_eq!(error_code(br#"{"errorCode":5}"#), None);
         assert!(matches!(
-            login_v2(&resp(200, &[], "{\"currentAcc")),
+            v2(&resp(200, &[], "{\"currentAcc")),
             Err(Error::Protocol(ProtocolError::MalformedBody { .. }))
         ));
     }

@@ -1,12 +1,16 @@
-//! Pure request builders for IG's session endpoints.
+//! Pure request builders for IG's session endpoints: each takes an [`Endpoint`] (or
+//! implies one) and the inputs, and returns the `http::Request`; method, path and
+//! `Version` come from the [`Endpoint`] only.
 //!
 //! Every request carries `X-IG-API-KEY` (sensitive), `Accept` and `Content-Type`
 //! (`application/json; charset=UTF-8`) and an explicit `Version`: IG defaults to 1
 //! when it is absent, which silently changes the answer of a v2 or v3 login.
 
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request};
+use http::{HeaderMap, HeaderValue, Request};
 use serde::Serialize;
+
+use super::endpoint::Endpoint;
 
 use crate::error::{Error, UsageError};
 use crate::secret::{AccessToken, ApiKey, Cst, Password, SecurityToken, sensitive_header};
@@ -82,14 +86,27 @@ pub fn apply_auth(
     Ok(())
 }
 
-fn build(
-    method: Method,
-    url: &str,
-    version: Option<u8>,
+/// A request to `endpoint`: its method, `base` + its path (for the web-platform login,
+/// `base` is the whole URL), its `Version`, `Accept` and `Content-Type`, then the API
+/// key and the credentials when given. The one place method, path and version are
+/// put on a request.
+fn request(
+    endpoint: Endpoint,
+    base: &str,
     api_key: Option<&ApiKey>,
     auth: Option<AuthHeaders<'_>>,
     body: Vec<u8>,
 ) -> Result<Request<Vec<u8>>, Error> {
+    let method = endpoint
+        .method()
+        .ok_or(Error::Usage(UsageError::InvalidArgument {
+            what: "endpoint",
+            reason: "application requests are built by the application",
+        }))?;
+    let url = match endpoint.path() {
+        Some(path) => format!("{base}{path}"),
+        None => base.to_owned(),
+    };
     let mut req = Request::builder()
         .method(method)
         .uri(url)
@@ -103,7 +120,7 @@ fn build(
     let h = req.headers_mut();
     h.insert(ACCEPT, HeaderValue::from_static(JSON));
     h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
-    if let Some(v) = version {
+    if let Some(v) = endpoint.version() {
         h.insert("Version", HeaderValue::from(u16::from(v)));
     }
     match (api_key, auth) {
@@ -132,38 +149,43 @@ struct LoginBody<'a> {
     encrypted_password: Option<bool>,
 }
 
-/// `POST {base}/session` with `Version` 1, 2 or 3. `encrypted` adds
+/// `POST {base}/session` to `endpoint`: [`Endpoint::LoginV1`], [`LoginV2`](Endpoint::LoginV2)
+/// or [`LoginV3`](Endpoint::LoginV3) (its `Version`). `encrypted` adds
 /// `"encryptedPassword": true` (v1/v2 only; pass the output of
 /// [`encrypt_password`](super::encrypt_password) as `password`).
+///
+/// # Errors
+/// [`Error::Usage`] for another endpoint or values that cannot go in a header.
 pub fn login(
     base: &str,
     api_key: &ApiKey,
-    version: u8,
+    endpoint: Endpoint,
     identifier: &str,
     password: &Password,
     encrypted: bool,
 ) -> Result<Request<Vec<u8>>, Error> {
+    if !matches!(
+        endpoint,
+        Endpoint::LoginV1 | Endpoint::LoginV2 | Endpoint::LoginV3
+    ) {
+        return Err(Error::Usage(UsageError::InvalidArgument {
+            what: "endpoint",
+            reason: "not a POST /session login",
+        }));
+    }
     let body = json(&LoginBody {
         identifier,
         password: password.expose_secret(),
         encrypted_password: encrypted.then_some(true),
     });
-    build(
-        Method::POST,
-        &format!("{base}/session"),
-        Some(version),
-        Some(api_key),
-        None,
-        body,
-    )
+    request(endpoint, base, Some(api_key), None, body)
 }
 
 /// `GET {base}/session/encryptionKey`, Version 1.
 pub fn encryption_key(base: &str, api_key: &ApiKey) -> Result<Request<Vec<u8>>, Error> {
-    build(
-        Method::GET,
-        &format!("{base}/session/encryptionKey"),
-        Some(1),
+    request(
+        Endpoint::EncryptionKey,
+        base,
         Some(api_key),
         None,
         Vec::new(),
@@ -185,14 +207,7 @@ pub fn refresh(
     let body = json(&Body {
         refresh_token: refresh_token.expose_secret(),
     });
-    build(
-        Method::POST,
-        &format!("{base}/session/refresh-token"),
-        Some(1),
-        Some(api_key),
-        None,
-        body,
-    )
+    request(Endpoint::Refresh, base, Some(api_key), None, body)
 }
 
 /// `GET {base}/session`, Version 1; with `fetch_tokens`, `?fetchSessionTokens=true`
@@ -203,15 +218,9 @@ pub fn read_session(
     auth: AuthHeaders<'_>,
     fetch_tokens: bool,
 ) -> Result<Request<Vec<u8>>, Error> {
-    let url = if fetch_tokens {
-        format!("{base}/session?fetchSessionTokens=true")
-    } else {
-        format!("{base}/session")
-    };
-    build(
-        Method::GET,
-        &url,
-        Some(1),
+    request(
+        Endpoint::ReadSession { fetch_tokens },
+        base,
         Some(api_key),
         Some(auth),
         Vec::new(),
@@ -239,14 +248,7 @@ pub fn switch_account(
         account_id,
         default_account: make_default.then_some(true),
     });
-    build(
-        Method::PUT,
-        &format!("{base}/session"),
-        Some(1),
-        Some(api_key),
-        Some(auth),
-        body,
-    )
+    request(Endpoint::Switch, base, Some(api_key), Some(auth), body)
 }
 
 /// `DELETE {base}/session`, Version 1, no body.
@@ -255,10 +257,9 @@ pub fn logout(
     api_key: &ApiKey,
     auth: AuthHeaders<'_>,
 ) -> Result<Request<Vec<u8>>, Error> {
-    build(
-        Method::DELETE,
-        &format!("{base}/session"),
-        Some(1),
+    request(
+        Endpoint::Logout,
+        base,
         Some(api_key),
         Some(auth),
         Vec::new(),
@@ -285,12 +286,13 @@ pub fn web_platform_login(
         password: password.expose_secret(),
         enc: false,
     });
-    build(Method::POST, url, None, None, None, body)
+    request(Endpoint::WebPlatformLogin, url, None, None, body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
 
     const BASE: &str = "https://demo-api.ig.com/gateway/deal";
 
@@ -316,8 +318,12 @@ mod tests {
 
     #[test]
     fn login_v2_and_v3_render_exactly() {
-        for v in [1u8, 2, 3] {
-            let r = login(BASE, &key(), v, "user1", &Password::new("pw"), false).unwrap();
+        for (e, v) in [
+            (Endpoint::LoginV1, 1),
+            (Endpoint::LoginV2, 2),
+            (Endpoint::LoginV3, 3),
+        ] {
+            let r = login(BASE, &key(), e, "user1", &Password::new("pw"), false).unwrap();
             assert_eq!(r.method(), Method::POST);
             assert_eq!(r.uri(), "https://demo-api.ig.com/gateway/deal/session");
             common(&r, &v.to_string());
@@ -327,7 +333,15 @@ mod tests {
             );
             assert!(hdr(&r, "cst").is_none() && hdr(&r, "authorization").is_none());
         }
-        let r = login(BASE, &key(), 2, "u", &Password::new("ENC"), true).unwrap();
+        let r = login(
+            BASE,
+            &key(),
+            Endpoint::LoginV2,
+            "u",
+            &Password::new("ENC"),
+            true,
+        )
+        .unwrap();
         assert_eq!(
             body(&r),
             serde_json::json!({"identifier":"u","password":"ENC","encryptedPassword":true})

@@ -26,23 +26,25 @@
 //! not the account); the choice survives refreshes and re-logins.
 
 mod builder;
-mod classify;
 mod config;
 mod crypto;
 mod decode;
 mod display;
 mod encode;
+mod endpoint;
 mod env;
 mod machine;
+mod policy;
 mod snapshot;
 
 use std::time::Instant;
 
 pub use builder::IgConfigBuilder;
-pub use classify::{Action, BackOffs, Endpoint, LOGIN_THROTTLED, classify};
 pub use config::{IgConfig, IgEnvironment, LoginFlow, WEB_PLATFORM_LOGIN_URL};
 pub use crypto::encrypt_password;
+pub use endpoint::Endpoint;
 pub use machine::IgSession;
+pub use policy::{Action, BackOffs, LOGIN_THROTTLED, action_for};
 pub use snapshot::{PersistedSession, PersistedTokens, SessionSnapshot};
 
 /// Pure request builders for IG's session endpoints (for tests, fuzzing and custom
@@ -57,9 +59,9 @@ pub mod requests {
 /// Pure response parsers for IG's session endpoints (for tests and fuzzing).
 pub mod responses {
     pub use super::decode::{
-        CstLogin, EncryptionKey, IgAccount, OAuthLogin, OAuthTokens, SessionDetails,
-        StreamingTokens, SwitchTokens, encryption_key, error_code, login_v2, login_v3,
-        read_session, refresh, switch_account, web_platform_login,
+        CstLogin, CstLoginAnswer, EncryptionKey, IgAccount, OAuthLogin, OAuthTokens,
+        SessionDetails, StreamingTokens, SwitchTokens, encryption_key, error_code, login_v2,
+        login_v3, read_session, refresh, switch_account, web_platform_login,
     };
 }
 

@@ -1,22 +1,26 @@
-//! The IG session machine: transitions only. Requests come from `encode`, answers
-//! are read by `decode`, error answers are judged by `classify`.
+//! The IG session machine: transitions only. Requests come from `encode` (built from
+//! an [`Endpoint`]), answers are read by `decode`, error answers are judged by
+//! `policy`.
 //!
-//! - `mod.rs`: the session's state, accessors and the operation queue;
-//! - `steps.rs`: starting operations and sending their requests;
-//! - `outcome.rs`: what each answer, failure or timeout does;
-//! - `driver.rs`: the [`Machine`] loop contract, `authorize` and `observe`.
+//! - `mod.rs`: the session's fields, constructor, getters, its state as seen from
+//!   outside, and the [`Machine`] contract (`submit`, `handle_input`, `poll_output`,
+//!   `authorize`, `observe`);
+//! - `ops.rs`: operations, their plan of steps, the queue, sending, completing;
+//! - `answers.rs`: what each answer, failure or timeout does to the running operation
+//!   and the session.
 
-mod driver;
-mod outcome;
-mod steps;
+mod answers;
+mod ops;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::classify::{Action, BackOffs, Endpoint, classify};
+use self::ops::{Call, InFlight, Kind, Next, Op, Step};
 use super::config::{BaseUrl, IgConfig, LoginFlow};
-use super::decode::{self, IgAccount};
+use super::decode::{self, CstLoginAnswer, IgAccount};
 use super::encode::{self, AuthHeaders};
+use super::endpoint::Endpoint;
+use super::policy::{Action, BackOffs, action_for};
 use super::snapshot::{SessionSnapshot, SnapTokens};
 use super::{
     AuthMode, IgIntent, IgOutcome, IgState, LightstreamerCredentials, SessionDetails, SessionInfo,
@@ -101,61 +105,6 @@ enum Tokens {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Login,
-    Refresh,
-    Recover,
-    Read { fetch: bool },
-    Switch { make_default: bool },
-    Logout,
-    Resume,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    EncKey,
-    Login,
-    WebLogin,
-    Select,
-    SwitchPut { account: String, make_default: bool },
-    Refresh,
-    Read { fetch: bool },
-    Logout,
-}
-
-struct Op {
-    id: OpId,
-    kind: Kind,
-    steps: VecDeque<Step>,
-    /// The one in-operation credential recovery has been used.
-    recovered: bool,
-    /// A failed refresh already fell back to a login.
-    fell_back: bool,
-    attempts: u32,
-    retry_at: Option<Instant>,
-    enc_password: Option<Password>,
-    target_account: Option<String>,
-    details: Option<SessionDetails>,
-    streaming_tokens: bool,
-    already_active: bool,
-    /// A logout was submitted while this operation had a request in flight: the
-    /// answer is applied (it may hold tokens the logout must end), then the operation
-    /// completes as [`Error::Cancelled`] without sending anything more.
-    cancelled: bool,
-}
-
-struct InFlight {
-    id: RequestId,
-    step: Step,
-    deadline: Instant,
-}
-
-enum Next {
-    Continue,
-    Done(Result<(), Error>),
-}
-
 impl IgSession {
     /// A logged-out session.
     ///
@@ -163,15 +112,16 @@ impl IgSession {
     /// password). It is an argument, not a configuration field, so that no session is
     /// built on a default seed by accident: the transports fill it from the operating
     /// system; tests pass a fixed seed ([`RngSeed::from_u64`]) so every byte is
-    /// reproducible. `now` is the creation time (reserved: today nothing is scheduled
-    /// at creation).
+    /// reproducible. `_now`, the creation time, is not used: nothing is scheduled at
+    /// creation. It is part of the signature so that every broker's session is built
+    /// the same way, `new(config, seed, now)`, and a session that one day schedules
+    /// something at creation needs no new constructor.
     ///
     /// # Errors
     /// [`Error::Usage`] ([`UsageError::InvalidArgument`]) for a configuration that
     /// cannot work: an empty API key, a base URL that is not an absolute http(s) URL,
     /// the web-platform login on demo, a zero deadline.
-    pub fn new(config: IgConfig, seed: RngSeed, now: Now) -> Result<Self, Error> {
-        let _ = now;
+    pub fn new(config: IgConfig, seed: RngSeed, _now: Now) -> Result<Self, Error> {
         let base = config.validate().map_err(Error::Usage)?;
         let config = config.clamped();
         let base_str = config.environment.base_url().to_owned();
@@ -324,133 +274,226 @@ impl IgSession {
             self.outbox.push_back(Output::Event(Event::StateChanged(s)));
         }
     }
-
-    fn new_op(&mut self, kind: Kind) -> Op {
-        Op {
-            id: self.ids.op(),
-            kind,
-            steps: VecDeque::new(),
-            recovered: false,
-            fell_back: false,
-            attempts: 0,
-            retry_at: None,
-            enc_password: None,
-            target_account: None,
-            details: None,
-            streaming_tokens: false,
-            already_active: false,
-            cancelled: false,
-        }
-    }
-
-    /// A logout is queued or running: nothing but it may be sent, and nothing may be
-    /// started (no recovery, no refresh) until it ends.
-    fn logout_pending(&self) -> bool {
-        self.current
-            .iter()
-            .chain(self.queue.iter())
-            .any(|o| o.kind == Kind::Logout)
-    }
-
-    /// Remembers a login request given up on, for its late answer.
-    fn abandon_login(&mut self, id: RequestId) {
-        if self.abandoned_logins.len() >= MAX_ABANDONED {
-            self.abandoned_logins.pop_front();
-        }
-        self.abandoned_logins.push_back(id);
-    }
-
-    fn login_steps(&self) -> Vec<Step> {
-        let mut s = match self.cfg.login_flow {
-            LoginFlow::EncryptedV2 => vec![Step::EncKey, Step::Login],
-            LoginFlow::WebPlatform => vec![Step::WebLogin],
-            LoginFlow::V3 if self.cfg.fetch_streaming_tokens => {
-                vec![Step::Login, Step::Read { fetch: true }]
-            }
-            _ => vec![Step::Login],
-        };
-        s.push(Step::Select);
-        s
-    }
-
-    /// Steps that recover refused credentials: a refresh for v3, a login otherwise.
-    fn recovery_steps(&self) -> Vec<Step> {
-        match self.tokens {
-            Some(Tokens::OAuth { .. }) => vec![Step::Refresh],
-            _ => self.login_steps(),
-        }
-    }
-
-    /// The queued or running operation that is obtaining credentials, if any.
-    fn credential_op(&self) -> Option<OpId> {
-        self.current
-            .iter()
-            .chain(self.queue.iter())
-            .find(|o| {
-                matches!(
-                    o.kind,
-                    Kind::Login | Kind::Resume | Kind::Recover | Kind::Refresh
-                )
-            })
-            .map(|o| o.id)
-    }
-
-    fn recovery_op(&self) -> Option<OpId> {
-        self.current
-            .iter()
-            .chain(self.queue.iter())
-            .find(|o| matches!(o.kind, Kind::Recover | Kind::Refresh))
-            .map(|o| o.id)
-    }
-
-    fn enqueue_front(&mut self, kind: Kind) -> OpId {
-        let op = self.new_op(kind);
-        let id = op.id;
-        self.queue.push_front(op);
-        id
-    }
-
-    fn ensure_refresh(&mut self) -> OpId {
-        match self.recovery_op() {
-            Some(id) => id,
-            None => {
-                self.refresh_at = None;
-                self.enqueue_front(Kind::Refresh)
-            }
-        }
-    }
 }
 
-impl IgSession {
-    fn install_snapshot(&mut self, s: SessionSnapshot, now: Now) {
-        self.tokens = Some(match s.tokens {
-            SnapTokens::Cst { cst, xst } => Tokens::Cst { cst, xst },
-            SnapTokens::OAuth {
-                access,
-                refresh,
-                expires_at_epoch_ms,
-                streaming,
+impl Machine for IgSession {
+    type Intent = IgIntent;
+    type State = IgState;
+    type Outcome = IgOutcome;
+
+    fn submit(&mut self, intent: IgIntent, now: Now) -> Result<OpId, UsageError> {
+        if self.closed.is_some() {
+            return Err(UsageError::SessionClosed);
+        }
+        if self.queue.len() >= MAX_QUEUE {
+            return Err(UsageError::QueueFull);
+        }
+        let op = match intent {
+            IgIntent::Login => self.new_op(Kind::Login),
+            IgIntent::Refresh => self.new_op(Kind::Refresh),
+            IgIntent::ReadSession { fetch_tokens } => self.new_op(Kind::Read {
+                fetch: fetch_tokens,
+            }),
+            IgIntent::SwitchAccount {
+                account_id,
+                make_default,
             } => {
-                self.streaming = streaming;
-                let expires_at = now.instant_at_epoch_millis(expires_at_epoch_ms);
-                let left = expires_at.saturating_duration_since(now.mono);
-                if !left.is_zero() {
-                    let margin = self.cfg.refresh_margin.min(left / 2);
-                    self.refresh_at = Some(expires_at.checked_sub(margin).unwrap_or(now.mono));
+                if account_id.is_empty() || !is_valid_header_value(&account_id) {
+                    return Err(UsageError::InvalidArgument {
+                        what: "account_id",
+                        reason: "empty or not a valid header value",
+                    });
                 }
-                Tokens::OAuth {
-                    access,
-                    refresh,
-                    expires_at,
-                    expires_epoch_ms: expires_at_epoch_ms,
+                let mut op = self.new_op(Kind::Switch { make_default });
+                op.target_account = Some(account_id);
+                op
+            }
+            IgIntent::Logout => {
+                self.cancel_for_logout(now);
+                self.new_op(Kind::Logout)
+            }
+            IgIntent::Resume(snapshot) => {
+                if snapshot.base_url.trim_end_matches('/') != self.base_str {
+                    return Err(UsageError::InvalidArgument {
+                        what: "snapshot",
+                        reason: "saved for another base URL",
+                    });
+                }
+                if self.tokens.is_some() || self.current.is_some() {
+                    return Err(UsageError::InvalidArgument {
+                        what: "resume",
+                        reason: "the session is busy or logged in; resume into a fresh session",
+                    });
+                }
+                self.install_snapshot(snapshot, now);
+                self.new_op(Kind::Resume)
+            }
+        };
+        let id = op.id;
+        self.queue.push_back(op);
+        self.sync_state();
+        Ok(id)
+    }
+
+    fn handle_input(&mut self, input: Input, now: Now) {
+        match input {
+            Input::Response { id, response } => {
+                if let Some(f) = self.in_flight.take_if(|f| f.id == id) {
+                    self.on_response(f.call, &response, now);
+                } else if let Some(i) = self.abandoned_logins.iter().position(|a| *a == id) {
+                    self.abandoned_logins.remove(i);
+                    self.on_late_login_answer(&response, now);
                 }
             }
-        });
-        self.session_account = Some(s.account_id);
-        self.selected_account = None;
-        self.lightstreamer_endpoint = s.lightstreamer_endpoint;
-        self.lost = None;
-        self.generation += 1;
+            Input::Failed { id, failure } => {
+                if let Some(f) = self.in_flight.take_if(|f| f.id == id) {
+                    self.on_failure(f.call, Error::Transport(sanitize(failure)), now);
+                }
+            }
+            _ => self.run_timers(now),
+        }
+        self.sync_state();
+    }
+
+    fn poll_output(&mut self, now: Now) -> Output<IgState, IgOutcome> {
+        self.run_timers(now);
+        self.start_next(now);
+        self.sync_state();
+        if let Some(o) = self.outbox.pop_front() {
+            crate::machine::trace_output("ig", &o);
+            return o;
+        }
+        Output::Wait(self.next_deadline(now.mono))
+    }
+
+    fn authorize<B>(
+        &mut self,
+        request: &mut http::Request<B>,
+        now: Now,
+    ) -> Result<AuthStamp, AuthorizeError> {
+        if let Some(reason) = &self.closed {
+            return Err(AuthorizeError::Lost(reason.clone()));
+        }
+        if !self.base.covers(request.uri()) {
+            return Err(AuthorizeError::Refused(UsageError::InvalidArgument {
+                what: "request URI",
+                reason: "not under the session's base URL: credentials go only to IG",
+            }));
+        }
+        if let Some(until) = self.backoff_until.filter(|t| *t > now.mono) {
+            return Err(AuthorizeError::BackingOff { until });
+        }
+        if self.logout_pending() {
+            // The credentials are being given up: none are handed out any more.
+            return Err(AuthorizeError::NotLoggedIn);
+        }
+        // Credentials being replaced (or not yet validated) are not handed out.
+        let replacing = self
+            .current
+            .iter()
+            .filter(|o| matches!(o.kind, Kind::Login | Kind::Resume | Kind::Recover))
+            .chain(
+                self.queue
+                    .iter()
+                    .filter(|o| matches!(o.kind, Kind::Resume | Kind::Recover)),
+            )
+            .next();
+        if let Some(op) = replacing {
+            return Err(AuthorizeError::Pending { op: op.id });
+        }
+        if self.tokens.is_none() {
+            if let Some(op) = self.credential_op() {
+                return Err(AuthorizeError::Pending { op });
+            }
+            return Err(match &self.lost {
+                Some(e) => AuthorizeError::Lost(e.clone()),
+                None => AuthorizeError::NotLoggedIn,
+            });
+        }
+        if self
+            .access_token_expires_at()
+            .is_some_and(|t| t <= now.mono)
+        {
+            let op = self.ensure_refresh();
+            self.sync_state();
+            return Err(AuthorizeError::Pending { op });
+        }
+        let auth = self.auth().map_err(|_| AuthorizeError::NotLoggedIn)?;
+        encode::apply_auth(request.headers_mut(), &self.cfg.api_key, auth).map_err(|_| {
+            AuthorizeError::Refused(UsageError::InvalidArgument {
+                what: "credentials",
+                reason: "not valid header values",
+            })
+        })?;
+        Ok(AuthStamp {
+            generation: self.generation,
+        })
+    }
+
+    fn observe<B: AsRef<[u8]>>(
+        &mut self,
+        response: &http::Response<B>,
+        stamp: AuthStamp,
+        now: Now,
+    ) -> Observation {
+        let status = response.status();
+        if status.is_success() || status.is_redirection() || status.is_informational() {
+            if status.is_success() && self.recovered_gen == Some(stamp.generation) {
+                self.recovered_gen = None;
+            }
+            return Observation::Accepted;
+        }
+        let code = decode::error_code(response.body().as_ref());
+        let obs = match action_for(
+            Endpoint::Application,
+            status.as_u16(),
+            code.as_deref(),
+            self.backoffs(),
+        ) {
+            Action::Relogin(api) | Action::Refresh(api) => {
+                if self.closed.is_some()
+                    || (self.tokens.is_none() && self.credential_op().is_none())
+                {
+                    Observation::Lost(self.closed.clone().unwrap_or(Error::Unauthorized(api)))
+                } else if self.logout_pending() {
+                    // Logout is final: a refused request starts no recovery after it.
+                    Observation::Lost(Error::Cancelled)
+                } else if stamp.generation < self.generation {
+                    Observation::Replay
+                } else if let Some(op) = self.recovery_op().or_else(|| self.credential_op()) {
+                    Observation::Recover { op }
+                } else if self.recovered_gen == Some(stamp.generation) {
+                    let e = Error::Unauthorized(api);
+                    self.lose(e.clone());
+                    Observation::Lost(e)
+                } else {
+                    Observation::Recover {
+                        op: self.enqueue_front(Kind::Recover),
+                    }
+                }
+            }
+            Action::BackOff { retry_after, .. } => {
+                let until = now.after(retry_after);
+                let until = self.backoff_until.map_or(until, |u| u.max(until));
+                self.backoff_until = Some(until);
+                Observation::BackOff { until }
+            }
+            Action::Close(e) => {
+                self.close(e.clone());
+                // The running operation's request was dropped with the session.
+                if self.current.is_some() {
+                    self.finish(Err(Error::Cancelled), now);
+                }
+                Observation::Lost(e)
+            }
+            _ => Observation::Accepted,
+        };
+        self.sync_state();
+        obs
+    }
+
+    fn state(&self) -> IgState {
+        self.compute_state()
     }
 }
 
@@ -463,8 +506,9 @@ fn sanitize(mut f: TransportFailure) -> TransportFailure {
     f
 }
 
-fn encode_check(v: &str) -> bool {
-    http::HeaderValue::from_str(v).is_err()
+/// Whether `v` can be sent as an HTTP header value (no control characters).
+fn is_valid_header_value(v: &str) -> bool {
+    http::HeaderValue::from_str(v).is_ok()
 }
 
 impl std::fmt::Debug for IgSession {

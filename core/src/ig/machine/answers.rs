@@ -1,45 +1,40 @@
-//! What each answer, failure or timeout does to the running operation.
+//! Answers: what each response, transport failure or timeout does to the running
+//! operation and to the session (tokens, back-off, loss, closing). Error answers are
+//! judged by `policy::action_for`; this file decides what the judgement does.
 
-use super::steps::{sends_password, step_endpoint, step_endpoint_name};
 use super::*;
 use crate::machine::FailureKind;
 
 impl IgSession {
-    pub(super) fn on_response(&mut self, step: Step, response: &http::Response<Vec<u8>>, now: Now) {
+    pub(super) fn on_response(&mut self, call: Call, response: &http::Response<Vec<u8>>, now: Now) {
         let status = response.status();
+        let endpoint = call.endpoint();
         let next = if status.is_success() {
-            match self.apply_success(&step, response, now) {
+            match self.apply_success(&call, response, now) {
                 Ok(()) => {
                     // A key fetch is only the first half of an encrypted login: its
                     // success must not reset the login's attempt count.
-                    if step != Step::EncKey
+                    if endpoint != Endpoint::EncryptionKey
                         && let Some(op) = self.current.as_mut()
                     {
                         op.attempts = 0;
                     }
                     Next::Continue
                 }
-                Err(e) => self.on_decode_error(&step, e, now),
+                Err(e) => self.on_decode_error(endpoint, e),
             }
         } else if status.is_redirection() || status.is_informational() {
-            let endpoint = step_endpoint_name(&step);
             self.on_decode_error(
-                &step,
+                endpoint,
                 Error::Protocol(ProtocolError::Redirect {
-                    endpoint,
+                    endpoint: endpoint.name(),
                     status: status.as_u16(),
                 }),
-                now,
             )
         } else {
             let code = decode::error_code(response.body());
-            let action = classify(
-                step_endpoint(&step),
-                status.as_u16(),
-                code.as_deref(),
-                self.backoffs(),
-            );
-            self.on_action(step, action, now)
+            let action = action_for(endpoint, status.as_u16(), code.as_deref(), self.backoffs());
+            self.on_action(call, action, now)
         };
         match next {
             Next::Continue => self.advance(now),
@@ -49,14 +44,14 @@ impl IgSession {
 
     /// A 2xx that does not parse, or a redirect: a login's failure leaves the session
     /// logged out; a logout still forgets the tokens.
-    pub(super) fn on_decode_error(&mut self, step: &Step, e: Error, now: Now) -> Next {
-        match step {
-            Step::Logout => Next::Done(Ok(())),
+    pub(super) fn on_decode_error(&mut self, endpoint: Endpoint, e: Error) -> Next {
+        match endpoint {
+            Endpoint::Logout => Next::Done(Ok(())),
             // An unusable refresh answer is a failed refresh: one login instead.
-            Step::Refresh => self.refresh_failed(e),
-            Step::EncKey | Step::Login | Step::WebLogin => {
+            Endpoint::Refresh => self.refresh_failed(e),
+            login if login == Endpoint::EncryptionKey || login.is_login() => {
                 if matches!(e, Error::ActionRequired(_) | Error::Crypto(_)) {
-                    self.close(e.clone(), now);
+                    self.close(e.clone());
                 }
                 Next::Done(Err(e))
             }
@@ -66,13 +61,30 @@ impl IgSession {
 
     pub(super) fn apply_success(
         &mut self,
-        step: &Step,
+        call: &Call,
         response: &http::Response<Vec<u8>>,
         now: Now,
     ) -> Result<(), Error> {
-        match step {
-            Step::EncKey => {
-                let key = decode::encryption_key(response)?;
+        let (headers, body) = (response.headers(), response.body().as_slice());
+        let endpoint = match call {
+            Call::Switch { account, .. } => {
+                let t = decode::switch_account(headers, body)?;
+                if let Some(Tokens::Cst { cst, xst }) = self.tokens.as_mut() {
+                    if let Some(c) = t.cst {
+                        *cst = c;
+                    }
+                    if let Some(x) = t.xst {
+                        *xst = x;
+                    }
+                }
+                self.switched_to(account.clone());
+                return Ok(());
+            }
+            Call::Send(endpoint) => *endpoint,
+        };
+        match endpoint {
+            Endpoint::EncryptionKey => {
+                let key = decode::encryption_key(body)?;
                 let enc = crate::ig::encrypt_password(
                     &mut self.rng,
                     &key.key,
@@ -83,19 +95,28 @@ impl IgSession {
                     op.enc_password = Some(enc);
                 }
             }
-            Step::Login | Step::WebLogin => {
-                if self.cfg.login_flow == LoginFlow::V3 {
-                    let l = decode::login_v3(response)?;
+            Endpoint::LoginV1
+            | Endpoint::LoginV2
+            | Endpoint::LoginV3
+            | Endpoint::WebPlatformLogin => {
+                if endpoint == Endpoint::LoginV3 {
+                    let l = decode::login_v3(body)?;
                     self.set_oauth(l.tokens, now);
                     self.session_account = Some(l.account_id);
                     self.client_id = l.client_id;
                     self.lightstreamer_endpoint = l.lightstreamer_endpoint;
                     self.accounts.clear();
                 } else {
-                    let l = if *step == Step::WebLogin {
-                        decode::web_platform_login(response)?
+                    let answer = if endpoint == Endpoint::WebPlatformLogin {
+                        decode::web_platform_login(headers, body)?
                     } else {
-                        decode::login_v2(response)?
+                        decode::login_v2(headers, body)?
+                    };
+                    let l = match answer {
+                        CstLoginAnswer::LoggedIn(l) => l,
+                        CstLoginAnswer::ActionRequired(a) => {
+                            return Err(Error::ActionRequired(a));
+                        }
                     };
                     self.tokens = Some(Tokens::Cst {
                         cst: l.cst,
@@ -110,13 +131,13 @@ impl IgSession {
                 self.streaming = None;
                 self.generation += 1;
             }
-            Step::Refresh => {
-                let t = decode::refresh(response)?;
+            Endpoint::Refresh => {
+                let t = decode::refresh(body)?;
                 self.set_oauth(t, now);
                 self.generation += 1;
             }
-            Step::Read { .. } => {
-                let (details, tokens) = decode::read_session(response)?;
+            Endpoint::ReadSession { .. } => {
+                let (details, tokens) = decode::read_session(headers, body)?;
                 if let Some(op) = self.current.as_mut() {
                     op.streaming_tokens = tokens.is_some();
                     op.details = Some(details.clone());
@@ -131,24 +152,12 @@ impl IgSession {
                     self.session_account = Some(details.account_id);
                 }
             }
-            Step::SwitchPut { account, .. } => {
-                let t = decode::switch_account(response)?;
-                if let Some(Tokens::Cst { cst, xst }) = self.tokens.as_mut() {
-                    if let Some(c) = t.cst {
-                        *cst = c;
-                    }
-                    if let Some(x) = t.xst {
-                        *xst = x;
-                    }
-                }
-                self.switched_to(account.clone());
-            }
-            Step::Logout => {
+            Endpoint::Logout => {
                 if let Some(op) = self.current.as_mut() {
-                    op.already_active = true;
+                    op.server_confirmed = true;
                 }
             }
-            Step::Select => {}
+            Endpoint::Switch | Endpoint::Application => {}
         }
         Ok(())
     }
@@ -174,31 +183,63 @@ impl IgSession {
         });
     }
 
-    pub(super) fn on_action(&mut self, step: Step, action: Action, now: Now) -> Next {
-        if step == Step::Logout {
+    pub(super) fn install_snapshot(&mut self, s: SessionSnapshot, now: Now) {
+        self.tokens = Some(match s.tokens {
+            SnapTokens::Cst { cst, xst } => Tokens::Cst { cst, xst },
+            SnapTokens::OAuth {
+                access,
+                refresh,
+                expires_at_epoch_ms,
+                streaming,
+            } => {
+                self.streaming = streaming;
+                let expires_at = now.instant_at_epoch_millis(expires_at_epoch_ms);
+                let left = expires_at.saturating_duration_since(now.mono);
+                if !left.is_zero() {
+                    let margin = self.cfg.refresh_margin.min(left / 2);
+                    self.refresh_at = Some(expires_at.checked_sub(margin).unwrap_or(now.mono));
+                }
+                Tokens::OAuth {
+                    access,
+                    refresh,
+                    expires_at,
+                    expires_epoch_ms: expires_at_epoch_ms,
+                }
+            }
+        });
+        self.session_account = Some(s.account_id);
+        self.selected_account = None;
+        self.lightstreamer_endpoint = s.lightstreamer_endpoint;
+        self.lost = None;
+        self.generation += 1;
+    }
+
+    pub(super) fn on_action(&mut self, call: Call, action: Action, now: Now) -> Next {
+        let endpoint = call.endpoint();
+        if endpoint == Endpoint::Logout {
             // The tokens are forgotten whatever IG says; only the flag differs.
             let confirmed = matches!(action, Action::AlreadyDone(_));
             if let Some(op) = self.current.as_mut() {
-                op.already_active = confirmed;
+                op.server_confirmed = confirmed;
             }
             return Next::Done(Ok(()));
         }
         match action {
             Action::Close(e) => {
-                self.close(e.clone(), now);
+                self.close(e.clone());
                 Next::Done(Err(e))
             }
             Action::Fail(e) => {
-                if step == Step::Refresh {
+                if endpoint == Endpoint::Refresh {
                     return self.refresh_failed(e);
                 }
                 Next::Done(Err(e))
             }
             Action::Relogin(api) | Action::Refresh(api) => {
-                if step == Step::Refresh {
+                if endpoint == Endpoint::Refresh {
                     return self.refresh_failed(Error::Unauthorized(api));
                 }
-                if matches!(step, Step::EncKey | Step::Login | Step::WebLogin) {
+                if endpoint == Endpoint::EncryptionKey || endpoint.is_login() {
                     // Logging in again to fix a refused login would recurse.
                     return Next::Done(Err(Error::Unauthorized(api)));
                 }
@@ -212,7 +253,7 @@ impl IgSession {
                 }
                 op.recovered = true;
                 let mut steps = self.recovery_steps();
-                steps.push(step);
+                steps.push(Step::Call(call));
                 if let Some(op) = self.current.as_mut() {
                     for s in steps.into_iter().rev() {
                         op.steps.push_front(s);
@@ -227,12 +268,12 @@ impl IgSession {
             }
             // A login is repeated only after an answer that says IG did not judge it
             // (a server error), never after a 4xx whatever its code.
-            Action::Retry(api) if sends_password(&step) && api.status < 500 => {
+            Action::Retry(api) if endpoint.sends_password() && api.status < 500 => {
                 Next::Done(Err(Error::Unavailable(api)))
             }
-            Action::Retry(api) => self.retry(step, Error::Unavailable(api), now),
+            Action::Retry(api) => self.retry(call, Error::Unavailable(api), now),
             Action::AlreadyDone(_) => {
-                if let Step::SwitchPut { account, .. } = step {
+                if let Call::Switch { account, .. } = call {
                     if let Some(op) = self.current.as_mut() {
                         op.already_active = true;
                     }
@@ -261,12 +302,12 @@ impl IgSession {
         }
     }
 
-    pub(super) fn retry(&mut self, step: Step, e: Error, now: Now) -> Next {
+    pub(super) fn retry(&mut self, call: Call, e: Error, now: Now) -> Next {
         let max = self.cfg.max_attempts.max(1);
         let delay = self.cfg.retry_delay;
         // The encrypted password was used up by the failed attempt (and its timeStamp
         // ages): a retried encrypted login fetches a fresh encryption key first.
-        let fresh_key = step == Step::Login && self.cfg.login_flow == LoginFlow::EncryptedV2;
+        let fresh_key = call.endpoint().is_login() && self.cfg.login_flow == LoginFlow::EncryptedV2;
         let Some(op) = self.current.as_mut() else {
             return Next::Done(Err(e));
         };
@@ -279,30 +320,31 @@ impl IgSession {
         }
         let factor = 1u32 << (op.attempts - 1).min(10);
         op.retry_at = Some(now.after(delay.saturating_mul(factor).max(Duration::from_millis(1))));
-        op.steps.push_front(step);
+        op.steps.push_front(Step::Call(call));
         if fresh_key {
-            op.steps.push_front(Step::EncKey);
+            op.steps.push_front(Step::send(Endpoint::EncryptionKey));
         }
         Next::Continue
     }
 
-    pub(super) fn on_failure(&mut self, step: Step, e: Error, now: Now) {
-        let next = if step == Step::Logout {
+    pub(super) fn on_failure(&mut self, call: Call, e: Error, now: Now) {
+        let endpoint = call.endpoint();
+        let next = if endpoint == Endpoint::Logout {
             Next::Done(Ok(()))
-        } else if sends_password(&step) {
+        } else if endpoint.sends_password() {
             match e {
                 // No connection was opened: the password never left, so try again.
                 Error::Transport(f) if f.kind == FailureKind::Connect => {
-                    self.retry(step, Error::Transport(f), now)
+                    self.retry(call, Error::Transport(f), now)
                 }
                 Error::Transport(f) => Next::Done(Err(Error::LoginUnanswered {
-                    endpoint: step_endpoint_name(&step),
+                    endpoint: endpoint.name(),
                     failure: Some(f),
                 })),
                 e => Next::Done(Err(e)),
             }
         } else {
-            self.retry(step, e, now)
+            self.retry(call, e, now)
         };
         match next {
             Next::Continue => self.advance(now),
@@ -329,14 +371,14 @@ impl IgSession {
             return;
         }
         let code = decode::error_code(response.body());
-        match classify(
-            Endpoint::Login,
+        match action_for(
+            Endpoint::login(self.cfg.login_flow),
             status.as_u16(),
             code.as_deref(),
             self.backoffs(),
         ) {
             Action::Close(e) => {
-                self.close(e, now);
+                self.close(e);
                 // The running operation's request was dropped with the session.
                 if self.current.is_some() {
                     self.finish(Err(Error::Cancelled), now);
@@ -347,30 +389,6 @@ impl IgSession {
                 self.backoff_until = Some(self.backoff_until.map_or(until, |u| u.max(until)));
             }
             _ => {}
-        }
-    }
-
-    /// A logout was submitted: every other queued operation completes as cancelled,
-    /// the running one as soon as its request (if any) is answered, and no refresh or
-    /// retry timer is left.
-    pub(super) fn cancel_for_logout(&mut self, now: Now) {
-        for op in std::mem::take(&mut self.queue) {
-            self.outbox.push_back(Output::Event(Event::Completed {
-                op: op.id,
-                result: Err(Error::Cancelled),
-            }));
-        }
-        self.refresh_at = None;
-        let in_flight = self.in_flight.is_some();
-        if let Some(op) = self.current.as_mut() {
-            if op.kind == Kind::Logout {
-                return;
-            }
-            op.cancelled = true;
-            op.retry_at = None;
-            if !in_flight {
-                self.finish(Err(Error::Cancelled), now);
-            }
         }
     }
 
@@ -391,7 +409,7 @@ impl IgSession {
             .push_back(Output::Event(Event::SessionLost { reason }));
     }
 
-    pub(super) fn close(&mut self, reason: Error, _now: Now) {
+    pub(super) fn close(&mut self, reason: Error) {
         if self.closed.is_some() {
             return;
         }
@@ -407,135 +425,5 @@ impl IgSession {
         }
         self.outbox
             .push_back(Output::Event(Event::SessionLost { reason }));
-    }
-
-    pub(super) fn session_info(&self) -> Option<SessionInfo> {
-        Some(SessionInfo {
-            account_id: self.account_id()?.to_owned(),
-            client_id: self.client_id.clone(),
-            accounts: self.accounts.clone(),
-            lightstreamer_endpoint: self.lightstreamer_endpoint.clone(),
-            mode: self.mode()?,
-        })
-    }
-
-    pub(super) fn finish(&mut self, result: Result<(), Error>, now: Now) {
-        let Some(op) = self.current.take() else {
-            return;
-        };
-        self.in_flight = None;
-        if op.cancelled {
-            // Cancelled by a logout: whatever the operation reached, it reports
-            // `Cancelled` and leaves the session to the logout (no loss, no retry).
-            self.outbox.push_back(Output::Event(Event::Completed {
-                op: op.id,
-                result: Err(Error::Cancelled),
-            }));
-            return;
-        }
-        let not_logged_in = || Error::Usage(UsageError::NotLoggedIn);
-        let result: Result<IgOutcome, Error> = match (op.kind, result) {
-            (Kind::Logout, _) => {
-                self.forget_tokens();
-                self.lost = None;
-                Ok(IgOutcome::LoggedOut {
-                    server_confirmed: op.already_active,
-                })
-            }
-            (Kind::Login, Ok(())) => self
-                .session_info()
-                .map(IgOutcome::LoggedIn)
-                .ok_or_else(not_logged_in),
-            (Kind::Resume, Ok(())) => self
-                .session_info()
-                .map(IgOutcome::Resumed)
-                .ok_or_else(not_logged_in),
-            (Kind::Refresh, Ok(())) => match &self.tokens {
-                Some(Tokens::OAuth { expires_at, .. }) => Ok(IgOutcome::Refreshed {
-                    expires_at: *expires_at,
-                }),
-                _ => Err(not_logged_in()),
-            },
-            (Kind::Recover, Ok(())) => {
-                self.recovered_gen = Some(self.generation);
-                Ok(IgOutcome::Recovered {
-                    generation: self.generation,
-                })
-            }
-            (Kind::Read { .. }, Ok(())) => match op.details {
-                Some(details) => Ok(IgOutcome::Session {
-                    details,
-                    streaming_tokens: op.streaming_tokens,
-                }),
-                None => Err(not_logged_in()),
-            },
-            (Kind::Switch { .. }, Ok(())) => Ok(IgOutcome::Switched {
-                account_id: self.account_id().unwrap_or_default().to_owned(),
-                already_active: op.already_active,
-            }),
-            (kind, Err(e)) => {
-                self.after_failure(kind, &e, now);
-                Err(e)
-            }
-        };
-        self.outbox
-            .push_back(Output::Event(Event::Completed { op: op.id, result }));
-    }
-
-    pub(super) fn after_failure(&mut self, kind: Kind, e: &Error, now: Now) {
-        if self.closed.is_some() {
-            return;
-        }
-        let throttled = matches!(e, Error::Throttled { .. });
-        let expired = match &self.tokens {
-            Some(Tokens::OAuth { expires_at, .. }) => *expires_at <= now.mono,
-            _ => false,
-        };
-        match kind {
-            Kind::Resume => self.forget_tokens(),
-            Kind::Login => {
-                if !throttled {
-                    self.forget_tokens();
-                }
-            }
-            Kind::Recover => {
-                if throttled {
-                    // Keep the tokens: a back-off answer says nothing about them.
-                } else {
-                    self.lose(e.clone());
-                }
-            }
-            Kind::Refresh => {
-                if matches!(e, Error::Unauthorized(_) | Error::CredentialsRejected(_))
-                    || expired && !throttled
-                {
-                    self.lose(e.clone());
-                } else if !expired && self.tokens.is_some() {
-                    // Try again later while the current token still works.
-                    self.refresh_at =
-                        Some(now.after(self.cfg.retry_delay.max(Duration::from_secs(1))));
-                }
-            }
-            Kind::Read { .. } | Kind::Switch { .. } => {
-                if matches!(e, Error::Unauthorized(_)) {
-                    self.lose(e.clone());
-                }
-            }
-            Kind::Logout => {}
-        }
-    }
-
-    pub(super) fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let mut d: Option<Instant> = None;
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t.filter(|t| *t > now) {
-                d = Some(d.map_or(t, |x: Instant| x.min(t)));
-            }
-        };
-        consider(self.in_flight.as_ref().map(|f| f.deadline));
-        consider(self.current.as_ref().and_then(|o| o.retry_at));
-        consider(self.refresh_at);
-        consider(self.backoff_until);
-        d
     }
 }

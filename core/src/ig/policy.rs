@@ -1,30 +1,14 @@
-//! What to do about an IG error answer: from the endpoint, the HTTP status and the
-//! exact `errorCode` (never a substring of the body) to an action.
+//! What an IG error answer means: from the endpoint, the HTTP status and the exact
+//! `errorCode` (never a substring of the body) to an action.
+//!
+//! The rules come from the protocol notes' error table (`spec/ig-session.md` §5.2,
+//! itself from IG's reference exception lists and the issues it cites); each rule
+//! below names its row.
 
 use std::time::Duration;
 
+use super::endpoint::Endpoint;
 use crate::error::{ActionRequired, ApiError, Error};
-
-/// Which request the answer belongs to; the same code means different things on
-/// different endpoints (a throttling 401 on login, a 412 on a switch).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Endpoint {
-    /// `POST /session` (any version) or the web-platform login.
-    Login,
-    /// `POST /session/refresh-token`.
-    Refresh,
-    /// `GET /session/encryptionKey`.
-    EncryptionKey,
-    /// `GET /session`.
-    ReadSession,
-    /// `PUT /session`.
-    Switch,
-    /// `DELETE /session`.
-    Logout,
-    /// An application request stamped by the session.
-    Application,
-}
 
 /// The action for an error answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +37,7 @@ pub enum Action {
     AlreadyDone(ApiError),
 }
 
-/// Back-off durations the classification hands out.
+/// Back-off durations [`action_for`] hands out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackOffs {
     /// After an allowance error or a 429.
@@ -68,23 +52,38 @@ pub const LOGIN_THROTTLED: &str =
 
 const HISTORICAL_ALLOWANCE: &str = "error.public-api.exceeded-account-historical-data-allowance";
 
-/// Classifies an error answer (any non-2xx, non-3xx status).
-pub fn classify(endpoint: Endpoint, status: u16, code: Option<&str>, b: BackOffs) -> Action {
+/// What an error answer (any non-2xx, non-3xx status) to `endpoint` means.
+///
+/// ```
+/// use std::time::Duration;
+/// use broker_session::ig::{Action, BackOffs, Endpoint, action_for};
+///
+/// let b = BackOffs { allowance: Duration::from_secs(60), login_throttle: Duration::from_secs(180) };
+/// let a = action_for(Endpoint::Application, 401, Some("error.security.client-token-invalid"), b);
+/// assert!(matches!(a, Action::Relogin(_)));
+/// ```
+#[must_use]
+pub fn action_for(endpoint: Endpoint, status: u16, code: Option<&str>, b: BackOffs) -> Action {
     let api = ApiError::new(status, code);
     let code = code.unwrap_or("");
-    let is_login = endpoint == Endpoint::Login;
+    let is_login = endpoint.is_login();
 
     // Exact codes first: they say more than the status.
     match code {
+        // §5.2 `invalid-details`, `too-many-failed-attempts`: fatal, never retried
+        // (repeated failures lock the account).
         "error.security.invalid-details" | "error.security.too-many-failed-attempts" => {
             return Action::Close(Error::CredentialsRejected(api));
         }
+        // §5.2 and §6.1 login throttling: back off minutes; not a credentials error.
         LOGIN_THROTTLED if is_login => {
             return Action::BackOff {
                 error: api,
                 retry_after: b.login_throttle,
             };
         }
+        // §5.2 `encryption.required`, `kyc.required`, `pending.agreements.required`,
+        // `preferred.account.*`: a person must act.
         "error.public-api.failure.encryption.required" => {
             return Action::Close(Error::ActionRequired(ActionRequired::EncryptionRequired));
         }
@@ -102,57 +101,71 @@ pub fn classify(endpoint: Endpoint, status: u16, code: Option<&str>, b: BackOffs
                 },
             ));
         }
+        // §5.2 historical-data allowance: a weekly quota; waiting a minute does not
+        // help, so fail fast.
         HISTORICAL_ALLOWANCE => {
-            // A weekly quota: waiting a minute does not help, so fail fast.
             return Action::Fail(Error::Throttled {
                 error: api,
                 retry_after: Duration::from_secs(7 * 24 * 3600),
             });
         }
+        // §5.2 `oauth-token-invalid`: refresh once (on the refresh itself it is a
+        // failed refresh, handled by the 401 rule below).
         "error.security.oauth-token-invalid" if !is_login && endpoint != Endpoint::Refresh => {
             return Action::Refresh(api);
         }
+        // §5.2 (412, trading-ig#66): already on that account.
         "error.switch.accountId-must-be-different" if endpoint == Endpoint::Switch => {
             return Action::AlreadyDone(api);
         }
+        // §5.2 `generic`, `get.session.timeout`: limited retry.
         "error.security.generic" | "error.security.get.session.timeout" => {
             return Action::Retry(api);
         }
         _ => {}
     }
+    // §5.2 and §6.1 `exceeded-*-allowance`: back off, never re-login.
     if code.starts_with("error.public-api.exceeded-") && code.ends_with("allowance") {
         return Action::BackOff {
             error: api,
             retry_after: b.allowance,
         };
     }
+    // §5.2 key and account rows: fatal.
     // An account code on an application call may concern only that call (another
     // account's data, say): it falls through to the status rules, so a 401 gets one
     // re-login, whose own answer closes the session if the account really is barred.
     if is_key_problem(code) || (is_account_problem(code) && endpoint != Endpoint::Application) {
         return Action::Close(Error::Rejected(api));
     }
+    // §5.2 429: generic throttling, back off.
     if status == 429 {
         return Action::BackOff {
             error: api,
             retry_after: b.allowance,
         };
     }
+    // §5.2 5xx: transient; the machine bounds the attempts.
     if status >= 500 {
         return Action::Retry(api);
     }
+    // §2.6: a logout refused as unauthorized means the session is already gone.
     if endpoint == Endpoint::Logout && status == 401 {
         return Action::AlreadyDone(api);
     }
+    // §5.2 `client-token-invalid`, `account-token-invalid`, a 401 without a code:
+    // re-login once.
     if status == 401 {
         return match endpoint {
             // Never retry a login IG refused: repeated failures lock the account.
-            Endpoint::Login => Action::Close(Error::CredentialsRejected(api)),
+            e if e.is_login() => Action::Close(Error::CredentialsRejected(api)),
             // A refused refresh token: the caller falls back to one login.
             Endpoint::Refresh => Action::Fail(Error::Unauthorized(api)),
             _ => Action::Relogin(api),
         };
     }
+    // §5.2 `invalid.input`, `validation.*`, `switch.invalid-accountId`: fatal at
+    // login, the operation's failure elsewhere.
     if is_login {
         // Anything else refused at login is configuration; retrying cannot fix it.
         return Action::Close(Error::Rejected(api));
@@ -160,6 +173,7 @@ pub fn classify(endpoint: Endpoint, status: u16, code: Option<&str>, b: BackOffs
     Action::Fail(Error::Rejected(api))
 }
 
+/// §5.2 API-key rows (`api-key-*`, `unauthorised.api-key*`, `invalid-application`).
 fn is_key_problem(code: &str) -> bool {
     code.starts_with("error.security.api-key-")
         || code.starts_with("unauthorised.api-key")
@@ -168,6 +182,7 @@ fn is_key_problem(code: &str) -> bool {
         || code == "error.security.invalid-application"
 }
 
+/// §5.2 account-state rows, `missing.credentials`, `stockbroking-not-supported`.
 fn is_account_problem(code: &str) -> bool {
     matches!(
         code,
@@ -194,7 +209,7 @@ mod tests {
     };
 
     fn c(e: Endpoint, s: u16, code: &str) -> Action {
-        classify(e, s, (!code.is_empty()).then_some(code), B)
+        action_for(e, s, (!code.is_empty()).then_some(code), B)
     }
 
     #[test]
@@ -216,36 +231,40 @@ mod tests {
             Action::Relogin(_)
         ));
         assert!(matches!(
-            c(Endpoint::Login, 401, "error.security.account-suspended"),
+            c(Endpoint::LoginV3, 401, "error.security.account-suspended"),
             Action::Close(Error::Rejected(_))
         ));
     }
 
     #[test]
     fn spec_table() {
-        use Endpoint::*;
+        use Endpoint::{Application, Logout, Refresh, Switch};
+        let login = Endpoint::LoginV2;
+        let read = Endpoint::ReadSession {
+            fetch_tokens: false,
+        };
         assert!(matches!(
-            c(Login, 401, "error.security.invalid-details"),
+            c(login, 401, "error.security.invalid-details"),
             Action::Close(Error::CredentialsRejected(_))
         ));
         assert!(matches!(
-            c(Login, 403, "error.security.api-key-invalid"),
+            c(login, 403, "error.security.api-key-invalid"),
             Action::Close(Error::Rejected(_))
         ));
         assert!(matches!(
-            c(Login, 400, "error.security.api-key-missing"),
+            c(login, 400, "error.security.api-key-missing"),
             Action::Close(Error::Rejected(_))
         ));
         assert!(matches!(
             c(
-                Login,
+                login,
                 400,
                 "validation.pattern.invalid.authenticationRequest.identifier"
             ),
             Action::Close(Error::Rejected(_))
         ));
         assert_eq!(
-            c(Login, 401, LOGIN_THROTTLED),
+            c(login, 401, LOGIN_THROTTLED),
             Action::BackOff {
                 error: ApiError::new(401, Some(LOGIN_THROTTLED)),
                 retry_after: B.login_throttle
@@ -292,8 +311,8 @@ mod tests {
             c(Application, 403, HISTORICAL_ALLOWANCE),
             Action::Fail(Error::Throttled { .. })
         ));
-        assert!(matches!(c(ReadSession, 429, ""), Action::BackOff { .. }));
-        assert!(matches!(c(ReadSession, 503, ""), Action::Retry(_)));
+        assert!(matches!(c(read, 429, ""), Action::BackOff { .. }));
+        assert!(matches!(c(read, 503, ""), Action::Retry(_)));
         assert!(matches!(
             c(Switch, 412, "error.switch.accountId-must-be-different"),
             Action::AlreadyDone(_)
@@ -304,17 +323,17 @@ mod tests {
         ));
         assert!(matches!(c(Logout, 401, ""), Action::AlreadyDone(_)));
         assert!(matches!(
-            c(Login, 400, "error.public-api.failure.encryption.required"),
+            c(login, 400, "error.public-api.failure.encryption.required"),
             Action::Close(Error::ActionRequired(ActionRequired::EncryptionRequired))
         ));
         assert!(matches!(
-            c(Login, 401, "error.public-api.failure.kyc.required"),
+            c(login, 401, "error.public-api.failure.kyc.required"),
             Action::Close(Error::ActionRequired(ActionRequired::Forms { .. }))
         ));
         assert!(matches!(
-            c(Login, 401, "weird"),
+            c(login, 401, "weird"),
             Action::Close(Error::CredentialsRejected(_))
         ));
-        assert!(matches!(c(Login, 500, ""), Action::Retry(_)));
+        assert!(matches!(c(login, 500, ""), Action::Retry(_)));
     }
 }

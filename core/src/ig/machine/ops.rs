@@ -1,0 +1,638 @@
+//! Operations: what the user (or the session itself) asked for, the plan of steps
+//! each follows, the queue they wait in, sending their requests, and completing
+//! them.
+//!
+//! An operation holds its plan as data (`VecDeque<Step>`): the plan is built when
+//! it starts (from its kind and the configuration); a retry pushes the failed
+//! request back to the front, a recovery pushes a login (or a refresh) before it.
+
+use super::*;
+
+/// What an operation is for; its plan of steps is built when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Login,
+    Refresh,
+    Recover,
+    Read { fetch: bool },
+    Switch { make_default: bool },
+    Logout,
+    Resume,
+}
+
+/// One step of an operation's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Local: choose the account to act on (the configured or selected one, or the
+    /// switch's target). A v3 session only changes the `IG-ACCOUNT-ID` it stamps; a
+    /// CST session on another account then needs a [`Call::Switch`].
+    SelectAccount,
+    /// Send a request.
+    Call(Call),
+}
+
+impl Step {
+    pub(super) fn send(endpoint: Endpoint) -> Self {
+        Self::Call(Call::Send(endpoint))
+    }
+}
+
+/// A request of a plan: what is in flight, what an answer is matched to, what a
+/// retry or a recovery sends again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Call {
+    /// A request built from the endpoint and the session alone.
+    Send(Endpoint),
+    /// `PUT /session` ([`Endpoint::Switch`]) to this account: the one request whose
+    /// inputs belong to the step.
+    Switch { account: String, make_default: bool },
+}
+
+impl Call {
+    pub(super) fn endpoint(&self) -> Endpoint {
+        match self {
+            Self::Send(endpoint) => *endpoint,
+            Self::Switch { .. } => Endpoint::Switch,
+        }
+    }
+}
+
+/// An operation: its kind, its plan (the steps left), and what it has gathered.
+pub(super) struct Op {
+    pub(super) id: OpId,
+    pub(super) kind: Kind,
+    pub(super) steps: VecDeque<Step>,
+    /// The one in-operation credential recovery has been used.
+    pub(super) recovered: bool,
+    /// A failed refresh already fell back to a login.
+    pub(super) fell_back: bool,
+    pub(super) attempts: u32,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) enc_password: Option<Password>,
+    pub(super) target_account: Option<String>,
+    pub(super) details: Option<SessionDetails>,
+    pub(super) streaming_tokens: bool,
+    /// A switch found the account already active.
+    pub(super) already_active: bool,
+    /// IG confirmed a logout (2xx), or said the session was already gone (401).
+    pub(super) server_confirmed: bool,
+    /// A logout was submitted while this operation had a request in flight: the
+    /// answer is applied (it may hold tokens the logout must end), then the operation
+    /// completes as [`Error::Cancelled`] without sending anything more.
+    pub(super) cancelled: bool,
+}
+
+/// The request on the wire (at most one at a time).
+pub(super) struct InFlight {
+    pub(super) id: RequestId,
+    pub(super) call: Call,
+    pub(super) deadline: Instant,
+}
+
+/// What an answer leaves the running operation to do.
+pub(super) enum Next {
+    Continue,
+    Done(Result<(), Error>),
+}
+
+impl IgSession {
+    pub(super) fn new_op(&mut self, kind: Kind) -> Op {
+        Op {
+            id: self.ids.op(),
+            kind,
+            steps: VecDeque::new(),
+            recovered: false,
+            fell_back: false,
+            attempts: 0,
+            retry_at: None,
+            enc_password: None,
+            target_account: None,
+            details: None,
+            streaming_tokens: false,
+            already_active: false,
+            server_confirmed: false,
+            cancelled: false,
+        }
+    }
+
+    /// A logout is queued or running: nothing but it may be sent, and nothing may be
+    /// started (no recovery, no refresh) until it ends.
+    pub(super) fn logout_pending(&self) -> bool {
+        self.current
+            .iter()
+            .chain(self.queue.iter())
+            .any(|o| o.kind == Kind::Logout)
+    }
+
+    /// Remembers a login request given up on, for its late answer.
+    pub(super) fn abandon_login(&mut self, id: RequestId) {
+        if self.abandoned_logins.len() >= MAX_ABANDONED {
+            self.abandoned_logins.pop_front();
+        }
+        self.abandoned_logins.push_back(id);
+    }
+
+    /// The queued or running operation that is obtaining credentials, if any.
+    pub(super) fn credential_op(&self) -> Option<OpId> {
+        self.current
+            .iter()
+            .chain(self.queue.iter())
+            .find(|o| {
+                matches!(
+                    o.kind,
+                    Kind::Login | Kind::Resume | Kind::Recover | Kind::Refresh
+                )
+            })
+            .map(|o| o.id)
+    }
+
+    pub(super) fn recovery_op(&self) -> Option<OpId> {
+        self.current
+            .iter()
+            .chain(self.queue.iter())
+            .find(|o| matches!(o.kind, Kind::Recover | Kind::Refresh))
+            .map(|o| o.id)
+    }
+
+    pub(super) fn enqueue_front(&mut self, kind: Kind) -> OpId {
+        let op = self.new_op(kind);
+        let id = op.id;
+        self.queue.push_front(op);
+        id
+    }
+
+    pub(super) fn ensure_refresh(&mut self) -> OpId {
+        match self.recovery_op() {
+            Some(id) => id,
+            None => {
+                self.refresh_at = None;
+                self.enqueue_front(Kind::Refresh)
+            }
+        }
+    }
+
+    pub(super) fn login_steps(&self) -> Vec<Step> {
+        let login = Step::send(Endpoint::login(self.cfg.login_flow));
+        let mut s = match self.cfg.login_flow {
+            LoginFlow::EncryptedV2 => vec![Step::send(Endpoint::EncryptionKey), login],
+            LoginFlow::V3 if self.cfg.fetch_streaming_tokens => vec![
+                login,
+                Step::send(Endpoint::ReadSession { fetch_tokens: true }),
+            ],
+            _ => vec![login],
+        };
+        s.push(Step::SelectAccount);
+        s
+    }
+
+    /// Steps that recover refused credentials: a refresh for v3, a login otherwise.
+    pub(super) fn recovery_steps(&self) -> Vec<Step> {
+        match self.tokens {
+            Some(Tokens::OAuth { .. }) => vec![Step::send(Endpoint::Refresh)],
+            _ => self.login_steps(),
+        }
+    }
+
+    pub(super) fn run_timers(&mut self, now: Now) {
+        if self.backoff_until.is_some_and(|t| t <= now.mono) {
+            self.backoff_until = None;
+        }
+        if let Some(f) = self.in_flight.take_if(|f| f.deadline <= now.mono) {
+            let endpoint = f.call.endpoint();
+            if endpoint.sends_password() {
+                // The login may have reached IG: never sent again. Its answer, should
+                // it still come, is judged by `on_late_login_answer`.
+                self.abandon_login(f.id);
+                self.finish(
+                    Err(Error::LoginUnanswered {
+                        endpoint: endpoint.name(),
+                        failure: None,
+                    }),
+                    now,
+                );
+            } else {
+                self.on_failure(
+                    f.call,
+                    Error::Protocol(ProtocolError::NoResponse {
+                        endpoint: endpoint.name(),
+                    }),
+                    now,
+                );
+            }
+        }
+        if self.in_flight.is_none()
+            && self
+                .current
+                .as_ref()
+                .and_then(|o| o.retry_at)
+                .is_some_and(|t| t <= now.mono)
+        {
+            if let Some(op) = self.current.as_mut() {
+                op.retry_at = None;
+            }
+            self.advance(now);
+        }
+        if self.logout_pending() {
+            // A logout ends the session: no refresh is due any more.
+            self.refresh_at = None;
+        }
+        if self.refresh_at.is_some_and(|t| t <= now.mono) && self.closed.is_none() {
+            self.refresh_at = None;
+            if matches!(self.tokens, Some(Tokens::OAuth { .. })) && self.recovery_op().is_none() {
+                // Ahead of queued intents: they need a live token too.
+                self.enqueue_front(Kind::Refresh);
+            }
+        }
+    }
+
+    pub(super) fn start_next(&mut self, now: Now) {
+        if self.current.is_some() || self.backoff_until.is_some() || self.closed.is_some() {
+            return;
+        }
+        let Some(mut op) = self.queue.pop_front() else {
+            return;
+        };
+        let ready: Result<Vec<Step>, Error> = match op.kind {
+            Kind::Login => {
+                self.lost = None;
+                Ok(self.login_steps())
+            }
+            Kind::Recover => Ok(self.recovery_steps()),
+            Kind::Refresh => match self.tokens {
+                Some(Tokens::OAuth { .. }) => Ok(vec![Step::send(Endpoint::Refresh)]),
+                Some(_) => Err(Error::Usage(UsageError::Unsupported {
+                    intent: "refresh",
+                    reason: "only v3 sessions have refresh tokens",
+                })),
+                None => Err(Error::Usage(UsageError::NotLoggedIn)),
+            },
+            Kind::Read { fetch } => self.need_tokens().map(|()| {
+                vec![Step::send(Endpoint::ReadSession {
+                    fetch_tokens: fetch,
+                })]
+            }),
+            Kind::Logout => self
+                .need_tokens()
+                .map(|()| vec![Step::send(Endpoint::Logout)]),
+            Kind::Switch { make_default } => self.need_tokens().and_then(|()| {
+                match (&self.tokens, make_default) {
+                    (Some(Tokens::OAuth { .. }), true) => Err(Error::Usage(UsageError::Unsupported {
+                        intent: "switch_account",
+                        reason: "a v3 session switches by header only; changing the default account needs a v2 session",
+                    })),
+                    (Some(Tokens::OAuth { .. }), false) => Ok(vec![Step::SelectAccount]),
+                    _ => Ok(vec![Step::Call(Call::Switch {
+                        account: op.target_account.clone().unwrap_or_default(),
+                        make_default,
+                    })]),
+                }
+            }),
+            Kind::Resume => {
+                // The snapshot's tokens were installed by `submit`. An expired v3 access token is refreshed first; a failed refresh does not
+                // fall back to a login (the caller decides).
+                op.fell_back = true;
+                let mut s = Vec::new();
+                if let Some(Tokens::OAuth { expires_at, .. }) = &self.tokens
+                    && *expires_at <= now.mono
+                {
+                    s.push(Step::send(Endpoint::Refresh));
+                }
+                s.push(Step::send(Endpoint::ReadSession {
+                    fetch_tokens: false,
+                }));
+                Ok(s)
+            }
+        };
+        match ready {
+            Ok(steps) => {
+                op.steps = steps.into();
+                self.current = Some(op);
+                self.advance(now);
+            }
+            Err(e) => {
+                self.current = Some(op);
+                self.finish(Err(e), now);
+            }
+        }
+    }
+
+    pub(super) fn need_tokens(&self) -> Result<(), Error> {
+        if self.tokens.is_some() {
+            Ok(())
+        } else {
+            Err(Error::Usage(UsageError::NotLoggedIn))
+        }
+    }
+
+    /// Runs steps until one needs a request, a retry delay holds, or none is left.
+    pub(super) fn advance(&mut self, now: Now) {
+        loop {
+            let Some(op) = self.current.as_mut() else {
+                return;
+            };
+            if self.in_flight.is_some() {
+                return;
+            }
+            if op.cancelled {
+                // A logout was submitted: nothing more is sent for this operation.
+                self.finish(Err(Error::Cancelled), now);
+                return;
+            }
+            if op.retry_at.is_some() {
+                return;
+            }
+            let Some(step) = op.steps.pop_front() else {
+                self.finish(Ok(()), now);
+                return;
+            };
+            let call = match step {
+                Step::SelectAccount => {
+                    if let Some(put) = self.select_account()
+                        && let Some(op) = self.current.as_mut()
+                    {
+                        op.steps.push_front(Step::Call(put));
+                    }
+                    continue;
+                }
+                Step::Call(call) => call,
+            };
+            match self.request_for(&call) {
+                Ok(request) => {
+                    let id = self.ids.request();
+                    let deadline = now.after(self.cfg.request_deadline);
+                    self.in_flight = Some(InFlight { id, call, deadline });
+                    self.outbox.push_back(Output::Send(Transmit {
+                        id,
+                        request,
+                        deadline,
+                    }));
+                    return;
+                }
+                Err(e) => {
+                    self.finish(Err(e), now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The local part of selecting an account; returns the `PUT /session` a CST
+    /// session needs, if any.
+    pub(super) fn select_account(&mut self) -> Option<Call> {
+        let op = self.current.as_ref()?;
+        let wanted = match op.kind {
+            Kind::Switch { .. } => op.target_account.clone(),
+            _ => self
+                .selected_account
+                .clone()
+                .or_else(|| self.cfg.account_id.clone()),
+        }?;
+        match self.tokens {
+            Some(Tokens::OAuth { .. }) => {
+                let before = self.account_id().map(str::to_owned);
+                if before.as_deref() != Some(wanted.as_str()) {
+                    self.generation += 1;
+                } else if let Some(op) = self.current.as_mut() {
+                    op.already_active = true;
+                }
+                self.selected_account = Some(wanted);
+                None
+            }
+            Some(Tokens::Cst { .. }) => {
+                if self.session_account.as_deref() == Some(wanted.as_str()) {
+                    self.selected_account = Some(wanted);
+                    None
+                } else {
+                    Some(Call::Switch {
+                        account: wanted,
+                        make_default: false,
+                    })
+                }
+            }
+            None => None,
+        }
+    }
+
+    pub(super) fn auth(&self) -> Result<AuthHeaders<'_>, Error> {
+        match &self.tokens {
+            Some(Tokens::Cst { cst, xst }) => Ok(AuthHeaders::Cst { cst, xst }),
+            Some(Tokens::OAuth { access, .. }) => Ok(AuthHeaders::Bearer {
+                token: access,
+                account_id: self.account_id().unwrap_or_default(),
+            }),
+            None => Err(Error::Usage(UsageError::NotLoggedIn)),
+        }
+    }
+
+    pub(super) fn request_for(&mut self, call: &Call) -> Result<http::Request<Vec<u8>>, Error> {
+        let base = self.base_str.as_str();
+        let key = &self.cfg.api_key;
+        let endpoint = match call {
+            Call::Switch {
+                account,
+                make_default,
+            } => {
+                return encode::switch_account(base, key, self.auth()?, account, *make_default);
+            }
+            Call::Send(endpoint) => *endpoint,
+        };
+        match endpoint {
+            Endpoint::EncryptionKey => encode::encryption_key(base, key),
+            Endpoint::LoginV1 | Endpoint::LoginV2 | Endpoint::LoginV3 => {
+                let encrypted = self.cfg.login_flow == LoginFlow::EncryptedV2;
+                let enc = self.current.as_mut().and_then(|o| o.enc_password.take());
+                let password = match (&enc, encrypted) {
+                    (Some(p), true) => p,
+                    (None, true) => {
+                        return Err(Error::Usage(UsageError::InvalidArgument {
+                            what: "login",
+                            reason: "encrypted login without an encryption key",
+                        }));
+                    }
+                    _ => &self.cfg.password,
+                };
+                encode::login(
+                    base,
+                    key,
+                    endpoint,
+                    &self.cfg.identifier,
+                    password,
+                    encrypted,
+                )
+            }
+            Endpoint::WebPlatformLogin => encode::web_platform_login(
+                &self.cfg.web_platform_url,
+                &self.cfg.identifier,
+                &self.cfg.password,
+            ),
+            Endpoint::Refresh => match &self.tokens {
+                Some(Tokens::OAuth { refresh, .. }) => encode::refresh(base, key, refresh),
+                _ => Err(Error::Usage(UsageError::NotLoggedIn)),
+            },
+            Endpoint::ReadSession { fetch_tokens } => {
+                encode::read_session(base, key, self.auth()?, fetch_tokens)
+            }
+            Endpoint::Logout => encode::logout(base, key, self.auth()?),
+            Endpoint::Switch | Endpoint::Application => {
+                Err(Error::Usage(UsageError::InvalidArgument {
+                    what: "step",
+                    reason: "not a request the session plans without inputs",
+                }))
+            }
+        }
+    }
+
+    /// A logout was submitted: every other queued operation completes as cancelled,
+    /// the running one as soon as its request (if any) is answered, and no refresh or
+    /// retry timer is left.
+    pub(super) fn cancel_for_logout(&mut self, now: Now) {
+        for op in std::mem::take(&mut self.queue) {
+            self.outbox.push_back(Output::Event(Event::Completed {
+                op: op.id,
+                result: Err(Error::Cancelled),
+            }));
+        }
+        self.refresh_at = None;
+        let in_flight = self.in_flight.is_some();
+        if let Some(op) = self.current.as_mut() {
+            if op.kind == Kind::Logout {
+                return;
+            }
+            op.cancelled = true;
+            op.retry_at = None;
+            if !in_flight {
+                self.finish(Err(Error::Cancelled), now);
+            }
+        }
+    }
+
+    pub(super) fn session_info(&self) -> Option<SessionInfo> {
+        Some(SessionInfo {
+            account_id: self.account_id()?.to_owned(),
+            client_id: self.client_id.clone(),
+            accounts: self.accounts.clone(),
+            lightstreamer_endpoint: self.lightstreamer_endpoint.clone(),
+            mode: self.mode()?,
+        })
+    }
+
+    pub(super) fn finish(&mut self, result: Result<(), Error>, now: Now) {
+        let Some(op) = self.current.take() else {
+            return;
+        };
+        self.in_flight = None;
+        if op.cancelled {
+            // Cancelled by a logout: whatever the operation reached, it reports
+            // `Cancelled` and leaves the session to the logout (no loss, no retry).
+            self.outbox.push_back(Output::Event(Event::Completed {
+                op: op.id,
+                result: Err(Error::Cancelled),
+            }));
+            return;
+        }
+        let not_logged_in = || Error::Usage(UsageError::NotLoggedIn);
+        let result: Result<IgOutcome, Error> = match (op.kind, result) {
+            (Kind::Logout, _) => {
+                self.forget_tokens();
+                self.lost = None;
+                Ok(IgOutcome::LoggedOut {
+                    server_confirmed: op.server_confirmed,
+                })
+            }
+            (Kind::Login, Ok(())) => self
+                .session_info()
+                .map(IgOutcome::LoggedIn)
+                .ok_or_else(not_logged_in),
+            (Kind::Resume, Ok(())) => self
+                .session_info()
+                .map(IgOutcome::Resumed)
+                .ok_or_else(not_logged_in),
+            (Kind::Refresh, Ok(())) => match &self.tokens {
+                Some(Tokens::OAuth { expires_at, .. }) => Ok(IgOutcome::Refreshed {
+                    expires_at: *expires_at,
+                }),
+                _ => Err(not_logged_in()),
+            },
+            (Kind::Recover, Ok(())) => {
+                self.recovered_gen = Some(self.generation);
+                Ok(IgOutcome::Recovered {
+                    generation: self.generation,
+                })
+            }
+            (Kind::Read { .. }, Ok(())) => match op.details {
+                Some(details) => Ok(IgOutcome::Session {
+                    details,
+                    streaming_tokens: op.streaming_tokens,
+                }),
+                None => Err(not_logged_in()),
+            },
+            (Kind::Switch { .. }, Ok(())) => Ok(IgOutcome::Switched {
+                account_id: self.account_id().unwrap_or_default().to_owned(),
+                already_active: op.already_active,
+            }),
+            (kind, Err(e)) => {
+                self.after_failure(kind, &e, now);
+                Err(e)
+            }
+        };
+        self.outbox
+            .push_back(Output::Event(Event::Completed { op: op.id, result }));
+    }
+
+    pub(super) fn after_failure(&mut self, kind: Kind, e: &Error, now: Now) {
+        if self.closed.is_some() {
+            return;
+        }
+        let throttled = matches!(e, Error::Throttled { .. });
+        let expired = match &self.tokens {
+            Some(Tokens::OAuth { expires_at, .. }) => *expires_at <= now.mono,
+            _ => false,
+        };
+        match kind {
+            Kind::Resume => self.forget_tokens(),
+            Kind::Login => {
+                if !throttled {
+                    self.forget_tokens();
+                }
+            }
+            Kind::Recover => {
+                if throttled {
+                    // Keep the tokens: a back-off answer says nothing about them.
+                } else {
+                    self.lose(e.clone());
+                }
+            }
+            Kind::Refresh => {
+                if matches!(e, Error::Unauthorized(_) | Error::CredentialsRejected(_))
+                    || expired && !throttled
+                {
+                    self.lose(e.clone());
+                } else if !expired && self.tokens.is_some() {
+                    // Try again later while the current token still works.
+                    self.refresh_at =
+                        Some(now.after(self.cfg.retry_delay.max(Duration::from_secs(1))));
+                }
+            }
+            Kind::Read { .. } | Kind::Switch { .. } => {
+                if matches!(e, Error::Unauthorized(_)) {
+                    self.lose(e.clone());
+                }
+            }
+            Kind::Logout => {}
+        }
+    }
+
+    pub(super) fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let mut d: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t.filter(|t| *t > now) {
+                d = Some(d.map_or(t, |x: Instant| x.min(t)));
+            }
+        };
+        consider(self.in_flight.as_ref().map(|f| f.deadline));
+        consider(self.current.as_ref().and_then(|o| o.retry_at));
+        consider(self.refresh_at);
+        consider(self.backoff_until);
+        d
+    }
+}
