@@ -110,6 +110,8 @@
 //! let mut foreign = http::Request::get("https://example.com/accounts").body(()).unwrap();
 //! assert!(ig.authorize(&mut foreign, now).is_err());
 //! ```
+//!
+//! How a broker module is laid out, and how to add one: `ARCHITECTURE.md` (repository root).
 // Where other crates' docs link for this crate's items when its own docs are not
 // built beside theirs (`cargo doc --no-deps -p broker-session-ureq`); without it those
 // links render as plain text. Keep the version in step with Cargo.toml.

@@ -1,9 +1,10 @@
 //! What an IG error answer means: from the endpoint, the HTTP status and the exact
 //! `errorCode` (never a substring of the body) to an action.
 //!
-//! The rules come from the protocol notes' error table (`spec/ig-session.md` §5.2,
-//! itself from IG's reference exception lists and the issues it cites); each rule
-//! below names its row.
+//! Each rule names its source: "IG reference" is the exception list of IG's REST
+//! reference for `/session` and `/session/refresh-token`; "reported" is an answer
+//! seen in client libraries' issue trackers (trading-ig, ig-client) where IG
+//! documents nothing; "IG limits" is IG Labs' FAQ on allowances.
 
 use std::time::Duration;
 
@@ -70,20 +71,21 @@ pub fn action_for(endpoint: Endpoint, status: u16, code: Option<&str>, b: BackOf
 
     // Exact codes first: they say more than the status.
     match code {
-        // §5.2 `invalid-details`, `too-many-failed-attempts`: fatal, never retried
-        // (repeated failures lock the account).
+        // Reported (trading-ig#202) and listed by IG's Ruby client: bad credentials.
+        // Fatal, never retried: repeated failures lock the account.
         "error.security.invalid-details" | "error.security.too-many-failed-attempts" => {
             return Action::Close(Error::CredentialsRejected(api));
         }
-        // §5.2 and §6.1 login throttling: back off minutes; not a credentials error.
+        // Reported by many projects for logins in quick succession ("wait 2-3
+        // minutes"): back off; not a credentials error.
         LOGIN_THROTTLED if is_login => {
             return Action::BackOff {
                 error: api,
                 retry_after: b.login_throttle,
             };
         }
-        // §5.2 `encryption.required`, `kyc.required`, `pending.agreements.required`,
-        // `preferred.account.*`: a person must act.
+        // IG reference: a person must act (encrypt the password, fill forms, accept
+        // agreements, set a preferred account).
         "error.public-api.failure.encryption.required" => {
             return Action::Close(Error::ActionRequired(ActionRequired::EncryptionRequired));
         }
@@ -101,60 +103,61 @@ pub fn action_for(endpoint: Endpoint, status: u16, code: Option<&str>, b: BackOf
                 },
             ));
         }
-        // §5.2 historical-data allowance: a weekly quota; waiting a minute does not
-        // help, so fail fast.
+        // IG limits: the historical-data allowance is a weekly quota; waiting a
+        // minute does not help, so fail fast.
         HISTORICAL_ALLOWANCE => {
             return Action::Fail(Error::Throttled {
                 error: api,
                 retry_after: Duration::from_secs(7 * 24 * 3600),
             });
         }
-        // §5.2 `oauth-token-invalid`: refresh once (on the refresh itself it is a
-        // failed refresh, handled by the 401 rule below).
+        // IG reference (refresh-token), ig-client: the v3 access token expired.
+        // Refresh once (on the refresh itself it is a failed refresh: the 401 rule).
         "error.security.oauth-token-invalid" if !is_login && endpoint != Endpoint::Refresh => {
             return Action::Refresh(api);
         }
-        // §5.2 (412, trading-ig#66): already on that account.
+        // Reported (412, trading-ig#66): already on that account.
         "error.switch.accountId-must-be-different" if endpoint == Endpoint::Switch => {
             return Action::AlreadyDone(api);
         }
-        // §5.2 `generic`, `get.session.timeout`: limited retry.
+        // Listed by IG's Ruby client as server-side failures: limited retry.
         "error.security.generic" | "error.security.get.session.timeout" => {
             return Action::Retry(api);
         }
         _ => {}
     }
-    // §5.2 and §6.1 `exceeded-*-allowance`: back off, never re-login.
+    // Reported (403, trading-ig#203) and IG limits: an allowance is used up. Back
+    // off; logging in again would spend more of it.
     if code.starts_with("error.public-api.exceeded-") && code.ends_with("allowance") {
         return Action::BackOff {
             error: api,
             retry_after: b.allowance,
         };
     }
-    // §5.2 key and account rows: fatal.
+    // IG reference and the Ruby client's list: key and account problems are fatal.
     // An account code on an application call may concern only that call (another
     // account's data, say): it falls through to the status rules, so a 401 gets one
     // re-login, whose own answer closes the session if the account really is barred.
     if is_key_problem(code) || (is_account_problem(code) && endpoint != Endpoint::Application) {
         return Action::Close(Error::Rejected(api));
     }
-    // §5.2 429: generic throttling, back off.
+    // HTTP 429, rare at IG and without a body: throttling of unknown scope, back off.
     if status == 429 {
         return Action::BackOff {
             error: api,
             retry_after: b.allowance,
         };
     }
-    // §5.2 5xx: transient; the machine bounds the attempts.
+    // HTTP 5xx: transient; the machine bounds the attempts.
     if status >= 500 {
         return Action::Retry(api);
     }
-    // §2.6: a logout refused as unauthorized means the session is already gone.
+    // A logout refused as unauthorized: the session is already gone.
     if endpoint == Endpoint::Logout && status == 401 {
         return Action::AlreadyDone(api);
     }
-    // §5.2 `client-token-invalid`, `account-token-invalid`, a 401 without a code:
-    // re-login once.
+    // IG reference (`client-token-invalid`, `account-token-invalid`) and reported
+    // (a bare 401 after a switch or a login elsewhere, ig-client#93): re-login once.
     if status == 401 {
         return match endpoint {
             // Never retry a login IG refused: repeated failures lock the account.
@@ -164,8 +167,8 @@ pub fn action_for(endpoint: Endpoint, status: u16, code: Option<&str>, b: BackOf
             _ => Action::Relogin(api),
         };
     }
-    // §5.2 `invalid.input`, `validation.*`, `switch.invalid-accountId`: fatal at
-    // login, the operation's failure elsewhere.
+    // IG reference (`invalid.input`, `validation.*`, `switch.*`): the request is
+    // wrong. Fatal at login, the operation's failure elsewhere.
     if is_login {
         // Anything else refused at login is configuration; retrying cannot fix it.
         return Action::Close(Error::Rejected(api));
@@ -173,7 +176,8 @@ pub fn action_for(endpoint: Endpoint, status: u16, code: Option<&str>, b: BackOf
     Action::Fail(Error::Rejected(api))
 }
 
-/// §5.2 API-key rows (`api-key-*`, `unauthorised.api-key*`, `invalid-application`).
+/// IG reference and the Ruby client's list: the API key is missing, wrong, revoked
+/// or not allowed here.
 fn is_key_problem(code: &str) -> bool {
     code.starts_with("error.security.api-key-")
         || code.starts_with("unauthorised.api-key")
@@ -182,7 +186,7 @@ fn is_key_problem(code: &str) -> bool {
         || code == "error.security.invalid-application"
 }
 
-/// §5.2 account-state rows, `missing.credentials`, `stockbroking-not-supported`.
+/// IG reference (most) and the Ruby client's list: the account cannot be used.
 fn is_account_problem(code: &str) -> bool {
     matches!(
         code,
