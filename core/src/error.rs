@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::machine::TransportFailure;
+use crate::failure::TransportFailure;
 
 /// What the broker said when it refused a request: the HTTP status and the broker's
 /// error code (`errorCode` for IG, the `error` text for IBKR), cut to 200 characters.

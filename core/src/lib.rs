@@ -119,6 +119,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod error;
+mod failure;
 mod machine;
 mod rng;
 pub mod secret;
@@ -130,11 +131,13 @@ pub mod ig;
 
 pub mod driver;
 pub mod env;
+pub mod transport;
 
 pub use error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError, UsageError};
+pub use failure::{FailureKind, TransportFailure};
 pub use machine::{
-    AuthStamp, AuthorizeError, Event, FailureKind, Input, MAX_BODY, Machine, Observation, OpId,
-    Output, RequestId, RngSeed, Transmit, TransportFailure,
+    AuthStamp, AuthorizeError, Event, Input, MAX_BODY, Machine, Observation, OpId, Output,
+    RequestId, RngSeed, Transmit,
 };
 pub use time::{Now, deadline_after};
 

@@ -15,7 +15,7 @@
 //! let outcome = client.run(intent)?;          // e.g. a login
 //! let _keep_alive = client.keep_alive()?;     // timers run until this guard drops
 //! let response = client.send(
-//!     broker_session::http::Request::get("https://api.example.com/accounts")
+//!     broker_session::http::Request::get("/accounts") // under the base URL
 //!         .body(Vec::new())
 //!         .expect("valid request"),
 //! )?;
@@ -57,10 +57,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod brokers;
 mod client;
-mod config;
-mod error;
 mod http_client;
 mod keep_alive;
 mod resolve;
@@ -69,10 +66,9 @@ use std::time::{Instant, SystemTime};
 
 use broker_session::{Now, RngSeed};
 
+pub use broker_session::transport::{Config, DEADLINE_MARGIN, Error, Tls};
 pub use client::Client;
-pub use config::{Config, Tls};
-pub use error::Error;
-pub use http_client::{DEADLINE_MARGIN, HttpClient};
+pub use http_client::HttpClient;
 pub use keep_alive::KeepAlive;
 
 /// The current time from the operating system's clocks.
