@@ -15,35 +15,15 @@ use tokio::sync::Notify;
 
 use crate::{Config, Error, HttpClient, now, os_seed};
 
-/// An async session client for any [`Machine`], on tokio.
-///
-/// Cheap to clone; clones share the session. Methods can be called from many tasks
-/// at once. Every future is cancellation-safe: dropping one never loses a response
-/// the machine waits for, because session requests are exchanged by tasks the
-/// session spawns. Those tasks (and the [`keep_alive`](Client::keep_alive) task) run
-/// on the tokio runtime the session was created in.
-pub struct Client<M: Machine> {
-    inner: Arc<Inner<M>>,
-}
-
-impl<M: Machine> Clone for Client<M> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
-}
-
-impl<M: Machine> std::fmt::Debug for Client<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut d = f.debug_struct("Client");
-        // `try_lock`: Debug may be called while this thread holds the lock.
-        match self.inner.shared.try_lock() {
-            Ok(g) => d.field("state", &g.machine().state()),
-            Err(_) => d.field("state", &"<locked>"),
-        };
-        d.finish_non_exhaustive()
-    }
+broker_session::__client_handle! {
+    /// An async session client for any [`Machine`], on tokio.
+    ///
+    /// Cheap to clone; clones share the session. Methods can be called from many tasks
+    /// at once. Every future is cancellation-safe: dropping one never loses a response
+    /// the machine waits for, because session requests are exchanged by tasks the
+    /// session spawns. Those tasks (and the [`keep_alive`](Client::keep_alive) task) run
+    /// on the tokio runtime the session was created in.
+    Client
 }
 
 pub(crate) struct Inner<M: Machine> {
@@ -387,32 +367,6 @@ where
         g.deadline()
     }
 
-    /// The session's current state.
-    pub fn state(&self) -> M::State {
-        self.inner.lock().machine().state()
-    }
-
-    /// The base URL application requests with a relative path go under, if the
-    /// machine (or the configuration it was opened from) has one.
-    pub fn base_url(&self) -> Option<&str> {
-        self.inner.base_url.as_deref()
-    }
-
-    /// Runs `f` on the machine under the client's lock, e.g. to read a getter the
-    /// [`Machine`] trait does not have. Does no IO: if `f` gives the machine work
-    /// (submits an intent), call [`service`](Self::service) afterwards. Do not block
-    /// inside `f`, and do not call this client from it (the lock is not reentrant).
-    pub fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
-        f(self.inner.lock().machine_mut())
-    }
-
-    /// Takes every buffered event (state changes, session loss, and completions of
-    /// operations no [`run`](Client::run) call was waiting for, such as proactive
-    /// refreshes and keep-alive ticks), oldest first.
-    pub fn drain_events(&self) -> Vec<SessionEvent<M>> {
-        self.inner.lock().drain_events()
-    }
-
     /// Waits for the next event, driving the machine meanwhile. Wrap it in
     /// `tokio::time::timeout` to bound the wait.
     pub async fn next_event(&self) -> SessionEvent<M> {
@@ -421,17 +375,6 @@ where
             // Without the stall check nothing fails; wait for ever, as documented.
             Err(_) => std::future::pending().await,
         }
-    }
-
-    /// How many events were dropped because the buffer was full
-    /// ([`Config::event_capacity`]).
-    pub fn dropped_events(&self) -> u64 {
-        self.inner.lock().dropped_events()
-    }
-
-    /// The HTTP client this session uses.
-    pub fn http(&self) -> &HttpClient {
-        &self.inner.http
     }
 }
 

@@ -31,18 +31,10 @@ type Pool = LegacyClient<HttpsConnector<Route>, Full<Bytes>>;
 ///
 /// Cheap to clone; clones share one connection pool. Build one and hand clones to
 /// every session (see [`Client::with_http`](crate::Client::with_http)).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct HttpClient {
     pool: Pool,
     policy: Arc<Policy>,
-}
-
-impl std::fmt::Debug for HttpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpClient")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
 }
 
 impl HttpClient {

@@ -15,36 +15,16 @@ use crate::{Config, Error, HttpClient, now, os_seed};
 /// a safety net only: the waiter is woken as soon as the exchange ends.
 const IN_FLIGHT_POLL: Duration = Duration::from_secs(1);
 
-/// A blocking session client for any [`Machine`].
-///
-/// Shareable across threads (`Clone` it, or share a reference): calls from many
-/// threads are serialised on the machine, while network exchanges run outside the
-/// lock. Whichever thread needs progress drives the machine (sends its requests,
-/// runs its due timers), so no background thread is needed; use
-/// [`keep_alive`](Client::keep_alive) or [`service`](Client::service) to run timers
-/// (keep-alive ticks, proactive refreshes) while no call is being made.
-pub struct Client<M: Machine> {
-    inner: Arc<Inner<M>>,
-}
-
-impl<M: Machine> Clone for Client<M> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
-}
-
-impl<M: Machine> std::fmt::Debug for Client<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut d = f.debug_struct("Client");
-        // `try_lock`: Debug may be called while this thread holds the lock.
-        match self.inner.shared.try_lock() {
-            Ok(g) => d.field("state", &g.machine().state()),
-            Err(_) => d.field("state", &"<locked>"),
-        };
-        d.finish_non_exhaustive()
-    }
+broker_session::__client_handle! {
+    /// A blocking session client for any [`Machine`].
+    ///
+    /// Shareable across threads (`Clone` it, or share a reference): calls from many
+    /// threads are serialised on the machine, while network exchanges run outside the
+    /// lock. Whichever thread needs progress drives the machine (sends its requests,
+    /// runs its due timers), so no background thread is needed; use
+    /// [`keep_alive`](Client::keep_alive) or [`service`](Client::service) to run timers
+    /// (keep-alive ticks, proactive refreshes) while no call is being made.
+    Client
 }
 
 pub(crate) struct Inner<M: Machine> {
@@ -280,32 +260,6 @@ impl<M: Machine> Client<M> {
         g.deadline()
     }
 
-    /// The session's current state.
-    pub fn state(&self) -> M::State {
-        self.inner.lock().machine().state()
-    }
-
-    /// The base URL application requests with a relative path go under, if the
-    /// machine (or the configuration it was opened from) has one.
-    pub fn base_url(&self) -> Option<&str> {
-        self.inner.base_url.as_deref()
-    }
-
-    /// Runs `f` on the machine under the client's lock, e.g. to read a getter the
-    /// [`Machine`] trait does not have. Does no IO: if `f` gives the machine work
-    /// (submits an intent), call [`service`](Self::service) afterwards. Do not block
-    /// inside `f`, and do not call this client from it (the lock is not reentrant).
-    pub fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
-        f(self.inner.lock().machine_mut())
-    }
-
-    /// Takes every buffered event (state changes, session loss, and completions of
-    /// operations no [`run`](Client::run) call was waiting for, such as proactive
-    /// refreshes and keep-alive ticks), oldest first.
-    pub fn drain_events(&self) -> Vec<SessionEvent<M>> {
-        self.inner.lock().drain_events()
-    }
-
     /// Waits up to `timeout` for the next event, driving the machine meanwhile. Any
     /// duration is accepted: `Duration::MAX` waits as long as it takes.
     pub fn next_event(&self, timeout: Duration) -> Option<SessionEvent<M>> {
@@ -326,17 +280,6 @@ impl<M: Machine> Client<M> {
                 g = self.inner.wait_changed(g, sleep);
             }
         }
-    }
-
-    /// How many events were dropped because the buffer was full
-    /// ([`Config::event_capacity`]).
-    pub fn dropped_events(&self) -> u64 {
-        self.inner.lock().dropped_events()
-    }
-
-    /// The HTTP client this session uses.
-    pub fn http(&self) -> &HttpClient {
-        &self.inner.http
     }
 }
 

@@ -15,18 +15,10 @@ use crate::{Config, Error, Tls};
 ///
 /// Cheap to clone; clones share one connection pool, so one `HttpClient` can serve
 /// many sessions.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct HttpClient {
     agent: ureq::Agent,
     policy: Arc<Policy>,
-}
-
-impl std::fmt::Debug for HttpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpClient")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
 }
 
 impl HttpClient {

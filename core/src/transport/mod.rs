@@ -11,6 +11,7 @@ mod call;
 mod config;
 mod error;
 pub mod ops;
+mod root;
 
 pub use call::{Call, CallInput, CallStep, clone_request, resolve};
 pub use config::{Config, DEADLINE_MARGIN, Policy, Tls, explain, is_loopback};
