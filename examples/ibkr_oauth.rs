@@ -116,7 +116,7 @@ fn blocking(config: IbkrConfig, trust: Trust, hold: Duration) -> Res {
     }
     drop(keep_alive);
 
-    let status = client.logout()?;
+    let status = client.logout()?.confirmed;
     print_events();
     match status {
         Some(false) => println!("  logged out (IBKR answered status false)"),
@@ -126,14 +126,14 @@ fn blocking(config: IbkrConfig, trust: Trust, hold: Duration) -> Res {
 }
 
 async fn nonblocking(config: IbkrConfig, trust: Trust, hold: Duration) -> Res {
-    use broker_session_hyper::{Config, Session, Tls};
+    use broker_session_hyper::{Client, Config, Tls};
     let mut transport = Config::default();
     transport.tls = match trust {
         Trust::PublicRoots => Tls::WebPkiRoots,
         Trust::Pem(pem) => Tls::Pem(pem),
     };
     let request = accounts(&config)?;
-    let session = Session::ibkr(config, &transport)?;
+    let session = Client::ibkr(config, &transport)?;
     let print_events = || {
         for event in session.drain_events() {
             println!("  {event}");
@@ -159,7 +159,7 @@ async fn nonblocking(config: IbkrConfig, trust: Trust, hold: Duration) -> Res {
     .await;
     drop(keep_alive);
 
-    let status = session.logout().await?;
+    let status = session.logout().await?.confirmed;
     print_events();
     match status {
         Some(false) => println!("  logged out (IBKR answered status false)"),

@@ -106,7 +106,9 @@ fn blocking(
     print_events();
     println!("  logged in: {}", login?);
     if let Some(account) = switch_to {
-        let already = client.switch_account(account.as_str(), false)?;
+        let already = client
+            .switch_account(account.as_str(), false)?
+            .already_active;
         print_events();
         println!("  switched to {account} (already active: {already})");
     }
@@ -123,7 +125,7 @@ fn blocking(
     }
     drop(keep_alive);
 
-    let confirmed = client.logout()?;
+    let confirmed = client.logout()?.server_confirmed;
     print_events();
     println!("  logged out (IG confirmed: {confirmed})");
     Ok(())
@@ -135,13 +137,13 @@ async fn nonblocking(
     switch_to: Option<String>,
     hold: Duration,
 ) -> Res {
-    use broker_session_hyper::{Config, Session, Tls};
+    use broker_session_hyper::{Client, Config, Tls};
     let mut transport = Config::default();
     if let Some(pem) = trust_pem {
         transport.tls = Tls::Pem(pem);
     }
     let request = accounts(&config)?;
-    let session = Session::ig(config, &transport)?;
+    let session = Client::ig(config, &transport)?;
     let print_events = || {
         for event in session.drain_events() {
             println!("  {event}");
@@ -152,7 +154,10 @@ async fn nonblocking(
     print_events();
     println!("  logged in: {}", login?);
     if let Some(account) = switch_to {
-        let already = session.switch_account(account.as_str(), false).await?;
+        let already = session
+            .switch_account(account.as_str(), false)
+            .await?
+            .already_active;
         print_events();
         println!("  switched to {account} (already active: {already})");
     }
@@ -169,7 +174,7 @@ async fn nonblocking(
     .await;
     drop(keep_alive);
 
-    let confirmed = session.logout().await?;
+    let confirmed = session.logout().await?.server_confirmed;
     print_events();
     println!("  logged out (IG confirmed: {confirmed})");
     Ok(())

@@ -168,7 +168,7 @@ mod blocking {
         print_ig(&client);
         let response = client.send(ig_accounts(ig))?;
         println!("  app call: GET /accounts -> {}", response.status());
-        let confirmed = client.logout()?;
+        let confirmed = client.logout()?.server_confirmed;
         print_ig(&client);
         said("logout", format!("IG confirmed: {confirmed}"));
         Ok(())
@@ -183,7 +183,9 @@ mod blocking {
         let info = client.login()?;
         print_ig(&client);
         said("login", info);
-        let already = client.switch_account(ig.accounts[1].as_str(), false)?;
+        let already = client
+            .switch_account(ig.accounts[1].as_str(), false)?
+            .already_active;
         print_ig(&client);
         said(
             "switch",
@@ -191,7 +193,7 @@ mod blocking {
         );
         let response = client.send(ig_accounts(ig))?;
         println!("  app call: GET /accounts -> {}", response.status());
-        let confirmed = client.logout()?;
+        let confirmed = client.logout()?.server_confirmed;
         print_ig(&client);
         said("logout", format!("IG confirmed: {confirmed}"));
         Ok(())
@@ -210,7 +212,7 @@ mod blocking {
         print_ibkr(&client);
         let response = client.send(ibkr_accounts(&gateway.base_url))?;
         println!("  app call: GET /iserver/accounts -> {}", response.status());
-        let status = client.logout()?;
+        let status = client.logout()?.confirmed;
         print_ibkr(&client);
         said("logout", logged_out(status));
         Ok(())
@@ -227,7 +229,7 @@ mod blocking {
             "  app call: GET /iserver/accounts (HMAC-SHA256 signed) -> {}",
             response.status()
         );
-        let status = client.logout()?;
+        let status = client.logout()?.confirmed;
         print_ibkr(&client);
         said("logout", logged_out(status));
         Ok(())
@@ -236,7 +238,7 @@ mod blocking {
 
 mod nonblocking {
     use super::*;
-    use broker_session_hyper::{Config, IbkrSession, IgSession, Session, Tls};
+    use broker_session_hyper::{Client, Config, IbkrSession, IgSession, Tls};
 
     fn trusting(pem: &str) -> Config {
         let mut config = Config::default();
@@ -244,13 +246,13 @@ mod nonblocking {
         config
     }
 
-    fn print_ig(session: &Session<IgSession>) {
+    fn print_ig(session: &Client<IgSession>) {
         for e in session.drain_events() {
             println!("  {e}");
         }
     }
 
-    fn print_ibkr(session: &Session<IbkrSession>) {
+    fn print_ibkr(session: &Client<IbkrSession>) {
         for e in session.drain_events() {
             println!("  {e}");
         }
@@ -258,7 +260,7 @@ mod nonblocking {
 
     pub(super) async fn ig_v3(ig: &EmbeddedIg) -> Res {
         section("IG v3 login kept alive across token refreshes (hyper, async)");
-        let session = Session::ig(ig_config(ig, LoginFlow::V3)?, &trusting(ig.trust_pem()))?;
+        let session = Client::ig(ig_config(ig, LoginFlow::V3)?, &trusting(ig.trust_pem()))?;
         let info = session.login().await?;
         print_ig(&session);
         said("login", info);
@@ -269,7 +271,7 @@ mod nonblocking {
         print_ig(&session);
         let response = session.send(ig_accounts(ig)).await?;
         println!("  app call: GET /accounts -> {}", response.status());
-        let confirmed = session.logout().await?;
+        let confirmed = session.logout().await?.server_confirmed;
         print_ig(&session);
         said("logout", format!("IG confirmed: {confirmed}"));
         Ok(())
@@ -277,7 +279,7 @@ mod nonblocking {
 
     pub(super) async fn ig_encrypted_v2_switch(ig: &EmbeddedIg) -> Res {
         section("IG encrypted-password v2 login, account switch (hyper, async)");
-        let session = Session::ig(
+        let session = Client::ig(
             ig_config(ig, LoginFlow::EncryptedV2)?,
             &trusting(ig.trust_pem()),
         )?;
@@ -286,7 +288,8 @@ mod nonblocking {
         said("login", info);
         let already = session
             .switch_account(ig.accounts[1].as_str(), false)
-            .await?;
+            .await?
+            .already_active;
         print_ig(&session);
         said(
             "switch",
@@ -294,7 +297,7 @@ mod nonblocking {
         );
         let response = session.send(ig_accounts(ig)).await?;
         println!("  app call: GET /accounts -> {}", response.status());
-        let confirmed = session.logout().await?;
+        let confirmed = session.logout().await?.server_confirmed;
         print_ig(&session);
         said("logout", format!("IG confirmed: {confirmed}"));
         Ok(())
@@ -305,7 +308,7 @@ mod nonblocking {
         // The logout above ended the gateway's session, as with the real gateway.
         println!("  (the user logs in again on the gateway's web page)");
         gateway.browser_login();
-        let session = Session::ibkr(gateway_config(gateway)?, &trusting(gateway.trust_pem()))?;
+        let session = Client::ibkr(gateway_config(gateway)?, &trusting(gateway.trust_pem()))?;
         let status = session.connect().await?;
         print_ibkr(&session);
         said("connect", format_args!("brokerage session {status}"));
@@ -316,7 +319,7 @@ mod nonblocking {
         print_ibkr(&session);
         let response = session.send(ibkr_accounts(&gateway.base_url)).await?;
         println!("  app call: GET /iserver/accounts -> {}", response.status());
-        let status = session.logout().await?;
+        let status = session.logout().await?.confirmed;
         print_ibkr(&session);
         said("logout", logged_out(status));
         Ok(())
@@ -324,7 +327,7 @@ mod nonblocking {
 
     pub(super) async fn ibkr_oauth(oauth: &EmbeddedIbkrOAuth) -> Res {
         section("IBKR OAuth 1.0a: live session token, init, signed call (hyper, async)");
-        let session = Session::ibkr(oauth_config(oauth)?, &trusting(oauth.trust_pem()))?;
+        let session = Client::ibkr(oauth_config(oauth)?, &trusting(oauth.trust_pem()))?;
         let status = session.connect().await?;
         print_ibkr(&session);
         said("connect", format_args!("brokerage session {status}"));
@@ -333,7 +336,7 @@ mod nonblocking {
             "  app call: GET /iserver/accounts (HMAC-SHA256 signed) -> {}",
             response.status()
         );
-        let status = session.logout().await?;
+        let status = session.logout().await?.confirmed;
         print_ibkr(&session);
         said("logout", logged_out(status));
         Ok(())

@@ -206,9 +206,9 @@ fn main() {
         .replay(&mut m, vec![IgIntent::Login], login_answers);
     let mut req = app_request();
     let now = ig.clock.now();
-    m.authorize(&mut req, now).expect("stamped");
+    let _stamp = m.authorize(&mut req, now).expect("stamped");
     let before = alloc::snapshot();
-    m.authorize(&mut req, now).expect("stamped");
+    let _stamp = m.authorize(&mut req, now).expect("stamped");
     let d = alloc::snapshot().since(before);
     println!(
         "\nIG v3 authorize (stamp Authorization, IG-ACCOUNT-ID, X-IG-API-KEY on an app request): {} allocations, {} bytes",

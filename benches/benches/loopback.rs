@@ -287,7 +287,7 @@ fn main() {
             broker_session_ureq::now(),
         )
         .expect("valid");
-        let c = broker_session_ureq::Client::with_http(m, uhttp.clone(), &ucfg);
+        let c = broker_session_ureq::Client::with_http(m, uhttp.clone());
         c.status().expect("status");
         c.tickle().expect("tickle");
         c.validate().expect("validate");
@@ -311,7 +311,7 @@ fn main() {
             broker_session_hyper::now(),
         )
         .expect("valid");
-        let s = broker_session_hyper::Session::with_http(m, http.clone(), &hcfg).expect("session");
+        let s = broker_session_hyper::Client::with_http(m, http.clone()).expect("session");
         (http, s)
     });
     let hyper_bare_run = |wire: &[http::Request<Vec<u8>>]| {
@@ -349,8 +349,7 @@ fn main() {
                 broker_session_hyper::now(),
             )
             .expect("valid");
-            let s =
-                broker_session_hyper::Session::with_http(m, hhttp.clone(), &hcfg).expect("session");
+            let s = broker_session_hyper::Client::with_http(m, hhttp.clone()).expect("session");
             s.status().await.expect("status");
             s.tickle().await.expect("tickle");
             s.validate().await.expect("validate");

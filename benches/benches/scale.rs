@@ -33,7 +33,7 @@ use broker_session::{
 use broker_session_benches::alloc::{self, CountingAlloc};
 use broker_session_benches::replay::{Script, clone_response};
 use broker_session_benches::sys;
-use broker_session_hyper::{Config, HttpClient, Session};
+use broker_session_hyper::{Client, Config, HttpClient};
 use broker_session_testkit::ibkr::FakeIbkr;
 use broker_session_testkit::ig::{FakeIg, FakeIgConfig};
 use broker_session_testkit::server::{Server, ServerOptions};
@@ -380,7 +380,7 @@ fn phase(t: &Timing, n: usize, secs: u64) {
                 .expect("valid"),
             );
             ig.push(Arc::new(
-                Session::with_http(m, http.clone(), &config).expect("session"),
+                Client::with_http(m, http.clone()).expect("session"),
             ));
         }
         for _ in 0..n - n / 2 {
@@ -393,7 +393,7 @@ fn phase(t: &Timing, n: usize, secs: u64) {
                 .expect("valid"),
             );
             ibkr.push(Arc::new(
-                Session::with_http(m, http.clone(), &config).expect("session"),
+                Client::with_http(m, http.clone()).expect("session"),
             ));
         }
         let created = alloc::snapshot().live;

@@ -82,6 +82,7 @@ pub type OpResult<M> = Result<<M as Machine>::Outcome, Error>;
 /// What one [`Driver::pump`] produced.
 #[derive(Debug)]
 #[non_exhaustive]
+#[must_use = "the transmits must be sent and their results fed back"]
 pub struct Pump {
     /// Requests to send; hand each response or failure to [`Driver::handle_input`].
     pub transmits: Vec<Transmit>,

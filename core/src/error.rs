@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::machine::TransportFailure;
+use crate::failure::TransportFailure;
 
 /// What the broker said when it refused a request: the HTTP status and the broker's
 /// error code (`errorCode` for IG, the `error` text for IBKR), cut to 200 characters.
@@ -128,10 +128,13 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::CredentialsRejected(e) => write!(
-                f,
-                "credentials rejected ({e}): not retried, to avoid locking the account; check the identifier, password, API key and environment (demo and live need different ones)"
-            ),
+            Self::CredentialsRejected(e) => {
+                write!(
+                    f,
+                    "credentials rejected ({e}): not retried, to avoid locking the account; "
+                )?;
+                f.write_str(credentials_fix(e))
+            }
             Self::Rejected(e) => write!(
                 f,
                 "request refused ({e}): not retried; check the configuration (API key, environment, account)"
@@ -173,6 +176,21 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// What to check after a credentials rejection, for the broker that said it. IG's
+/// error codes are dotted names under `error.`; IBKR's OAuth rejection is free text
+/// (`invalid consumer`, `LST failed …`).
+fn credentials_fix(e: &ApiError) -> &'static str {
+    const IG: &str = "check the identifier, password, API key and environment (demo and live need different ones)";
+    const IBKR: &str = "check the consumer key, access token and secret, the signature and encryption keys, the DH prime and the realm (new OAuth credentials can take a day to activate)";
+    match e.code.as_deref() {
+        Some(code) if code.starts_with("error.") => IG,
+        Some(_) => IBKR,
+        None => {
+            "check the credentials in the configuration (IG: identifier, password, API key and environment; IBKR OAuth: consumer key, access token, keys and realm)"
+        }
+    }
+}
 
 impl From<ProtocolError> for Error {
     fn from(e: ProtocolError) -> Self {
@@ -501,6 +519,19 @@ mod tests {
         let err = serde_json::from_str::<u64>("\"secret-token-value\"").unwrap_err();
         let p = ProtocolError::from_json("POST /session", &err);
         assert!(!p.to_string().contains("secret-token-value"), "{p}");
+    }
+
+    #[test]
+    fn each_broker_rejection_names_its_own_fix() {
+        let ig =
+            Error::CredentialsRejected(ApiError::new(401, Some("error.security.invalid-details")));
+        assert!(ig.to_string().contains("API key and environment"), "{ig}");
+        let ibkr = Error::CredentialsRejected(ApiError::new(
+            401,
+            Some("id: 3931, error: invalid consumer"),
+        ));
+        assert!(ibkr.to_string().contains("consumer key"), "{ibkr}");
+        assert!(!ibkr.to_string().contains("identifier"), "{ibkr}");
     }
 
     #[test]

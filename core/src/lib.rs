@@ -26,10 +26,86 @@
 //!    credentials on the request and [`Machine::observe`] learns from the response
 //!    (a 401 starts one recovery, a throttling answer a back-off).
 //!
+//! The rules the steps above rely on:
+//!
+//! - **Poll after every call that can change the machine**: after `submit`,
+//!   `handle_input`, and also after `authorize` and `observe`, which can start work
+//!   (a recovery after a 401, a refresh that falls due).
+//! - **`Output::Wait(None)`** means no timer is set: the machine moves on only when
+//!   you give it input (a submit, a response, an application request). Do not feed
+//!   `Input::Timeout` then; sleep until your application has something to do.
+//! - **`now.mono` must be monotonic**: it never goes backwards between calls. Take it
+//!   from [`std::time::Instant`], never from a wall clock; the wall-clock half of
+//!   [`Now`] is read only for what brokers express in dates.
+//!
+//! The whole loop, for any machine and any blocking HTTP client:
+//!
+//! ```
+//! use broker_session::{Event, Input, Machine, Now, Output, TransportFailure, http};
+//! use std::time::Instant;
+//!
+//! type Exchange<'a> = dyn FnMut(http::Request<Vec<u8>>)
+//!     -> Result<http::Response<Vec<u8>>, TransportFailure> + 'a;
+//!
+//! /// Runs `intent` to its end; `None` if the machine went idle without finishing it.
+//! fn run<M: Machine>(
+//!     machine: &mut M,
+//!     intent: M::Intent,
+//!     now: &dyn Fn() -> Now,
+//!     exchange: &mut Exchange<'_>,
+//!     sleep_until: &dyn Fn(Instant),
+//! ) -> Option<Result<M::Outcome, broker_session::Error>> {
+//!     let op = match machine.submit(intent, now()) {
+//!         Ok(op) => op,
+//!         Err(refused) => return Some(Err(refused.into())),
+//!     };
+//!     loop {
+//!         match machine.poll_output(now()) {
+//!             Output::Send(t) => {
+//!                 let input = match exchange(t.request) {
+//!                     Ok(response) => Input::Response { id: t.id, response },
+//!                     Err(failure) => Input::Failed { id: t.id, failure },
+//!                 };
+//!                 machine.handle_input(input, now());
+//!             }
+//!             Output::Event(Event::Completed { op: done, result }) if done == op => {
+//!                 return Some(result);
+//!             }
+//!             Output::Event(other) => println!("{other:?}"), // report it
+//!             Output::Wait(Some(at)) => {
+//!                 sleep_until(at);
+//!                 machine.handle_input(Input::Timeout, now());
+//!             }
+//!             // Idle: with every exchange done in place, nothing can finish it now.
+//!             Output::Wait(None) => return None,
+//!             _ => {}
+//!         }
+//!     }
+//! }
+//!
+//! // Driven here against a canned IG answer, on a clock that stands still.
+//! # use broker_session::ig::{IgConfig, IgEnvironment, IgIntent, IgOutcome, IgSession};
+//! # use std::time::{Duration, SystemTime};
+//! let start = Now::new(Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+//! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password");
+//! let mut ig = IgSession::new(config, broker_session::RngSeed::from_u64(1), start).unwrap();
+//! let mut canned = |_request: http::Request<Vec<u8>>| {
+//!     Ok(http::Response::builder()
+//!         .status(200)
+//!         .header("CST", "cst-token")
+//!         .header("X-SECURITY-TOKEN", "xst-token")
+//!         .body(br#"{"currentAccountId":"ABC123","lightstreamerEndpoint":"https://x.test"}"#.to_vec())
+//!         .unwrap())
+//! };
+//! let outcome = run(&mut ig, IgIntent::Login, &|| start, &mut canned, &|_| {});
+//! assert!(matches!(outcome, Some(Ok(IgOutcome::LoggedIn(_)))));
+//! ```
+//!
 //! Writing a transport of your own? [`driver::Driver`] keeps the bookkeeping around
 //! the loop (due timers, requests in flight, results of awaited operations, a bounded
-//! event buffer) so that only locking, sockets and clocks are left to write; both
-//! bundled transports use it.
+//! event buffer), and [`transport`] holds what both bundled transports share beyond
+//! it (the application-call sub-machine, typed operations, settings, one error type),
+//! so that only locking, sockets and clocks are left to write.
 //!
 //! Every event, state and outcome prints as one short line with `Display`
 //! (`op#2 done: access token refreshed`, `state: active on ABC123 (OAuth tokens)`),
@@ -121,6 +197,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod error;
+mod failure;
 mod machine;
 mod rng;
 pub mod secret;
@@ -132,11 +209,13 @@ pub mod ig;
 
 pub mod driver;
 pub mod env;
+pub mod transport;
 
 pub use error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError, UsageError};
+pub use failure::{FailureKind, TransportFailure};
 pub use machine::{
-    AuthStamp, AuthorizeError, Event, FailureKind, Input, MAX_BODY, Machine, Observation, OpId,
-    Output, RequestId, RngSeed, Transmit, TransportFailure,
+    AuthStamp, AuthorizeError, Event, Input, MAX_BODY, Machine, Observation, OpId, Output,
+    RequestId, RngSeed, Transmit,
 };
 pub use time::{Now, deadline_after};
 

@@ -4,6 +4,8 @@ use std::fmt;
 use std::time::Instant;
 
 use crate::error::{Error, UsageError};
+// Re-exported here because the brokers' modules name them through `machine`.
+pub(crate) use crate::failure::{FailureKind, TransportFailure};
 use crate::time::Now;
 
 /// The largest response body the core parses (1 MiB). Larger bodies are a
@@ -79,59 +81,6 @@ impl fmt::Debug for HeaderNames<'_> {
         }
         m.finish()
     }
-}
-
-/// What the transport could not do. The core decides what it means (retry, back off,
-/// give up); the transport only classifies.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TransportFailure {
-    /// The class of failure.
-    pub kind: FailureKind,
-    /// A human-readable description. Transports must not put secrets here (no request
-    /// headers, no bodies).
-    pub detail: String,
-}
-
-impl TransportFailure {
-    /// A failure of the given kind.
-    pub fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
-        Self {
-            kind,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl fmt::Display for TransportFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.detail)
-    }
-}
-
-impl std::error::Error for TransportFailure {}
-
-/// The class of a transport failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FailureKind {
-    /// Could not connect (refused, DNS, unreachable): no connection was open, so no
-    /// byte of the request can have reached the server. The core relies on this to
-    /// resend even a login; a transport reports it only when that holds (a failure on
-    /// an already open or pooled connection is [`Io`](Self::Io)).
-    Connect,
-    /// The TLS handshake or certificate check failed.
-    Tls,
-    /// The connect or request timeout expired.
-    Timeout,
-    /// The connection broke mid-exchange (reset, truncated response).
-    Io,
-    /// The response body exceeded the transport's limit.
-    BodyTooLarge,
-    /// The request was dropped before it completed (a cancelled future, a shut-down
-    /// client).
-    Cancelled,
-    /// Anything else.
-    Other,
 }
 
 /// Input to [`Machine::handle_input`].
@@ -218,6 +167,7 @@ pub enum Event<S, O> {
 /// back to [`Machine::observe`] with the response, so a 401 on credentials that have
 /// since been replaced is replayed instead of starting a second recovery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "hand the stamp back to `observe` with the response"]
 pub struct AuthStamp {
     /// The credential generation used. Increments whenever the machine obtains new
     /// credentials (login, refresh, switch, re-login).
@@ -267,6 +217,7 @@ impl std::error::Error for AuthorizeError {}
 /// its own state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "a replay, a recovery or a lost session needs the transport to act"]
 pub enum Observation {
     /// Nothing for the session to do: hand the response to the application.
     Accepted,
@@ -349,6 +300,7 @@ pub trait Machine {
 
     /// The next thing to do. Timers already due at `now` are run first, so
     /// `Wait(Some(t))` always has `t > now.mono`.
+    #[must_use = "every output must be acted on: send, report or wait"]
     fn poll_output(&mut self, now: Now) -> Output<Self::State, Self::Outcome>;
 
     /// Stamps the session's credentials onto an application request (headers only;
@@ -370,6 +322,13 @@ pub trait Machine {
 
     /// The current state.
     fn state(&self) -> Self::State;
+
+    /// The base URL of the broker's API this session talks to (no trailing slash),
+    /// if the machine knows it. A client sends application requests with a relative
+    /// path (`/accounts`) under it. The default says nothing.
+    fn base_url(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Reports an output through `tracing` when the `tracing` feature is on: requests by
@@ -429,29 +388,6 @@ impl<S: fmt::Display, O: fmt::Display> fmt::Display for Event<S, O> {
             Self::Completed { op, result: Err(e) } => write!(f, "{op} failed: {e}"),
             Self::SessionLost { reason } => write!(f, "session lost: {reason}"),
         }
-    }
-}
-
-/// `Display` of a failure class: what happened, in words.
-///
-/// ```
-/// use broker_session::{FailureKind, TransportFailure};
-///
-/// assert_eq!(FailureKind::Connect.to_string(), "could not connect");
-/// let t = TransportFailure::new(FailureKind::Timeout, "no answer in 30 s");
-/// assert_eq!(t.to_string(), "timed out: no answer in 30 s");
-/// ```
-impl fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Connect => "could not connect",
-            Self::Tls => "TLS handshake or certificate check failed",
-            Self::Timeout => "timed out",
-            Self::Io => "connection broken mid-exchange",
-            Self::BodyTooLarge => "response body too large",
-            Self::Cancelled => "cancelled",
-            Self::Other => "failed",
-        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the brokers' pure decoders: bounded JSON parsing, lenient
 //! number fields, header reads, id generation.
 
+use serde::Deserialize as _;
 use serde::de::{self, DeserializeOwned, Deserializer};
 
 use crate::error::ProtocolError;
@@ -72,8 +73,6 @@ pub(crate) fn opt_int_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Optio
     struct W(#[serde(deserialize_with = "int_or_string")] i64);
     Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
 }
-
-use serde::Deserialize as _;
 
 /// Hands out request and operation ids, unique within one machine.
 #[derive(Debug, Default)]

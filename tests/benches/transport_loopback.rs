@@ -49,7 +49,7 @@ fn blocking() {
     client.login().expect("login");
     // The bare baseline sends a request stamped once, so the broker accepts it.
     let mut stamped = accounts(&base);
-    client
+    let _stamp = client
         .with_machine(|m| m.authorize(&mut stamped, broker_session_ureq::now()))
         .expect("authorize");
     let start = Instant::now();
@@ -67,7 +67,7 @@ fn blocking() {
 }
 
 fn nonblocking() {
-    use broker_session_hyper::{Config, Session};
+    use broker_session_hyper::{Client, Config};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -75,10 +75,10 @@ fn nonblocking() {
         .expect("runtime");
     runtime.block_on(async {
         let (_server, base, config) = setup();
-        let session = Session::ig(config, &Config::default()).expect("session");
+        let session = Client::ig(config, &Config::default()).expect("session");
         session.login().await.expect("login");
         let mut stamped = accounts(&base);
-        session
+        let _stamp = session
             .with_machine(|m| m.authorize(&mut stamped, broker_session_hyper::now()))
             .expect("authorize");
         let start = Instant::now();

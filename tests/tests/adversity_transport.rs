@@ -174,9 +174,9 @@ fn ureq_gives_up_on_a_late_login_before_the_machine_does() {
 
 #[tokio::test]
 async fn hyper_gives_up_on_a_late_login_before_the_machine_does() {
-    use broker_session_hyper::{Config, Session};
+    use broker_session_hyper::{Client, Config};
     let server = LateServer::start(LATE, REJECTED_LATE);
-    let session = Session::ig(ig_config(&server.url), &Config::default()).expect("session");
+    let session = Client::ig(ig_config(&server.url), &Config::default()).expect("session");
     let outcome = session.login().await;
     assert_one_abandoned_login(&server, &outcome);
     assert!(outcome.is_err(), "{outcome:?}");
@@ -202,11 +202,11 @@ fn ureq_reports_an_abandoned_exchange_as_a_timeout() {
 
 #[tokio::test]
 async fn hyper_reports_an_abandoned_exchange_as_a_timeout() {
-    use broker_session_hyper::{Config, Error, Session};
+    use broker_session_hyper::{Client, Config, Error};
     let server = LateServer::start(LATE, REJECTED_LATE);
     let mut machine = TestMachine::new(&server.url);
     machine.request_deadline = Duration::from_secs(2);
-    let session = Session::new(machine, &Config::default()).expect("session");
+    let session = Client::new(machine, &Config::default()).expect("session");
     let outcome = session.run(Intent::Login).await;
     assert!(!server.answered(), "{outcome:?}");
     assert_eq!(server.requests().len(), 1);
@@ -353,15 +353,15 @@ fn environment_proxy_child() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        use broker_session_hyper::{Config, Session, Tls};
-        let s = Session::new(TestMachine::new(&server.http_url()), &Config::default())
-            .expect("session");
+        use broker_session_hyper::{Client, Config, Tls};
+        let s =
+            Client::new(TestMachine::new(&server.http_url()), &Config::default()).expect("session");
         s.run(Intent::Login)
             .await
             .expect("plain http login on loopback");
         let mut insecure = Config::default();
         insecure.tls = Tls::InsecureLoopbackOnly;
-        let s = Session::new(TestMachine::new(&server.https_url()), &insecure).expect("session");
+        let s = Client::new(TestMachine::new(&server.https_url()), &insecure).expect("session");
         s.run(Intent::Login)
             .await
             .expect("unverified TLS login on loopback");
@@ -408,7 +408,7 @@ impl Transport for Ureq {
 
 impl Transport for Hyper {
     fn login(base: &str, proxy: &str, trust: bool, insecure: bool) -> Result<(), TransportFailure> {
-        use broker_session_hyper::{Config, Error, Session, Tls};
+        use broker_session_hyper::{Client, Config, Error, Tls};
         let mut config = Config::default();
         config.proxy = Some(proxy.to_owned());
         config.trust_loopback_proxy = trust;
@@ -420,7 +420,7 @@ impl Transport for Hyper {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let s = Session::new(TestMachine::new(base), &config).expect("session");
+            let s = Client::new(TestMachine::new(base), &config).expect("session");
             match s.run(Intent::Login).await {
                 Ok(_) => Ok(()),
                 Err(Error::Session(CoreError::Transport(f))) => Err(f),
@@ -543,12 +543,12 @@ fn ureq_accepts_duration_max_everywhere() {
 
 #[tokio::test]
 async fn hyper_accepts_duration_max_everywhere() {
-    use broker_session_hyper::{Config, Session};
+    use broker_session_hyper::{Client, Config};
     let (server, _) = start_server();
     let mut config = Config::default();
     config.request_timeout = Duration::MAX;
     config.connect_timeout = Duration::MAX;
-    let s = Session::new(TestMachine::new(&server.http_url()), &config).expect("session");
+    let s = Client::new(TestMachine::new(&server.http_url()), &config).expect("session");
     s.run(Intent::Get("/echo".into())).await.expect("exchange");
     s.submit(Intent::Get("/echo".into())).expect("submit");
     tokio::time::timeout(Duration::MAX, s.next_event())

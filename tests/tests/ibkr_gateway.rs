@@ -372,7 +372,7 @@ fn authorize_refuses_foreign_hosts_and_adds_nothing() {
     let mut ok = http::Request::get("https://localhost:5000/v1/api/iserver/accounts")
         .body(())
         .unwrap();
-    sim.machine.authorize(&mut ok, now).unwrap();
+    let _stamp = sim.machine.authorize(&mut ok, now).unwrap();
     assert!(ok.headers().is_empty());
 
     // An application 401 through the gateway means the browser login is gone.

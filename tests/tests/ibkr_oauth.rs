@@ -321,7 +321,7 @@ fn authorize_waits_for_the_token_and_refuses_other_hosts() {
     assert!(evil.headers().get("authorization").is_none());
     let mut numbered = get("https://1.api.ibkr.com/v1/api/iserver/accounts");
     assert!(sim.machine.authorize(&mut numbered, sim.now()).is_err());
-    sim.machine.authorize(&mut req, sim.now()).unwrap();
+    let _stamp = sim.machine.authorize(&mut req, sim.now()).unwrap();
     assert!(req.headers()["authorization"].is_sensitive());
 }
 
@@ -384,7 +384,7 @@ fn the_same_seed_gives_the_same_bytes() {
         let mut sim = Sim::with_clock(session, fake, clock);
         sim.run(IbkrIntent::Connect).unwrap();
         let mut req = get(ACCOUNTS);
-        sim.machine.authorize(&mut req, sim.now()).unwrap();
+        let _stamp = sim.machine.authorize(&mut req, sim.now()).unwrap();
         req.headers()["authorization"].to_str().unwrap().to_owned()
     };
     assert_eq!(headers(11), headers(11));

@@ -180,7 +180,7 @@ fn nothing_secret_is_ever_printed() {
     let mut req = http::Request::get("https://api.ibkr.com/v1/api/iserver/accounts")
         .body(())
         .unwrap();
-    session.authorize(&mut req, clock.now()).unwrap();
+    let _stamp = session.authorize(&mut req, clock.now()).unwrap();
     run.printed.push(format!("{req:?}"));
     let err = session
         .authorize(

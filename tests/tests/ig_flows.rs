@@ -250,7 +250,7 @@ fn v2_switch_uses_new_xst_and_old_one_is_rejected() {
     s.run(IgIntent::Login).unwrap();
     let mut old = accounts_request(&s.broker);
     let now = s.now();
-    s.machine.authorize(&mut old, now).unwrap();
+    let _stamp = s.machine.authorize(&mut old, now).unwrap();
     let r = s
         .run(IgIntent::SwitchAccount {
             account_id: "ACC-OTHER".into(),

@@ -518,7 +518,7 @@ fn authorize_does_not_touch_version() {
     let mut req = accounts_request(&s.broker);
     req.headers_mut()
         .insert("Version", http::HeaderValue::from_static("2"));
-    s.machine.authorize(&mut req, now).unwrap();
+    let _stamp = s.machine.authorize(&mut req, now).unwrap();
     assert_eq!(req.headers()["version"], "2");
     for h in ["authorization", "ig-account-id", "x-ig-api-key"] {
         assert!(req.headers()[h].is_sensitive(), "{h}");

@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use broker_session::{AuthorizeError, Error as CoreError, FailureKind, ProtocolError};
-use broker_session_hyper::{Config, Error, HttpClient, Session, Tls};
+use broker_session_hyper::{Client, Config, Error, HttpClient, Tls};
 use broker_session_testkit::server::{CertMode, Server, ServerOptions};
 use common::{Intent, Outcome, TestBroker, TestMachine, get, start_server};
 
-fn session(base: &str, config: &Config) -> Session<TestMachine> {
-    Session::new(TestMachine::new(base), config).expect("session")
+fn session(base: &str, config: &Config) -> Client<TestMachine> {
+    Client::new(TestMachine::new(base), config).expect("session")
 }
 
 fn transport_kind(r: Result<Outcome, Error>) -> FailureKind {
@@ -202,7 +202,7 @@ async fn concurrent_401_storm_recovers_exactly_once() {
     let (server, broker) = start_server();
     let config = Config::default();
     let http = HttpClient::new(&config).expect("http");
-    let s = Session::with_http(TestMachine::new(&server.http_url()), http, &config).expect("s");
+    let s = Client::with_http(TestMachine::new(&server.http_url()), http).expect("s");
     s.run(Intent::Login).await.expect("login");
     broker.lock().expect("broker").token = Some("revoked".into());
     let url = format!("{}/data", server.http_url());
@@ -233,7 +233,7 @@ async fn keep_alive_runs_timers_until_dropped() {
     let (server, _) = start_server();
     let mut m = TestMachine::new(&server.http_url());
     m.tick_every = Some(Duration::from_millis(40));
-    let s = Session::new(m, &Config::default()).expect("session");
+    let s = Client::new(m, &Config::default()).expect("session");
     s.run(Intent::Login).await.expect("login");
     let ticks = || {
         server
@@ -260,9 +260,8 @@ async fn sessions_share_one_pool() {
     let (server, _) = start_server();
     let config = Config::default();
     let http = HttpClient::new(&config).expect("http");
-    let a =
-        Session::with_http(TestMachine::new(&server.http_url()), http.clone(), &config).expect("a");
-    let b = Session::with_http(TestMachine::new(&server.http_url()), http, &config).expect("b");
+    let a = Client::with_http(TestMachine::new(&server.http_url()), http.clone()).expect("a");
+    let b = Client::with_http(TestMachine::new(&server.http_url()), http).expect("b");
     a.run(Intent::Login).await.expect("a");
     b.run(Intent::Login).await.expect("b");
     assert_eq!(a.state(), common::State::Active);
@@ -272,7 +271,7 @@ async fn sessions_share_one_pool() {
 #[test]
 fn session_needs_a_runtime() {
     assert!(matches!(
-        Session::new(TestMachine::new("http://127.0.0.1:1"), &Config::default()),
+        Client::new(TestMachine::new("http://127.0.0.1:1"), &Config::default()),
         Err(Error::NoRuntime)
     ));
 }
@@ -286,7 +285,7 @@ fn exchange_dropped_with_its_runtime_reports_cancelled() {
         .expect("runtime");
     let s = runtime.block_on(async {
         let s = session(&server.http_url(), &Config::default());
-        // Submitting drives the machine, which spawns the exchange of /slow.
+        // Submitting on the machine, then servicing, spawns the exchange of /slow.
         s.with_machine(|m| {
             broker_session::Machine::submit(
                 m,
@@ -295,6 +294,7 @@ fn exchange_dropped_with_its_runtime_reports_cancelled() {
             )
         })
         .expect("submit");
+        s.service();
         tokio::task::yield_now().await;
         s
     });
@@ -316,6 +316,9 @@ fn exchange_dropped_with_its_runtime_reports_cancelled() {
         broker_session::Machine::submit(m, Intent::Get("/echo".into()), broker_session_hyper::now())
     })
     .expect("submit");
+    // The first service spawns it (and it is dropped under the lock); the next one
+    // feeds its failure to the machine.
+    s.service();
     s.service();
     let events = s.drain_events();
     assert!(

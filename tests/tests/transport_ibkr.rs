@@ -134,9 +134,9 @@ mod blocking {
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let mut transport = broker_session_hyper::Config::default();
-            transport.tls = broker_session_hyper::Tls::Pem(server.trust_pem().as_bytes().to_vec());
-            let s = broker_session_hyper::Session::ibkr(config, &transport)
+            let mut transport = Config::default();
+            transport.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
+            let s = broker_session_hyper::Client::ibkr(config, &transport)
                 .map_err(|e| e.to_string())?;
             s.connect().await.map(|_| ()).map_err(|e| e.to_string())
         })
@@ -161,7 +161,7 @@ mod blocking {
 
 mod nonblocking {
     use super::*;
-    use broker_session_hyper::{Config, Session, Tls};
+    use broker_session_hyper::{Client, Config, Tls};
 
     fn trusting(server: &Server) -> Config {
         let mut config = Config::default();
@@ -172,7 +172,7 @@ mod nonblocking {
     #[tokio::test]
     async fn gateway_over_https_with_its_self_signed_certificate() {
         let (server, _) = serve(FakeIbkr::gateway(), CertMode::SelfSignedLeaf);
-        let s = Session::ibkr(gateway_config(&server), &trusting(&server)).expect("session");
+        let s = Client::ibkr(gateway_config(&server), &trusting(&server)).expect("session");
         assert_eq!(
             s.connect().await.expect("connect").authenticated,
             Some(true)
@@ -194,7 +194,7 @@ mod nonblocking {
             broker_session_hyper::now(),
         )
         .expect("machine");
-        let s = Session::new(machine, &trusting(&server)).expect("session");
+        let s = Client::new(machine, &trusting(&server)).expect("session");
         s.connect().await.expect("connect");
         assert_eq!(s.state(), IbkrState::Ready);
         assert_eq!(
@@ -214,8 +214,8 @@ fn clients_are_send_and_sync() {
     fn send<T: Send>(_: &T) {}
     send_sync::<broker_session_ureq::Client<IbkrSession>>();
     send_sync::<broker_session_ureq::Client<broker_session::ig::IgSession>>();
-    send_sync::<broker_session_hyper::Session<IbkrSession>>();
-    send_sync::<broker_session_hyper::Session<broker_session::ig::IgSession>>();
+    send_sync::<broker_session_hyper::Client<IbkrSession>>();
+    send_sync::<broker_session_hyper::Client<broker_session::ig::IgSession>>();
     send_sync::<broker_session_ureq::HttpClient>();
     send_sync::<broker_session_hyper::HttpClient>();
     send_sync::<broker_session_ureq::KeepAlive>();
@@ -225,7 +225,7 @@ fn clients_are_send_and_sync() {
         .build()
         .expect("runtime");
     let _guard = runtime.enter();
-    let s = broker_session_hyper::Session::ibkr(
+    let s = broker_session_hyper::Client::ibkr(
         IbkrConfig::gateway(),
         &broker_session_hyper::Config::default(),
     )

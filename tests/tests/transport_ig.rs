@@ -63,14 +63,18 @@ mod blocking {
         assert_eq!(r.status(), 200);
         let details = c.read_session(false).expect("read");
         let _ = details;
-        assert!(!c.switch_account("ACC-OTHER", false).expect("switch"));
+        assert!(
+            !c.switch_account("ACC-OTHER", false)
+                .expect("switch")
+                .already_active
+        );
         let r = c.send(accounts(&base(&server, &fake))).expect("accounts");
         assert_eq!(r.status(), 200);
         assert_eq!(
             fake.lock().expect("f").stats.last_account_seen.as_deref(),
             Some("ACC-OTHER")
         );
-        assert!(c.logout().expect("logout"));
+        assert!(c.logout().expect("logout").server_confirmed);
         assert_eq!(c.state(), IgState::LoggedOut);
         let f = fake.lock().expect("f");
         assert!(f.stats.rejections.is_empty(), "{:?}", f.stats.rejections);
@@ -222,7 +226,7 @@ mod blocking {
 
 mod nonblocking {
     use super::*;
-    use broker_session_hyper::{Config, HttpClient, Session, Tls};
+    use broker_session_hyper::{Client, Config, HttpClient, Tls};
 
     fn http(server: &Server) -> (HttpClient, Config) {
         let mut config = Config::default();
@@ -233,14 +237,14 @@ mod nonblocking {
     #[tokio::test]
     async fn v2_login_read_switch_logout_over_https() {
         let (server, fake) = ig_server(FakeIgConfig::default());
-        let (http, config) = http(&server);
+        let (http, _config) = http(&server);
         let machine = IgSession::new(
             ig_config(&server, &fake, LoginFlow::V2),
             broker_session::RngSeed::from_u64(1),
             broker_session_hyper::now(),
         )
         .expect("machine");
-        let s = Session::with_http(machine, http, &config).expect("session");
+        let s = Client::with_http(machine, http).expect("session");
         assert_eq!(s.login().await.expect("login").account_id, "ACC-DEFAULT");
         let url = base(&server, &fake);
         assert_eq!(
@@ -248,22 +252,27 @@ mod nonblocking {
             200
         );
         s.read_session(false).await.expect("read");
-        assert!(!s.switch_account("ACC-OTHER", false).await.expect("switch"));
-        assert!(s.logout().await.expect("logout"));
+        assert!(
+            !s.switch_account("ACC-OTHER", false)
+                .await
+                .expect("switch")
+                .already_active
+        );
+        assert!(s.logout().await.expect("logout").server_confirmed);
         assert!(fake.lock().expect("f").stats.rejections.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn v3_32_tasks_while_the_access_token_expires() {
         let (server, fake) = ig_server(FakeIgConfig::default());
-        let (http, config) = http(&server);
+        let (http, _config) = http(&server);
         let machine = IgSession::new(
             ig_config(&server, &fake, LoginFlow::V3),
             broker_session::RngSeed::from_u64(1),
             broker_session_hyper::now(),
         )
         .expect("machine");
-        let s = Session::with_http(machine, http, &config).expect("session");
+        let s = Client::with_http(machine, http).expect("session");
         s.login().await.expect("login");
         fake.lock().expect("f").revoke_access_tokens();
         let url = base(&server, &fake);
@@ -289,7 +298,7 @@ mod nonblocking {
     async fn v2_401_storm_relogs_in_exactly_once() {
         let (server, fake) = ig_server(FakeIgConfig::default());
         let (http, config) = http(&server);
-        let s = Session::ig(ig_config(&server, &fake, LoginFlow::V2), &config).expect("session");
+        let s = Client::ig(ig_config(&server, &fake, LoginFlow::V2), &config).expect("session");
         let _ = http;
         s.login().await.expect("login");
         fake.lock().expect("f").expire_cst_sessions();
@@ -316,7 +325,7 @@ mod nonblocking {
             access_ttl: Duration::from_secs(2),
             ..FakeIgConfig::default()
         });
-        let (http, config) = http(&server);
+        let (http, _config) = http(&server);
         let mut cfg = ig_config(&server, &fake, LoginFlow::V3);
         cfg.refresh_margin = Duration::from_millis(1500);
         let machine = IgSession::new(
@@ -325,7 +334,7 @@ mod nonblocking {
             broker_session_hyper::now(),
         )
         .expect("machine");
-        let s = Session::with_http(machine, http, &config).expect("session");
+        let s = Client::with_http(machine, http).expect("session");
         s.login().await.expect("login");
         let keep_alive = s.keep_alive();
         let url = base(&server, &fake);
@@ -350,7 +359,7 @@ mod nonblocking {
     #[tokio::test]
     async fn sessions_share_one_pool() {
         let (server, fake) = ig_server(FakeIgConfig::default());
-        let (http, config) = http(&server);
+        let (http, _config) = http(&server);
         let mut sessions = Vec::new();
         for _ in 0..4 {
             let m = IgSession::new(
@@ -359,7 +368,7 @@ mod nonblocking {
                 broker_session_hyper::now(),
             )
             .expect("machine");
-            sessions.push(Session::with_http(m, http.clone(), &config).expect("session"));
+            sessions.push(Client::with_http(m, http.clone()).expect("session"));
         }
         for s in &sessions {
             s.login().await.expect("login");
@@ -417,11 +426,11 @@ mod secrets {
 
     #[tokio::test]
     async fn async_session_never_shows_secrets() {
-        use broker_session_hyper::{Config, Session, Tls};
+        use broker_session_hyper::{Client, Config, Tls};
         let (server, fake) = ig_server(FakeIgConfig::default());
         let mut config = Config::default();
         config.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
-        let s = Session::ig(ig_config(&server, &fake, LoginFlow::V3), &config).expect("session");
+        let s = Client::ig(ig_config(&server, &fake, LoginFlow::V3), &config).expect("session");
         s.login().await.expect("login");
         fake.lock().expect("f").revoke_access_tokens();
         s.send(accounts(&base(&server, &fake))).await.expect("send");

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use broker_session::transport::{Policy, explain};
 use broker_session::{FailureKind, TransportFailure, deadline_after};
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HeaderValue, USER_AGENT};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as LegacyClient;
@@ -19,69 +19,36 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::config::{self, Config, Tls};
-use crate::error::Error;
-use crate::tls;
+use crate::{Config, Error, tls};
 
 /// How long an idle pooled connection is kept: shorter than the idle timeouts
 /// brokers' load balancers commonly use, so a kept connection is rarely found dead.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-
-/// How long before a session request's [`Transmit::deadline`] the transport gives up
-/// on the exchange (or a tenth of the time left, if less), so that the failure reaches
-/// the machine while it still waits for it.
-///
-/// [`Transmit::deadline`]: broker_session::Transmit::deadline
-pub const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
 
 type Pool = LegacyClient<HttpsConnector<Route>, Full<Bytes>>;
 
 /// A pooled HTTP client: connections, TLS trust, timeouts, limits.
 ///
 /// Cheap to clone; clones share one connection pool. Build one and hand clones to
-/// every session (see [`Session::with_http`](crate::Session::with_http)).
-#[derive(Clone)]
+/// every session (see [`Client::with_http`](crate::Client::with_http)).
+#[derive(Clone, Debug)]
 pub struct HttpClient {
     pool: Pool,
-    settings: Arc<Settings>,
-}
-
-struct Settings {
-    user_agent: HeaderValue,
-    max_body: usize,
-    request_timeout: Duration,
-    insecure: bool,
-    allow_plain_http: bool,
-    proxied: bool,
-    loopback_through_proxy: bool,
-}
-
-impl std::fmt::Debug for HttpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpClient")
-            .field("user_agent", &self.settings.user_agent)
-            .field("max_body", &self.settings.max_body)
-            .field("insecure", &self.settings.insecure)
-            .field("proxied", &self.settings.proxied)
-            .finish_non_exhaustive()
-    }
+    policy: Arc<Policy>,
 }
 
 impl HttpClient {
-    /// Builds a client from `config`. Fails if the PEM text of [`Tls::Pem`] holds no
+    /// Builds a client from `config`. Fails if the PEM text of [`Tls::Pem`](crate::Tls::Pem) holds no
     /// parseable certificate, the user agent is not a valid header value, a timeout is
     /// zero, or the proxy settings are unusable. Needs no runtime; requests must run
     /// inside a tokio runtime.
     pub fn new(config: &Config) -> Result<Self, Error> {
-        let user_agent = HeaderValue::from_str(&config.user_agent)
-            .map_err(|_| Error::Config("the user agent is not a valid header value".into()))?;
-        let request_timeout = config::timeout(config.request_timeout, "request_timeout")?;
-        let connect_timeout = config::timeout(config.connect_timeout, "connect_timeout")?;
-        let (proxy, loopback_through_proxy) = config::proxy(config)?;
+        let policy = config.policy()?;
+        let proxy = policy.proxy.clone();
         let tls_config = tls::client_config(&config.tls)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
+        http.set_connect_timeout(Some(policy.connect_timeout));
         let route = Route {
             tunnel: proxy.clone().map(|p| Tunnel::new(p, http.clone())),
             proxy: proxy.clone(),
@@ -98,16 +65,13 @@ impl HttpClient {
             .build(connector);
         Ok(Self {
             pool,
-            settings: Arc::new(Settings {
-                user_agent,
-                max_body: config.max_body,
-                request_timeout,
-                insecure: matches!(config.tls, Tls::InsecureLoopbackOnly),
-                allow_plain_http: config.allow_plain_http,
-                proxied: proxy.is_some(),
-                loopback_through_proxy,
-            }),
+            policy: Arc::new(policy),
         })
+    }
+
+    /// The checked settings this client was built with.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Sends `request` as it is (no redirect followed, status codes passed through)
@@ -121,7 +85,7 @@ impl HttpClient {
     }
 
     /// Like [`execute`](Self::execute), but gives up on the exchange shortly before
-    /// `deadline` (by [`DEADLINE_MARGIN`], or a tenth of the time left if less) if
+    /// `deadline` (by [`DEADLINE_MARGIN`](crate::DEADLINE_MARGIN), or a tenth of the time left if less) if
     /// that comes before [`Config::request_timeout`]: pass a
     /// [`Transmit::deadline`](broker_session::Transmit::deadline), so the machine hears
     /// of the failure ([`FailureKind::Timeout`]) while it still waits for the answer.
@@ -139,30 +103,11 @@ impl HttpClient {
         mut request: http::Request<Vec<u8>>,
         deadline: Option<Instant>,
     ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
-        self.check_target(request.uri())?;
         let now = Instant::now();
-        let budget = exchange_budget(self.settings.request_timeout, now, deadline);
-        if budget.is_zero() {
-            return Err(TransportFailure::new(
-                FailureKind::Timeout,
-                "timeout: the session's deadline for this request had passed; not sent",
-            ));
-        }
-        let headers = request.headers_mut();
-        if !headers.contains_key(USER_AGENT) {
-            headers.insert(USER_AGENT, self.settings.user_agent.clone());
-        }
-        let needs_length = !request.body().is_empty()
-            || matches!(
-                *request.method(),
-                http::Method::POST | http::Method::PUT | http::Method::PATCH
-            );
-        if needs_length {
-            let len = HeaderValue::from(request.body().len());
-            request.headers_mut().insert(CONTENT_LENGTH, len);
-        }
+        let budget = self.policy.prepare(&mut request, now, deadline)?;
+        let uri = request.uri().clone();
         let request = request.map(|b| Full::new(Bytes::from(b)));
-        let max_body = self.settings.max_body;
+        let max_body = self.policy.max_body;
         // One deadline around connect, send and the whole body.
         let exchange = async {
             let response = self.pool.request(request).await.map_err(classify_client)?;
@@ -176,39 +121,13 @@ impl HttpClient {
         };
         let give_up = deadline_after(now, budget);
         match tokio::time::timeout_at(give_up.into(), exchange).await {
-            Ok(r) => r,
+            Ok(r) => r.map_err(|f| explain(f, &uri)),
             Err(_) => Err(TransportFailure::new(
                 FailureKind::Timeout,
                 "request timeout expired",
             )),
         }
     }
-
-    /// Refuses, before any connection, what the configuration forbids.
-    fn check_target(&self, uri: &http::Uri) -> Result<(), TransportFailure> {
-        let s = &self.settings;
-        match config::refusal(
-            uri,
-            s.insecure,
-            s.allow_plain_http,
-            s.proxied,
-            s.loopback_through_proxy,
-        ) {
-            Some(failure) => Err(failure),
-            None => Ok(()),
-        }
-    }
-}
-
-/// How long an exchange may take: `timeout`, and for a session request no longer than
-/// until shortly before the machine's `deadline` for it. Zero: do not start it.
-fn exchange_budget(timeout: Duration, now: Instant, deadline: Option<Instant>) -> Duration {
-    let Some(deadline) = deadline else {
-        return timeout;
-    };
-    let left = deadline.saturating_duration_since(now);
-    let margin = DEADLINE_MARGIN.min(left / 10);
-    timeout.min(left.saturating_sub(margin))
 }
 
 type BoxError = Box<dyn StdError + Send + Sync>;

@@ -3,7 +3,7 @@
 use broker_session::Machine;
 use tokio::task::JoinHandle;
 
-use crate::session::Session;
+use crate::client::Client;
 
 /// Runs a session's timers (keep-alive ticks, proactive refreshes, retries) on a
 /// tokio task, which is aborted when this handle is dropped. A session request the
@@ -20,7 +20,7 @@ impl Drop for KeepAlive {
     }
 }
 
-impl<M> Session<M>
+impl<M> Client<M>
 where
     M: Machine + Send + 'static,
     M::State: Send,
@@ -29,7 +29,7 @@ where
     /// Starts a task that drives the machine whenever one of its timers falls due,
     /// so the session stays alive while the application makes no calls. Events it
     /// produces are buffered like any others (see
-    /// [`drain_events`](Session::drain_events)).
+    /// [`drain_events`](Client::drain_events)).
     pub fn keep_alive(&self) -> KeepAlive {
         let inner = std::sync::Arc::clone(self.inner());
         // On the session's runtime, so this works (and does not panic) from any thread.

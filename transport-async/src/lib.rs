@@ -1,25 +1,24 @@
 //! Async transport for [`broker_session`] on `hyper` 1 and `tokio`.
 //!
-//! [`Session`] drives any [`Machine`](broker_session::Machine) over HTTPS: its
+//! [`Client`] drives any [`Machine`](broker_session::Machine) over HTTPS: its
 //! methods submit an intent and run the machine until that operation completes,
-//! [`Session::send`] stamps the session's credentials on your own API requests and
-//! recovers once from a refused credential, and [`Session::keep_alive`] (or
-//! [`Session::service`]) runs the session's timers. One [`HttpClient`] (one
-//! connection pool) can serve many sessions.
+//! [`Client::send`] stamps the session's credentials on your own API requests and
+//! recovers once from a refused credential, and [`Client::keep_alive`] (or
+//! [`Client::service`]) runs the session's timers. One [`HttpClient`] (one
+//! connection pool) can serve many sessions ([`Client::open`]).
 //!
 //! ```no_run
 //! # async fn demo<M>(machine: M, intent: M::Intent) -> Result<(), broker_session_hyper::Error>
 //! # where M: broker_session::Machine + Send + 'static, M::State: Send, M::Outcome: Send {
-//! use broker_session_hyper::{Config, HttpClient, Session};
+//! use broker_session_hyper::{Client, Config, HttpClient};
 //!
-//! let config = Config::default();
-//! let http = HttpClient::new(&config)?;             // share clones between sessions
-//! let session = Session::with_http(machine, http.clone(), &config)?;
+//! let http = HttpClient::new(&Config::default())?;  // share it between sessions
+//! let session = Client::with_http(machine, http.clone())?;
 //! let outcome = session.run(intent).await?;         // e.g. a login
 //! let _keep_alive = session.keep_alive();           // timers run until this drops
 //! let response = session
 //!     .send(
-//!         broker_session::http::Request::get("https://api.example.com/accounts")
+//!         broker_session::http::Request::get("/accounts") // under the base URL
 //!             .body(Vec::new())
 //!             .expect("valid request"),
 //!     )
@@ -60,52 +59,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod brokers;
-mod config;
-mod error;
+mod client;
 mod http_client;
 mod keep_alive;
-mod session;
 mod tls;
 
-use std::time::{Instant, SystemTime};
-
-use broker_session::{Now, RngSeed};
-
-pub use config::{Config, Tls};
-pub use error::Error;
-pub use http_client::{DEADLINE_MARGIN, HttpClient};
+#[allow(deprecated)]
+pub use client::{Client, Session};
+pub use http_client::HttpClient;
 pub use keep_alive::KeepAlive;
-pub use session::Session;
 
-/// The current time from the operating system's clocks.
-pub fn now() -> Now {
-    Now::new(Instant::now(), SystemTime::now())
-}
-
-/// A seed for a machine's random number generator, from the operating system.
-pub fn os_seed() -> Result<RngSeed, Error> {
-    let mut seed = RngSeed([0; 32]);
-    getrandom::getrandom(&mut seed.0).map_err(|_| Error::Random)?;
-    Ok(seed)
-}
-
-mod env;
-pub use env::FromEnv;
-
-/// The core crate, re-exported so that a program needs this one dependency: the
-/// session machines, events, errors and secrets are all reachable through it
-/// (`broker_session::ig`, `broker_session::ibkr`, `broker_session::Event` …).
-pub use broker_session;
-/// The `http` crate the requests and responses are built with (the same version as
-/// the core's).
-#[doc(no_inline)]
-pub use broker_session::http;
-/// What a program names to start a session: the broker configurations and machines,
-/// re-exported from [`broker_session`].
-#[doc(no_inline)]
-pub use broker_session::{
-    env::EnvError,
-    ibkr::{IbkrConfig, IbkrSession, OAuthConfig},
-    ig::{IgConfig, IgEnvironment, IgSession, LoginFlow},
-};
+broker_session::__transport_root!(broker_session_hyper);

@@ -9,8 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::Tls;
-use crate::error::Error;
+use crate::{Error, Tls};
 
 pub(crate) fn client_config(tls: &Tls) -> Result<ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -18,12 +17,6 @@ pub(crate) fn client_config(tls: &Tls) -> Result<ClientConfig, Error> {
         .with_safe_default_protocol_versions()
         .map_err(|_| Error::Config("no TLS protocol version available".into()))?;
     let config = match tls {
-        Tls::WebPkiRoots => {
-            let roots = RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
         Tls::Pem(pem) => {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(pem) {
@@ -43,6 +36,12 @@ pub(crate) fn client_config(tls: &Tls) -> Result<ClientConfig, Error> {
                 provider.signature_verification_algorithms,
             )))
             .with_no_client_auth(),
+        _ => {
+            let roots = RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
     };
     Ok(config)
 }

@@ -5,50 +5,31 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use broker_session::driver::{Driver, SessionEvent};
-use broker_session::{AuthorizeError, Input, Machine, Observation, OpId, deadline_after};
+use broker_session::transport::ops::{Operation, SessionConfig, output_of};
+use broker_session::transport::{Call, CallInput, CallStep};
+use broker_session::{Input, Machine, OpId, deadline_after};
 
-use crate::error::Error;
-use crate::http_client::HttpClient;
-use crate::{Config, now};
+use crate::{Config, Error, HttpClient, now, os_seed};
 
 /// How long a waiter sleeps at most while another thread has a request in flight;
 /// a safety net only: the waiter is woken as soon as the exchange ends.
 const IN_FLIGHT_POLL: Duration = Duration::from_secs(1);
 
-/// A blocking session client for any [`Machine`].
-///
-/// Shareable across threads (`Clone` it, or share a reference): calls from many
-/// threads are serialised on the machine, while network exchanges run outside the
-/// lock. Whichever thread needs progress drives the machine (sends its requests,
-/// runs its due timers), so no background thread is needed; use
-/// [`keep_alive`](Client::keep_alive) or [`service`](Client::service) to run timers
-/// (keep-alive ticks, proactive refreshes) while no call is being made.
-pub struct Client<M: Machine> {
-    inner: Arc<Inner<M>>,
-}
-
-impl<M: Machine> Clone for Client<M> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
-}
-
-impl<M: Machine> std::fmt::Debug for Client<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut d = f.debug_struct("Client");
-        // `try_lock`: Debug may be called while this thread holds the lock.
-        match self.inner.shared.try_lock() {
-            Ok(g) => d.field("state", &g.machine().state()),
-            Err(_) => d.field("state", &"<locked>"),
-        };
-        d.finish_non_exhaustive()
-    }
+broker_session::__client_handle! {
+    /// A blocking session client for any [`Machine`].
+    ///
+    /// Shareable across threads (`Clone` it, or share a reference): calls from many
+    /// threads are serialised on the machine, while network exchanges run outside the
+    /// lock. Whichever thread needs progress drives the machine (sends its requests,
+    /// runs its due timers), so no background thread is needed; use
+    /// [`keep_alive`](Client::keep_alive) or [`service`](Client::service) to run timers
+    /// (keep-alive ticks, proactive refreshes) while no call is being made.
+    Client
 }
 
 pub(crate) struct Inner<M: Machine> {
     http: HttpClient,
+    base_url: Option<String>,
     shared: Mutex<Driver<M>>,
     changed: Condvar,
 }
@@ -120,17 +101,6 @@ impl<M: Machine> Inner<M> {
         }
     }
 
-    /// Waits for an operation that another party may also wait for (a recovery, a
-    /// pending login) and returns whether it succeeded.
-    fn wait_finished<'a>(
-        &'a self,
-        g: MutexGuard<'a, Driver<M>>,
-        op: OpId,
-    ) -> (MutexGuard<'a, Driver<M>>, Result<(), Error>) {
-        let (g, r) = self.wait_until(g, |d| d.finished(op));
-        (g, r.and_then(|r| r.map_err(Error::Session)))
-    }
-
     pub(crate) fn wait_changed<'a>(
         &'a self,
         g: MutexGuard<'a, Driver<M>>,
@@ -150,19 +120,48 @@ impl<M: Machine> Inner<M> {
 impl<M: Machine> Client<M> {
     /// A client for `machine` with its own [`HttpClient`] built from `config`.
     pub fn new(machine: M, config: &Config) -> Result<Self, Error> {
-        Ok(Self::with_http(machine, HttpClient::new(config)?, config))
+        Ok(Self::with_http(machine, HttpClient::new(config)?))
     }
 
     /// A client for `machine` that shares `http` (and its connection pool) with other
-    /// clients. Only [`Config::event_capacity`] is read from `config`.
-    pub fn with_http(machine: M, http: HttpClient, config: &Config) -> Self {
+    /// clients; its event buffer holds the [`Config::event_capacity`] `http` was built
+    /// with. To build the machine too, use [`open`](Self::open).
+    pub fn with_http(machine: M, http: HttpClient) -> Self {
+        Self::build(machine, http, None)
+    }
+
+    fn build(machine: M, http: HttpClient, base_url: Option<String>) -> Self {
+        let base_url = base_url.or_else(|| machine.base_url().map(str::to_owned));
+        let capacity = http.policy().event_capacity;
         Self {
             inner: Arc::new(Inner {
                 http,
-                shared: Mutex::new(Driver::new(machine, config.event_capacity)),
+                base_url,
+                shared: Mutex::new(Driver::new(machine, capacity)),
                 changed: Condvar::new(),
             }),
         }
+    }
+
+    /// A client for the machine built from a broker configuration (seeded from the
+    /// operating system), sharing `http`: many sessions over one pool.
+    ///
+    /// ```no_run
+    /// # fn demo(a: broker_session_ureq::IgConfig, b: broker_session_ureq::IbkrConfig) -> Result<(), broker_session_ureq::Error> {
+    /// use broker_session_ureq::{Client, Config, HttpClient};
+    ///
+    /// let http = HttpClient::new(&Config::default())?;
+    /// let ig = Client::open(a, &http)?;
+    /// let ibkr = Client::open(b, &http)?;
+    /// # let _ = (ig, ibkr); Ok(()) }
+    /// ```
+    pub fn open<C>(session: C, http: &HttpClient) -> Result<Self, Error>
+    where
+        C: SessionConfig<Machine = M>,
+    {
+        let base_url = session.base_url();
+        let machine = session.build(os_seed()?, now())?;
+        Ok(Self::build(machine, http.clone(), Some(base_url)))
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner<M>> {
@@ -173,11 +172,22 @@ impl<M: Machine> Client<M> {
     /// the operation's typed result.
     pub fn run(&self, intent: M::Intent) -> Result<M::Outcome, Error> {
         let mut g = self.inner.lock();
-        let op = g.submit(intent, now()).map_err(Error::Usage)?;
+        let op = g.submit(intent, now())?;
         g.await_op(op);
         let (mut g, r) = self.inner.wait_until(g, |d| d.take_result(op));
         g.forget_op(op);
-        r?.map_err(Error::Session)
+        Ok(r??)
+    }
+
+    /// Runs the typed operation `op` (what `login`, `connect` … do) and returns its
+    /// typed output.
+    pub fn call<O: Operation<Machine = M>>(&self, op: O) -> Result<O::Output, Error> {
+        let mut g = self.inner.lock();
+        let id = g.submit(op.intent(), now())?;
+        g.await_op(id);
+        let (mut g, r) = self.inner.wait_until(g, |d| d.take_result(id));
+        g.forget_op(id);
+        output_of::<O>(r?)
     }
 
     /// Queues `intent` without sending anything; returns its operation id. The
@@ -186,11 +196,7 @@ impl<M: Machine> Client<M> {
     /// arrives as an [`Event::Completed`](broker_session::Event::Completed) in the
     /// event buffer.
     pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
-        let op = self
-            .inner
-            .lock()
-            .submit(intent, now())
-            .map_err(Error::Usage)?;
+        let op = self.inner.lock().submit(intent, now())?;
         self.inner.notify();
         Ok(op)
     }
@@ -198,55 +204,47 @@ impl<M: Machine> Client<M> {
     /// Sends an application request with the session's credentials and returns the
     /// broker's response, whatever its status.
     ///
+    /// A path without scheme and host (`/accounts`) is sent under the session's
+    /// [`base_url`](Self::base_url). At IG, say which version of an endpoint you want
+    /// in a `Version` header: a request without one gets version 1, and most
+    /// endpoints have later versions with other fields.
+    ///
     /// Authorizes the request, exchanges it and lets the machine observe the
     /// response. If the credentials were refused and the machine recovers them
     /// (refresh or re-login), waits for that one recovery (shared by every thread that
     /// hit the same refusal) and resends the request once with the new credentials;
     /// if they had already been replaced, resends it once at once. If credentials are
-    /// being obtained when the request is made, waits for them first.
+    /// being obtained when the request is made, waits for them first. The decisions
+    /// are [`Call`]'s.
     ///
     /// Errors: [`Error::Authorize`] when the session cannot stamp the request (not
     /// logged in, backing off, lost, another host), [`Error::Transport`] when the
     /// exchange failed, [`Error::Session`] when the session was lost or its recovery
     /// failed.
     pub fn send(&self, request: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, Error> {
-        let mut resent = false;
-        let mut waits = 0;
+        let mut call = Call::new(request, self.inner.base_url.as_deref());
+        let mut input = CallInput::Start;
+        let mut g = self.inner.lock();
         loop {
-            let mut req = clone_request(&request);
-            let stamp = {
-                let mut g = self.inner.lock();
-                match g.machine_mut().authorize(&mut req, now()) {
-                    Ok(stamp) => stamp,
-                    Err(AuthorizeError::Pending { op }) if waits < 2 => {
-                        waits += 1;
-                        self.inner.wait_finished(g, op).1?;
-                        continue;
-                    }
-                    Err(e) => return Err(Error::Authorize(e)),
+            let step = call.next(g.machine_mut(), input, now());
+            input = match step {
+                CallStep::Send(request) => {
+                    drop(g);
+                    let sent = self.inner.http.execute(request);
+                    g = self.inner.lock();
+                    CallInput::Sent(sent)
                 }
+                CallStep::WaitFor(op) => {
+                    let (g2, finished) = self.inner.wait_until(g, |d| d.finished(op));
+                    g = g2;
+                    CallInput::Finished(finished?)
+                }
+                CallStep::Done(result) => {
+                    drop(self.inner.drive(g));
+                    return result;
+                }
+                _ => unreachable!("a call step this client does not know"),
             };
-            let response = self.inner.http.execute(req).map_err(Error::Transport)?;
-            let mut g = self.inner.lock();
-            let observation = g.machine_mut().observe(&response, stamp, now());
-            match observation {
-                Observation::Replay if !resent => {
-                    resent = true;
-                    drop(self.inner.drive(g));
-                }
-                Observation::Recover { op } if !resent => {
-                    resent = true;
-                    self.inner.wait_finished(g, op).1?;
-                }
-                Observation::Lost(e) => {
-                    drop(self.inner.drive(g));
-                    return Err(Error::Session(e));
-                }
-                _ => {
-                    drop(self.inner.drive(g));
-                    return Ok(response);
-                }
-            }
         }
     }
 
@@ -260,28 +258,6 @@ impl<M: Machine> Client<M> {
     pub fn service(&self) -> Option<Instant> {
         let g = self.inner.drive(self.inner.lock());
         g.deadline()
-    }
-
-    /// The session's current state.
-    pub fn state(&self) -> M::State {
-        self.inner.lock().machine().state()
-    }
-
-    /// Runs `f` on the machine under the client's lock, e.g. to read a getter the
-    /// [`Machine`] trait does not have. Do not block inside `f`, and do not call this
-    /// client from it (the lock is not reentrant).
-    pub fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
-        let mut g = self.inner.lock();
-        let r = f(g.machine_mut());
-        drop(self.inner.drive(g));
-        r
-    }
-
-    /// Takes every buffered event (state changes, session loss, and completions of
-    /// operations no [`run`](Client::run) call was waiting for, such as proactive
-    /// refreshes and keep-alive ticks), oldest first.
-    pub fn drain_events(&self) -> Vec<SessionEvent<M>> {
-        self.inner.lock().drain_events()
     }
 
     /// Waits up to `timeout` for the next event, driving the machine meanwhile. Any
@@ -305,25 +281,6 @@ impl<M: Machine> Client<M> {
             }
         }
     }
-
-    /// How many events were dropped because the buffer was full
-    /// ([`Config::event_capacity`]).
-    pub fn dropped_events(&self) -> u64 {
-        self.inner.lock().dropped_events()
-    }
-
-    /// The HTTP client this session uses.
-    pub fn http(&self) -> &HttpClient {
-        &self.inner.http
-    }
 }
 
-/// A copy of a request (method, URI, version, headers, body), for a resend.
-pub(crate) fn clone_request(r: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
-    let mut out = http::Request::new(r.body().clone());
-    *out.method_mut() = r.method().clone();
-    *out.uri_mut() = r.uri().clone();
-    *out.version_mut() = r.version();
-    *out.headers_mut() = r.headers().clone();
-    out
-}
+broker_session::__broker_methods!(Client);

@@ -3,51 +3,22 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use broker_session::transport::{Policy, explain};
 use broker_session::{FailureKind, TransportFailure};
-use http::header::{CONTENT_LENGTH, HeaderValue, USER_AGENT};
 
-use crate::config::{self, Config, Tls};
-use crate::error::Error;
 use crate::resolve::CachingResolver;
+use crate::{Config, Error, Tls};
 
 /// A configured HTTP client: connection pool, TLS trust, timeouts, limits.
 ///
 /// Cheap to clone; clones share one connection pool, so one `HttpClient` can serve
 /// many sessions.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct HttpClient {
     agent: ureq::Agent,
-    settings: Arc<Settings>,
-}
-
-/// How long before a session request's [`Transmit::deadline`] the transport gives up
-/// on the exchange (or a tenth of the time left, if less), so that the failure reaches
-/// the machine while it still waits for it.
-///
-/// [`Transmit::deadline`]: broker_session::Transmit::deadline
-pub const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
-
-struct Settings {
-    user_agent: HeaderValue,
-    max_body: usize,
-    request_timeout: Duration,
-    insecure: bool,
-    allow_plain_http: bool,
-    proxied: bool,
-    loopback_through_proxy: bool,
-}
-
-impl std::fmt::Debug for HttpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpClient")
-            .field("user_agent", &self.settings.user_agent)
-            .field("max_body", &self.settings.max_body)
-            .field("insecure", &self.settings.insecure)
-            .field("proxied", &self.settings.proxied)
-            .finish_non_exhaustive()
-    }
+    policy: Arc<Policy>,
 }
 
 impl HttpClient {
@@ -55,29 +26,21 @@ impl HttpClient {
     /// [`Tls::Pem`] holds no parseable certificate, the user agent is not a valid
     /// header value, a timeout is zero, or the proxy settings are unusable.
     pub fn new(config: &Config) -> Result<Self, Error> {
-        let user_agent = HeaderValue::from_str(&config.user_agent)
-            .map_err(|_| Error::Config("the user agent is not a valid header value".into()))?;
-        let request_timeout = config::timeout(config.request_timeout, "request_timeout")?;
-        let connect_timeout = config::timeout(config.connect_timeout, "connect_timeout")?;
-        let (proxy_uri, loopback_through_proxy) = config::proxy(config)?;
+        let policy = config.policy()?;
         // Never `Proxy::try_from_env`: a proxy is used only when configured.
-        let proxy = match &proxy_uri {
+        let proxy = match &policy.proxy {
             Some(uri) => Some(
                 ureq::Proxy::new(&uri.to_string())
                     .map_err(|_| Error::Config("Config::proxy is not a usable proxy URI".into()))?,
             ),
             None => None,
         };
-        let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
-        let mut insecure = false;
-        match &config.tls {
-            Tls::WebPkiRoots => tls = tls.root_certs(ureq::tls::RootCerts::WebPki),
-            Tls::Pem(pem) => tls = tls.root_certs(parse_pem(pem)?),
-            Tls::InsecureLoopbackOnly => {
-                insecure = true;
-                tls = tls.disable_verification(true);
-            }
-        }
+        let tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
+        let tls = match &config.tls {
+            Tls::Pem(pem) => tls.root_certs(parse_pem(pem)?),
+            Tls::InsecureLoopbackOnly => tls.disable_verification(true),
+            _ => tls.root_certs(ureq::tls::RootCerts::WebPki),
+        };
         let agent_config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -87,8 +50,8 @@ impl HttpClient {
             // One budget for the whole exchange (connect, send, response head and
             // body). Cheap only with the caching resolver: see `resolve.rs` and
             // `benches/exchange_deadline.rs`.
-            .timeout_per_call(Some(request_timeout))
-            .timeout_connect(Some(connect_timeout))
+            .timeout_per_call(Some(policy.request_timeout))
+            .timeout_connect(Some(policy.connect_timeout))
             .tls_config(tls.build())
             .build();
         let agent = ureq::Agent::with_parts(
@@ -98,16 +61,13 @@ impl HttpClient {
         );
         Ok(Self {
             agent,
-            settings: Arc::new(Settings {
-                user_agent,
-                max_body: config.max_body,
-                request_timeout,
-                insecure,
-                allow_plain_http: config.allow_plain_http,
-                proxied: proxy_uri.is_some(),
-                loopback_through_proxy,
-            }),
+            policy: Arc::new(policy),
         })
+    }
+
+    /// The checked settings this client was built with.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Sends `request` as it is (no redirect followed, status codes passed through)
@@ -121,7 +81,7 @@ impl HttpClient {
     }
 
     /// Like [`execute`](Self::execute), but gives up on the exchange shortly before
-    /// `deadline` (by [`DEADLINE_MARGIN`], or a tenth of the time left if less) if
+    /// `deadline` (by [`DEADLINE_MARGIN`](crate::DEADLINE_MARGIN), or a tenth of the time left if less) if
     /// that comes before [`Config::request_timeout`]: pass a
     /// [`Transmit::deadline`](broker_session::Transmit::deadline), so the machine hears
     /// of the failure ([`FailureKind::Timeout`]) while it still waits for the answer.
@@ -139,76 +99,30 @@ impl HttpClient {
         mut request: http::Request<Vec<u8>>,
         deadline: Option<Instant>,
     ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
-        self.check_target(request.uri())?;
-        let budget = exchange_budget(self.settings.request_timeout, Instant::now(), deadline);
-        if budget.is_zero() {
-            return Err(TransportFailure::new(
-                FailureKind::Timeout,
-                "timeout: the session's deadline for this request had passed; not sent",
-            ));
-        }
-        let headers = request.headers_mut();
-        if !headers.contains_key(USER_AGENT) {
-            headers.insert(USER_AGENT, self.settings.user_agent.clone());
-        }
-        let needs_length = !request.body().is_empty()
-            || matches!(
-                *request.method(),
-                http::Method::POST | http::Method::PUT | http::Method::PATCH
-            );
-        if needs_length {
-            let len = HeaderValue::from(request.body().len());
-            request.headers_mut().insert(CONTENT_LENGTH, len);
-        }
+        let budget = self
+            .policy
+            .prepare(&mut request, Instant::now(), deadline)?;
+        let uri = request.uri().clone();
         // The agent's per-call timeout is the configured one; only a shorter budget
         // (the machine's deadline comes first) costs a per-request configuration.
-        if budget < self.settings.request_timeout {
+        if budget < self.policy.request_timeout {
             request = self
                 .agent
                 .configure_request(request)
                 .timeout_per_call(Some(budget))
                 .build();
         }
-        let response = self.agent.run(request).map_err(classify)?;
-        let (parts, body) = response.into_parts();
-        let limit = u64::try_from(self.settings.max_body).unwrap_or(u64::MAX);
-        let body = body
-            .into_with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(classify)?;
-        Ok(http::Response::from_parts(parts, body))
+        let limit = u64::try_from(self.policy.max_body).unwrap_or(u64::MAX);
+        let read = |response: http::Response<ureq::Body>| {
+            let (parts, body) = response.into_parts();
+            let body = body.into_with_config().limit(limit).read_to_vec()?;
+            Ok(http::Response::from_parts(parts, body))
+        };
+        self.agent
+            .run(request)
+            .and_then(read)
+            .map_err(|e| explain(classify(e), &uri))
     }
-
-    /// Refuses, before any connection, what the configuration forbids.
-    fn check_target(&self, uri: &http::Uri) -> Result<(), TransportFailure> {
-        let s = &self.settings;
-        match config::refusal(
-            uri,
-            s.insecure,
-            s.allow_plain_http,
-            s.proxied,
-            s.loopback_through_proxy,
-        ) {
-            Some(failure) => Err(failure),
-            None => Ok(()),
-        }
-    }
-}
-
-/// How long an exchange may take: `timeout`, and for a session request no longer than
-/// until shortly before the machine's `deadline` for it. Zero: do not start it.
-pub(crate) fn exchange_budget(
-    timeout: Duration,
-    now: Instant,
-    deadline: Option<Instant>,
-) -> Duration {
-    let Some(deadline) = deadline else {
-        return timeout;
-    };
-    let left = deadline.saturating_duration_since(now);
-    let margin = DEADLINE_MARGIN.min(left / 10);
-    timeout.min(left.saturating_sub(margin))
 }
 
 fn parse_pem(pem: &[u8]) -> Result<ureq::tls::RootCerts, Error> {

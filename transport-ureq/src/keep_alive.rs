@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use broker_session::Machine;
 
+use crate::Error;
 use crate::client::Client;
-use crate::error::Error;
 
 /// How long the keep-alive thread sleeps when the machine has no timer at all; it is
 /// woken earlier by any call on the client.

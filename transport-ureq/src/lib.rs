@@ -15,7 +15,7 @@
 //! let outcome = client.run(intent)?;          // e.g. a login
 //! let _keep_alive = client.keep_alive()?;     // timers run until this guard drops
 //! let response = client.send(
-//!     broker_session::http::Request::get("https://api.example.com/accounts")
+//!     broker_session::http::Request::get("/accounts") // under the base URL
 //!         .body(Vec::new())
 //!         .expect("valid request"),
 //! )?;
@@ -57,52 +57,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod brokers;
 mod client;
-mod config;
-mod error;
 mod http_client;
 mod keep_alive;
 mod resolve;
 
-use std::time::{Instant, SystemTime};
-
-use broker_session::{Now, RngSeed};
-
 pub use client::Client;
-pub use config::{Config, Tls};
-pub use error::Error;
-pub use http_client::{DEADLINE_MARGIN, HttpClient};
+pub use http_client::HttpClient;
 pub use keep_alive::KeepAlive;
 
-/// The current time from the operating system's clocks.
-pub fn now() -> Now {
-    Now::new(Instant::now(), SystemTime::now())
-}
-
-/// A seed for a machine's random number generator, from the operating system.
-pub fn os_seed() -> Result<RngSeed, Error> {
-    let mut seed = RngSeed([0; 32]);
-    getrandom::getrandom(&mut seed.0).map_err(|_| Error::Random)?;
-    Ok(seed)
-}
-
-mod env;
-pub use env::FromEnv;
-
-/// The core crate, re-exported so that a program needs this one dependency: the
-/// session machines, events, errors and secrets are all reachable through it
-/// (`broker_session::ig`, `broker_session::ibkr`, `broker_session::Event` …).
-pub use broker_session;
-/// The `http` crate the requests and responses are built with (the same version as
-/// the core's).
-#[doc(no_inline)]
-pub use broker_session::http;
-/// What a program names to start a session: the broker configurations and machines,
-/// re-exported from [`broker_session`].
-#[doc(no_inline)]
-pub use broker_session::{
-    env::EnvError,
-    ibkr::{IbkrConfig, IbkrSession, OAuthConfig},
-    ig::{IgConfig, IgEnvironment, IgSession, LoginFlow},
-};
+broker_session::__transport_root!(broker_session_ureq);

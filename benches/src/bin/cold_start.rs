@@ -68,7 +68,7 @@ fn run(mode: &str, base: &str) -> Result<u16, String> {
                 let cfg = ig_config(base, LoginFlow::V2)?;
                 let accounts = format!("{}/accounts", cfg.environment.base_url());
                 let hcfg = broker_session_hyper::Config::default();
-                let s = broker_session_hyper::Session::ig(cfg, &hcfg).map_err(|e| e.to_string())?;
+                let s = broker_session_hyper::Client::ig(cfg, &hcfg).map_err(|e| e.to_string())?;
                 s.login().await.map_err(|e| e.to_string())?;
                 let r = s
                     .send(get(accounts, Some("1"))?)

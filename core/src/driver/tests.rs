@@ -142,7 +142,7 @@ fn event_buffer_keeps_the_newest_and_counts_the_dropped() {
     let t = d.pump(now).transmits;
     d.handle_input(ok(t[0].id), now);
     d.machine_mut().emit(Event::StateChanged(1));
-    d.pump(now);
+    let _ = d.pump(now);
     assert_eq!(d.dropped_events(), 1);
     assert!(d.drain_events().is_empty());
     assert_eq!(d.take_result(op).unwrap().unwrap(), 7);
@@ -186,7 +186,7 @@ fn a_forgotten_operation_reports_to_the_buffer() {
     let t = d.pump(now).transmits;
     d.forget_op(op);
     d.handle_input(ok(t[0].id), now);
-    d.pump(now);
+    let _ = d.pump(now);
     assert!(d.take_result(op).is_none());
     assert_eq!(
         d.drain_events(),
@@ -211,7 +211,7 @@ fn finished_operations_are_remembered_for_every_asker_up_to_the_limit() {
         },
         now,
     );
-    d.pump(now);
+    let _ = d.pump(now);
     assert_eq!(d.finished(op), Some(Ok(())));
     assert_eq!(d.finished(op), Some(Ok(())), "asked twice");
     assert_eq!(d.finished(failing), Some(Err(Error::Transport(failure))));
@@ -220,7 +220,7 @@ fn finished_operations_are_remembered_for_every_asker_up_to_the_limit() {
     for i in 0..FINISHED_MEMORY as u64 - 1 {
         d.machine_mut().complete(1000 + i, 0);
     }
-    d.pump(now);
+    let _ = d.pump(now);
     assert_eq!(d.finished(op), None);
     assert!(d.finished(failing).is_some());
     assert!(
@@ -270,7 +270,7 @@ fn the_timer_runs_once_its_deadline_has_passed() {
     assert!(!d.pump(now).changed, "the same deadline is not");
 
     // Not yet due: the machine hears no timeout.
-    d.pump(now + Duration::from_secs(9));
+    let _ = d.pump(now + Duration::from_secs(9));
     assert_eq!(d.machine().ticks, 0);
 
     let later = now + Duration::from_secs(10);
@@ -278,7 +278,7 @@ fn the_timer_runs_once_its_deadline_has_passed() {
     assert_eq!(d.machine().ticks, 1);
     assert_eq!(d.deadline(), None, "the fake set no new timer");
     assert_eq!(d.drain_events(), vec![Event::StateChanged(1)]);
-    d.pump(later + Duration::from_secs(60));
+    let _ = d.pump(later + Duration::from_secs(60));
     assert_eq!(d.machine().ticks, 1, "no timer, no timeout");
 }
 

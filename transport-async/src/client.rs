@@ -6,50 +6,29 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use broker_session::driver::{Driver, SessionEvent};
-use broker_session::{
-    AuthorizeError, FailureKind, Input, Machine, Observation, OpId, RequestId, TransportFailure,
-};
+use broker_session::driver::{Driver, OpResult, SessionEvent};
+use broker_session::transport::ops::{Operation, SessionConfig, output_of};
+use broker_session::transport::{Call, CallInput, CallStep};
+use broker_session::{FailureKind, Input, Machine, OpId, RequestId, TransportFailure};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-use crate::error::Error;
-use crate::http_client::HttpClient;
-use crate::{Config, now};
+use crate::{Config, Error, HttpClient, now, os_seed};
 
-/// An async session client for any [`Machine`], on tokio.
-///
-/// Cheap to clone; clones share the session. Methods can be called from many tasks
-/// at once. Every future is cancellation-safe: dropping one never loses a response
-/// the machine waits for, because session requests are exchanged by tasks the
-/// session spawns. Those tasks (and the [`keep_alive`](Session::keep_alive) task) run
-/// on the tokio runtime the session was created in.
-pub struct Session<M: Machine> {
-    inner: Arc<Inner<M>>,
-}
-
-impl<M: Machine> Clone for Session<M> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
-    }
-}
-
-impl<M: Machine> std::fmt::Debug for Session<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut d = f.debug_struct("Session");
-        // `try_lock`: Debug may be called while this thread holds the lock.
-        match self.inner.shared.try_lock() {
-            Ok(g) => d.field("state", &g.machine().state()),
-            Err(_) => d.field("state", &"<locked>"),
-        };
-        d.finish_non_exhaustive()
-    }
+broker_session::__client_handle! {
+    /// An async session client for any [`Machine`], on tokio.
+    ///
+    /// Cheap to clone; clones share the session. Methods can be called from many tasks
+    /// at once. Every future is cancellation-safe: dropping one never loses a response
+    /// the machine waits for, because session requests are exchanged by tasks the
+    /// session spawns. Those tasks (and the [`keep_alive`](Client::keep_alive) task) run
+    /// on the tokio runtime the session was created in.
+    Client
 }
 
 pub(crate) struct Inner<M: Machine> {
     http: HttpClient,
+    base_url: Option<String>,
     runtime: Handle,
     shared: Mutex<Driver<M>>,
     changed: Notify,
@@ -103,10 +82,13 @@ where
     }
 
     /// Drives until `ready` yields, sleeping until the machine's next deadline or
-    /// until something changed.
+    /// until something changed. When nothing can change any more (no timer, nothing
+    /// in flight), fails with [`Error::Stalled`] if `stalls`, or sleeps until another
+    /// call changes the machine.
     async fn wait_until<T>(
         self: &Arc<Self>,
         mut ready: impl FnMut(&mut Driver<M>) -> Option<T>,
+        stalls: bool,
     ) -> Result<T, Error> {
         loop {
             let mut notified = pin!(self.changed.notified());
@@ -117,35 +99,9 @@ where
                 if let Some(v) = ready(&mut g) {
                     return Ok(v);
                 }
-                match g.deadline() {
-                    Some(d) => Some(d),
-                    None if g.in_flight() > 0 => None,
-                    None => return Err(Error::Stalled),
+                if stalls && g.deadline().is_none() && g.in_flight() == 0 {
+                    return Err(Error::Stalled);
                 }
-            };
-            match deadline {
-                Some(d) => {
-                    let _ = tokio::time::timeout_at(d.into(), notified).await;
-                }
-                None => notified.await,
-            }
-        }
-    }
-
-    async fn wait_finished(self: &Arc<Self>, op: OpId) -> Result<(), Error> {
-        self.wait_until(|d| d.finished(op))
-            .await?
-            .map_err(Error::Session)
-    }
-
-    /// Runs timers forever; the keep-alive task's body.
-    pub(crate) async fn keep_alive_loop(self: Arc<Self>) {
-        loop {
-            let mut notified = pin!(self.changed.notified());
-            notified.as_mut().enable();
-            let deadline = {
-                let mut g = self.lock();
-                self.drive_locked(&mut g);
                 g.deadline()
             };
             match deadline {
@@ -155,6 +111,12 @@ where
                 None => notified.await,
             }
         }
+    }
+
+    /// Runs timers forever; the keep-alive task's body.
+    pub(crate) async fn keep_alive_loop(self: Arc<Self>) {
+        // Never ready and never stalled: runs until the task is aborted.
+        let _ = self.wait_until(|_| None::<()>, false).await;
     }
 }
 
@@ -242,32 +204,66 @@ where
     }
 }
 
-impl<M> Session<M>
+impl<M> Client<M>
 where
     M: Machine + Send + 'static,
     M::State: Send,
     M::Outcome: Send,
 {
-    /// A session for `machine` with its own [`HttpClient`] built from `config`. Must
+    /// A client for `machine` with its own [`HttpClient`] built from `config`. Must
     /// be called inside a tokio runtime (its tasks are spawned on it).
     pub fn new(machine: M, config: &Config) -> Result<Self, Error> {
-        Self::with_http(machine, HttpClient::new(config)?, config)
+        Self::with_http(machine, HttpClient::new(config)?)
     }
 
-    /// A session for `machine` sharing `http` (and its connection pool) with other
-    /// sessions. Only [`Config::event_capacity`] is read from `config`. Must be called
-    /// inside a tokio runtime.
-    pub fn with_http(machine: M, http: HttpClient, config: &Config) -> Result<Self, Error> {
+    /// A client for `machine` sharing `http` (and its connection pool) with other
+    /// clients; its event buffer holds the [`Config::event_capacity`] `http` was built
+    /// with. To build the machine too, use [`open`](Self::open).
+    ///
+    /// # Errors
+    /// [`Error::NoRuntime`] outside a tokio runtime: the client spawns its exchanges
+    /// and its keep-alive task on the runtime it was created in, so that they run
+    /// (and its futures can be awaited) from any thread.
+    pub fn with_http(machine: M, http: HttpClient) -> Result<Self, Error> {
+        Self::build(machine, http, None)
+    }
+
+    fn build(machine: M, http: HttpClient, base_url: Option<String>) -> Result<Self, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let base_url = base_url.or_else(|| machine.base_url().map(str::to_owned));
+        let capacity = http.policy().event_capacity;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                base_url,
                 runtime,
-                shared: Mutex::new(Driver::new(machine, config.event_capacity)),
+                shared: Mutex::new(Driver::new(machine, capacity)),
                 changed: Notify::new(),
                 orphaned: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// A client for the machine built from a broker configuration (seeded from the
+    /// operating system), sharing `http`: many sessions over one pool. Inside a tokio
+    /// runtime, as [`with_http`](Self::with_http).
+    ///
+    /// ```no_run
+    /// # async fn demo(a: broker_session_hyper::IgConfig, b: broker_session_hyper::IbkrConfig) -> Result<(), broker_session_hyper::Error> {
+    /// use broker_session_hyper::{Client, Config, HttpClient};
+    ///
+    /// let http = HttpClient::new(&Config::default())?;
+    /// let ig = Client::open(a, &http)?;
+    /// let ibkr = Client::open(b, &http)?;
+    /// # let _ = (ig, ibkr); Ok(()) }
+    /// ```
+    pub fn open<C>(session: C, http: &HttpClient) -> Result<Self, Error>
+    where
+        C: SessionConfig<Machine = M>,
+    {
+        let base_url = session.base_url();
+        let machine = session.build(os_seed()?, now())?;
+        Self::build(machine, http.clone(), Some(base_url))
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner<M>> {
@@ -282,9 +278,19 @@ where
     /// the operation's typed result. If the future is dropped, the operation still
     /// runs to its end (its result then goes to the event buffer).
     pub async fn run(&self, intent: M::Intent) -> Result<M::Outcome, Error> {
+        Ok(self.run_op(intent).await??)
+    }
+
+    /// Runs the typed operation `op` (what `login`, `connect` … do) and returns its
+    /// typed output. Cancellation-safe like [`run`](Self::run).
+    pub async fn call<O: Operation<Machine = M>>(&self, op: O) -> Result<O::Output, Error> {
+        output_of::<O>(self.run_op(op.intent()).await?)
+    }
+
+    async fn run_op(&self, intent: M::Intent) -> Result<OpResult<M>, Error> {
         let op = {
             let mut g = self.inner.lock();
-            let op = g.submit(intent, now()).map_err(Error::Usage)?;
+            let op = g.submit(intent, now())?;
             g.await_op(op);
             op
         };
@@ -292,10 +298,7 @@ where
             inner: &self.inner,
             op,
         };
-        self.inner
-            .wait_until(|d| d.take_result(op))
-            .await?
-            .map_err(Error::Session)
+        self.inner.wait_until(|d| d.take_result(op), true).await
     }
 
     /// Queues `intent` and starts it if the machine is idle, without waiting; returns
@@ -306,7 +309,7 @@ where
     /// call.
     pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
         let mut g = self.inner.lock();
-        let op = g.submit(intent, now()).map_err(Error::Usage)?;
+        let op = g.submit(intent, now())?;
         self.inner.drive_locked(&mut g);
         Ok(op)
     }
@@ -314,11 +317,17 @@ where
     /// Sends an application request with the session's credentials and returns the
     /// broker's response, whatever its status.
     ///
+    /// A path without scheme and host (`/accounts`) is sent under the session's
+    /// [`base_url`](Self::base_url). At IG, say which version of an endpoint you want
+    /// in a `Version` header: a request without one gets version 1, and most
+    /// endpoints have later versions with other fields.
+    ///
     /// Authorizes the request, exchanges it and lets the machine observe the
     /// response. If the credentials were refused and the machine recovers them,
     /// waits for that one recovery (shared by every task that hit the same refusal)
     /// and resends the request once; if they had already been replaced, resends it
-    /// once at once. If credentials are being obtained, waits for them first.
+    /// once at once. If credentials are being obtained, waits for them first. The
+    /// decisions are [`Call`]'s.
     ///
     /// Errors: [`Error::Authorize`] when the session cannot stamp the request,
     /// [`Error::Transport`] when the exchange failed, [`Error::Session`] when the
@@ -327,41 +336,25 @@ where
         &self,
         request: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, Error> {
-        let mut resent = false;
-        let mut waits = 0;
+        let mut call = Call::new(request, self.inner.base_url.as_deref());
+        let mut input = CallInput::Start;
         loop {
-            let mut req = clone_request(&request);
-            let authorized = self.inner.lock().machine_mut().authorize(&mut req, now());
-            let stamp = match authorized {
-                Ok(stamp) => stamp,
-                Err(AuthorizeError::Pending { op }) if waits < 2 => {
-                    waits += 1;
-                    self.inner.wait_finished(op).await?;
-                    continue;
-                }
-                Err(e) => return Err(Error::Authorize(e)),
-            };
-            let response = self
-                .inner
-                .http
-                .execute(req)
-                .await
-                .map_err(Error::Transport)?;
-            let observation = {
+            let step = {
                 let mut g = self.inner.lock();
-                let o = g.machine_mut().observe(&response, stamp, now());
-                self.inner.drive_locked(&mut g);
-                o
-            };
-            match observation {
-                Observation::Replay if !resent => resent = true,
-                Observation::Recover { op } if !resent => {
-                    resent = true;
-                    self.inner.wait_finished(op).await?;
+                let step = call.next(g.machine_mut(), input, now());
+                if !matches!(step, CallStep::Send(_)) {
+                    self.inner.drive_locked(&mut g);
                 }
-                Observation::Lost(e) => return Err(Error::Session(e)),
-                _ => return Ok(response),
-            }
+                step
+            };
+            input = match step {
+                CallStep::Send(request) => CallInput::Sent(self.inner.http.execute(request).await),
+                CallStep::WaitFor(op) => {
+                    CallInput::Finished(self.inner.wait_until(|d| d.finished(op), true).await?)
+                }
+                CallStep::Done(result) => return result,
+                _ => unreachable!("a call step this client does not know"),
+            };
         }
     }
 
@@ -374,69 +367,19 @@ where
         g.deadline()
     }
 
-    /// The session's current state.
-    pub fn state(&self) -> M::State {
-        self.inner.lock().machine().state()
-    }
-
-    /// Runs `f` on the machine under the session's lock, e.g. to read a getter the
-    /// [`Machine`] trait does not have. Do not block inside `f`, and do not call this
-    /// session from it (the lock is not reentrant).
-    pub fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
-        let mut g = self.inner.lock();
-        let r = f(g.machine_mut());
-        self.inner.drive_locked(&mut g);
-        r
-    }
-
-    /// Takes every buffered event (state changes, session loss, and completions of
-    /// operations no [`run`](Session::run) call was waiting for, such as proactive
-    /// refreshes and keep-alive ticks), oldest first.
-    pub fn drain_events(&self) -> Vec<SessionEvent<M>> {
-        self.inner.lock().drain_events()
-    }
-
     /// Waits for the next event, driving the machine meanwhile. Wrap it in
     /// `tokio::time::timeout` to bound the wait.
     pub async fn next_event(&self) -> SessionEvent<M> {
-        loop {
-            let mut notified = pin!(self.inner.changed.notified());
-            notified.as_mut().enable();
-            let deadline = {
-                let mut g = self.inner.lock();
-                self.inner.drive_locked(&mut g);
-                if let Some(e) = g.next_event() {
-                    return e;
-                }
-                g.deadline()
-            };
-            match deadline {
-                Some(d) => {
-                    let _ = tokio::time::timeout_at(d.into(), notified).await;
-                }
-                None => notified.await,
-            }
+        match self.inner.wait_until(Driver::next_event, false).await {
+            Ok(event) => event,
+            // Without the stall check nothing fails; wait for ever, as documented.
+            Err(_) => std::future::pending().await,
         }
     }
-
-    /// How many events were dropped because the buffer was full
-    /// ([`Config::event_capacity`]).
-    pub fn dropped_events(&self) -> u64 {
-        self.inner.lock().dropped_events()
-    }
-
-    /// The HTTP client this session uses.
-    pub fn http(&self) -> &HttpClient {
-        &self.inner.http
-    }
 }
 
-/// A copy of a request (method, URI, version, headers, body), for a resend.
-fn clone_request(r: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
-    let mut out = http::Request::new(r.body().clone());
-    *out.method_mut() = r.method().clone();
-    *out.uri_mut() = r.uri().clone();
-    *out.version_mut() = r.version();
-    *out.headers_mut() = r.headers().clone();
-    out
-}
+broker_session::__broker_methods!(Client, async await);
+
+/// The former name of [`Client`].
+#[deprecated(note = "renamed `Client`, as in the blocking transport")]
+pub type Session<M> = Client<M>;
