@@ -374,7 +374,38 @@ mod nonblocking {
             s.login().await.expect("login");
         }
         assert_eq!(fake.lock().expect("f").stats.logins, 4);
+        // Sessions built by hand know their base URL too: a relative path works.
+        for s in &sessions {
+            let r = s.send(relative_accounts()).await.expect("accounts");
+            assert_eq!(r.status(), 200);
+        }
     }
+}
+
+/// `GET /accounts` relative to the session's base URL.
+fn relative_accounts() -> http::Request<Vec<u8>> {
+    http::Request::get("/accounts")
+        .header("Version", "1")
+        .body(Vec::new())
+        .expect("request")
+}
+
+#[test]
+fn relative_paths_resolve_under_the_session_base_url() {
+    use broker_session_ureq::{Client, Config, Tls};
+    let (server, fake) = ig_server(FakeIgConfig::default());
+    let mut config = Config::default();
+    config.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
+    let c = Client::ig(ig_config(&server, &fake, LoginFlow::V2), &config).expect("client");
+    assert_eq!(c.base_url(), Some(base(&server, &fake).as_str()));
+    c.login().expect("login");
+    let r = c.send(relative_accounts()).expect("accounts");
+    assert_eq!(r.status(), 200);
+    let last = server.requests().pop().expect("a request");
+    assert_eq!(
+        last.path,
+        format!("{}/accounts", fake.lock().expect("f").config.prefix)
+    );
 }
 
 /// Every string the transports show (Debug and Display of clients, configs, events,

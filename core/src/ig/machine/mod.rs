@@ -495,6 +495,10 @@ impl Machine for IgSession {
     fn state(&self) -> IgState {
         self.compute_state()
     }
+
+    fn base_url(&self) -> Option<&str> {
+        Some(self.base_str.trim_end_matches('/'))
+    }
 }
 
 /// Transports promise not to put secrets in `detail`; cut it anyway so a hostile
