@@ -539,3 +539,21 @@ fn userinfo_uris_are_refused() {
         }
     }
 }
+
+/// A keep-alive tickle refused 401 renews the token and tickles again; that second
+/// tickle used not to schedule the next one, so the keep-alive stopped and IBKR
+/// dropped the idle brokerage session five minutes later.
+#[test]
+fn keepalive_goes_on_after_a_tickle_renewed_the_token() {
+    let mut sim = oauth_sim();
+    sim.run(IbkrIntent::Connect).unwrap();
+    sim.broker.oauth_server().unwrap().revoke();
+    sim.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(sim.broker.oauth_server().unwrap().tokens_issued, 2);
+    assert!(sim.broker.requests_to("/tickle").count() >= 110);
+    assert!(sim.broker.authenticated, "the brokerage session idled out");
+    assert_eq!(
+        sim.broker.requests_to("/iserver/auth/ssodh/init").count(),
+        1
+    );
+}

@@ -94,6 +94,11 @@ impl IbkrSession {
                     if let Some(c) = class {
                         self.apply_class(c);
                     }
+                    if self.session_alive() {
+                        // A tickle that had to renew the token was sent while not yet
+                        // alive, so it did not schedule the next one: do it now.
+                        self.start_keepalive(now);
+                    }
                     self.finish(Ok(IbkrOutcome::Tickled(*info)));
                     if keepalive && self.cfg.auto_init {
                         let recover = match class {
