@@ -60,6 +60,9 @@ const REQUEST_TIMEOUT_MS: u64 = 30 * S;
 const BUDGET_MS: u64 = 20 * 60 * S + 7;
 /// Virtual time given to an application call: enough for a recovery.
 const APP_BUDGET_MS: u64 = 5 * S + 3;
+/// Virtual time given to an intent after its predicted start: an operation the
+/// previous step left waiting out IBKR's one-second pacing may run first.
+const SETTLE_MS: u64 = 2 * S + 1;
 /// Virtual time given to a token request answered after the machine's deadline.
 const LATE_BUDGET_MS: u64 = REQUEST_TIMEOUT_MS + 2 * S + 9;
 
@@ -310,17 +313,25 @@ impl Model {
         if !self.oauth && self.phase() == Phase::BrowserLoginRequired {
             return;
         }
-        // The brokerage session behind a gateway that never connected is not
-        // initialised: the first call is answered "no bridge" and recovered.
-        let dropped = if !self.oauth && self.phase() == Phase::Disconnected {
-            Some(true)
-        } else {
-            self.dropped
-        };
+        // Behind a disconnected gateway session the brokerage session may or may not
+        // be initialised (answered "no bridge" and recovered, or served as is).
+        if !self.oauth && self.phase() == Phase::Disconnected && self.dropped.is_none() {
+            self.uncertain(0);
+            self.app_sends = None;
+            return;
+        }
+        let dropped = self.dropped;
         match fault {
             None if !self.oauth && !self.browser => {
                 self.app_sends = Some(1);
                 self.phase = Some(Phase::BrowserLoginRequired);
+            }
+            None if !self.oauth
+                && self.phase() == Phase::Disconnected
+                && dropped == Some(false) =>
+            {
+                // Served as is: the machine learns nothing.
+                self.app_sends = Some(1);
             }
             None => {
                 // A dropped brokerage session or token is recovered on the way: the
@@ -336,7 +347,9 @@ impl Model {
                 self.backoff();
             }
             Some(F::S401) if self.oauth => {
-                self.app_sends = Some(2);
+                // The recovery's own accounts preflight (due after a renewal that
+                // left the ready state) may take the second 401 instead of the call.
+                self.app_sends = (!twice).then_some(2);
                 self.dropped = Some(false);
                 if twice {
                     self.phase = Some(Phase::Disconnected);
@@ -514,6 +527,15 @@ impl ReferenceStateMachine for IbkrModel {
             }
             return m;
         }
+        let settle = matches!(
+            t,
+            T::Connect(_)
+                | T::Logout
+                | T::DueThenLogout(_)
+                | T::LogoutRacingApp401
+                | T::RenewWithExpiry(_)
+                | T::RenewRejected
+        );
         match t {
             T::Connect(f) => m.connect(*f),
             T::App { fault, twice } => {
@@ -576,6 +598,13 @@ impl ReferenceStateMachine for IbkrModel {
                 m.uncertain(budget);
             }
             T::Advance(d) => m.advance(*d),
+        }
+        if settle {
+            m.now += SETTLE_MS;
+        }
+        if !m.oauth && m.phase != Some(Phase::Ready) && m.dropped == Some(false) {
+            // Without the keep-alive the gateway drops an idle brokerage session.
+            m.dropped = None;
         }
         m
     }
