@@ -100,7 +100,12 @@ pub struct OAuthConfig {
     /// Query parameters in request signatures. Default [`QuerySigning::Include`].
     pub query_signing: QuerySigning,
     /// How long before `live_session_token_expiration` the token is renewed. Default
-    /// 5 minutes.
+    /// 5 minutes; at most 12 hours (IBKR's tokens live 24 hours).
+    ///
+    /// A token whose expiry is less than this margin plus one minute ahead (or that
+    /// looks like epoch seconds rather than milliseconds) is refused as a
+    /// [`ProtocolError::InvalidField`](crate::ProtocolError::InvalidField) naming
+    /// `live_session_token_expiration`, rather than renewed at once in a loop.
     pub lst_refresh_margin: Duration,
 }
 

@@ -59,10 +59,19 @@ impl Base {
     }
 
     /// Whether `uri` goes to this base's scheme, host and port.
+    ///
+    /// A URI with userinfo (`https://user@api.ibkr.com/…`) is never same-origin:
+    /// nothing legitimate sends IBKR userinfo, a transport may turn it into its own
+    /// `Authorization` header (clashing with the OAuth one), and `user@host` is the
+    /// classic disguise of a host (`https://api.ibkr.com@evil.example/`). Credentials
+    /// are stamped only on plain `scheme://host[:port]` authorities.
     pub(crate) fn same_origin(&self, uri: &http::Uri) -> bool {
         let Some(scheme) = uri.scheme_str() else {
             return false;
         };
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return false;
+        }
         let scheme = scheme.to_ascii_lowercase();
         let default_port = if scheme == "https" { 443 } else { 80 };
         scheme == self.scheme
@@ -425,6 +434,17 @@ mod tests {
         assert!(!b.same_origin(&"/v1/api/x".parse().unwrap()));
         let d = Base::parse("https://api.ibkr.com/v1/api").unwrap();
         assert!(d.same_origin(&"https://api.ibkr.com:443/v1/api/x".parse().unwrap()));
+        // Userinfo, even on the right host, is refused.
+        for u in [
+            "https://user@api.ibkr.com/v1/api/x",
+            "https://user:pw@api.ibkr.com:443/v1/api/x",
+            "https://evil.example@api.ibkr.com/v1/api/x",
+            "https://@api.ibkr.com/v1/api/x",
+            "https://api.ibkr.com@evil.example/v1/api/x",
+        ] {
+            let uri: http::Uri = u.parse().unwrap();
+            assert!(!d.same_origin(&uri), "{u}");
+        }
         assert!(Base::parse("ftp://x/y").is_err());
         assert!(Base::parse("not a url").is_err());
     }

@@ -17,7 +17,7 @@ use crate::machine::{
 };
 use crate::rng::{SessionRng, session_rng};
 use crate::secret::LiveSessionToken;
-use crate::time::Now;
+use crate::time::{Now, deadline_after};
 use crate::wire::Ids;
 
 /// Intents beyond this many queued are refused with [`UsageError::QueueFull`].
@@ -26,6 +26,12 @@ const MAX_QUEUE: usize = 64;
 const TICKLE_MIN_GAP: Duration = Duration::from_secs(1);
 /// IBKR's limit for `/sso/validate`.
 const VALIDATE_MIN_GAP: Duration = Duration::from_secs(60);
+/// Live session token requests abandoned at the machine's deadline that are still
+/// remembered, so that a late credentials rejection closes the session.
+const ABANDONED_LST_MEMORY: usize = 8;
+/// The largest [`OAuthConfig::lst_refresh_margin`](super::OAuthConfig::lst_refresh_margin)
+/// honoured: IBKR's tokens live 24 hours.
+pub(super) const MAX_LST_REFRESH_MARGIN: Duration = Duration::from_secs(12 * 3600);
 
 mod answers;
 
@@ -92,6 +98,13 @@ struct Op {
     lst_renewed: bool,
     /// Started by `observe` after a 401 on an application request.
     reactive: bool,
+    /// Submitted by the user (not started by the machine itself).
+    by_user: bool,
+    /// Live session token requests this operation sent: never more than one.
+    lst_requests: u32,
+    /// A logout was submitted while this operation's request was in flight: it
+    /// completes as cancelled when the answer (or the deadline) comes.
+    cancelled: bool,
     /// The ready status, kept while the accounts preflight runs.
     ready: Option<super::decode::AuthStatus>,
 }
@@ -137,6 +150,18 @@ pub struct IbkrSession {
     closed: Option<Error>,
     /// `/iserver/accounts` was queried since the session last became ready.
     preflight_done: bool,
+    /// A logout was submitted and no Connect (or RenewToken) submitted by the user
+    /// has started since: the machine starts nothing by itself and sends nothing but
+    /// the logout.
+    logged_out: bool,
+    /// A live session token request ended without a clear answer (timed out, or the
+    /// connection broke after it may have been sent): the machine asks for no other
+    /// token by itself until the user submits Connect or RenewToken. The error says
+    /// what happened.
+    lst_hold: Option<Error>,
+    /// Ids of live session token requests abandoned at the machine's deadline (the
+    /// last few), so that a late credentials rejection still closes the session.
+    abandoned_lst: VecDeque<RequestId>,
 }
 
 impl fmt::Debug for IbkrSession {
@@ -195,7 +220,7 @@ impl IbkrSession {
         cfg.throttle_backoff = cfg.throttle_backoff.min(year);
         cfg.init_attempts = cfg.init_attempts.clamp(1, 100);
         if let IbkrAuth::OAuth(o) = &mut cfg.auth {
-            o.lst_refresh_margin = o.lst_refresh_margin.min(year);
+            o.lst_refresh_margin = o.lst_refresh_margin.min(MAX_LST_REFRESH_MARGIN);
         }
         Ok(Self {
             cfg,
@@ -219,6 +244,9 @@ impl IbkrSession {
             backoff_until: None,
             closed: None,
             preflight_done: false,
+            logged_out: false,
+            lst_hold: None,
+            abandoned_lst: VecDeque::new(),
         })
     }
 
@@ -262,6 +290,9 @@ impl IbkrSession {
             poll_deadline: None,
             lst_renewed: false,
             reactive,
+            by_user: false,
+            lst_requests: 0,
+            cancelled: false,
             ready: None,
         }
     }
@@ -281,7 +312,10 @@ impl IbkrSession {
         })
     }
 
+    /// Queues an operation the machine starts by itself. Callers check
+    /// [`Self::may_start_work`] first: after a logout the machine starts nothing.
     fn machine_op(&mut self, kind: Kind, reactive: bool, front: bool) -> OpId {
+        debug_assert!(!self.logged_out, "machine operation after a logout");
         let op = self.new_op(kind, reactive);
         let id = op.id;
         if front {
@@ -320,10 +354,53 @@ impl IbkrSession {
     }
 
     fn start_keepalive(&mut self, now: Now) {
-        if self.next_tickle.is_none() {
+        if self.next_tickle.is_none() && !self.logged_out {
             let from = self.last_tickle.unwrap_or(now.mono).max(now.mono);
-            self.next_tickle = Some(from + self.cfg.tickle_interval);
+            self.next_tickle = Some(deadline_after(from, self.cfg.tickle_interval));
         }
+    }
+
+    /// Whether the machine may start an operation by itself (keep-alive, renewal,
+    /// recovery): not after a logout, and not on a closed session.
+    fn may_start_work(&self) -> bool {
+        !self.logged_out && self.closed.is_none()
+    }
+
+    /// Whether the machine may ask for a live session token by itself: not while an
+    /// earlier request's fate is unknown (see `lst_hold`).
+    fn may_renew_lst(&self) -> bool {
+        self.may_start_work() && self.lst_hold.is_none()
+    }
+
+    /// A logout was submitted: every operation before it ends as cancelled (the one
+    /// whose request is in flight when its answer comes), and no timer starts anything
+    /// any more. Nothing but the logout leaves the machine until the user connects.
+    fn begin_logout(&mut self) {
+        self.logged_out = true;
+        self.next_tickle = None;
+        self.lst_refresh_at = None;
+        if matches!(self.state, IbkrState::BackingOff { .. }) {
+            // The back-off still paces the logout, but must not end in a live state.
+            self.before_backoff = Some(IbkrState::Disconnected);
+        }
+        while let Some(op) = self.queue.pop_front() {
+            self.complete(op, Err(Error::Cancelled));
+        }
+        if self.in_flight.is_some() {
+            if let Some(op) = self.current.as_mut() {
+                op.cancelled = true;
+            }
+        } else if self.current.is_some() {
+            self.finish(Err(Error::Cancelled));
+        }
+    }
+
+    /// Remembers a live session token request given up at the deadline.
+    fn abandon_lst(&mut self, id: RequestId) {
+        if self.abandoned_lst.len() >= ABANDONED_LST_MEMORY {
+            self.abandoned_lst.pop_front();
+        }
+        self.abandoned_lst.push_back(id);
     }
 
     fn complete(&mut self, op: Op, result: Result<IbkrOutcome, Error>) {
@@ -366,6 +443,8 @@ impl IbkrSession {
         self.closed = Some(err.clone());
         self.lst = None;
         self.lst_refresh_at = None;
+        self.next_tickle = None;
+        self.in_flight = None;
         self.set_state(IbkrState::Closed);
         self.finish(Err(err.clone()));
         while let Some(op) = self.queue.pop_front() {
@@ -386,7 +465,7 @@ impl IbkrSession {
     }
 
     fn enter_backoff(&mut self, now: Now) -> Instant {
-        let until = now.mono + self.cfg.throttle_backoff;
+        let until = now.after(self.cfg.throttle_backoff);
         self.backoff_until = Some(until);
         if !matches!(self.state, IbkrState::BackingOff { .. }) {
             self.before_backoff = Some(self.state.clone());
@@ -423,14 +502,15 @@ impl IbkrSession {
             if now.mono >= f.deadline {
                 let step = f.step;
                 if let Some(f) = self.in_flight.take() {
-                    self.on_failure(
-                        step,
-                        Error::Protocol(ProtocolError::NoResponse {
-                            endpoint: step.endpoint(),
-                        }),
-                        f.dh,
-                        now,
-                    );
+                    if step == Step::Lst {
+                        self.abandon_lst(f.id);
+                    }
+                    let err = Error::Protocol(ProtocolError::NoResponse {
+                        endpoint: step.endpoint(),
+                    });
+                    if !self.cancel_if_logging_out(step, None) {
+                        self.on_failure(step, err, f.dh, now);
+                    }
                 }
                 return true;
             }
@@ -445,6 +525,11 @@ impl IbkrSession {
                     .before_backoff
                     .take()
                     .unwrap_or(IbkrState::Disconnected);
+                let back = if self.logged_out {
+                    IbkrState::Disconnected
+                } else {
+                    back
+                };
                 self.set_state(back);
                 if self.session_alive() {
                     self.next_tickle = None;
@@ -459,7 +544,7 @@ impl IbkrSession {
         {
             {
                 self.lst_refresh_at = None;
-                if self.token_op().is_none() {
+                if self.token_op().is_none() && self.may_renew_lst() {
                     self.machine_op(Kind::Connect { force_lst: true }, false, false);
                 }
                 return true;
@@ -475,7 +560,7 @@ impl IbkrSession {
                     .queue
                     .iter()
                     .any(|o| o.kind == (Kind::Tickle { keepalive: true }));
-                if !already {
+                if !already && self.may_start_work() {
                     self.machine_op(Kind::Tickle { keepalive: true }, false, false);
                 }
                 return true;
@@ -484,7 +569,19 @@ impl IbkrSession {
         if self.current.is_none() {
             match self.queue.pop_front() {
                 Some(op) => {
+                    let user_connect = op.by_user && matches!(op.kind, Kind::Connect { .. });
+                    if user_connect {
+                        // The user's Connect (or RenewToken) is the only way back after a
+                        // logout, and the user's decision to try a token request again.
+                        self.logged_out = false;
+                        self.lst_hold = None;
+                    }
+                    let refused = self.logged_out && op.kind != Kind::Logout;
                     self.current = Some(op);
+                    if refused {
+                        // After a logout only Connect brings the session back.
+                        self.finish(Err(Error::Usage(UsageError::NotLoggedIn)));
+                    }
                     return true;
                 }
                 None => return false,
@@ -506,8 +603,10 @@ impl IbkrSession {
         let mut step = op.step;
         // Pacing: an early tickle or validate waits for its slot.
         let not_before = match step {
-            Step::Tickle => self.last_tickle.map(|t| t + TICKLE_MIN_GAP),
-            Step::Validate => self.last_validate.map(|t| t + VALIDATE_MIN_GAP),
+            Step::Tickle => self.last_tickle.map(|t| deadline_after(t, TICKLE_MIN_GAP)),
+            Step::Validate => self
+                .last_validate
+                .map(|t| deadline_after(t, VALIDATE_MIN_GAP)),
             _ => None,
         };
         if let Some(nb) = not_before.filter(|nb| *nb > now.mono) {
@@ -529,19 +628,35 @@ impl IbkrSession {
             }
             step = Step::Lst;
         }
+        if step == Step::Lst
+            && let Some(refusal) = self.lst_refusal(now)
+        {
+            self.finish(Err(refusal));
+            return true;
+        }
+        if self.logged_out && step != Step::Logout {
+            // Belt and braces: after a logout nothing but the logout is sent.
+            self.finish(Err(Error::Cancelled));
+            return true;
+        }
         match self.build(step, now) {
             Ok((request, dh)) => {
                 let id = self.ids.request();
                 match step {
                     Step::Tickle => {
                         self.last_tickle = Some(now.mono);
-                        if self.session_alive() {
-                            self.next_tickle = Some(now.mono + self.cfg.tickle_interval);
+                        if self.session_alive() && !self.logged_out {
+                            self.next_tickle = Some(now.after(self.cfg.tickle_interval));
                         }
                     }
                     Step::Validate => self.last_validate = Some(now.mono),
-                    Step::Lst if !self.lst_valid(now) => {
-                        self.set_state(IbkrState::AcquiringToken);
+                    Step::Lst => {
+                        if let Some(op) = self.current.as_mut() {
+                            op.lst_requests += 1;
+                        }
+                        if !self.lst_valid(now) {
+                            self.set_state(IbkrState::AcquiringToken);
+                        }
                     }
                     Step::Status
                         if matches!(
@@ -558,7 +673,7 @@ impl IbkrSession {
                     }
                     _ => {}
                 }
-                let deadline = now.mono + self.cfg.request_timeout;
+                let deadline = now.after(self.cfg.request_timeout);
                 self.in_flight = Some(InFlight {
                     id,
                     step,
@@ -574,6 +689,31 @@ impl IbkrSession {
             Err(e) => self.finish(Err(e)),
         }
         true
+    }
+
+    /// Why the current operation may not ask for a live session token now, if it may
+    /// not: it already asked once (an operation never asks twice, whatever the
+    /// answers), or an earlier request's fate is unknown and the operation is not the
+    /// user's Connect or RenewToken.
+    fn lst_refusal(&mut self, now: Now) -> Option<Error> {
+        let op = self.current.as_ref()?;
+        if op.lst_requests >= 1 {
+            return Some(Error::Protocol(ProtocolError::InvalidField {
+                endpoint: Step::Lst.endpoint(),
+                field: "live_session_token_expiration",
+                reason: "the token this operation obtained expired before it could be used; not asking again",
+            }));
+        }
+        let hold = self.lst_hold.clone()?;
+        if self.session_alive() && !self.lst_valid(now) {
+            self.lst = None;
+            self.lst_refresh_at = None;
+            self.set_state(IbkrState::Disconnected);
+            self.out.push_back(Output::Event(Event::SessionLost {
+                reason: hold.clone(),
+            }));
+        }
+        Some(hold)
     }
 
     fn build(
@@ -654,9 +794,13 @@ impl Machine for IbkrSession {
                 }
                 Kind::Connect { force_lst: true }
             }
-            IbkrIntent::Logout => Kind::Logout,
+            IbkrIntent::Logout => {
+                self.begin_logout();
+                Kind::Logout
+            }
         };
         let mut op = self.new_op(kind, false);
+        op.by_user = true;
         if let IbkrIntent::InitBrokerage { compete: Some(c) } = intent {
             op.compete = c;
         }
@@ -676,12 +820,27 @@ impl Machine for IbkrSession {
                     return;
                 }
             };
+        if self.closed.is_some() {
+            return;
+        }
         if self.in_flight.as_ref().is_none_or(|f| f.id != id) {
-            return; // stale or unknown: ignored
+            // A late answer to a token request given up at its deadline: a credentials
+            // rejection still ends the session (it must never be asked again).
+            if let Ok(resp) = &result
+                && self.abandoned_lst.contains(&id)
+                && resp.status() == http::StatusCode::UNAUTHORIZED
+            {
+                self.close(Error::CredentialsRejected(api_error(resp)));
+            }
+            return; // otherwise stale or unknown: ignored
         }
         let Some(f) = self.in_flight.take() else {
             return;
         };
+        if self.cancel_if_logging_out(f.step, result.as_ref().ok()) {
+            self.drive(now);
+            return;
+        }
         match result {
             Ok(resp) => self.on_response(f.step, &resp, f.dh, now),
             Err(failure) => self.on_failure(f.step, Error::Transport(failure), f.dh, now),
@@ -714,7 +873,7 @@ impl Machine for IbkrSession {
             consider(self.lst_refresh_at);
         }
         // Everything due has run in `drive`; keep the contract even so.
-        Output::Wait(next.map(|t| t.max(now.mono + Duration::from_millis(1))))
+        Output::Wait(next.map(|t| t.max(now.after(Duration::from_millis(1)))))
     }
 
     fn authorize<B>(
@@ -738,6 +897,9 @@ impl Machine for IbkrSession {
             generation: self.generation,
         };
         if self.signer.is_none() {
+            if self.logged_out {
+                return Err(AuthorizeError::NotLoggedIn);
+            }
             if self.state == IbkrState::BrowserLoginRequired {
                 // The gateway would answer 401: say what the person has to do.
                 return Err(AuthorizeError::Lost(Error::ActionRequired(
@@ -746,12 +908,18 @@ impl Machine for IbkrSession {
             }
             return Ok(stamp);
         }
+        if self.logged_out {
+            return Err(AuthorizeError::NotLoggedIn);
+        }
         if !self.lst_valid(now) {
             if let Some(op) = self.token_op() {
                 return Err(AuthorizeError::Pending { op });
             }
             if self.state == IbkrState::Disconnected {
                 return Err(AuthorizeError::NotLoggedIn);
+            }
+            if let Some(hold) = &self.lst_hold {
+                return Err(AuthorizeError::Lost(hold.clone()));
             }
             let op = self.machine_op(Kind::Connect { force_lst: true }, false, true);
             return Err(AuthorizeError::Pending { op });
@@ -777,6 +945,10 @@ impl Machine for IbkrSession {
             let until = self.enter_backoff(now);
             return Observation::BackOff { until };
         }
+        if self.logged_out && (status::is_no_session(response) || status::is_no_bridge(response)) {
+            // Logged out by the user: nothing is recovered, nothing changes.
+            return Observation::Lost(Error::Usage(UsageError::NotLoggedIn));
+        }
         if status::is_no_session(response) {
             if self.signer.is_none() {
                 self.lose_to_browser_login();
@@ -790,6 +962,9 @@ impl Machine for IbkrSession {
             }
             if let Some(op) = self.token_op() {
                 return Observation::Recover { op };
+            }
+            if let Some(hold) = &self.lst_hold {
+                return Observation::Lost(hold.clone());
             }
             if self.reactive_generation == Some(self.generation) {
                 // Credentials from a reactive recovery refused before any success.

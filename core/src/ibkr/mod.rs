@@ -24,7 +24,9 @@
 //! | situation | result |
 //! |---|---|
 //! | gateway: no session (401, 302 to `/sso/Login`, `{"error":"no session"}`) | [`Error::ActionRequired`](crate::Error::ActionRequired)`(BrowserLogin)`, state [`IbkrState::BrowserLoginRequired`], not retried |
-//! | OAuth: 401 on `/oauth/live_session_token` | [`Error::CredentialsRejected`](crate::Error::CredentialsRejected), state [`IbkrState::Closed`], never retried |
+//! | OAuth: 401 on `/oauth/live_session_token` (also after the machine stopped waiting) | [`Error::CredentialsRejected`](crate::Error::CredentialsRejected), state [`IbkrState::Closed`], never retried |
+//! | OAuth: token request timed out or broken after it may have been sent | that operation fails; no token is asked for again until the user's Connect or RenewToken |
+//! | OAuth: `live_session_token_expiration` not ahead by the refresh margin plus a minute (zero, past, epoch seconds) | [`ProtocolError::InvalidField`](crate::ProtocolError::InvalidField) naming the field; one token request per operation, ever |
 //! | OAuth: derived token does not match `live_session_token_signature` | [`CryptoError::LiveSessionTokenMismatch`](crate::CryptoError::LiveSessionTokenMismatch), state `Closed` |
 //! | OAuth: 401 on a signed request | one new live session token, then the request again; a second 401 is [`Error::Unauthorized`](crate::Error::Unauthorized) |
 //! | 429 | [`Error::Throttled`](crate::Error::Throttled), state [`IbkrState::BackingOff`] for [`IbkrConfig::throttle_backoff`] |
@@ -95,6 +97,13 @@ pub enum IbkrIntent {
     /// session is ready.
     RenewToken,
     /// `POST /logout`; stops the keep-alive and forgets the live session token.
+    ///
+    /// Final: every operation submitted before it and not finished completes with
+    /// [`Error::Cancelled`](crate::Error::Cancelled), no timer (keep-alive, token
+    /// renewal) starts anything, a 401 on an application call starts no recovery, and
+    /// nothing but the logout is sent until the user submits [`Connect`](Self::Connect)
+    /// (or [`RenewToken`](Self::RenewToken)); other intents until then fail with
+    /// [`UsageError::NotLoggedIn`](crate::UsageError::NotLoggedIn).
     Logout,
 }
 

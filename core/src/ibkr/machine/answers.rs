@@ -11,9 +11,19 @@ use crate::ibkr::oauth::dh::DhSecret;
 use crate::ibkr::oauth::lst::{live_session_token, validate_live_session_token};
 use crate::ibkr::status::{self, SessionClass};
 use crate::ibkr::{IbkrOutcome, IbkrState};
-use crate::machine::{Event, Output};
+use crate::machine::{Event, FailureKind, Output};
 use crate::secret::LiveSessionToken;
 use crate::time::Now;
+
+/// Epoch milliseconds below this (March 1973) are not a token expiry in milliseconds:
+/// IBKR mixes units, and an expiry in epoch seconds read as milliseconds lands in
+/// January 1970.
+const MIN_EPOCH_MILLIS: i64 = 100_000_000_000;
+/// A live session token must stay valid this much longer than the refresh margin.
+const MIN_LST_LIFETIME_BEYOND_MARGIN: Duration = Duration::from_secs(60);
+/// Delay before a failed proactive renewal is tried again (only after failures that
+/// prove the request was answered or never sent).
+const LST_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 impl IbkrSession {
     pub(super) fn on_response(
@@ -28,13 +38,23 @@ impl IbkrSession {
         if step == Step::Lst {
             return self.on_lst(resp, dh, now);
         }
+        if step == Step::Logout && status::is_no_session(resp) {
+            // No session left to end: logged out all the same.
+            self.finish(Ok(IbkrOutcome::LoggedOut { status: None }));
+            return self.after_logout();
+        }
         if st == http::StatusCode::TOO_MANY_REQUESTS {
             self.enter_backoff(now);
             let retry_after = self.cfg.throttle_backoff;
-            return self.finish(Err(Error::Throttled {
+            self.finish(Err(Error::Throttled {
                 error: api_error(resp),
                 retry_after,
             }));
+            if step == Step::Logout {
+                // Logout is final on this side even when the broker did not take it.
+                self.after_logout();
+            }
+            return;
         }
         if status::is_no_session(resp) {
             return self.on_no_session(step, resp);
@@ -74,6 +94,11 @@ impl IbkrSession {
                     if let Some(c) = class {
                         self.apply_class(c);
                     }
+                    if self.session_alive() {
+                        // A tickle that had to renew the token was sent while not yet
+                        // alive, so it did not schedule the next one: do it now.
+                        self.start_keepalive(now);
+                    }
                     self.finish(Ok(IbkrOutcome::Tickled(*info)));
                     if keepalive && self.cfg.auto_init {
                         let recover = match class {
@@ -84,6 +109,7 @@ impl IbkrSession {
                             _ => false,
                         };
                         if recover
+                            && self.may_start_work()
                             && !self
                                 .queue
                                 .iter()
@@ -125,7 +151,38 @@ impl IbkrSession {
         self.lst_refresh_at = None;
         self.generation += 1;
         self.next_tickle = None;
-        self.set_state(IbkrState::Disconnected);
+        self.logged_out = true;
+        if matches!(self.state, IbkrState::BackingOff { .. }) {
+            // The back-off keeps pacing the next Connect, then ends logged out.
+            self.before_backoff = Some(IbkrState::Disconnected);
+        } else {
+            self.set_state(IbkrState::Disconnected);
+        }
+    }
+
+    /// If a logout cancelled the current operation while its request was in flight,
+    /// completes it as cancelled (ignoring the answer, so nothing follows from it) and
+    /// returns `true`. A credentials rejection of a token request still closes the
+    /// session.
+    pub(super) fn cancel_if_logging_out(
+        &mut self,
+        step: Step,
+        resp: Option<&http::Response<Vec<u8>>>,
+    ) -> bool {
+        if !self.current.as_ref().is_some_and(|o| o.cancelled) {
+            return false;
+        }
+        if step == Step::Lst
+            && let Some(r) = resp.filter(|r| r.status() == http::StatusCode::UNAUTHORIZED)
+        {
+            self.close(Error::CredentialsRejected(api_error(r)));
+            return true;
+        }
+        if self.state == IbkrState::AcquiringToken {
+            self.set_state(IbkrState::Disconnected);
+        }
+        self.finish(Err(Error::Cancelled));
+        true
     }
 
     pub(super) fn on_lst(
@@ -157,13 +214,16 @@ impl IbkrSession {
             } else {
                 Error::Rejected(api_error(resp))
             };
-            self.restore_after_lst_failure(now);
+            // An answer: the request was received and refused for a reason that is
+            // not the credentials. A renewal may be tried again (paced).
+            self.restore_after_lst_failure(now, true);
             return self.finish(Err(err));
         }
-        let result = self.derive_lst(resp.body(), dh);
+        let result = self
+            .derive_lst(resp.body(), dh)
+            .and_then(|(token, expiration)| Ok((token, self.lst_expiry(expiration, now)?)));
         match result {
-            Ok((token, expiration)) => {
-                let expires_at = expiration.map(|ms| now.instant_at_epoch_millis(ms));
+            Ok((token, expires_at)) => {
                 self.lst = Some(Lst { token, expires_at });
                 self.generation += 1;
                 self.lst_refresh_at = expires_at.map(|e| self.refresh_instant(e, now));
@@ -180,19 +240,72 @@ impl IbkrSession {
             }
             Err(e @ Error::Crypto(CryptoError::LiveSessionTokenMismatch)) => self.close(e),
             Err(e) => {
-                self.restore_after_lst_failure(now);
+                self.restore_after_lst_failure(now, true);
                 self.finish(Err(e));
             }
         }
     }
 
-    pub(super) fn restore_after_lst_failure(&mut self, now: Now) {
+    /// The instant a new token expires, from `live_session_token_expiration`.
+    ///
+    /// The field is epoch milliseconds (IBKR's example, ibind and the C# sample; the
+    /// spec says a token lives 24 hours). A value that looks like epoch *seconds*, or
+    /// that is not at least the refresh margin plus a minute ahead, is a
+    /// [`ProtocolError::InvalidField`]: taking it as "expires now" would ask for a
+    /// new token at once, and again after that, in a loop of RSA-signed requests. The
+    /// operation fails instead (one token request), and the error names the field.
+    /// No expiry at all keeps the token until IBKR refuses it (a 401 renews it once).
+    pub(super) fn lst_expiry(
+        &self,
+        expiration: Option<i64>,
+        now: Now,
+    ) -> Result<Option<Instant>, Error> {
+        let Some(ms) = expiration else {
+            return Ok(None);
+        };
+        let invalid = |reason| {
+            Error::Protocol(ProtocolError::InvalidField {
+                endpoint: Step::Lst.endpoint(),
+                field: "live_session_token_expiration",
+                reason,
+            })
+        };
+        if ms < MIN_EPOCH_MILLIS {
+            return Err(invalid(
+                "not epoch milliseconds (too small: epoch seconds, zero or negative)",
+            ));
+        }
+        let margin = match &self.cfg.auth {
+            IbkrAuth::OAuth(o) => o.lst_refresh_margin,
+            IbkrAuth::Gateway => Duration::ZERO,
+        };
+        let min_ahead = margin.saturating_add(MIN_LST_LIFETIME_BEYOND_MARGIN);
+        let min_ahead_ms = i64::try_from(min_ahead.as_millis()).unwrap_or(i64::MAX);
+        if ms.saturating_sub(now.unix_millis()) < min_ahead_ms {
+            return Err(invalid(
+                "in the past or too near: less than the refresh margin plus a minute ahead",
+            ));
+        }
+        Ok(Some(now.instant_at_epoch_millis(ms)))
+    }
+
+    /// After a failed token request: leave "acquiring", and decide whether a
+    /// proactive renewal may be tried again by itself. `retry_safe` says the failure
+    /// proves the request was either answered (not with a credentials rejection) or
+    /// never sent; otherwise (a timeout, a connection broken after it may have been
+    /// sent) the machine asks for no token by itself until the user's Connect or
+    /// RenewToken, since the request may have been refused unseen.
+    pub(super) fn restore_after_lst_failure(&mut self, now: Now, retry_safe: bool) {
         if self.state == IbkrState::AcquiringToken {
             self.set_state(IbkrState::Disconnected);
         }
+        if !retry_safe {
+            self.lst_refresh_at = None;
+            return;
+        }
         // A failed proactive renewal is tried again while the old token still works.
-        if self.lst_valid(now) && self.lst_refresh_at.is_none() {
-            self.lst_refresh_at = Some(now.mono + Duration::from_secs(30));
+        if self.lst_valid(now) && self.lst_refresh_at.is_none() && self.may_renew_lst() {
+            self.lst_refresh_at = Some(now.after(LST_RETRY_DELAY));
         }
     }
 
@@ -224,8 +337,10 @@ impl IbkrSession {
             IbkrAuth::Gateway => Duration::ZERO,
         };
         let life = expires_at.saturating_duration_since(now.mono);
-        let at = expires_at - margin.min(life / 2);
-        at.max(now.mono + Duration::from_secs(1))
+        let at = expires_at
+            .checked_sub(margin.min(life / 2))
+            .unwrap_or(now.mono);
+        at.max(now.after(Duration::from_secs(1)))
     }
 
     pub(super) fn on_no_session(&mut self, step: Step, resp: &http::Response<Vec<u8>>) {
@@ -311,11 +426,11 @@ impl IbkrSession {
 
     pub(super) fn begin_poll(&mut self, now: Now) {
         let interval = self.cfg.status_poll_interval;
-        let deadline = now.mono + self.cfg.ready_timeout;
+        let deadline = now.after(self.cfg.ready_timeout);
         if let Some(op) = self.current.as_mut() {
             op.step = Step::Poll;
             op.poll_deadline = Some(deadline);
-            op.wake = Some(now.mono + interval);
+            op.wake = Some(now.after(interval));
         }
     }
 
@@ -327,12 +442,12 @@ impl IbkrSession {
         let deadline = match op.poll_deadline {
             Some(d) => d,
             None => {
-                let d = now.mono + self.cfg.ready_timeout;
+                let d = now.after(self.cfg.ready_timeout);
                 op.poll_deadline = Some(d);
                 d
             }
         };
-        if now.mono + interval > deadline {
+        if now.after(interval) > deadline {
             let why = if status::classify(&s) == SessionClass::Competing {
                 "brokerage session still competing at the ready deadline"
             } else {
@@ -341,14 +456,29 @@ impl IbkrSession {
             return self.finish(Err(Error::Unavailable(ApiError::new(200, Some(why)))));
         }
         op.step = Step::Poll;
-        op.wake = Some(now.mono + interval);
+        op.wake = Some(now.after(interval));
     }
 
     pub(super) fn on_failure(&mut self, step: Step, err: Error, dh: Option<DhSecret>, now: Now) {
         drop(dh);
         if step == Step::Lst {
-            self.restore_after_lst_failure(now);
+            let retry_safe = match &err {
+                // The connection never opened, or the TLS handshake failed: nothing
+                // of the signed request left this side.
+                Error::Transport(f) => matches!(f.kind, FailureKind::Connect | FailureKind::Tls),
+                Error::Protocol(ProtocolError::NoResponse { .. }) => false,
+                _ => true,
+            };
+            if !retry_safe {
+                self.lst_hold = Some(err.clone());
+            }
+            self.restore_after_lst_failure(now, retry_safe);
             return self.finish(Err(err));
+        }
+        if step == Step::Logout {
+            // Logout is final on this side even when the broker did not confirm it.
+            self.finish(Err(err));
+            return self.after_logout();
         }
         let backoff = self.cfg.init_backoff;
         let attempts = self.cfg.init_attempts;
@@ -363,14 +493,14 @@ impl IbkrSession {
                 op.init_attempts += 1;
                 if op.init_attempts < attempts {
                     let factor = 1u32 << (op.init_attempts - 1).min(16);
-                    op.wake = Some(now.mono + backoff.saturating_mul(factor));
+                    op.wake = Some(now.after(backoff.saturating_mul(factor)));
                 } else {
                     self.finish(Err(err));
                 }
             }
             Step::Poll => {
-                if op.poll_deadline.is_some_and(|d| now.mono + interval <= d) {
-                    op.wake = Some(now.mono + interval);
+                if op.poll_deadline.is_some_and(|d| now.after(interval) <= d) {
+                    op.wake = Some(now.after(interval));
                 } else {
                     self.finish(Err(err));
                 }
