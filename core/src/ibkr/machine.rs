@@ -1002,4 +1002,8 @@ impl Machine for IbkrSession {
     fn state(&self) -> IbkrState {
         self.state.clone()
     }
+
+    fn base_url(&self) -> Option<&str> {
+        Some(&self.base.url)
+    }
 }
