@@ -50,7 +50,7 @@ pub enum QuerySigning {
 
 /// Whether `/iserver/reauthenticate` is sent as POST (what the gateway accepts and
 /// ibeam uses) or GET (what the newer IBKR OpenAPI describes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ReauthenticateMethod {
     /// `POST /iserver/reauthenticate` (default).

@@ -40,10 +40,10 @@ impl fmt::Display for IbkrState {
 /// (`not authenticated, connected, not competing`) and its message, if any.
 ///
 /// ```
-/// use broker_session::ibkr::decode::auth_status;
-/// let s = auth_status("x", br#"{"authenticated":true,"connected":true,"competing":false}"#).unwrap();
+/// use broker_session::ibkr::responses::auth_status;
+/// let s = auth_status(br#"{"authenticated":true,"connected":true,"competing":false}"#).unwrap();
 /// assert_eq!(s.to_string(), "ready");
-/// let s = auth_status("x", br#"{"authenticated":false,"connected":true,"competing":false,"message":"timed out"}"#).unwrap();
+/// let s = auth_status(br#"{"authenticated":false,"connected":true,"competing":false,"message":"timed out"}"#).unwrap();
 /// assert_eq!(s.to_string(), "not authenticated, connected, not competing: \"timed out\"");
 /// ```
 impl fmt::Display for AuthStatus {
@@ -88,7 +88,7 @@ fn flags(f: &mut fmt::Formatter<'_>, s: &AuthStatus) -> fmt::Result {
 /// state and the `hmds` error when set. The session id is never shown.
 ///
 /// ```
-/// use broker_session::ibkr::decode::{tickle, TickleResponse};
+/// use broker_session::ibkr::responses::{tickle, TickleResponse};
 /// let body = br#"{"session":"0123456789abcdef","ssoExpires":570000,"collission":false,
 ///   "userId":1,"iserver":{"authStatus":{"authenticated":true,"connected":true,"competing":false}}}"#;
 /// let TickleResponse::Ok(t) = tickle(body).unwrap() else { panic!() };
@@ -120,7 +120,7 @@ impl fmt::Display for TickleInfo {
 /// `SSO valid (paper), expires in 570 s`, or `SSO not valid`.
 ///
 /// ```
-/// use broker_session::ibkr::decode::validate;
+/// use broker_session::ibkr::responses::validate;
 /// let v = validate(br#"{"RESULT":true,"USER_NAME":"someone","LOGIN_TYPE":2,"EXPIRES":570000}"#).unwrap();
 /// assert_eq!(v.to_string(), "SSO valid (paper), expires in 570 s");
 /// ```

@@ -14,7 +14,7 @@
 //!   (its own, and yours through [`Machine::authorize`](crate::Machine::authorize))
 //!   with HMAC-SHA256.
 //!
-//! Then both: `/iserver/auth/status` classified ([`status::SessionClass`]),
+//! Then both: `/iserver/auth/status` judged ([`SessionClass`]),
 //! `ssodh/init` with bounded attempts and status polling until ready, a keep-alive
 //! `/tickle` on a timer, `reauthenticate`, `/sso/validate`, `/logout`, and pacing
 //! (tickle ≥ 1 s apart, validate ≥ 60 s apart, 429 → back-off).
@@ -53,22 +53,41 @@
 //! # let _ = op;
 //! ```
 
-pub mod config;
-pub mod decode;
+mod config;
+mod decode;
 mod display;
-pub mod encode;
+mod encode;
+mod endpoint;
 mod env;
 mod machine;
 pub mod oauth;
+mod policy;
 mod readiness;
-pub mod status;
 
 use std::time::Instant;
 
-pub use config::{IbkrAuth, IbkrConfig, OAuthConfig, QuerySigning, ReauthenticateMethod};
+pub use config::{
+    GATEWAY_BASE_URL, IbkrAuth, IbkrConfig, OAUTH_BASE_URL, OAuthConfig, QuerySigning,
+    ReauthenticateMethod,
+};
 pub use decode::{AuthStatus, TickleInfo, ValidateInfo};
+pub use endpoint::Endpoint;
 pub use machine::IbkrSession;
-pub use status::SessionClass;
+pub use policy::{SessionClass, is_no_bridge, is_no_session, is_sso_redirect, session_class};
+
+/// Pure request builders for IBKR's session endpoints (for tests, fuzzing and custom
+/// drivers; the machine uses them itself).
+pub mod requests {
+    pub use super::encode::ssodh_init_body;
+}
+
+/// Pure response parsers for IBKR's session endpoints (for tests and fuzzing).
+pub mod responses {
+    pub use super::decode::{
+        AuthStatus, LstResponse, ServerInfo, TickleInfo, TickleResponse, ValidateInfo, auth_status,
+        error_text, live_session_token, logout, reauthenticate, ssodh_init, tickle, validate,
+    };
+}
 
 /// What the user can ask an [`IbkrSession`] to do.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,13 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use super::{IbkrSession, Kind, Lst, Step};
+use super::ops::{Kind, Step};
+use super::{IbkrSession, Lst};
 use crate::error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError};
 use crate::ibkr::config::IbkrAuth;
 use crate::ibkr::decode::{self, AuthStatus, TickleResponse};
+use crate::ibkr::endpoint::Endpoint;
 use crate::ibkr::oauth::dh::DhSecret;
 use crate::ibkr::oauth::lst::{live_session_token, validate_live_session_token};
-use crate::ibkr::status::{self, SessionClass};
+use crate::ibkr::policy::{self, SessionClass};
 use crate::ibkr::{IbkrOutcome, IbkrState};
 use crate::machine::{Event, FailureKind, Output};
 use crate::secret::LiveSessionToken;
@@ -34,11 +36,11 @@ impl IbkrSession {
         now: Now,
     ) {
         let st = resp.status();
-        let ep = step.endpoint();
+        let ep = self.endpoint(step).name();
         if step == Step::Lst {
             return self.on_lst(resp, dh, now);
         }
-        if step == Step::Logout && status::is_no_session(resp) {
+        if step == Step::Logout && policy::is_no_session(resp) {
             // No session left to end: logged out all the same.
             self.finish(Ok(IbkrOutcome::LoggedOut { status: None }));
             return self.after_logout();
@@ -56,7 +58,7 @@ impl IbkrSession {
             }
             return;
         }
-        if status::is_no_session(resp) {
+        if policy::is_no_session(resp) {
             return self.on_no_session(step, resp);
         }
         if st.is_redirection() {
@@ -80,7 +82,11 @@ impl IbkrSession {
         }
         let body = resp.body().as_slice();
         match step {
-            Step::Status | Step::Poll | Step::Init => match decode::auth_status(ep, body) {
+            Step::Status | Step::Poll | Step::Init => match if step == Step::Init {
+                decode::ssodh_init(body)
+            } else {
+                decode::auth_status(body)
+            } {
                 Ok(s) => self.on_status(step, s, now),
                 Err(e) => self.on_failure(step, e.into(), None, now),
             },
@@ -90,7 +96,7 @@ impl IbkrSession {
                         self.current.as_ref().map(|o| o.kind),
                         Some(Kind::Tickle { keepalive: true })
                     );
-                    let class = info.auth_status.as_ref().map(status::classify);
+                    let class = info.auth_status.as_ref().map(policy::session_class);
                     if let Some(c) = class {
                         self.apply_class(c);
                     }
@@ -206,7 +212,7 @@ impl IbkrSession {
         if !st.is_success() {
             let err = if st.is_redirection() {
                 Error::Protocol(ProtocolError::Redirect {
-                    endpoint: Step::Lst.endpoint(),
+                    endpoint: Endpoint::LiveSessionToken.name(),
                     status: st.as_u16(),
                 })
             } else if st.is_server_error() {
@@ -265,7 +271,7 @@ impl IbkrSession {
         };
         let invalid = |reason| {
             Error::Protocol(ProtocolError::InvalidField {
-                endpoint: Step::Lst.endpoint(),
+                endpoint: Endpoint::LiveSessionToken.name(),
                 field: "live_session_token_expiration",
                 reason,
             })
@@ -386,7 +392,7 @@ impl IbkrSession {
     }
 
     pub(super) fn on_status(&mut self, step: Step, s: AuthStatus, now: Now) {
-        let class = status::classify(&s);
+        let class = policy::session_class(&s);
         self.apply_class(class);
         if self.session_alive() {
             self.start_keepalive(now);
@@ -448,7 +454,7 @@ impl IbkrSession {
             }
         };
         if now.after(interval) > deadline {
-            let why = if status::classify(&s) == SessionClass::Competing {
+            let why = if policy::session_class(&s) == SessionClass::Competing {
                 "brokerage session still competing at the ready deadline"
             } else {
                 "brokerage session not ready before the deadline"
