@@ -240,7 +240,10 @@ impl IbkrSession {
                 }
                 if let Some(op) = self.current.as_mut() {
                     op.lst_renewed = true;
-                    op.step = op.resume.take().unwrap_or(Step::Status);
+                    // The plan goes on with the step the renewal was pushed before.
+                    if op.steps.is_empty() {
+                        op.steps.push_back(Step::Status);
+                    }
                     op.wake = None;
                 }
             }
@@ -364,12 +367,13 @@ impl IbkrSession {
             } else {
                 self.lst = None;
                 if let Some(op) = self.current.as_mut() {
-                    op.resume = Some(if step == Step::Poll {
+                    // The step again (a poll as a plain status), a new token first.
+                    op.steps.push_front(if step == Step::Poll {
                         Step::Status
                     } else {
                         step
                     });
-                    op.step = Step::Lst;
+                    op.steps.push_front(Step::Lst);
                     op.wake = None;
                 }
             }
@@ -406,7 +410,7 @@ impl IbkrSession {
             if self.cfg.preflight_accounts && !self.preflight_done {
                 if let Some(op) = self.current.as_mut() {
                     op.ready = Some(s);
-                    op.step = Step::Accounts;
+                    op.steps.push_front(Step::Accounts);
                     op.wake = None;
                 }
                 return;
@@ -420,7 +424,7 @@ impl IbkrSession {
                 let init = self.cfg.auto_init && (class != SessionClass::Competing || compete);
                 if init {
                     if let Some(op) = self.current.as_mut() {
-                        op.step = Step::Init;
+                        op.steps.push_front(Step::Init);
                     }
                 } else {
                     self.finish(Ok(IbkrOutcome::Status(s)));
@@ -434,7 +438,7 @@ impl IbkrSession {
         let interval = self.cfg.status_poll_interval;
         let deadline = now.after(self.cfg.ready_timeout);
         if let Some(op) = self.current.as_mut() {
-            op.step = Step::Poll;
+            op.steps.push_front(Step::Poll);
             op.poll_deadline = Some(deadline);
             op.wake = Some(now.after(interval));
         }
@@ -461,7 +465,7 @@ impl IbkrSession {
             };
             return self.finish(Err(Error::Unavailable(ApiError::new(200, Some(why)))));
         }
-        op.step = Step::Poll;
+        op.steps.push_front(Step::Poll);
         op.wake = Some(now.after(interval));
     }
 
@@ -498,6 +502,7 @@ impl IbkrSession {
             Step::Init => {
                 op.init_attempts += 1;
                 if op.init_attempts < attempts {
+                    op.steps.push_front(Step::Init);
                     let factor = 1u32 << (op.init_attempts - 1).min(16);
                     op.wake = Some(now.after(backoff.saturating_mul(factor)));
                 } else {
@@ -506,6 +511,7 @@ impl IbkrSession {
             }
             Step::Poll => {
                 if op.poll_deadline.is_some_and(|d| now.after(interval) <= d) {
+                    op.steps.push_front(Step::Poll);
                     op.wake = Some(now.after(interval));
                 } else {
                     self.finish(Err(err));

@@ -238,9 +238,7 @@ impl IbkrSession {
         self.may_start_work() && self.lst_hold.is_none()
     }
 
-    /// A logout was submitted: every operation before it ends as cancelled (the one
-    /// whose request is in flight when its answer comes), and no timer starts anything
-    /// any more. Nothing but the logout leaves the machine until the user connects.
+    /// The session will not send again: credentials rejected or keys wrong.
     fn close(&mut self, err: Error) {
         self.closed = Some(err.clone());
         self.lst = None;

@@ -1,11 +1,13 @@
-//! Operations: their kinds, the step each is at, the queue, sending (`try_send`,
+//! Operations: their kinds, their plans of steps, the queue, sending (`try_send`,
 //! `request_for`) and completing (`finish`).
 //!
-//! An IBKR operation holds ONE current `Step` and, after a live session token
-//! renewal interrupts it, the step to `resume`; the answer to each step (in
-//! `answers.rs`) sets the next one. IG's operations hold a plan of steps instead; see
-//! `ARCHITECTURE.md` for why IBKR's differ.
+//! An operation holds its remaining steps (`Op::steps`). A step leaves the plan when
+//! its request is sent; the answer (in `answers.rs`) then continues the plan, pushes
+//! steps to its front (a retry pushes the step again; a token renewal pushes `Lst`
+//! before it; an answer that says what comes next, such as "not authenticated" after
+//! a status, pushes that step), or finishes the operation.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{ABANDONED_LST_MEMORY, IbkrSession, TICKLE_MIN_GAP, VALIDATE_MIN_GAP};
@@ -56,9 +58,8 @@ pub(super) struct Op {
     pub(super) id: OpId,
     pub(super) kind: Kind,
     pub(super) compete: bool,
-    pub(super) step: Step,
-    /// Step to return to after a live session token renewed mid-operation.
-    pub(super) resume: Option<Step>,
+    /// The steps still to run, the next first.
+    pub(super) steps: VecDeque<Step>,
     pub(super) wake: Option<Instant>,
     pub(super) init_attempts: u32,
     pub(super) poll_deadline: Option<Instant>,
@@ -101,25 +102,26 @@ impl IbkrSession {
         }
     }
 
+    /// An operation of `kind` with its plan. The plan holds what is known when it
+    /// starts; answers push what they show is needed (`ssodh/init`, status polls, the
+    /// accounts preflight, a token renewal).
     pub(super) fn new_op(&mut self, kind: Kind, reactive: bool) -> Op {
-        let step = match kind {
-            Kind::Connect { .. } | Kind::CheckStatus => Step::Status,
-            Kind::Init => Step::Init,
-            Kind::Tickle { .. } => Step::Tickle,
-            Kind::Reauth => Step::Reauth,
-            Kind::Validate => Step::Validate,
-            Kind::Logout => Step::Logout,
-        };
-        let step = match kind {
-            Kind::Connect { force_lst: true } if self.signer.is_some() => Step::Lst,
-            _ => step,
+        let steps = match kind {
+            Kind::Connect { force_lst: true } if self.signer.is_some() => {
+                vec![Step::Lst, Step::Status]
+            }
+            Kind::Connect { .. } | Kind::CheckStatus => vec![Step::Status],
+            Kind::Init => vec![Step::Init],
+            Kind::Tickle { .. } => vec![Step::Tickle],
+            Kind::Reauth => vec![Step::Reauth],
+            Kind::Validate => vec![Step::Validate],
+            Kind::Logout => vec![Step::Logout],
         };
         Op {
             id: self.ids.op(),
             kind,
             compete: self.cfg.compete,
-            step,
-            resume: None,
+            steps: steps.into(),
             wake: None,
             init_attempts: 0,
             poll_deadline: None,
@@ -135,10 +137,12 @@ impl IbkrSession {
     /// The operation currently obtaining a live session token, if any (running or
     /// queued).
     pub(super) fn token_op(&self) -> Option<OpId> {
-        let running = self
-            .current
-            .as_ref()
-            .filter(|o| o.step == Step::Lst || matches!(o.kind, Kind::Connect { force_lst: true }));
+        let lst_in_flight = self.in_flight.as_ref().is_some_and(|f| f.step == Step::Lst);
+        let running = self.current.as_ref().filter(|o| {
+            lst_in_flight
+                || o.steps.front() == Some(&Step::Lst)
+                || matches!(o.kind, Kind::Connect { force_lst: true })
+        });
         running.map(|o| o.id).or_else(|| {
             self.queue
                 .iter()
@@ -161,6 +165,9 @@ impl IbkrSession {
         id
     }
 
+    /// A logout was submitted: every operation before it ends as cancelled (the one
+    /// whose request is in flight when its answer comes), and no timer starts anything
+    /// any more. Nothing but the logout leaves the machine until the user connects.
     pub(super) fn begin_logout(&mut self) {
         self.logged_out = true;
         self.next_tickle = None;
@@ -223,8 +230,6 @@ impl IbkrSession {
             self.complete(op, result);
         }
     }
-
-    /// The session will not send again: credentials rejected or keys wrong.
 
     // ---- driving ----------------------------------------------------------------
 
@@ -344,7 +349,13 @@ impl IbkrSession {
         if op.wake.is_some_and(|w| w > now.mono) {
             return false;
         }
-        let mut step = op.step;
+        let Some(mut step) = op.steps.front().copied() else {
+            // Every answer either pushes a step or finishes the operation, so a plan
+            // never runs dry here; should one, the operation ends rather than hangs.
+            debug_assert!(false, "an operation ran out of steps without finishing");
+            self.finish(Err(Error::Cancelled));
+            return true;
+        };
         // Pacing: an early tickle or validate waits for its slot.
         let not_before = match step {
             Step::Tickle => self.last_tickle.map(|t| deadline_after(t, TICKLE_MIN_GAP)),
@@ -367,8 +378,7 @@ impl IbkrSession {
                 return true;
             }
             if let Some(op) = self.current.as_mut() {
-                op.resume = Some(step);
-                op.step = Step::Lst;
+                op.steps.push_front(Step::Lst);
             }
             step = Step::Lst;
         }
@@ -386,6 +396,9 @@ impl IbkrSession {
         match self.request_for(step, now) {
             Ok((request, dh)) => {
                 let id = self.ids.request();
+                if let Some(op) = self.current.as_mut() {
+                    op.steps.pop_front();
+                }
                 match step {
                     Step::Tickle => {
                         self.last_tickle = Some(now.mono);
