@@ -189,8 +189,11 @@ pub struct IbkrConfig {
     pub reauthenticate_method: ReauthenticateMethod,
     /// Back-off after a 429 (IBKR's penalty box lasts 10 to 15 minutes). Default 15 min.
     pub throttle_backoff: Duration,
-    /// The core's own deadline for an answer to each request. Default 30 s.
-    pub request_timeout: Duration,
+    /// How long the machine waits for the answer to each of its requests before it
+    /// gives up on it ([`ProtocolError::NoResponse`](crate::ProtocolError::NoResponse)).
+    /// Default 30 s; at least 1 s. (A transport's `request_timeout`, its socket
+    /// timeout per exchange, is a different setting.)
+    pub request_deadline: Duration,
 }
 
 impl IbkrConfig {
@@ -218,7 +221,7 @@ impl IbkrConfig {
             tickle_interval: Duration::from_secs(60),
             reauthenticate_method: ReauthenticateMethod::Post,
             throttle_backoff: Duration::from_secs(15 * 60),
-            request_timeout: Duration::from_secs(30),
+            request_deadline: Duration::from_secs(30),
         }
     }
 }

@@ -119,14 +119,16 @@ impl IbkrSession {
     /// nonces, RSA blinding). It is an argument, not a configuration field, so that no
     /// session is built on a default seed by accident: two sessions on one seed would
     /// send the same DH challenge and nonces. The transports fill it from the operating
-    /// system; tests pass a fixed seed ([`RngSeed::from_u64`]). `now` is the creation
-    /// time (reserved: today nothing is scheduled at creation).
+    /// system; tests pass a fixed seed ([`RngSeed::from_u64`]). `_now`, the creation
+    /// time, is not used: nothing is scheduled at creation. It is part of the
+    /// signature so that every broker's session is built the same way,
+    /// `new(config, seed, now)`, and a session that one day schedules something at
+    /// creation needs no new constructor.
     ///
     /// # Errors
     /// [`Error::Crypto`] ([`CryptoError::InvalidKey`](crate::CryptoError::InvalidKey)) for a key or prime that does not
     /// parse, [`Error::Usage`] for a bad base URL.
-    pub fn new(config: IbkrConfig, seed: RngSeed, now: Now) -> Result<Self, Error> {
-        let _ = now;
+    pub fn new(config: IbkrConfig, seed: RngSeed, _now: Now) -> Result<Self, Error> {
         let base = Base::parse(&config.base_url)?;
         let mut rng = session_rng(&seed);
         let signer = match &config.auth {
@@ -140,7 +142,7 @@ impl IbkrSession {
         cfg.status_poll_interval = cfg
             .status_poll_interval
             .clamp(Duration::from_millis(100), year);
-        cfg.request_timeout = cfg.request_timeout.clamp(Duration::from_secs(1), year);
+        cfg.request_deadline = cfg.request_deadline.clamp(Duration::from_secs(1), year);
         cfg.ready_timeout = cfg.ready_timeout.min(year);
         cfg.init_backoff = cfg.init_backoff.min(year);
         cfg.throttle_backoff = cfg.throttle_backoff.min(year);
@@ -530,5 +532,55 @@ impl Machine for IbkrSession {
 
     fn base_url(&self) -> Option<&str> {
         Some(&self.base.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn sent(s: &mut IbkrSession, now: Now) -> RequestId {
+        loop {
+            match s.poll_output(now) {
+                Output::Send(t) => return t.id,
+                Output::Event(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// One answer can release more work than any fixed step budget: every queued
+    /// operation completes before the machine is asked again, and nothing is left due.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test needs some instant to start from
+    fn drive_runs_until_nothing_is_due() {
+        let now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH);
+        let mut s = IbkrSession::new(IbkrConfig::gateway(), RngSeed::from_u64(1), now).unwrap();
+        let logout = s.submit(IbkrIntent::Logout, now).unwrap();
+        let id = sent(&mut s, now);
+        let mut queued = Vec::new();
+        while let Ok(op) = s.submit(IbkrIntent::CheckStatus, now) {
+            queued.push(op);
+        }
+        assert_eq!(queued.len(), MAX_QUEUE);
+        let response = http::Response::builder()
+            .status(200)
+            .body(br#"{"status":true}"#.to_vec())
+            .unwrap();
+        s.handle_input(Input::Response { id, response }, now);
+        assert!(!s.step_once(now), "work left due after handling an answer");
+        let completed: Vec<OpId> = s
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(Event::Completed { op, .. }) => Some(*op),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(completed.len(), MAX_QUEUE + 1);
+        assert_eq!(completed[0], logout);
+        assert_eq!(&completed[1..], &queued[..]);
     }
 }

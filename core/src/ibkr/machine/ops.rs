@@ -233,12 +233,18 @@ impl IbkrSession {
 
     // ---- driving ----------------------------------------------------------------
 
+    /// Runs everything due at `now`, until nothing more can happen.
+    ///
+    /// This ends: each step that reports progress uses up something finite at one
+    /// instant. It fires a timer that resets itself to a later instant or to none;
+    /// ends a back-off; takes a queued operation (the queue only grows through those
+    /// timers, each once per instant, or a submit, never here); finishes the current
+    /// operation; or sends a request, after which nothing is sent until its answer
+    /// or its deadline, which is at least a second later
+    /// ([`IbkrConfig::request_deadline`](crate::ibkr::IbkrConfig::request_deadline)).
+    /// So there is no step budget that could stop the machine short of quiescence.
     pub(super) fn drive(&mut self, now: Now) {
-        for _ in 0..64 {
-            if !self.step_once(now) {
-                break;
-            }
-        }
+        while self.step_once(now) {}
     }
 
     /// One unit of progress; `false` when nothing more can happen at `now`.
@@ -268,52 +274,46 @@ impl IbkrSession {
         if let Some(until) = self.backoff_until
             && now.mono >= until
         {
-            {
-                self.backoff_until = None;
-                let back = self
-                    .before_backoff
-                    .take()
-                    .unwrap_or(IbkrState::Disconnected);
-                let back = if self.logged_out {
-                    IbkrState::Disconnected
-                } else {
-                    back
-                };
-                self.set_state(back);
-                if self.session_alive() {
-                    self.next_tickle = None;
-                    self.start_keepalive(now);
-                }
-                return true;
+            self.backoff_until = None;
+            let back = self
+                .before_backoff
+                .take()
+                .unwrap_or(IbkrState::Disconnected);
+            let back = if self.logged_out {
+                IbkrState::Disconnected
+            } else {
+                back
+            };
+            self.set_state(back);
+            if self.session_alive() {
+                self.next_tickle = None;
+                self.start_keepalive(now);
             }
+            return true;
         }
         // Timers that start machine operations.
         if let Some(at) = self.lst_refresh_at
             && now.mono >= at
         {
-            {
-                self.lst_refresh_at = None;
-                if self.token_op().is_none() && self.may_renew_lst() {
-                    self.machine_op(Kind::Connect { force_lst: true }, false, false);
-                }
-                return true;
+            self.lst_refresh_at = None;
+            if self.token_op().is_none() && self.may_renew_lst() {
+                self.machine_op(Kind::Connect { force_lst: true }, false, false);
             }
+            return true;
         }
         if let Some(at) = self.next_tickle
             && now.mono >= at
             && self.backoff_until.is_none()
         {
-            {
-                self.next_tickle = None;
-                let already = self
-                    .queue
-                    .iter()
-                    .any(|o| o.kind == (Kind::Tickle { keepalive: true }));
-                if !already && self.may_start_work() {
-                    self.machine_op(Kind::Tickle { keepalive: true }, false, false);
-                }
-                return true;
+            self.next_tickle = None;
+            let already = self
+                .queue
+                .iter()
+                .any(|o| o.kind == (Kind::Tickle { keepalive: true }));
+            if !already && self.may_start_work() {
+                self.machine_op(Kind::Tickle { keepalive: true }, false, false);
             }
+            return true;
         }
         if self.current.is_none() {
             match self.queue.pop_front() {
@@ -430,7 +430,7 @@ impl IbkrSession {
                     }
                     _ => {}
                 }
-                let deadline = now.after(self.cfg.request_timeout);
+                let deadline = now.after(self.cfg.request_deadline);
                 self.in_flight = Some(InFlight {
                     id,
                     step,
