@@ -5,6 +5,8 @@
 //! epoch milliseconds). Epoch milliseconds are `i64` and accepted as numbers or
 //! strings. Errors never quote the body.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::config::ReauthenticateMethod;
@@ -68,6 +70,44 @@ pub struct TickleInfo {
     pub auth_status: Option<AuthStatus>,
     /// `hmds.error` (typically `no bridge`), if any.
     pub hmds_error: Option<String>,
+    /// Whether the session held this tickle back to keep IBKR's pacing
+    /// ([`IbkrConfig::tickle_min_interval`](super::IbkrConfig::tickle_min_interval)).
+    /// Not part of IBKR's answer: the parser leaves it at "not delayed".
+    pub pacing: Pacing,
+}
+
+/// How the session's pacing treated a request: whether it was held back, and how
+/// long, before it was sent (IBKR limits `/tickle` to one a second and
+/// `/sso/validate` to one a minute; see
+/// [`IbkrConfig::tickle_min_interval`](super::IbkrConfig::tickle_min_interval) and
+/// [`IbkrConfig::validate_min_interval`](super::IbkrConfig::validate_min_interval)).
+///
+/// The answer itself is always fresh: the session never serves a paced call from an
+/// earlier answer.
+///
+/// ```
+/// use std::time::Duration;
+/// use broker_session::ibkr::Pacing;
+///
+/// let p = Pacing::default();
+/// assert_eq!(p.delayed_by, None);
+/// assert!(!p.was_delayed());
+/// assert_eq!(p.to_string(), "sent at once");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Pacing {
+    /// How long the request waited for its pacing slot; `None` when it was sent as
+    /// soon as it was due.
+    pub delayed_by: Option<Duration>,
+}
+
+impl Pacing {
+    /// Whether the request waited for its pacing slot.
+    #[must_use]
+    pub fn was_delayed(&self) -> bool {
+        self.delayed_by.is_some()
+    }
 }
 
 /// A `/tickle` answer: IBKR's two shapes, the failure one (`{"error": …}`) checked first.
@@ -117,6 +157,10 @@ pub struct ValidateInfo {
     pub region: Option<String>,
     /// `features.env` (or `features.envs`), e.g. `PROD`.
     pub env: Option<String>,
+    /// Whether the session held this validate back to keep IBKR's pacing
+    /// ([`IbkrConfig::validate_min_interval`](super::IbkrConfig::validate_min_interval)).
+    /// Not part of IBKR's answer: the parser leaves it at "not delayed".
+    pub pacing: Pacing,
 }
 
 /// `/oauth/live_session_token` answer.
@@ -189,6 +233,7 @@ pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
         user_id: raw.user_id,
         auth_status: raw.iserver.and_then(|i| i.auth_status),
         hmds_error: raw.hmds.and_then(|h| h.error).map(|e| value_text(&e)),
+        pacing: Pacing::default(),
     })))
 }
 
@@ -250,6 +295,7 @@ pub fn validate(body: &[u8]) -> Result<ValidateInfo, ProtocolError> {
         landing_app: r.LANDING_APP,
         region: r.region,
         env,
+        pacing: Pacing::default(),
     })
 }
 

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::{AuthStatus, IbkrOutcome, IbkrState, TickleInfo, ValidateInfo};
+use super::{AuthStatus, IbkrOutcome, IbkrState, Pacing, TickleInfo, ValidateInfo};
 use crate::machine::Clipped;
 
 /// ```
@@ -84,8 +84,9 @@ fn flags(f: &mut fmt::Formatter<'_>, s: &AuthStatus) -> fmt::Result {
     Ok(())
 }
 
-/// At most 100 characters: when the SSO session expires, the brokerage session's
-/// state and the `hmds` error when set. The session id is never shown.
+/// At most 120 characters: when the SSO session expires, the brokerage session's
+/// state, the `hmds` error when set, and how long pacing held the tickle back when
+/// it did (`, paced 0.4 s`). The session id is never shown.
 ///
 /// ```
 /// use broker_session::ibkr::responses::{tickle, TickleResponse};
@@ -113,11 +114,49 @@ impl fmt::Display for TickleInfo {
         if let Some(e) = self.hmds_error.as_deref().filter(|e| !e.trim().is_empty()) {
             write!(f, ", hmds: {}", Clipped(e, 12))?;
         }
-        Ok(())
+        paced_suffix(f, self.pacing)
     }
 }
 
-/// `SSO valid (paper), expires in 570 s`, or `SSO not valid`.
+/// `, paced 0.4 s` when pacing held the request back; nothing otherwise.
+fn paced_suffix(f: &mut fmt::Formatter<'_>, p: Pacing) -> fmt::Result {
+    match p.delayed_by {
+        Some(d) => write!(f, ", paced {}", Secs(d)),
+        None => Ok(()),
+    }
+}
+
+/// A delay in seconds with one decimal, capped (`> 99999 s`).
+struct Secs(std::time::Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenths = self.0.as_millis() / 100;
+        if tenths > 999_990 {
+            f.write_str("> 99999 s")
+        } else {
+            write!(f, "{}.{} s", tenths / 10, tenths % 10)
+        }
+    }
+}
+
+/// `sent at once`, or `held 59.6 s by pacing`.
+///
+/// ```
+/// use broker_session::ibkr::Pacing;
+/// assert_eq!(Pacing::default().to_string(), "sent at once");
+/// ```
+impl fmt::Display for Pacing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.delayed_by {
+            Some(d) => write!(f, "held {} by pacing", Secs(d)),
+            None => f.write_str("sent at once"),
+        }
+    }
+}
+
+/// `SSO valid (paper), expires in 570 s`, or `SSO not valid`; with `, paced 59.6 s`
+/// when pacing held the validate back.
 ///
 /// ```
 /// use broker_session::ibkr::responses::validate;
@@ -139,7 +178,7 @@ impl fmt::Display for ValidateInfo {
         if let Some(ms) = self.expires {
             write!(f, ", expires in {} s", ms / 1000)?;
         }
-        Ok(())
+        paced_suffix(f, self.pacing)
     }
 }
 
@@ -189,9 +228,13 @@ mod tests {
                 ..status(Some(false), Some(false), Some(true))
             }),
             hmds_error: Some("no bridge ".repeat(50)),
+            pacing: Pacing {
+                delayed_by: Some(std::time::Duration::MAX),
+            },
         };
         let s = t.to_string();
-        assert!(s.chars().count() <= 100, "{} chars: {s}", s.chars().count());
+        assert!(s.chars().count() <= 120, "{} chars: {s}", s.chars().count());
+        assert!(s.ends_with(", paced > 99999 s"), "{s}");
         assert!(!s.contains("deadbeef"), "{s}");
         assert!(
             s.contains("not authenticated, not connected, competing"),

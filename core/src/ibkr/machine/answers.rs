@@ -7,7 +7,7 @@ use super::ops::{Kind, Step};
 use super::{IbkrSession, Lst};
 use crate::error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError};
 use crate::ibkr::config::IbkrAuth;
-use crate::ibkr::decode::{self, AuthStatus, TickleResponse};
+use crate::ibkr::decode::{self, AuthStatus, Pacing, TickleResponse};
 use crate::ibkr::endpoint::Endpoint;
 use crate::ibkr::oauth::dh::DhSecret;
 use crate::ibkr::oauth::lst::{live_session_token, validate_live_session_token};
@@ -105,7 +105,9 @@ impl IbkrSession {
                         // alive, so it did not schedule the next one: do it now.
                         self.start_keepalive(now);
                     }
-                    self.finish(Ok(IbkrOutcome::Tickled(*info)));
+                    let mut info = *info;
+                    info.pacing = self.pacing();
+                    self.finish(Ok(IbkrOutcome::Tickled(info)));
                     if keepalive && self.cfg.auto_init {
                         let recover = match class {
                             Some(SessionClass::NotAuthenticated | SessionClass::NotConnected) => {
@@ -140,7 +142,10 @@ impl IbkrSession {
                 self.finish_preflight();
             }
             Step::Validate => match decode::validate(body) {
-                Ok(v) => self.finish(Ok(IbkrOutcome::Validated(v))),
+                Ok(mut v) => {
+                    v.pacing = self.pacing();
+                    self.finish(Ok(IbkrOutcome::Validated(v)));
+                }
                 Err(e) => self.finish(Err(e.into())),
             },
             Step::Logout => {
@@ -149,6 +154,13 @@ impl IbkrSession {
                 self.after_logout();
             }
             Step::Lst => {}
+        }
+    }
+
+    /// How pacing treated the current operation's request.
+    fn pacing(&self) -> Pacing {
+        Pacing {
+            delayed_by: self.current.as_ref().and_then(|o| o.delayed_by),
         }
     }
 

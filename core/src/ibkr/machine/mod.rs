@@ -23,10 +23,8 @@ use crate::wire::Ids;
 
 /// Intents beyond this many queued are refused with [`UsageError::QueueFull`].
 const MAX_QUEUE: usize = 64;
-/// IBKR's limit for `/tickle`.
-pub(super) const TICKLE_MIN_GAP: Duration = Duration::from_secs(1);
-/// IBKR's limit for `/sso/validate`.
-pub(super) const VALIDATE_MIN_GAP: Duration = Duration::from_secs(60);
+/// The shortest keep-alive interval honoured, whatever the pacing setting.
+const MIN_TICKLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Live session token requests abandoned at the machine's deadline that are still
 /// remembered, so that a late credentials rejection closes the session.
 pub(super) const ABANDONED_LST_MEMORY: usize = 8;
@@ -138,7 +136,11 @@ impl IbkrSession {
         let mut cfg = config;
         // Bounded durations keep every `Instant + Duration` below overflow.
         let year = Duration::from_secs(365 * 24 * 3600);
-        cfg.tickle_interval = cfg.tickle_interval.clamp(TICKLE_MIN_GAP, year);
+        cfg.tickle_min_interval = cfg.tickle_min_interval.min(year);
+        cfg.validate_min_interval = cfg.validate_min_interval.min(year);
+        cfg.tickle_interval = cfg
+            .tickle_interval
+            .clamp(MIN_TICKLE_INTERVAL.max(cfg.tickle_min_interval), year);
         cfg.status_poll_interval = cfg
             .status_poll_interval
             .clamp(Duration::from_millis(100), year);

@@ -8,9 +8,9 @@
 //! a status, pushes that step), or finishes the operation.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{ABANDONED_LST_MEMORY, IbkrSession, TICKLE_MIN_GAP, VALIDATE_MIN_GAP};
+use super::{ABANDONED_LST_MEMORY, IbkrSession};
 use crate::error::{Error, ProtocolError, UsageError};
 use crate::ibkr::decode::AuthStatus;
 use crate::ibkr::encode;
@@ -74,6 +74,10 @@ pub(super) struct Op {
     /// A logout was submitted while this operation's request was in flight: it
     /// completes as cancelled when the answer (or the deadline) comes.
     pub(super) cancelled: bool,
+    /// When pacing first held this operation's tickle or validate back.
+    pub(super) held_since: Option<Instant>,
+    /// How long pacing held the request that was sent, reported in its answer.
+    pub(super) delayed_by: Option<Duration>,
     /// The ready status, kept while the accounts preflight runs.
     pub(super) ready: Option<AuthStatus>,
 }
@@ -130,6 +134,8 @@ impl IbkrSession {
             by_user: false,
             lst_requests: 0,
             cancelled: false,
+            held_since: None,
+            delayed_by: None,
             ready: None,
         }
     }
@@ -356,17 +362,21 @@ impl IbkrSession {
             self.finish(Err(Error::Cancelled));
             return true;
         };
-        // Pacing: an early tickle or validate waits for its slot.
+        // Pacing: an early tickle or validate waits for its slot, and its answer
+        // will say how long it waited.
         let not_before = match step {
-            Step::Tickle => self.last_tickle.map(|t| deadline_after(t, TICKLE_MIN_GAP)),
+            Step::Tickle => self
+                .last_tickle
+                .map(|t| deadline_after(t, self.cfg.tickle_min_interval)),
             Step::Validate => self
                 .last_validate
-                .map(|t| deadline_after(t, VALIDATE_MIN_GAP)),
+                .map(|t| deadline_after(t, self.cfg.validate_min_interval)),
             _ => None,
         };
         if let Some(nb) = not_before.filter(|nb| *nb > now.mono) {
             if let Some(op) = self.current.as_mut() {
                 op.wake = Some(nb);
+                op.held_since.get_or_insert(now.mono);
             }
             return false;
         }
@@ -398,6 +408,10 @@ impl IbkrSession {
                 let id = self.ids.request();
                 if let Some(op) = self.current.as_mut() {
                     op.steps.pop_front();
+                    op.delayed_by = op
+                        .held_since
+                        .take()
+                        .map(|h| now.mono.saturating_duration_since(h));
                 }
                 match step {
                     Step::Tickle => {
