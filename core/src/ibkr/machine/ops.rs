@@ -408,10 +408,12 @@ impl IbkrSession {
                 let id = self.ids.request();
                 if let Some(op) = self.current.as_mut() {
                     op.steps.pop_front();
-                    op.delayed_by = op
-                        .held_since
-                        .take()
-                        .map(|h| now.mono.saturating_duration_since(h));
+                    if matches!(step, Step::Tickle | Step::Validate) {
+                        op.delayed_by = op
+                            .held_since
+                            .take()
+                            .map(|h| now.mono.saturating_duration_since(h));
+                    }
                 }
                 match step {
                     Step::Tickle => {
