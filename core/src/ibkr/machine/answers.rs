@@ -82,14 +82,17 @@ impl IbkrSession {
         }
         let body = resp.body().as_slice();
         match step {
-            Step::Status | Step::Poll | Step::Init => match if step == Step::Init {
-                decode::ssodh_init(body)
-            } else {
-                decode::auth_status(body)
-            } {
-                Ok(s) => self.on_status(step, s, now),
-                Err(e) => self.on_failure(step, e.into(), None, now),
-            },
+            Step::Status | Step::Poll | Step::Init => {
+                let status = if step == Step::Init {
+                    decode::ssodh_init(body)
+                } else {
+                    decode::auth_status(body)
+                };
+                match status {
+                    Ok(s) => self.on_status(step, s, now),
+                    Err(e) => self.on_failure(step, e.into(), None, now),
+                }
+            }
             Step::Tickle => match decode::tickle(body) {
                 Ok(TickleResponse::Ok(info)) => {
                     let keepalive = matches!(
@@ -252,7 +255,8 @@ impl IbkrSession {
                 }
                 if let Some(op) = self.current.as_mut() {
                     op.lst_renewed = true;
-                    // The plan goes on with the step the renewal was pushed before.
+                    // The plan goes on with the step the token was obtained for (every
+                    // plan holds one); a status check if none were left.
                     if op.steps.is_empty() {
                         op.steps.push_back(Step::Status);
                     }
