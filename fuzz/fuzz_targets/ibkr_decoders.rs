@@ -2,25 +2,26 @@
 #![no_main]
 
 use broker_session::ibkr::oauth::{base_string, hex_decode, percent};
-use broker_session::ibkr::{decode, status};
+use broker_session::ibkr::{self as ibkr_policy, responses as decode};
 use broker_session_fuzz::{Bytes, response};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = decode::auth_status("POST /iserver/auth/status", data);
+    let _ = decode::auth_status(data);
+    let _ = decode::ssodh_init(data);
     let _ = decode::tickle(data);
     let _ = decode::validate(data);
     let _ = decode::logout(data);
     let _ = decode::reauthenticate(data);
     let _ = decode::live_session_token(data);
     let _ = decode::error_text(data);
-    if let Ok(s) = decode::auth_status("x", data) {
-        let _ = status::classify(&s);
+    if let Ok(s) = decode::auth_status(data) {
+        let _ = ibkr_policy::session_class(&s);
     }
     let r = response(&mut Bytes(data));
-    let _ = status::is_no_session(&r);
-    let _ = status::is_sso_redirect(&r);
-    let _ = status::is_no_bridge(&r);
+    let _ = ibkr_policy::is_no_session(&r);
+    let _ = ibkr_policy::is_sso_redirect(&r);
+    let _ = ibkr_policy::is_no_bridge(&r);
     let text = String::from_utf8_lossy(data);
     let _ = base_string::parse_authorization_header(&text);
     let _ = base_string::query_params(&text);

@@ -25,7 +25,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use broker_session::ibkr::oauth::{
     base_string, dh::DhGroup, dh::DhSecret, hex_decode, lst, percent, sign,
 };
-use broker_session::ibkr::{decode as ibkr_decode, status};
+use broker_session::ibkr::{self as ibkr_policy, responses as ibkr_decode};
 use broker_session::ig::{
     BackOffs, Endpoint, PersistedSession, SessionSnapshot, action_for, encrypt_password, responses,
 };
@@ -1061,10 +1061,11 @@ fn ibkr_session_answers_decode_or_fail_typed() {
         tpl(&[], ibkr_status_body(false)),
     ];
     run_body_decoder(&tally, "ibkr auth_status", &status, |b| {
-        let s = ibkr_decode::auth_status("POST /iserver/auth/status", b)?;
-        let _ = status::classify(&s);
+        let s = ibkr_decode::auth_status(b)?;
+        let _ = ibkr_policy::session_class(&s);
         Ok::<_, broker_session::ProtocolError>(s)
     });
+    run_body_decoder(&tally, "ibkr ssodh_init", &status, ibkr_decode::ssodh_init);
     let tickle = [
         tpl(
             &[],
@@ -1162,9 +1163,9 @@ fn ibkr_status_classification() {
         .run(&strategy, |((i, m, pick), s)| {
             let mut r = render(&templates[i], &m, pick).response;
             *r.status_mut() = http::StatusCode::from_u16(s).unwrap_or(http::StatusCode::OK);
-            let _ = status::is_no_session(&r);
-            let _ = status::is_sso_redirect(&r);
-            let _ = status::is_no_bridge(&r);
+            let _ = ibkr_policy::is_no_session(&r);
+            let _ = ibkr_policy::is_sso_redirect(&r);
+            let _ = ibkr_policy::is_no_bridge(&r);
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{e}"));

@@ -544,3 +544,74 @@ fn accounts_are_queried_once_per_ready_session_best_effort() {
     sim.run(IbkrIntent::Connect).unwrap();
     assert_eq!(sim.broker.requests_to("/iserver/accounts").count(), 0);
 }
+
+#[test]
+fn a_paced_call_waits_for_its_slot_and_says_so() {
+    let mut sim = sim();
+    sim.run(IbkrIntent::Connect).unwrap();
+
+    // The first validate goes at once; a second within the minute waits for the rest
+    // of it (IBKR's 1 per minute), and its answer says how long.
+    let IbkrOutcome::Validated(first) = sim.run(IbkrIntent::Validate).unwrap() else {
+        panic!()
+    };
+    assert_eq!(first.pacing.delayed_by, None);
+    assert!(!first.to_string().contains("paced"), "{first}");
+    let before = sim.now().mono;
+    let IbkrOutcome::Validated(second) = sim.run(IbkrIntent::Validate).unwrap() else {
+        panic!()
+    };
+    let waited = sim.now().mono.duration_since(before);
+    let delayed = second
+        .pacing
+        .delayed_by
+        .expect("the second validate was paced");
+    assert!(second.pacing.was_delayed());
+    assert!(delayed > Duration::from_secs(59) && delayed <= Duration::from_secs(60));
+    assert!(waited >= delayed, "{waited:?} < {delayed:?}");
+    assert!(second.to_string().contains(", paced 59."), "{second}");
+    assert!(sim.broker.min_gap("/sso/validate").unwrap() >= Duration::from_secs(60));
+
+    // Tickles: at least a second apart. (The keep-alive just tickled: wait a little.)
+    sim.advance(Duration::from_secs(5));
+    let IbkrOutcome::Tickled(t1) = sim.run(IbkrIntent::Tickle).unwrap() else {
+        panic!()
+    };
+    let IbkrOutcome::Tickled(t2) = sim.run(IbkrIntent::Tickle).unwrap() else {
+        panic!()
+    };
+    assert_eq!(t1.pacing.delayed_by, None);
+    let delayed = t2.pacing.delayed_by.expect("the second tickle was paced");
+    assert!(delayed <= Duration::from_secs(1), "{delayed:?}");
+    assert!(sim.broker.min_gap("/tickle").unwrap() >= Duration::from_secs(1));
+}
+
+#[test]
+fn pacing_limits_are_settings() {
+    let mut sim = sim_with(FakeIbkr::gateway(), |c| {
+        c.validate_min_interval = Duration::from_secs(5);
+        c.tickle_min_interval = Duration::from_secs(3);
+    });
+    sim.run(IbkrIntent::Connect).unwrap();
+    let before = sim.now().mono;
+    sim.run(IbkrIntent::Validate).unwrap();
+    let IbkrOutcome::Validated(v) = sim.run(IbkrIntent::Validate).unwrap() else {
+        panic!()
+    };
+    let d = v.pacing.delayed_by.expect("paced");
+    assert!(
+        d > Duration::from_secs(4) && d <= Duration::from_secs(5),
+        "{d:?}"
+    );
+    assert!(sim.now().mono.duration_since(before) < Duration::from_secs(10));
+    sim.run(IbkrIntent::Tickle).unwrap();
+    let IbkrOutcome::Tickled(t) = sim.run(IbkrIntent::Tickle).unwrap() else {
+        panic!()
+    };
+    let d = t.pacing.delayed_by.expect("paced");
+    assert!(
+        d > Duration::from_secs(2) && d <= Duration::from_secs(3),
+        "{d:?}"
+    );
+    assert!(sim.broker.min_gap("/tickle").unwrap() >= Duration::from_secs(3));
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use broker_session::ibkr::{IbkrIntent, IbkrSession, decode, status};
+use broker_session::ibkr::{self as ibkr_policy, IbkrIntent, IbkrSession, responses as decode};
 use broker_session::{FailureKind, Input, Machine, Output, TransportFailure};
 use broker_session_testkit::ibkr::FakeIbkr;
 use broker_session_testkit::sim::VirtualClock;
@@ -162,7 +162,8 @@ proptest! {
 
     #[test]
     fn decoders_never_panic(st in 100u16..600, loc in proptest::option::of(".{0,20}"), b in body()) {
-        let _ = decode::auth_status("x", &b);
+        let _ = decode::auth_status(&b);
+        let _ = decode::ssodh_init(&b);
         let _ = decode::tickle(&b);
         let _ = decode::validate(&b);
         let _ = decode::logout(&b);
@@ -174,8 +175,8 @@ proptest! {
             r = r.header("location", l);
         }
         let r = r.body(b).unwrap();
-        let _ = status::is_no_session(&r);
-        let _ = status::is_no_bridge(&r);
+        let _ = ibkr_policy::is_no_session(&r);
+        let _ = ibkr_policy::is_no_bridge(&r);
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub enum QuerySigning {
 
 /// Whether `/iserver/reauthenticate` is sent as POST (what the gateway accepts and
 /// ibeam uses) or GET (what the newer IBKR OpenAPI describes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ReauthenticateMethod {
     /// `POST /iserver/reauthenticate` (default).
@@ -183,14 +183,38 @@ pub struct IbkrConfig {
     /// Default 30 s.
     pub ready_timeout: Duration,
     /// Interval of the keep-alive `POST /tickle`. Default 60 s; clamped to at least
-    /// 1 s (IBKR's limit for `/tickle`); IBKR drops idle sessions after about 5 min.
+    /// 1 s and at least [`tickle_min_interval`](Self::tickle_min_interval); IBKR drops
+    /// idle sessions after about 5 min.
     pub tickle_interval: Duration,
+    /// Pacing: the least time between two `POST /tickle` requests of this session.
+    /// A tickle asked for sooner (the user's [`IbkrIntent::Tickle`](super::IbkrIntent::Tickle)
+    /// or the keep-alive's) waits for its slot and then goes; its answer says how
+    /// long it waited ([`TickleInfo::pacing`](super::TickleInfo::pacing)).
+    ///
+    /// Default 1 s: IBKR's per-endpoint limit for `/tickle`, "1 req/s" (IBKR Web API
+    /// documentation, "Pacing Limitations"; `/work/shared/spec/ibkr-session.md`
+    /// "POST /tickle" and A.7). Requests beyond a limit are answered 429 and the
+    /// caller's IP is put in a penalty box for 10 to 15 minutes, so lower it only
+    /// when something else paces the requests. At most one year.
+    pub tickle_min_interval: Duration,
+    /// Pacing: the least time between two `GET /sso/validate` requests of this
+    /// session. A validate asked for sooner waits for its slot and then goes; its
+    /// answer says how long it waited ([`ValidateInfo::pacing`](super::ValidateInfo::pacing)).
+    ///
+    /// Default 60 s: IBKR's per-endpoint limit for `/sso/validate`, "1 req/min"
+    /// (IBKR Web API documentation, "Pacing Limitations";
+    /// `/work/shared/spec/ibkr-session.md` "GET /sso/validate" and A.7). At most one
+    /// year.
+    pub validate_min_interval: Duration,
     /// Method of `/iserver/reauthenticate`. Default [`ReauthenticateMethod::Post`].
     pub reauthenticate_method: ReauthenticateMethod,
     /// Back-off after a 429 (IBKR's penalty box lasts 10 to 15 minutes). Default 15 min.
     pub throttle_backoff: Duration,
-    /// The core's own deadline for an answer to each request. Default 30 s.
-    pub request_timeout: Duration,
+    /// How long the machine waits for the answer to each of its requests before it
+    /// gives up on it ([`ProtocolError::NoResponse`](crate::ProtocolError::NoResponse)).
+    /// Default 30 s; at least 1 s. (A transport's `request_timeout`, its socket
+    /// timeout per exchange, is a different setting.)
+    pub request_deadline: Duration,
 }
 
 impl IbkrConfig {
@@ -216,9 +240,11 @@ impl IbkrConfig {
             status_poll_interval: Duration::from_secs(1),
             ready_timeout: Duration::from_secs(30),
             tickle_interval: Duration::from_secs(60),
+            tickle_min_interval: Duration::from_secs(1),
+            validate_min_interval: Duration::from_secs(60),
             reauthenticate_method: ReauthenticateMethod::Post,
             throttle_backoff: Duration::from_secs(15 * 60),
-            request_timeout: Duration::from_secs(30),
+            request_deadline: Duration::from_secs(30),
         }
     }
 }

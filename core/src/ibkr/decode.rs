@@ -5,8 +5,12 @@
 //! epoch milliseconds). Epoch milliseconds are `i64` and accepted as numbers or
 //! strings. Errors never quote the body.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
+use super::config::ReauthenticateMethod;
+use super::endpoint::Endpoint;
 use crate::error::ProtocolError;
 use crate::secret::SessionId;
 use crate::wire::{opt_int_or_string, parse_json};
@@ -66,6 +70,44 @@ pub struct TickleInfo {
     pub auth_status: Option<AuthStatus>,
     /// `hmds.error` (typically `no bridge`), if any.
     pub hmds_error: Option<String>,
+    /// Whether the session held this tickle back to keep IBKR's pacing
+    /// ([`IbkrConfig::tickle_min_interval`](super::IbkrConfig::tickle_min_interval)).
+    /// Not part of IBKR's answer: the parser leaves it at "not delayed".
+    pub pacing: Pacing,
+}
+
+/// How the session's pacing treated a request: whether it was held back, and how
+/// long, before it was sent (IBKR limits `/tickle` to one a second and
+/// `/sso/validate` to one a minute; see
+/// [`IbkrConfig::tickle_min_interval`](super::IbkrConfig::tickle_min_interval) and
+/// [`IbkrConfig::validate_min_interval`](super::IbkrConfig::validate_min_interval)).
+///
+/// The answer itself is always fresh: the session never serves a paced call from an
+/// earlier answer.
+///
+/// ```
+/// use std::time::Duration;
+/// use broker_session::ibkr::Pacing;
+///
+/// let p = Pacing::default();
+/// assert_eq!(p.delayed_by, None);
+/// assert!(!p.was_delayed());
+/// assert_eq!(p.to_string(), "sent at once");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Pacing {
+    /// How long the request waited for its pacing slot; `None` when it was sent as
+    /// soon as it was due.
+    pub delayed_by: Option<Duration>,
+}
+
+impl Pacing {
+    /// Whether the request waited for its pacing slot.
+    #[must_use]
+    pub fn was_delayed(&self) -> bool {
+        self.delayed_by.is_some()
+    }
 }
 
 /// A `/tickle` answer: IBKR's two shapes, the failure one (`{"error": …}`) checked first.
@@ -115,6 +157,10 @@ pub struct ValidateInfo {
     pub region: Option<String>,
     /// `features.env` (or `features.envs`), e.g. `PROD`.
     pub env: Option<String>,
+    /// Whether the session held this validate back to keep IBKR's pacing
+    /// ([`IbkrConfig::validate_min_interval`](super::IbkrConfig::validate_min_interval)).
+    /// Not part of IBKR's answer: the parser leaves it at "not delayed".
+    pub pacing: Pacing,
 }
 
 /// `/oauth/live_session_token` answer.
@@ -129,13 +175,21 @@ pub struct LstResponse {
     pub live_session_token_expiration: Option<i64>,
 }
 
-/// Parses a BrokerageSessionStatus body.
+/// Parses a BrokerageSessionStatus body from [`Endpoint::Status`].
 ///
 /// # Errors
 /// [`ProtocolError::MalformedBody`] (or `BodyTooLarge`) for anything but a JSON object
 /// of the right field types.
-pub fn auth_status(endpoint: &'static str, body: &[u8]) -> Result<AuthStatus, ProtocolError> {
-    parse_json(endpoint, body)
+pub fn auth_status(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
+    parse_json(Endpoint::Status.name(), body)
+}
+
+/// Parses an [`Endpoint::SsodhInit`] answer: a BrokerageSessionStatus.
+///
+/// # Errors
+/// As [`auth_status`].
+pub fn ssodh_init(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
+    parse_json(Endpoint::SsodhInit.name(), body)
 }
 
 /// Parses a `/tickle` body, detecting the `{"error": …}` variant first.
@@ -143,7 +197,7 @@ pub fn auth_status(endpoint: &'static str, body: &[u8]) -> Result<AuthStatus, Pr
 /// # Errors
 /// As [`auth_status`].
 pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
-    const EP: &str = "POST /tickle";
+    const EP: &str = Endpoint::Tickle.name();
     #[derive(Deserialize)]
     struct Hmds {
         error: Option<serde_json::Value>,
@@ -179,6 +233,7 @@ pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
         user_id: raw.user_id,
         auth_status: raw.iserver.and_then(|i| i.auth_status),
         hmds_error: raw.hmds.and_then(|h| h.error).map(|e| value_text(&e)),
+        pacing: Pacing::default(),
     })))
 }
 
@@ -222,7 +277,7 @@ pub fn validate(body: &[u8]) -> Result<ValidateInfo, ProtocolError> {
         region: Option<String>,
         features: Option<Features>,
     }
-    let r: Raw = parse_json("GET /sso/validate", body)?;
+    let r: Raw = parse_json(Endpoint::Validate.name(), body)?;
     let env = r.features.and_then(|f| f.env.or(f.envs));
     Ok(ValidateInfo {
         result: r.RESULT,
@@ -240,6 +295,7 @@ pub fn validate(body: &[u8]) -> Result<ValidateInfo, ProtocolError> {
         landing_app: r.LANDING_APP,
         region: r.region,
         env,
+        pacing: Pacing::default(),
     })
 }
 
@@ -256,7 +312,7 @@ pub fn logout(body: &[u8]) -> Result<Option<bool>, ProtocolError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let r: Raw = parse_json("POST /logout", body)?;
+    let r: Raw = parse_json(Endpoint::Logout.name(), body)?;
     Ok(r.status.or(r.confirmed))
 }
 
@@ -269,7 +325,10 @@ pub fn reauthenticate(body: &[u8]) -> Result<Option<String>, ProtocolError> {
     struct Raw {
         message: Option<String>,
     }
-    let r: Raw = parse_json("/iserver/reauthenticate", body)?;
+    let r: Raw = parse_json(
+        Endpoint::Reauthenticate(ReauthenticateMethod::Post).name(),
+        body,
+    )?;
     Ok(r.message)
 }
 
@@ -279,7 +338,7 @@ pub fn reauthenticate(body: &[u8]) -> Result<Option<String>, ProtocolError> {
 /// [`ProtocolError::MissingField`] when `diffie_hellman_response` or
 /// `live_session_token_signature` is absent, otherwise as [`auth_status`].
 pub fn live_session_token(body: &[u8]) -> Result<LstResponse, ProtocolError> {
-    const EP: &str = "POST /oauth/live_session_token";
+    const EP: &str = Endpoint::LiveSessionToken.name();
     #[derive(Deserialize)]
     struct Raw {
         diffie_hellman_response: Option<String>,
@@ -333,18 +392,18 @@ mod tests {
     #[test]
     fn status_documented_bodies() {
         let s = auth_status(
-            "x",
             br#"{"authenticated":false,"competing":false,"connected":false,"MAC":"98:B2:C3:45:DE:F6"}"#,
         )
         .unwrap();
         assert_eq!(s.authenticated, Some(false));
         assert_eq!(s.mac.as_deref(), Some("98:B2:C3:45:DE:F6"));
-        let s = auth_status("x", br#"{"authenticated":true,"connected":true,"competing":false,"established":true,"serverInfo":{"serverName":"JifN19053","serverVersion":"Build 10.25.0p"},"new":1}"#).unwrap();
+        let s = auth_status(br#"{"authenticated":true,"connected":true,"competing":false,"established":true,"serverInfo":{"serverName":"JifN19053","serverVersion":"Build 10.25.0p"},"new":1}"#).unwrap();
         assert_eq!(
             s.server_info.unwrap().server_name.as_deref(),
             Some("JifN19053")
         );
-        assert!(auth_status("x", b"[]").is_err());
+        assert!(auth_status(b"[]").is_err());
+        assert!(ssodh_init(b"[]").is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::{AuthStatus, IbkrOutcome, IbkrState, TickleInfo, ValidateInfo};
+use super::{AuthStatus, IbkrOutcome, IbkrState, Pacing, TickleInfo, ValidateInfo};
 use crate::machine::Clipped;
 
 /// ```
@@ -40,10 +40,10 @@ impl fmt::Display for IbkrState {
 /// (`not authenticated, connected, not competing`) and its message, if any.
 ///
 /// ```
-/// use broker_session::ibkr::decode::auth_status;
-/// let s = auth_status("x", br#"{"authenticated":true,"connected":true,"competing":false}"#).unwrap();
+/// use broker_session::ibkr::responses::auth_status;
+/// let s = auth_status(br#"{"authenticated":true,"connected":true,"competing":false}"#).unwrap();
 /// assert_eq!(s.to_string(), "ready");
-/// let s = auth_status("x", br#"{"authenticated":false,"connected":true,"competing":false,"message":"timed out"}"#).unwrap();
+/// let s = auth_status(br#"{"authenticated":false,"connected":true,"competing":false,"message":"timed out"}"#).unwrap();
 /// assert_eq!(s.to_string(), "not authenticated, connected, not competing: \"timed out\"");
 /// ```
 impl fmt::Display for AuthStatus {
@@ -84,11 +84,12 @@ fn flags(f: &mut fmt::Formatter<'_>, s: &AuthStatus) -> fmt::Result {
     Ok(())
 }
 
-/// At most 100 characters: when the SSO session expires, the brokerage session's
-/// state and the `hmds` error when set. The session id is never shown.
+/// At most 120 characters: when the SSO session expires, the brokerage session's
+/// state, the `hmds` error when set, and how long pacing held the tickle back when
+/// it did (`, paced 0.4 s`). The session id is never shown.
 ///
 /// ```
-/// use broker_session::ibkr::decode::{tickle, TickleResponse};
+/// use broker_session::ibkr::responses::{tickle, TickleResponse};
 /// let body = br#"{"session":"0123456789abcdef","ssoExpires":570000,"collission":false,
 ///   "userId":1,"iserver":{"authStatus":{"authenticated":true,"connected":true,"competing":false}}}"#;
 /// let TickleResponse::Ok(t) = tickle(body).unwrap() else { panic!() };
@@ -113,14 +114,52 @@ impl fmt::Display for TickleInfo {
         if let Some(e) = self.hmds_error.as_deref().filter(|e| !e.trim().is_empty()) {
             write!(f, ", hmds: {}", Clipped(e, 12))?;
         }
-        Ok(())
+        paced_suffix(f, self.pacing)
     }
 }
 
-/// `SSO valid (paper), expires in 570 s`, or `SSO not valid`.
+/// `, paced 0.4 s` when pacing held the request back; nothing otherwise.
+fn paced_suffix(f: &mut fmt::Formatter<'_>, p: Pacing) -> fmt::Result {
+    match p.delayed_by {
+        Some(d) => write!(f, ", paced {}", Secs(d)),
+        None => Ok(()),
+    }
+}
+
+/// A delay in seconds with one decimal, capped (`> 99999 s`).
+struct Secs(std::time::Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenths = self.0.as_millis() / 100;
+        if tenths > 999_990 {
+            f.write_str("> 99999 s")
+        } else {
+            write!(f, "{}.{} s", tenths / 10, tenths % 10)
+        }
+    }
+}
+
+/// `sent at once`, or `held 59.6 s by pacing`.
 ///
 /// ```
-/// use broker_session::ibkr::decode::validate;
+/// use broker_session::ibkr::Pacing;
+/// assert_eq!(Pacing::default().to_string(), "sent at once");
+/// ```
+impl fmt::Display for Pacing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.delayed_by {
+            Some(d) => write!(f, "held {} by pacing", Secs(d)),
+            None => f.write_str("sent at once"),
+        }
+    }
+}
+
+/// `SSO valid (paper), expires in 570 s`, or `SSO not valid`; with `, paced 59.6 s`
+/// when pacing held the validate back.
+///
+/// ```
+/// use broker_session::ibkr::responses::validate;
 /// let v = validate(br#"{"RESULT":true,"USER_NAME":"someone","LOGIN_TYPE":2,"EXPIRES":570000}"#).unwrap();
 /// assert_eq!(v.to_string(), "SSO valid (paper), expires in 570 s");
 /// ```
@@ -139,7 +178,7 @@ impl fmt::Display for ValidateInfo {
         if let Some(ms) = self.expires {
             write!(f, ", expires in {} s", ms / 1000)?;
         }
-        Ok(())
+        paced_suffix(f, self.pacing)
     }
 }
 
@@ -189,9 +228,13 @@ mod tests {
                 ..status(Some(false), Some(false), Some(true))
             }),
             hmds_error: Some("no bridge ".repeat(50)),
+            pacing: Pacing {
+                delayed_by: Some(std::time::Duration::MAX),
+            },
         };
         let s = t.to_string();
-        assert!(s.chars().count() <= 100, "{} chars: {s}", s.chars().count());
+        assert!(s.chars().count() <= 120, "{} chars: {s}", s.chars().count());
+        assert!(s.ends_with(", paced > 99999 s"), "{s}");
         assert!(!s.contains("deadbeef"), "{s}");
         assert!(
             s.contains("not authenticated, not connected, competing"),

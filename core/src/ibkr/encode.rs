@@ -10,6 +10,7 @@ use rsa::PrivateKey;
 use zeroize::Zeroizing;
 
 use super::config::{OAuthConfig, QuerySigning};
+use super::endpoint::Endpoint;
 use super::oauth::base_string::{authorization_header, base_string, query_params};
 use super::oauth::dh::{DhGroup, DhSecret};
 use super::oauth::sign::{
@@ -82,17 +83,18 @@ impl Base {
     }
 }
 
-/// A session-management request: `Accept`, JSON `Content-Type` when there is a body,
-/// and `Content-Length` on every POST (IBKR's CDN answers 411 without it).
+/// A session request to `endpoint` (its method and path): `Accept`, JSON
+/// `Content-Type` when there is a body, and `Content-Length` on every POST (IBKR's CDN
+/// answers 411 without it).
 pub(crate) fn request(
     base: &Base,
-    method: http::Method,
-    path: &str,
+    endpoint: Endpoint,
     body: Option<Vec<u8>>,
 ) -> Result<http::Request<Vec<u8>>, Error> {
+    let method = endpoint.method();
     let mut b = http::Request::builder()
         .method(method.clone())
-        .uri(format!("{}{path}", base.url))
+        .uri(format!("{}{}", base.url, endpoint.path()))
         .header(http::header::ACCEPT, "application/json");
     let body = match body {
         Some(b2) => {
@@ -112,7 +114,8 @@ pub(crate) fn request(
     })
 }
 
-/// `{"publish":true,"compete":<compete>}`: IBKR answers 500 when `publish` is false.
+/// The body of [`Endpoint::SsodhInit`]: `{"publish":true,"compete":<compete>}`. IBKR
+/// answers 500 when `publish` is false.
 pub fn ssodh_init_body(compete: bool) -> Vec<u8> {
     format!("{{\"publish\":true,\"compete\":{compete}}}").into_bytes()
 }
@@ -199,8 +202,8 @@ impl Signer {
     ) -> Result<(http::Request<Vec<u8>>, DhSecret), Error> {
         let secret = DhSecret::random(rng);
         let challenge = self.group.challenge(&secret);
-        let path = "/oauth/live_session_token";
-        let url = format!("{}{path}", base.url);
+        let endpoint = Endpoint::LiveSessionToken;
+        let url = format!("{}{}", base.url, endpoint.path());
         let mut params = self.common_params(rng, "RSA-SHA256", now);
         params.push(("diffie_hellman_challenge".to_owned(), challenge));
         let prepend_hex = Zeroizing::new(hex_encode(self.prepend.expose_secret()));
@@ -208,7 +211,7 @@ impl Signer {
         let sig = rsa_sha256_signature(&self.signature_key, rng, &base_str)?;
         params.push(("oauth_signature".to_owned(), percent::encode(&sig)));
         let header = authorization_header(&self.realm, &params);
-        let mut req = request(base, http::Method::POST, path, None)?;
+        let mut req = request(base, endpoint, None)?;
         set_authorization(&mut req, &header)?;
         Ok((req, secret))
     }
@@ -464,15 +467,11 @@ mod tests {
     #[test]
     fn post_requests_carry_content_length() {
         let b = Base::parse("https://localhost:5000/v1/api").unwrap();
-        let r = request(&b, http::Method::POST, "/tickle", None).unwrap();
+        let r = request(&b, Endpoint::Tickle, None).unwrap();
+        assert_eq!(r.method(), http::Method::POST);
+        assert_eq!(r.uri(), "https://localhost:5000/v1/api/tickle");
         assert_eq!(r.headers()["content-length"], "0");
-        let r = request(
-            &b,
-            http::Method::POST,
-            "/iserver/auth/ssodh/init",
-            Some(ssodh_init_body(true)),
-        )
-        .unwrap();
+        let r = request(&b, Endpoint::SsodhInit, Some(ssodh_init_body(true))).unwrap();
         assert_eq!(r.body(), br#"{"publish":true,"compete":true}"#);
         assert_eq!(r.headers()["content-length"], "31");
     }

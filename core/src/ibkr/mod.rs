@@ -14,10 +14,13 @@
 //!   (its own, and yours through [`Machine::authorize`](crate::Machine::authorize))
 //!   with HMAC-SHA256.
 //!
-//! Then both: `/iserver/auth/status` classified ([`status::SessionClass`]),
+//! Then both: `/iserver/auth/status` judged ([`SessionClass`]),
 //! `ssodh/init` with bounded attempts and status polling until ready, a keep-alive
-//! `/tickle` on a timer, `reauthenticate`, `/sso/validate`, `/logout`, and pacing
-//! (tickle ≥ 1 s apart, validate ≥ 60 s apart, 429 → back-off).
+//! `/tickle` on a timer, `reauthenticate`, `/sso/validate`, `/logout`, and pacing:
+//! tickles at least [`IbkrConfig::tickle_min_interval`] apart (default 1 s) and
+//! validates at least [`IbkrConfig::validate_min_interval`] apart (default 60 s),
+//! IBKR's limits; a call asked for sooner waits for its slot, and its answer says
+//! so ([`Pacing`]). A 429 starts a back-off.
 //!
 //! What goes wrong, and how it is reported:
 //!
@@ -53,22 +56,42 @@
 //! # let _ = op;
 //! ```
 
-pub mod config;
-pub mod decode;
+mod config;
+mod decode;
 mod display;
-pub mod encode;
+mod encode;
+mod endpoint;
 mod env;
 mod machine;
 pub mod oauth;
+mod policy;
 mod readiness;
-pub mod status;
 
 use std::time::Instant;
 
-pub use config::{IbkrAuth, IbkrConfig, OAuthConfig, QuerySigning, ReauthenticateMethod};
-pub use decode::{AuthStatus, TickleInfo, ValidateInfo};
+pub use config::{
+    GATEWAY_BASE_URL, IbkrAuth, IbkrConfig, OAUTH_BASE_URL, OAuthConfig, QuerySigning,
+    ReauthenticateMethod,
+};
+pub use decode::{AuthStatus, Pacing, TickleInfo, ValidateInfo};
+pub use endpoint::Endpoint;
 pub use machine::IbkrSession;
-pub use status::SessionClass;
+pub use policy::{SessionClass, is_no_bridge, is_no_session, is_sso_redirect, session_class};
+
+/// Pure request builders for IBKR's session endpoints (for tests, fuzzing and custom
+/// drivers; the machine uses them itself).
+pub mod requests {
+    pub use super::encode::ssodh_init_body;
+}
+
+/// Pure response parsers for IBKR's session endpoints (for tests and fuzzing).
+pub mod responses {
+    pub use super::decode::{
+        AuthStatus, LstResponse, Pacing, ServerInfo, TickleInfo, TickleResponse, ValidateInfo,
+        auth_status, error_text, live_session_token, logout, reauthenticate, ssodh_init, tickle,
+        validate,
+    };
+}
 
 /// What the user can ask an [`IbkrSession`] to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,13 +108,17 @@ pub enum IbkrIntent {
         /// Take over a brokerage session held elsewhere; `None` uses the config.
         compete: Option<bool>,
     },
-    /// `POST /tickle` now (the keep-alive tickles by itself).
+    /// `POST /tickle` now (the keep-alive tickles by itself). Paced: sent no sooner
+    /// than [`IbkrConfig::tickle_min_interval`] (default 1 s) after the session's
+    /// previous tickle; [`TickleInfo::pacing`] says whether it waited.
     Tickle,
     /// `/iserver/reauthenticate` (deprecated by IBKR, asynchronous), then poll the
     /// status until ready.
     Reauthenticate,
-    /// `GET /sso/validate` (gateway only; at most once a minute: an early intent is
-    /// delayed, not sent early).
+    /// `GET /sso/validate` (gateway only). Paced: sent no sooner than
+    /// [`IbkrConfig::validate_min_interval`] (default 60 s, IBKR's limit) after the
+    /// session's previous validate, so a second validate within the minute waits for
+    /// the rest of it; [`ValidateInfo::pacing`] says whether and how long it waited.
     Validate,
     /// OAuth only: obtain a new live session token now, then make sure the brokerage
     /// session is ready.

@@ -2,7 +2,7 @@
 //! `Option<bool>` fields.
 
 use super::AuthStatus;
-use super::status::{SessionClass, classify};
+use super::policy::{SessionClass, session_class};
 
 impl AuthStatus {
     /// Whether `/iserver` calls (trading, market data, accounts) work now: the
@@ -17,15 +17,15 @@ impl AuthStatus {
     /// [`IbkrState::Ready`](super::IbkrState::Ready).
     ///
     /// ```
-    /// use broker_session::ibkr::decode::auth_status;
-    /// let s = auth_status("x", br#"{"authenticated":true,"connected":true,"competing":false}"#).unwrap();
+    /// use broker_session::ibkr::responses::auth_status;
+    /// let s = auth_status(br#"{"authenticated":true,"connected":true,"competing":false}"#).unwrap();
     /// assert!(s.is_ready() && !s.is_competing());
     /// // Connected, but the brokerage session timed out: `ssodh/init` is needed.
-    /// let s = auth_status("x", br#"{"authenticated":false,"connected":true,"competing":false}"#).unwrap();
+    /// let s = auth_status(br#"{"authenticated":false,"connected":true,"competing":false}"#).unwrap();
     /// assert!(!s.is_ready());
     /// ```
     pub fn is_ready(&self) -> bool {
-        classify(self) == SessionClass::Ready
+        session_class(self) == SessionClass::Ready
     }
 
     /// Whether IBKR says another brokerage session for the same username is open
@@ -35,8 +35,8 @@ impl AuthStatus {
     /// not say.
     ///
     /// ```
-    /// use broker_session::ibkr::decode::auth_status;
-    /// let s = auth_status("x", br#"{"authenticated":true,"connected":true,"competing":true}"#).unwrap();
+    /// use broker_session::ibkr::responses::auth_status;
+    /// let s = auth_status(br#"{"authenticated":true,"connected":true,"competing":true}"#).unwrap();
     /// assert!(s.is_competing() && !s.is_ready());
     /// ```
     pub fn is_competing(&self) -> bool {

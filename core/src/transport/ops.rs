@@ -173,13 +173,13 @@ pub mod ibkr {
         /// Take the brokerage session over from another login (`Some(true)`), or not.
         pub compete: Option<bool>,
     }
-    /// `POST /tickle` now.
+    /// `POST /tickle` now, paced (see [`IbkrIntent::Tickle`]).
     #[derive(Clone, Copy, Debug)]
     pub struct Tickle;
     /// Reauthenticate, then poll the status until ready.
     #[derive(Clone, Copy, Debug)]
     pub struct Reauthenticate;
-    /// `GET /sso/validate` (gateway only).
+    /// `GET /sso/validate` (gateway only), paced (see [`IbkrIntent::Validate`]).
     #[derive(Clone, Copy, Debug)]
     pub struct Validate;
     /// OAuth only: obtain a new live session token now.
@@ -328,6 +328,13 @@ macro_rules! __broker_methods {
             }
 
             /// `POST /tickle` now.
+            ///
+            /// Paced: IBKR allows one tickle a second, so a tickle within
+            /// [`IbkrConfig::tickle_min_interval`]($crate::ibkr::IbkrConfig::tickle_min_interval)
+            /// (default 1 s) of this session's previous one, the keep-alive's included,
+            /// waits for its slot before it is sent. The answer is always fresh;
+            /// [`TickleInfo::pacing`]($crate::ibkr::TickleInfo::pacing) says whether
+            /// and how long it waited.
             pub $($async)? fn tickle(&self) -> Result<$crate::ibkr::TickleInfo, Error> {
                 self.call($crate::transport::ops::ibkr::Tickle)$(.$await)?
             }
@@ -338,6 +345,14 @@ macro_rules! __broker_methods {
             }
 
             /// `GET /sso/validate` (gateway only).
+            ///
+            /// Paced: IBKR allows one validate a minute, so a validate within
+            /// [`IbkrConfig::validate_min_interval`]($crate::ibkr::IbkrConfig::validate_min_interval)
+            /// (default 60 s) of this session's previous one waits for the rest of
+            /// that interval before it is sent: two calls in a row take a minute. The
+            /// answer is always fresh;
+            /// [`ValidateInfo::pacing`]($crate::ibkr::ValidateInfo::pacing) says
+            /// whether and how long it waited.
             pub $($async)? fn validate(&self) -> Result<$crate::ibkr::ValidateInfo, Error> {
                 self.call($crate::transport::ops::ibkr::Validate)$(.$await)?
             }

@@ -3,13 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use super::{IbkrSession, Kind, Lst, Step};
+use super::ops::{Kind, Step};
+use super::{IbkrSession, Lst};
 use crate::error::{ActionRequired, ApiError, CryptoError, Error, ProtocolError};
 use crate::ibkr::config::IbkrAuth;
-use crate::ibkr::decode::{self, AuthStatus, TickleResponse};
+use crate::ibkr::decode::{self, AuthStatus, Pacing, TickleResponse};
+use crate::ibkr::endpoint::Endpoint;
 use crate::ibkr::oauth::dh::DhSecret;
 use crate::ibkr::oauth::lst::{live_session_token, validate_live_session_token};
-use crate::ibkr::status::{self, SessionClass};
+use crate::ibkr::policy::{self, SessionClass};
 use crate::ibkr::{IbkrOutcome, IbkrState};
 use crate::machine::{Event, FailureKind, Output};
 use crate::secret::LiveSessionToken;
@@ -34,11 +36,11 @@ impl IbkrSession {
         now: Now,
     ) {
         let st = resp.status();
-        let ep = step.endpoint();
+        let ep = self.endpoint(step).name();
         if step == Step::Lst {
             return self.on_lst(resp, dh, now);
         }
-        if step == Step::Logout && status::is_no_session(resp) {
+        if step == Step::Logout && policy::is_no_session(resp) {
             // No session left to end: logged out all the same.
             self.finish(Ok(IbkrOutcome::LoggedOut { status: None }));
             return self.after_logout();
@@ -56,7 +58,7 @@ impl IbkrSession {
             }
             return;
         }
-        if status::is_no_session(resp) {
+        if policy::is_no_session(resp) {
             return self.on_no_session(step, resp);
         }
         if st.is_redirection() {
@@ -80,17 +82,24 @@ impl IbkrSession {
         }
         let body = resp.body().as_slice();
         match step {
-            Step::Status | Step::Poll | Step::Init => match decode::auth_status(ep, body) {
-                Ok(s) => self.on_status(step, s, now),
-                Err(e) => self.on_failure(step, e.into(), None, now),
-            },
+            Step::Status | Step::Poll | Step::Init => {
+                let status = if step == Step::Init {
+                    decode::ssodh_init(body)
+                } else {
+                    decode::auth_status(body)
+                };
+                match status {
+                    Ok(s) => self.on_status(step, s, now),
+                    Err(e) => self.on_failure(step, e.into(), None, now),
+                }
+            }
             Step::Tickle => match decode::tickle(body) {
                 Ok(TickleResponse::Ok(info)) => {
                     let keepalive = matches!(
                         self.current.as_ref().map(|o| o.kind),
                         Some(Kind::Tickle { keepalive: true })
                     );
-                    let class = info.auth_status.as_ref().map(status::classify);
+                    let class = info.auth_status.as_ref().map(policy::session_class);
                     if let Some(c) = class {
                         self.apply_class(c);
                     }
@@ -99,7 +108,9 @@ impl IbkrSession {
                         // alive, so it did not schedule the next one: do it now.
                         self.start_keepalive(now);
                     }
-                    self.finish(Ok(IbkrOutcome::Tickled(*info)));
+                    let mut info = *info;
+                    info.pacing = self.pacing();
+                    self.finish(Ok(IbkrOutcome::Tickled(info)));
                     if keepalive && self.cfg.auto_init {
                         let recover = match class {
                             Some(SessionClass::NotAuthenticated | SessionClass::NotConnected) => {
@@ -134,7 +145,10 @@ impl IbkrSession {
                 self.finish_preflight();
             }
             Step::Validate => match decode::validate(body) {
-                Ok(v) => self.finish(Ok(IbkrOutcome::Validated(v))),
+                Ok(mut v) => {
+                    v.pacing = self.pacing();
+                    self.finish(Ok(IbkrOutcome::Validated(v)));
+                }
                 Err(e) => self.finish(Err(e.into())),
             },
             Step::Logout => {
@@ -143,6 +157,13 @@ impl IbkrSession {
                 self.after_logout();
             }
             Step::Lst => {}
+        }
+    }
+
+    /// How pacing treated the current operation's request.
+    fn pacing(&self) -> Pacing {
+        Pacing {
+            delayed_by: self.current.as_ref().and_then(|o| o.delayed_by),
         }
     }
 
@@ -206,7 +227,7 @@ impl IbkrSession {
         if !st.is_success() {
             let err = if st.is_redirection() {
                 Error::Protocol(ProtocolError::Redirect {
-                    endpoint: Step::Lst.endpoint(),
+                    endpoint: Endpoint::LiveSessionToken.name(),
                     status: st.as_u16(),
                 })
             } else if st.is_server_error() {
@@ -234,7 +255,11 @@ impl IbkrSession {
                 }
                 if let Some(op) = self.current.as_mut() {
                     op.lst_renewed = true;
-                    op.step = op.resume.take().unwrap_or(Step::Status);
+                    // The plan goes on with the step the token was obtained for (every
+                    // plan holds one); a status check if none were left.
+                    if op.steps.is_empty() {
+                        op.steps.push_back(Step::Status);
+                    }
                     op.wake = None;
                 }
             }
@@ -265,7 +290,7 @@ impl IbkrSession {
         };
         let invalid = |reason| {
             Error::Protocol(ProtocolError::InvalidField {
-                endpoint: Step::Lst.endpoint(),
+                endpoint: Endpoint::LiveSessionToken.name(),
                 field: "live_session_token_expiration",
                 reason,
             })
@@ -358,12 +383,13 @@ impl IbkrSession {
             } else {
                 self.lst = None;
                 if let Some(op) = self.current.as_mut() {
-                    op.resume = Some(if step == Step::Poll {
+                    // The step again (a poll as a plain status), a new token first.
+                    op.steps.push_front(if step == Step::Poll {
                         Step::Status
                     } else {
                         step
                     });
-                    op.step = Step::Lst;
+                    op.steps.push_front(Step::Lst);
                     op.wake = None;
                 }
             }
@@ -386,7 +412,7 @@ impl IbkrSession {
     }
 
     pub(super) fn on_status(&mut self, step: Step, s: AuthStatus, now: Now) {
-        let class = status::classify(&s);
+        let class = policy::session_class(&s);
         self.apply_class(class);
         if self.session_alive() {
             self.start_keepalive(now);
@@ -400,7 +426,7 @@ impl IbkrSession {
             if self.cfg.preflight_accounts && !self.preflight_done {
                 if let Some(op) = self.current.as_mut() {
                     op.ready = Some(s);
-                    op.step = Step::Accounts;
+                    op.steps.push_front(Step::Accounts);
                     op.wake = None;
                 }
                 return;
@@ -414,7 +440,7 @@ impl IbkrSession {
                 let init = self.cfg.auto_init && (class != SessionClass::Competing || compete);
                 if init {
                     if let Some(op) = self.current.as_mut() {
-                        op.step = Step::Init;
+                        op.steps.push_front(Step::Init);
                     }
                 } else {
                     self.finish(Ok(IbkrOutcome::Status(s)));
@@ -428,7 +454,7 @@ impl IbkrSession {
         let interval = self.cfg.status_poll_interval;
         let deadline = now.after(self.cfg.ready_timeout);
         if let Some(op) = self.current.as_mut() {
-            op.step = Step::Poll;
+            op.steps.push_front(Step::Poll);
             op.poll_deadline = Some(deadline);
             op.wake = Some(now.after(interval));
         }
@@ -448,14 +474,14 @@ impl IbkrSession {
             }
         };
         if now.after(interval) > deadline {
-            let why = if status::classify(&s) == SessionClass::Competing {
+            let why = if policy::session_class(&s) == SessionClass::Competing {
                 "brokerage session still competing at the ready deadline"
             } else {
                 "brokerage session not ready before the deadline"
             };
             return self.finish(Err(Error::Unavailable(ApiError::new(200, Some(why)))));
         }
-        op.step = Step::Poll;
+        op.steps.push_front(Step::Poll);
         op.wake = Some(now.after(interval));
     }
 
@@ -492,6 +518,7 @@ impl IbkrSession {
             Step::Init => {
                 op.init_attempts += 1;
                 if op.init_attempts < attempts {
+                    op.steps.push_front(Step::Init);
                     let factor = 1u32 << (op.init_attempts - 1).min(16);
                     op.wake = Some(now.after(backoff.saturating_mul(factor)));
                 } else {
@@ -500,6 +527,7 @@ impl IbkrSession {
             }
             Step::Poll => {
                 if op.poll_deadline.is_some_and(|d| now.after(interval) <= d) {
+                    op.steps.push_front(Step::Poll);
                     op.wake = Some(now.after(interval));
                 } else {
                     self.finish(Err(err));

@@ -1,19 +1,20 @@
-//! The IBKR session machine: transitions only. Requests are built in `encode`,
-//! answers parsed in `decode` and classified in `status`.
+//! The IBKR session machine: the session struct, its constructor and getters, the
+//! state seen from outside, and the [`Machine`] impl. Operations live in `ops.rs`,
+//! what each answer does in `answers.rs`; requests are built in `encode`, answers
+//! parsed in `decode` and judged with `policy`.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use super::config::{IbkrAuth, IbkrConfig, ReauthenticateMethod};
-use super::encode::{self, Base, Signer};
-use super::oauth::dh::DhSecret;
-use super::status;
+use super::config::{IbkrAuth, IbkrConfig};
+use super::encode::{Base, Signer};
+use super::policy;
 use super::{IbkrIntent, IbkrOutcome, IbkrState};
-use crate::error::{ActionRequired, Error, ProtocolError, UsageError};
+use crate::error::{ActionRequired, Error, UsageError};
 use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
-    RngSeed, Transmit, TransportFailure,
+    RngSeed, TransportFailure,
 };
 use crate::rng::{SessionRng, session_rng};
 use crate::secret::LiveSessionToken;
@@ -22,99 +23,22 @@ use crate::wire::Ids;
 
 /// Intents beyond this many queued are refused with [`UsageError::QueueFull`].
 const MAX_QUEUE: usize = 64;
-/// IBKR's limit for `/tickle`.
-const TICKLE_MIN_GAP: Duration = Duration::from_secs(1);
-/// IBKR's limit for `/sso/validate`.
-const VALIDATE_MIN_GAP: Duration = Duration::from_secs(60);
+/// The shortest keep-alive interval honoured, whatever the pacing setting.
+const MIN_TICKLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Live session token requests abandoned at the machine's deadline that are still
 /// remembered, so that a late credentials rejection closes the session.
-const ABANDONED_LST_MEMORY: usize = 8;
+pub(super) const ABANDONED_LST_MEMORY: usize = 8;
 /// The largest [`OAuthConfig::lst_refresh_margin`](super::OAuthConfig::lst_refresh_margin)
 /// honoured: IBKR's tokens live 24 hours.
 pub(super) const MAX_LST_REFRESH_MARGIN: Duration = Duration::from_secs(12 * 3600);
 
 mod answers;
+mod ops;
 
 use answers::api_error;
+use ops::{InFlight, Kind, Op};
 
 type Out = Output<IbkrState, IbkrOutcome>;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
-    Lst,
-    Status,
-    Init,
-    Poll,
-    Tickle,
-    Reauth,
-    Validate,
-    Logout,
-    Accounts,
-}
-
-impl Step {
-    fn endpoint(self) -> &'static str {
-        match self {
-            Self::Lst => "POST /oauth/live_session_token",
-            Self::Status | Self::Poll => "POST /iserver/auth/status",
-            Self::Init => "POST /iserver/auth/ssodh/init",
-            Self::Tickle => "POST /tickle",
-            Self::Reauth => "/iserver/reauthenticate",
-            Self::Validate => "GET /sso/validate",
-            Self::Logout => "POST /logout",
-            Self::Accounts => "GET /iserver/accounts",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// Connect, RenewToken, and the machine's recoveries and proactive renewals.
-    Connect {
-        force_lst: bool,
-    },
-    CheckStatus,
-    Init,
-    Tickle {
-        keepalive: bool,
-    },
-    Reauth,
-    Validate,
-    Logout,
-}
-
-#[derive(Debug)]
-struct Op {
-    id: OpId,
-    kind: Kind,
-    compete: bool,
-    step: Step,
-    /// Step to return to after a live session token renewed mid-operation.
-    resume: Option<Step>,
-    wake: Option<Instant>,
-    init_attempts: u32,
-    poll_deadline: Option<Instant>,
-    /// A live session token was obtained by this operation: a second 401 is final.
-    lst_renewed: bool,
-    /// Started by `observe` after a 401 on an application request.
-    reactive: bool,
-    /// Submitted by the user (not started by the machine itself).
-    by_user: bool,
-    /// Live session token requests this operation sent: never more than one.
-    lst_requests: u32,
-    /// A logout was submitted while this operation's request was in flight: it
-    /// completes as cancelled when the answer (or the deadline) comes.
-    cancelled: bool,
-    /// The ready status, kept while the accounts preflight runs.
-    ready: Option<super::decode::AuthStatus>,
-}
-
-struct InFlight {
-    id: RequestId,
-    step: Step,
-    deadline: Instant,
-    dh: Option<DhSecret>,
-}
 
 struct Lst {
     token: LiveSessionToken,
@@ -193,14 +117,16 @@ impl IbkrSession {
     /// nonces, RSA blinding). It is an argument, not a configuration field, so that no
     /// session is built on a default seed by accident: two sessions on one seed would
     /// send the same DH challenge and nonces. The transports fill it from the operating
-    /// system; tests pass a fixed seed ([`RngSeed::from_u64`]). `now` is the creation
-    /// time (reserved: today nothing is scheduled at creation).
+    /// system; tests pass a fixed seed ([`RngSeed::from_u64`]). `_now`, the creation
+    /// time, is not used: nothing is scheduled at creation. It is part of the
+    /// signature so that every broker's session is built the same way,
+    /// `new(config, seed, now)`, and a session that one day schedules something at
+    /// creation needs no new constructor.
     ///
     /// # Errors
     /// [`Error::Crypto`] ([`CryptoError::InvalidKey`](crate::CryptoError::InvalidKey)) for a key or prime that does not
     /// parse, [`Error::Usage`] for a bad base URL.
-    pub fn new(config: IbkrConfig, seed: RngSeed, now: Now) -> Result<Self, Error> {
-        let _ = now;
+    pub fn new(config: IbkrConfig, seed: RngSeed, _now: Now) -> Result<Self, Error> {
         let base = Base::parse(&config.base_url)?;
         let mut rng = session_rng(&seed);
         let signer = match &config.auth {
@@ -210,11 +136,15 @@ impl IbkrSession {
         let mut cfg = config;
         // Bounded durations keep every `Instant + Duration` below overflow.
         let year = Duration::from_secs(365 * 24 * 3600);
-        cfg.tickle_interval = cfg.tickle_interval.clamp(TICKLE_MIN_GAP, year);
+        cfg.tickle_min_interval = cfg.tickle_min_interval.min(year);
+        cfg.validate_min_interval = cfg.validate_min_interval.min(year);
+        cfg.tickle_interval = cfg
+            .tickle_interval
+            .clamp(MIN_TICKLE_INTERVAL.max(cfg.tickle_min_interval), year);
         cfg.status_poll_interval = cfg
             .status_poll_interval
             .clamp(Duration::from_millis(100), year);
-        cfg.request_timeout = cfg.request_timeout.clamp(Duration::from_secs(1), year);
+        cfg.request_deadline = cfg.request_deadline.clamp(Duration::from_secs(1), year);
         cfg.ready_timeout = cfg.ready_timeout.min(year);
         cfg.init_backoff = cfg.init_backoff.min(year);
         cfg.throttle_backoff = cfg.throttle_backoff.min(year);
@@ -266,66 +196,6 @@ impl IbkrSession {
         self.next_tickle
     }
 
-    fn new_op(&mut self, kind: Kind, reactive: bool) -> Op {
-        let step = match kind {
-            Kind::Connect { .. } | Kind::CheckStatus => Step::Status,
-            Kind::Init => Step::Init,
-            Kind::Tickle { .. } => Step::Tickle,
-            Kind::Reauth => Step::Reauth,
-            Kind::Validate => Step::Validate,
-            Kind::Logout => Step::Logout,
-        };
-        let step = match kind {
-            Kind::Connect { force_lst: true } if self.signer.is_some() => Step::Lst,
-            _ => step,
-        };
-        Op {
-            id: self.ids.op(),
-            kind,
-            compete: self.cfg.compete,
-            step,
-            resume: None,
-            wake: None,
-            init_attempts: 0,
-            poll_deadline: None,
-            lst_renewed: false,
-            reactive,
-            by_user: false,
-            lst_requests: 0,
-            cancelled: false,
-            ready: None,
-        }
-    }
-
-    /// The operation currently obtaining a live session token, if any (running or
-    /// queued).
-    fn token_op(&self) -> Option<OpId> {
-        let running = self
-            .current
-            .as_ref()
-            .filter(|o| o.step == Step::Lst || matches!(o.kind, Kind::Connect { force_lst: true }));
-        running.map(|o| o.id).or_else(|| {
-            self.queue
-                .iter()
-                .find(|o| matches!(o.kind, Kind::Connect { force_lst: true }))
-                .map(|o| o.id)
-        })
-    }
-
-    /// Queues an operation the machine starts by itself. Callers check
-    /// [`Self::may_start_work`] first: after a logout the machine starts nothing.
-    fn machine_op(&mut self, kind: Kind, reactive: bool, front: bool) -> OpId {
-        debug_assert!(!self.logged_out, "machine operation after a logout");
-        let op = self.new_op(kind, reactive);
-        let id = op.id;
-        if front {
-            self.queue.push_front(op);
-        } else {
-            self.queue.push_back(op);
-        }
-        id
-    }
-
     fn set_state(&mut self, s: IbkrState) {
         if !matches!(s, IbkrState::Ready | IbkrState::BackingOff { .. }) {
             self.preflight_done = false;
@@ -372,72 +242,6 @@ impl IbkrSession {
         self.may_start_work() && self.lst_hold.is_none()
     }
 
-    /// A logout was submitted: every operation before it ends as cancelled (the one
-    /// whose request is in flight when its answer comes), and no timer starts anything
-    /// any more. Nothing but the logout leaves the machine until the user connects.
-    fn begin_logout(&mut self) {
-        self.logged_out = true;
-        self.next_tickle = None;
-        self.lst_refresh_at = None;
-        if matches!(self.state, IbkrState::BackingOff { .. }) {
-            // The back-off still paces the logout, but must not end in a live state.
-            self.before_backoff = Some(IbkrState::Disconnected);
-        }
-        while let Some(op) = self.queue.pop_front() {
-            self.complete(op, Err(Error::Cancelled));
-        }
-        if self.in_flight.is_some() {
-            if let Some(op) = self.current.as_mut() {
-                op.cancelled = true;
-            }
-        } else if self.current.is_some() {
-            self.finish(Err(Error::Cancelled));
-        }
-    }
-
-    /// Remembers a live session token request given up at the deadline.
-    fn abandon_lst(&mut self, id: RequestId) {
-        if self.abandoned_lst.len() >= ABANDONED_LST_MEMORY {
-            self.abandoned_lst.pop_front();
-        }
-        self.abandoned_lst.push_back(id);
-    }
-
-    fn complete(&mut self, op: Op, result: Result<IbkrOutcome, Error>) {
-        self.out
-            .push_back(Output::Event(Event::Completed { op: op.id, result }));
-    }
-
-    fn finish(&mut self, result: Result<IbkrOutcome, Error>) {
-        let connect_failed = result.is_err()
-            && matches!(
-                self.current.as_ref().map(|o| o.kind),
-                Some(Kind::Connect { .. })
-            );
-        if connect_failed
-            && matches!(
-                self.state,
-                IbkrState::Connecting | IbkrState::AcquiringToken
-            )
-        {
-            // Nothing established: do not stay "connecting" after giving up.
-            self.set_state(IbkrState::Disconnected);
-        }
-        if connect_failed
-            && matches!(
-                self.before_backoff,
-                Some(IbkrState::Connecting | IbkrState::AcquiringToken)
-            )
-        {
-            // Throttled while connecting: the back-off must not end in "connecting"
-            // with no operation left to finish it.
-            self.before_backoff = Some(IbkrState::Disconnected);
-        }
-        if let Some(op) = self.current.take() {
-            self.complete(op, result);
-        }
-    }
-
     /// The session will not send again: credentials rejected or keys wrong.
     fn close(&mut self, err: Error) {
         self.closed = Some(err.clone());
@@ -480,281 +284,6 @@ impl IbkrSession {
         self.lst
             .as_ref()
             .is_some_and(|l| l.expires_at.is_none_or(|e| e > now.mono))
-    }
-
-    // ---- driving ----------------------------------------------------------------
-
-    fn drive(&mut self, now: Now) {
-        for _ in 0..64 {
-            if !self.step_once(now) {
-                break;
-            }
-        }
-    }
-
-    /// One unit of progress; `false` when nothing more can happen at `now`.
-    fn step_once(&mut self, now: Now) -> bool {
-        if self.closed.is_some() {
-            return false;
-        }
-        // A request nobody answered in time fails, so the machine never hangs.
-        if let Some(f) = &self.in_flight {
-            if now.mono >= f.deadline {
-                let step = f.step;
-                if let Some(f) = self.in_flight.take() {
-                    if step == Step::Lst {
-                        self.abandon_lst(f.id);
-                    }
-                    let err = Error::Protocol(ProtocolError::NoResponse {
-                        endpoint: step.endpoint(),
-                    });
-                    if !self.cancel_if_logging_out(step, None) {
-                        self.on_failure(step, err, f.dh, now);
-                    }
-                }
-                return true;
-            }
-            return false;
-        }
-        if let Some(until) = self.backoff_until
-            && now.mono >= until
-        {
-            {
-                self.backoff_until = None;
-                let back = self
-                    .before_backoff
-                    .take()
-                    .unwrap_or(IbkrState::Disconnected);
-                let back = if self.logged_out {
-                    IbkrState::Disconnected
-                } else {
-                    back
-                };
-                self.set_state(back);
-                if self.session_alive() {
-                    self.next_tickle = None;
-                    self.start_keepalive(now);
-                }
-                return true;
-            }
-        }
-        // Timers that start machine operations.
-        if let Some(at) = self.lst_refresh_at
-            && now.mono >= at
-        {
-            {
-                self.lst_refresh_at = None;
-                if self.token_op().is_none() && self.may_renew_lst() {
-                    self.machine_op(Kind::Connect { force_lst: true }, false, false);
-                }
-                return true;
-            }
-        }
-        if let Some(at) = self.next_tickle
-            && now.mono >= at
-            && self.backoff_until.is_none()
-        {
-            {
-                self.next_tickle = None;
-                let already = self
-                    .queue
-                    .iter()
-                    .any(|o| o.kind == (Kind::Tickle { keepalive: true }));
-                if !already && self.may_start_work() {
-                    self.machine_op(Kind::Tickle { keepalive: true }, false, false);
-                }
-                return true;
-            }
-        }
-        if self.current.is_none() {
-            match self.queue.pop_front() {
-                Some(op) => {
-                    let user_connect = op.by_user && matches!(op.kind, Kind::Connect { .. });
-                    if user_connect {
-                        // The user's Connect (or RenewToken) is the only way back after a
-                        // logout, and the user's decision to try a token request again.
-                        self.logged_out = false;
-                        self.lst_hold = None;
-                    }
-                    let refused = self.logged_out && op.kind != Kind::Logout;
-                    self.current = Some(op);
-                    if refused {
-                        // After a logout only Connect brings the session back.
-                        self.finish(Err(Error::Usage(UsageError::NotLoggedIn)));
-                    }
-                    return true;
-                }
-                None => return false,
-            }
-        }
-        self.try_send(now)
-    }
-
-    fn try_send(&mut self, now: Now) -> bool {
-        if self.backoff_until.is_some_and(|u| u > now.mono) {
-            return false;
-        }
-        let Some(op) = self.current.as_ref() else {
-            return false;
-        };
-        if op.wake.is_some_and(|w| w > now.mono) {
-            return false;
-        }
-        let mut step = op.step;
-        // Pacing: an early tickle or validate waits for its slot.
-        let not_before = match step {
-            Step::Tickle => self.last_tickle.map(|t| deadline_after(t, TICKLE_MIN_GAP)),
-            Step::Validate => self
-                .last_validate
-                .map(|t| deadline_after(t, VALIDATE_MIN_GAP)),
-            _ => None,
-        };
-        if let Some(nb) = not_before.filter(|nb| *nb > now.mono) {
-            if let Some(op) = self.current.as_mut() {
-                op.wake = Some(nb);
-            }
-            return false;
-        }
-        // OAuth requests need a live session token: obtain one first.
-        if self.signer.is_some() && step != Step::Lst && !self.lst_valid(now) {
-            if step == Step::Logout {
-                self.finish(Ok(IbkrOutcome::LoggedOut { status: None }));
-                self.after_logout();
-                return true;
-            }
-            if let Some(op) = self.current.as_mut() {
-                op.resume = Some(step);
-                op.step = Step::Lst;
-            }
-            step = Step::Lst;
-        }
-        if step == Step::Lst
-            && let Some(refusal) = self.lst_refusal(now)
-        {
-            self.finish(Err(refusal));
-            return true;
-        }
-        if self.logged_out && step != Step::Logout {
-            // Belt and braces: after a logout nothing but the logout is sent.
-            self.finish(Err(Error::Cancelled));
-            return true;
-        }
-        match self.build(step, now) {
-            Ok((request, dh)) => {
-                let id = self.ids.request();
-                match step {
-                    Step::Tickle => {
-                        self.last_tickle = Some(now.mono);
-                        if self.session_alive() && !self.logged_out {
-                            self.next_tickle = Some(now.after(self.cfg.tickle_interval));
-                        }
-                    }
-                    Step::Validate => self.last_validate = Some(now.mono),
-                    Step::Lst => {
-                        if let Some(op) = self.current.as_mut() {
-                            op.lst_requests += 1;
-                        }
-                        if !self.lst_valid(now) {
-                            self.set_state(IbkrState::AcquiringToken);
-                        }
-                    }
-                    Step::Status
-                        if matches!(
-                            self.state,
-                            IbkrState::Disconnected
-                                | IbkrState::BrowserLoginRequired
-                                | IbkrState::AcquiringToken
-                        ) && matches!(
-                            self.current.as_ref().map(|o| o.kind),
-                            Some(Kind::Connect { .. })
-                        ) =>
-                    {
-                        self.set_state(IbkrState::Connecting);
-                    }
-                    _ => {}
-                }
-                let deadline = now.after(self.cfg.request_timeout);
-                self.in_flight = Some(InFlight {
-                    id,
-                    step,
-                    deadline,
-                    dh,
-                });
-                self.out.push_back(Output::Send(Transmit {
-                    id,
-                    request,
-                    deadline,
-                }));
-            }
-            Err(e) => self.finish(Err(e)),
-        }
-        true
-    }
-
-    /// Why the current operation may not ask for a live session token now, if it may
-    /// not: it already asked once (an operation never asks twice, whatever the
-    /// answers), or an earlier request's fate is unknown and the operation is not the
-    /// user's Connect or RenewToken.
-    fn lst_refusal(&mut self, now: Now) -> Option<Error> {
-        let op = self.current.as_ref()?;
-        if op.lst_requests >= 1 {
-            return Some(Error::Protocol(ProtocolError::InvalidField {
-                endpoint: Step::Lst.endpoint(),
-                field: "live_session_token_expiration",
-                reason: "the token this operation obtained expired before it could be used; not asking again",
-            }));
-        }
-        let hold = self.lst_hold.clone()?;
-        if self.session_alive() && !self.lst_valid(now) {
-            self.lst = None;
-            self.lst_refresh_at = None;
-            self.set_state(IbkrState::Disconnected);
-            self.out.push_back(Output::Event(Event::SessionLost {
-                reason: hold.clone(),
-            }));
-        }
-        Some(hold)
-    }
-
-    fn build(
-        &mut self,
-        step: Step,
-        now: Now,
-    ) -> Result<(http::Request<Vec<u8>>, Option<DhSecret>), Error> {
-        use http::Method;
-        if step == Step::Lst {
-            let signer = self
-                .signer
-                .as_ref()
-                .ok_or(Error::Usage(UsageError::Unsupported {
-                    intent: "renew token",
-                    reason: "only OAuth sessions have a live session token",
-                }))?;
-            let (req, dh) = signer.lst_request(&self.base, &mut self.rng, now)?;
-            return Ok((req, Some(dh)));
-        }
-        let compete = self.current.as_ref().is_some_and(|o| o.compete);
-        let (method, path, body) = match step {
-            Step::Status | Step::Poll => (Method::POST, "/iserver/auth/status", None),
-            Step::Init => (
-                Method::POST,
-                "/iserver/auth/ssodh/init",
-                Some(encode::ssodh_init_body(compete)),
-            ),
-            Step::Tickle => (Method::POST, "/tickle", None),
-            Step::Reauth => match self.cfg.reauthenticate_method {
-                ReauthenticateMethod::Get => (Method::GET, "/iserver/reauthenticate", None),
-                _ => (Method::POST, "/iserver/reauthenticate", None),
-            },
-            Step::Validate => (Method::GET, "/sso/validate", None),
-            Step::Accounts => (Method::GET, "/iserver/accounts", None),
-            Step::Logout | Step::Lst => (Method::POST, "/logout", None),
-        };
-        let mut req = encode::request(&self.base, method, path, body)?;
-        if let (Some(signer), Some(lst)) = (&self.signer, &self.lst) {
-            signer.sign(&mut req, &lst.token, &mut self.rng, now)?;
-        }
-        Ok((req, None))
     }
 }
 
@@ -945,11 +474,11 @@ impl Machine for IbkrSession {
             let until = self.enter_backoff(now);
             return Observation::BackOff { until };
         }
-        if self.logged_out && (status::is_no_session(response) || status::is_no_bridge(response)) {
+        if self.logged_out && (policy::is_no_session(response) || policy::is_no_bridge(response)) {
             // Logged out by the user: nothing is recovered, nothing changes.
             return Observation::Lost(Error::Usage(UsageError::NotLoggedIn));
         }
-        if status::is_no_session(response) {
+        if policy::is_no_session(response) {
             if self.signer.is_none() {
                 self.lose_to_browser_login();
                 return Observation::Lost(Error::ActionRequired(ActionRequired::BrowserLogin));
@@ -981,7 +510,7 @@ impl Machine for IbkrSession {
             let op = self.machine_op(Kind::Connect { force_lst: true }, true, true);
             return Observation::Recover { op };
         }
-        if status::is_no_bridge(response) && self.closed.is_none() {
+        if policy::is_no_bridge(response) && self.closed.is_none() {
             if let Some(op) = self
                 .current
                 .iter()
@@ -1005,5 +534,55 @@ impl Machine for IbkrSession {
 
     fn base_url(&self) -> Option<&str> {
         Some(&self.base.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn sent(s: &mut IbkrSession, now: Now) -> RequestId {
+        loop {
+            match s.poll_output(now) {
+                Output::Send(t) => return t.id,
+                Output::Event(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// One answer can release more work than any fixed step budget: every queued
+    /// operation completes before the machine is asked again, and nothing is left due.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test needs some instant to start from
+    fn drive_runs_until_nothing_is_due() {
+        let now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH);
+        let mut s = IbkrSession::new(IbkrConfig::gateway(), RngSeed::from_u64(1), now).unwrap();
+        let logout = s.submit(IbkrIntent::Logout, now).unwrap();
+        let id = sent(&mut s, now);
+        let mut queued = Vec::new();
+        while let Ok(op) = s.submit(IbkrIntent::CheckStatus, now) {
+            queued.push(op);
+        }
+        assert_eq!(queued.len(), MAX_QUEUE);
+        let response = http::Response::builder()
+            .status(200)
+            .body(br#"{"status":true}"#.to_vec())
+            .unwrap();
+        s.handle_input(Input::Response { id, response }, now);
+        assert!(!s.step_once(now), "work left due after handling an answer");
+        let completed: Vec<OpId> = s
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(Event::Completed { op, .. }) => Some(*op),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(completed.len(), MAX_QUEUE + 1);
+        assert_eq!(completed[0], logout);
+        assert_eq!(&completed[1..], &queued[..]);
     }
 }

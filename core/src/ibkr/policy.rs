@@ -1,4 +1,10 @@
-//! Classification of IBKR answers: which state of the two-tier session they show.
+//! What IBKR's answers mean: which state of the two-tier session a status shows, and
+//! which answers say "no session" or "no brokerage session". No IO, no state: the
+//! machine (`machine/answers.rs`) decides what to do with these meanings.
+//!
+//! Sources: `/work/shared/spec/ibkr-session.md` (BrokerageSessionStatus, the 401 and
+//! `/sso/Login` redirect of a gateway without a session, `{"error":"no session"}`,
+//! 400 `no bridge`).
 
 use super::decode::{self, AuthStatus};
 
@@ -22,15 +28,16 @@ pub enum SessionClass {
     Ready,
 }
 
-/// Classifies a BrokerageSessionStatus.
+/// Which session state a BrokerageSessionStatus shows.
 ///
 /// ```
-/// use broker_session::ibkr::decode::auth_status;
-/// use broker_session::ibkr::status::{classify, SessionClass};
-/// let s = auth_status("x", br#"{"authenticated":true,"connected":true,"competing":false}"#).unwrap();
-/// assert_eq!(classify(&s), SessionClass::Ready);
+/// use broker_session::ibkr::responses::auth_status;
+/// use broker_session::ibkr::{session_class, SessionClass};
+/// let s = auth_status(br#"{"authenticated":true,"connected":true,"competing":false}"#).unwrap();
+/// assert_eq!(session_class(&s), SessionClass::Ready);
 /// ```
-pub fn classify(s: &AuthStatus) -> SessionClass {
+#[must_use]
+pub fn session_class(s: &AuthStatus) -> SessionClass {
     let authenticated = s.authenticated == Some(true);
     let connected = s.connected == Some(true);
     let competing = s.competing == Some(true);
@@ -91,13 +98,25 @@ mod tests {
     fn classification_rules() {
         let t = Some(true);
         let f = Some(false);
-        assert_eq!(classify(&st(t, t, f, None)), SessionClass::Ready);
-        assert_eq!(classify(&st(t, t, f, t)), SessionClass::Ready);
-        assert_eq!(classify(&st(t, t, f, f)), SessionClass::NotAuthenticated);
-        assert_eq!(classify(&st(t, t, t, None)), SessionClass::Competing);
-        assert_eq!(classify(&st(f, t, f, None)), SessionClass::NotAuthenticated);
-        assert_eq!(classify(&st(f, f, f, None)), SessionClass::NotConnected);
-        assert_eq!(classify(&AuthStatus::default()), SessionClass::NotConnected);
+        assert_eq!(session_class(&st(t, t, f, None)), SessionClass::Ready);
+        assert_eq!(session_class(&st(t, t, f, t)), SessionClass::Ready);
+        assert_eq!(
+            session_class(&st(t, t, f, f)),
+            SessionClass::NotAuthenticated
+        );
+        assert_eq!(session_class(&st(t, t, t, None)), SessionClass::Competing);
+        assert_eq!(
+            session_class(&st(f, t, f, None)),
+            SessionClass::NotAuthenticated
+        );
+        assert_eq!(
+            session_class(&st(f, f, f, None)),
+            SessionClass::NotConnected
+        );
+        assert_eq!(
+            session_class(&AuthStatus::default()),
+            SessionClass::NotConnected
+        );
     }
 
     #[test]
