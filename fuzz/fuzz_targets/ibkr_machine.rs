@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     config.auto_init = first & 0x04 == 0;
     config.preflight_accounts = first & 0x08 == 0;
     let base = config.base_url.clone();
-    let Ok(machine) = IbkrSession::new(config, broker_session::RngSeed::from_u64(1), broker_session_fuzz::start()) else {
+    let Ok(machine) = IbkrSession::new(config, RngSeed::from_u64(1), broker_session_fuzz::start()) else {
         return;
     };
     drive(

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     if first & 0x20 != 0 {
         config.account_id = Some("B".into());
     }
-    let Ok(machine) = IgSession::new(config, broker_session::RngSeed::from_u64(1), broker_session_fuzz::start()) else {
+    let Ok(machine) = IgSession::new(config, RngSeed::from_u64(1), broker_session_fuzz::start()) else {
         return;
     };
     drive(
