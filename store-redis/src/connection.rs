@@ -283,6 +283,16 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_urls_are_accepted() {
+        let redis = Redis::open("rediss://:pw@cache.example:6380/0").unwrap();
+        assert_eq!(
+            redis.url().to_string(),
+            "rediss://:***@cache.example:6380/0"
+        );
+    }
+
     #[test]
     fn debug_of_a_client_does_not_show_the_password() {
         let redis = Redis::open("redis://user:hunter2@127.0.0.1:1/").unwrap();

@@ -224,3 +224,24 @@ fn ttl_millis(ttl: Duration) -> Result<u64, Error> {
         Err(Error::InvalidTtl { millis })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_out_of_range_are_refused() {
+        assert_eq!(ttl_millis(Duration::from_millis(10)), Ok(10));
+        assert_eq!(ttl_millis(Duration::from_secs(86_400)), Ok(86_400_000));
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(9),
+            Duration::from_secs(86_401),
+        ] {
+            assert!(
+                matches!(ttl_millis(bad), Err(Error::InvalidTtl { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}
