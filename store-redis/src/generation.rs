@@ -70,9 +70,10 @@ impl fmt::Debug for Snapshot {
 /// not above the stored one ([`Error::StaleGeneration`]) changes nothing. Both checks
 /// and the write are one Lua script, so they cannot interleave with another writer.
 ///
-/// Redis must keep its data for this to hold across a Redis restart (persistence or
-/// replication): if Redis loses it, the fence counter and generations start again, and
-/// the owner must republish above what followers hold in memory.
+/// If Redis loses its data (a restart without persistence or replication), the stored
+/// generation starts again from nothing: fencing still holds (a lease from before is
+/// told apart by a random part of its value, not only by its token), but the next
+/// owner must publish above the generation followers hold in memory.
 ///
 /// ```no_run
 /// use broker_session_redis::{GenerationStore, Lease, Redis, Sealing, SealingKey};

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 use crate::keys::Keys;
 use crate::{Connection, Error};
 
-/// Takes the lease if free: `SET lease "<token>/<owner>" NX PX ttl`, the token from
-/// `INCR` on the namespace's fence counter. Atomic, so a token is only spent on success.
+/// Takes the lease if free: `SET lease "<token>/<nonce>/<owner>" NX PX ttl`, the token
+/// from `INCR` on the namespace's fence counter. Atomic, so a token is only spent on
+/// success. The random nonce keeps two acquisitions apart even if Redis lost its data
+/// and the counter started again.
 const ACQUIRE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local token = redis.call('INCR', KEYS[2])
@@ -98,8 +100,8 @@ impl Lease {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidNamespace`], [`Error::InvalidTtl`] (10 ms to 24 h), or
-    /// [`Error::Redis`].
+    /// [`Error::InvalidNamespace`], [`Error::InvalidTtl`] (10 ms to 24 h),
+    /// [`Error::Randomness`], or [`Error::Redis`].
     pub fn try_acquire(
         conn: &mut Connection,
         namespace: &str,
@@ -108,17 +110,20 @@ impl Lease {
     ) -> Result<Option<Self>, Error> {
         let keys = Keys::new(namespace)?;
         let millis = ttl_millis(ttl)?;
+        let mut nonce = [0u8; 8];
+        getrandom::getrandom(&mut nonce).map_err(|_| Error::Randomness)?;
+        let suffix = format!("{:016x}/{owner}", u64::from_le_bytes(nonce));
         let sent = Instant::now();
         let token: Option<u64> = conn.run("acquiring the lease", |c| {
             redis::Script::new(ACQUIRE)
                 .key(&keys.lease)
                 .key(&keys.fence)
-                .arg(owner)
+                .arg(&suffix)
                 .arg(millis)
                 .invoke(c)
         })?;
         Ok(token.map(|token| Self {
-            value: format!("{token}/{owner}"),
+            value: format!("{token}/{suffix}"),
             owner: owner.to_owned(),
             token: FencingToken(token),
             ttl,

@@ -545,17 +545,28 @@ fn connections_and_subscribers_come_back_after_a_redis_restart() {
         Notice::Resubscribed
     );
 
-    // This server keeps nothing: the old lease and generation are gone, and a new
-    // owner starts over; the subscriber hears it.
+    // This server keeps nothing: the old lease, the fence counter and the generation are
+    // gone, and a new owner starts over; the subscriber hears it.
     assert!(store.read(&mut conn).unwrap().is_none());
-    let lease = Lease::try_acquire(&mut conn, &ns, "owner", LONG)
+    let new_lease = Lease::try_acquire(&mut conn, &ns, "owner", LONG)
         .unwrap()
         .unwrap();
-    store.publish(&mut conn, &lease, 2, b"tokens").unwrap();
+    assert_eq!(
+        new_lease.token(),
+        lease.token(),
+        "the counter started again"
+    );
+    store.publish(&mut conn, &new_lease, 2, b"tokens").unwrap();
     assert_eq!(
         subscriber.recv_timeout(PATIENCE).unwrap(),
         Some(Notice::Generation(2))
     );
+    // The lease from before the restart, same owner text and same token number, is
+    // still told apart (a random part of the lease value) and fenced off.
+    assert!(matches!(
+        store.publish(&mut conn, &lease, 3, b"stale"),
+        Err(Error::NotOwner { .. })
+    ));
 }
 
 /// Run by `one_owner_among_processes` in each child process; returns at once otherwise.
