@@ -265,7 +265,35 @@ pub enum Notice {
 /// Announcements of new generations, received by pub/sub on a background thread
 /// (which reconnects by itself after Redis goes away). Pub/sub is best effort: poll
 /// with [`GenerationStore::poll_latest`] now and then as well, and after each
-/// [`Notice::Resubscribed`]. Stops its thread when dropped.
+/// [`Notice::Resubscribed`]. Stops its thread when dropped (within a tenth of a second,
+/// or the connection timeout while it is reconnecting).
+///
+/// A follower's loop, keeping the current snapshot in memory:
+///
+/// ```no_run
+/// use broker_session_redis::{GenerationStore, Notice, Redis, Sealing, SealingKey};
+/// use std::time::Duration;
+///
+/// let redis = Redis::open("redis://127.0.0.1:6379/")?;
+/// let mut conn = redis.connect()?;
+/// let store = GenerationStore::new("ig-live-XYZ", Sealing::Sealed(SealingKey::from_bytes([9; 32])))?;
+/// let subscriber = store.subscribe(&redis)?;
+/// let mut current = store.read(&mut conn)?; // subscribe first, then read: nothing missed
+/// loop {
+///     // A notice, or every 30 s regardless: the periodic check.
+///     match subscriber.recv_timeout(Duration::from_secs(30))? {
+///         Some(Notice::Generation(g)) if current.as_ref().is_some_and(|s| s.generation() >= g) => {}
+///         _ => {
+///             let seen = current.as_ref().map_or(0, |s| s.generation());
+///             if let Some(newer) = store.poll_latest(&mut conn, seen)? {
+///                 current = Some(newer); // adopt it
+///             }
+///         }
+///     }
+/// #   break;
+/// }
+/// # Ok::<(), broker_session_redis::Error>(())
+/// ```
 pub struct Subscriber {
     notices: mpsc::Receiver<Notice>,
     stop: Arc<AtomicBool>,
