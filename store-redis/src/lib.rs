@@ -1,0 +1,65 @@
+//! One broker session for a fleet of processes, on Redis: the foundation layer.
+//!
+//! Several processes acting for one broker login must not each log in, refresh or
+//! tickle on their own. This crate gives them the three pieces a shared session is
+//! built from, against a real Redis (single node, or Sentinel/Cluster through the URL):
+//!
+//! - [`Lease`]: one owner at a time, with a [`FencingToken`] that grows with every
+//!   acquisition. The owner renews well before expiry ([`Lease::renew_after`]).
+//! - [`GenerationStore`]: the owner publishes each credential snapshot with a
+//!   generation number, by compare-and-set: the write lands only while the writer
+//!   still holds the lease *and* the generation is higher than the stored one, so a
+//!   paused ex-owner can never overwrite a newer generation. Every write is announced
+//!   on a pub/sub channel ([`Subscriber`]); [`GenerationStore::poll_latest`] is the
+//!   periodic-check fallback.
+//! - [`Sealing`]: snapshots are sealed with XChaCha20-Poly1305 under a key you provide
+//!   ([`SealingKey`]); the associated data binds the namespace and the generation, so a
+//!   blob cannot be replayed under another. Storing in clear is an explicit opt-in.
+//!
+//! Still to come (not in this crate yet): the follower role in the core (authorize
+//! with the shared credentials, "wait for a generation newer than G"), failover by
+//! resuming from the stored snapshot, and an async (tokio) connection.
+//!
+//! All calls are blocking, on the `redis` crate's synchronous connection.
+//!
+//! ```no_run
+//! use broker_session_redis::{GenerationStore, Lease, Redis, Sealing, SealingKey};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), broker_session_redis::Error> {
+//! let redis = Redis::open("redis://127.0.0.1:6379/")?;
+//! let mut conn = redis.connect()?;
+//! let key = SealingKey::from_bytes([7; 32]); // load yours from a secret store
+//! let store = GenerationStore::new("ig-demo-ABC123", Sealing::Sealed(key))?;
+//!
+//! if let Some(mut lease) = Lease::try_acquire(&mut conn, "ig-demo-ABC123", "host-a/4711",
+//!                                              Duration::from_secs(15))? {
+//!     // ... log in, then share the session:
+//!     store.publish(&mut conn, &lease, 1, b"{\"cst\":\"...\"}")?;
+//!     lease.renew(&mut conn)?; // every lease.renew_after()
+//!     lease.release(&mut conn)?;
+//! } else if let Some(snapshot) = store.poll_latest(&mut conn, 0)? {
+//!     println!("generation {} is current", snapshot.generation());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod connection;
+mod error;
+mod generation;
+mod keys;
+mod lease;
+mod seal;
+
+pub use connection::{Connection, Redis, RedisUrl};
+pub use error::Error;
+pub use generation::{GenerationStore, Notice, Snapshot, Subscriber};
+pub use lease::{FencingToken, Lease};
+pub use seal::{Sealing, SealingKey};
+
+/// The highest generation number: Redis compares generations in Lua, whose numbers are
+/// doubles, exact up to 2^53 − 1.
+pub const MAX_GENERATION: u64 = (1 << 53) - 1;
