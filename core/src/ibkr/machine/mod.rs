@@ -16,7 +16,7 @@ use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
     RngSeed, TransportFailure,
 };
-use crate::rng::{SessionRng, session_rng};
+use crate::rng::{JitterRng, SessionRng, session_rng};
 use crate::secret::LiveSessionToken;
 use crate::time::{Now, deadline_after};
 use crate::wire::Ids;
@@ -54,6 +54,8 @@ pub struct IbkrSession {
     base: Base,
     signer: Option<Signer>,
     rng: SessionRng,
+    /// Draws the keep-alive jitter (see [`IbkrConfig::tickle_spread`]).
+    jitter: JitterRng,
     ids: Ids,
     state: IbkrState,
     /// State to return to when a back-off ends.
@@ -113,8 +115,8 @@ impl IbkrSession {
     /// A session in [`IbkrState::Disconnected`]. Keys, the DH prime and the access
     /// token secret are parsed (and decrypted) now, so a bad configuration fails here.
     ///
-    /// `seed` seeds the session's random generator (Diffie-Hellman secrets, OAuth
-    /// nonces, RSA blinding). It is an argument, not a configuration field, so that no
+    /// `seed` seeds the session's random generators (Diffie-Hellman secrets, OAuth
+    /// nonces, RSA blinding; the keep-alive jitter, [`IbkrConfig::tickle_spread`]). It is an argument, not a configuration field, so that no
     /// session is built on a default seed by accident: two sessions on one seed would
     /// send the same DH challenge and nonces. The transports fill it from the operating
     /// system; tests pass a fixed seed ([`RngSeed::from_u64`]). `_now`, the creation
@@ -129,6 +131,7 @@ impl IbkrSession {
     pub fn new(config: IbkrConfig, seed: RngSeed, _now: Now) -> Result<Self, Error> {
         let base = Base::parse(&config.base_url)?;
         let mut rng = session_rng(&seed);
+        let jitter = JitterRng::new(&seed);
         let signer = match &config.auth {
             IbkrAuth::Gateway => None,
             IbkrAuth::OAuth(o) => Some(Signer::new(o, &mut rng)?),
@@ -157,6 +160,7 @@ impl IbkrSession {
             base,
             signer,
             rng,
+            jitter,
             ids: Ids::default(),
             state: IbkrState::Disconnected,
             before_backoff: None,
@@ -226,8 +230,22 @@ impl IbkrSession {
     fn start_keepalive(&mut self, now: Now) {
         if self.next_tickle.is_none() && !self.logged_out {
             let from = self.last_tickle.unwrap_or(now.mono).max(now.mono);
-            self.next_tickle = Some(deadline_after(from, self.cfg.tickle_interval));
+            let interval = self.keepalive_interval();
+            self.next_tickle = Some(deadline_after(from, interval));
         }
+    }
+
+    /// The next keep-alive interval: `tickle_interval` shortened by a random part of
+    /// `tickle_spread` (at most half the interval, never below the pacing floor).
+    pub(super) fn keepalive_interval(&mut self) -> Duration {
+        let interval = self.cfg.tickle_interval;
+        let floor = MIN_TICKLE_INTERVAL.max(self.cfg.tickle_min_interval);
+        let spread = self
+            .cfg
+            .tickle_spread
+            .min(interval / 2)
+            .min(interval.saturating_sub(floor));
+        interval - self.jitter.up_to(spread)
     }
 
     /// Whether the machine may start an operation by itself (keep-alive, renewal,

@@ -419,7 +419,8 @@ impl IbkrSession {
                     Step::Tickle => {
                         self.last_tickle = Some(now.mono);
                         if self.session_alive() && !self.logged_out {
-                            self.next_tickle = Some(now.after(self.cfg.tickle_interval));
+                            let interval = self.keepalive_interval();
+                            self.next_tickle = Some(now.after(interval));
                         }
                     }
                     Step::Validate => self.last_validate = Some(now.mono),
