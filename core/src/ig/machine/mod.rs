@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use self::ops::{Call, InFlight, Kind, Next, Op, Step};
 use super::config::{BaseUrl, IgConfig, LoginFlow};
 use super::decode::{self, CstLoginAnswer, IgAccount};
-use super::encode::{self, AuthHeaders};
+use super::encode::{self, AuthHeaders, AuthValues, Prepared};
 use super::endpoint::Endpoint;
 use super::policy::{Action, BackOffs, action_for};
 use super::snapshot::{SessionSnapshot, SnapTokens};
@@ -30,7 +30,7 @@ use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
     RngSeed, Transmit, TransportFailure,
 };
-use crate::rng::{SessionRng, session_rng};
+use crate::rng::{JitterRng, SessionRng, session_rng};
 use crate::secret::{
     AccessToken, Cst, LightstreamerPassword, Password, RefreshToken, SecurityToken,
 };
@@ -62,7 +62,14 @@ pub struct IgSession {
     cfg: IgConfig,
     base: BaseUrl,
     base_str: String,
+    /// The fixed parts of the session's requests (URLs, API key), parsed once.
+    prepared: Prepared,
+    /// The credentials' header values, built when first needed after a change of
+    /// tokens or account and checked against the current ones before every use.
+    auth_values: Option<AuthValues>,
     rng: SessionRng,
+    /// Draws the refresh jitter (see [`IgConfig::refresh_spread`]).
+    jitter: JitterRng,
     ids: Ids,
     tokens: Option<Tokens>,
     /// The account IG made active at login (or the last switch).
@@ -108,8 +115,8 @@ enum Tokens {
 impl IgSession {
     /// A logged-out session.
     ///
-    /// `seed` seeds the session's random generator (RSA padding of the encrypted
-    /// password). It is an argument, not a configuration field, so that no session is
+    /// `seed` seeds the session's random generators (RSA padding of the encrypted
+    /// password; the refresh jitter, [`IgConfig::refresh_spread`]). It is an argument, not a configuration field, so that no session is
     /// built on a default seed by accident: the transports fill it from the operating
     /// system; tests pass a fixed seed ([`RngSeed::from_u64`]) so every byte is
     /// reproducible. `_now`, the creation time, is not used: nothing is scheduled at
@@ -125,9 +132,15 @@ impl IgSession {
         let base = config.validate().map_err(Error::Usage)?;
         let config = config.clamped();
         let base_str = config.environment.base_url().to_owned();
+        let web_platform_url = (config.login_flow == LoginFlow::WebPlatform)
+            .then_some(config.web_platform_url.as_str());
+        let prepared = Prepared::new(&base, &config.api_key, web_platform_url)?;
         Ok(Self {
             rng: session_rng(&seed),
+            jitter: JitterRng::new(&seed),
             base,
+            prepared,
+            auth_values: None,
             base_str,
             cfg: config,
             ids: Ids::default(),
@@ -238,40 +251,95 @@ impl IgSession {
         }
     }
 
-    fn compute_state(&self) -> IgState {
+    /// The state seen from outside, borrowed from the fields: `sync_state` runs after
+    /// every call and compares it with the last state emitted, so it copies nothing
+    /// (the account id, an error) unless the state changed.
+    fn state_view(&self) -> StateView<'_> {
         if let Some(reason) = &self.closed {
-            return IgState::Closed {
-                reason: reason.clone(),
-            };
+            return StateView::Closed(reason);
         }
         if let Some(until) = self.backoff_until {
-            return IgState::BackingOff { until };
+            return StateView::BackingOff(until);
         }
         match self.current.as_ref().map(|o| o.kind) {
-            Some(Kind::Login | Kind::Resume) => return IgState::LoggingIn,
-            Some(Kind::Recover) => return IgState::Recovering,
-            Some(Kind::Logout) => return IgState::LoggingOut,
+            Some(Kind::Login | Kind::Resume) => return StateView::LoggingIn,
+            Some(Kind::Recover) => return StateView::Recovering,
+            Some(Kind::Logout) => return StateView::LoggingOut,
             _ => {}
         }
         if let (Some(mode), Some(account_id)) = (self.mode(), self.account_id()) {
-            return IgState::Active {
-                account_id: account_id.to_owned(),
-                mode,
-            };
+            return StateView::Active(account_id, mode);
         }
         if let Some(reason) = &self.lost {
-            return IgState::Lost {
-                reason: reason.clone(),
-            };
+            return StateView::Lost(reason);
         }
-        IgState::LoggedOut
+        StateView::LoggedOut
+    }
+
+    fn compute_state(&self) -> IgState {
+        self.state_view().to_state()
     }
 
     fn sync_state(&mut self) {
-        let s = self.compute_state();
-        if s != self.last_state {
-            self.last_state = s.clone();
-            self.outbox.push_back(Output::Event(Event::StateChanged(s)));
+        let view = self.state_view();
+        if view.is(&self.last_state) {
+            return;
+        }
+        let s = view.to_state();
+        self.last_state = s.clone();
+        self.outbox.push_back(Output::Event(Event::StateChanged(s)));
+    }
+}
+
+/// [`IgState`] borrowing from the session (see `IgSession::state_view`).
+#[derive(Clone, Copy)]
+enum StateView<'a> {
+    LoggedOut,
+    LoggingIn,
+    Active(&'a str, AuthMode),
+    Recovering,
+    LoggingOut,
+    BackingOff(Instant),
+    Lost(&'a Error),
+    Closed(&'a Error),
+}
+
+impl StateView<'_> {
+    fn to_state(&self) -> IgState {
+        match *self {
+            Self::LoggedOut => IgState::LoggedOut,
+            Self::LoggingIn => IgState::LoggingIn,
+            Self::Active(account_id, mode) => IgState::Active {
+                account_id: account_id.to_owned(),
+                mode,
+            },
+            Self::Recovering => IgState::Recovering,
+            Self::LoggingOut => IgState::LoggingOut,
+            Self::BackingOff(until) => IgState::BackingOff { until },
+            Self::Lost(reason) => IgState::Lost {
+                reason: reason.clone(),
+            },
+            Self::Closed(reason) => IgState::Closed {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// Whether `to_state()` would equal `s`.
+    fn is(&self, s: &IgState) -> bool {
+        match (*self, s) {
+            (Self::LoggedOut, IgState::LoggedOut)
+            | (Self::LoggingIn, IgState::LoggingIn)
+            | (Self::Recovering, IgState::Recovering)
+            | (Self::LoggingOut, IgState::LoggingOut) => true,
+            (Self::Active(a, m), IgState::Active { account_id, mode }) => {
+                a == account_id && m == *mode
+            }
+            (Self::BackingOff(u), IgState::BackingOff { until }) => u == *until,
+            (Self::Lost(r), IgState::Lost { reason }) | (Self::Closed(r), IgState::Closed { reason }) => {
+                r == reason
+            }
+            _ => false,
         }
     }
 }
@@ -418,13 +486,17 @@ impl Machine for IgSession {
             self.sync_state();
             return Err(AuthorizeError::Pending { op });
         }
-        let auth = self.auth().map_err(|_| AuthorizeError::NotLoggedIn)?;
-        encode::apply_auth(request.headers_mut(), &self.cfg.api_key, auth).map_err(|_| {
-            AuthorizeError::Refused(UsageError::InvalidArgument {
-                what: "credentials",
-                reason: "not valid header values",
-            })
-        })?;
+        let auth = match self.auth_values() {
+            Ok(auth) => auth,
+            Err(Error::Usage(UsageError::NotLoggedIn)) => return Err(AuthorizeError::NotLoggedIn),
+            Err(_) => {
+                return Err(AuthorizeError::Refused(UsageError::InvalidArgument {
+                    what: "credentials",
+                    reason: "not valid header values",
+                }));
+            }
+        };
+        self.prepared.stamp(request.headers_mut(), &auth);
         Ok(AuthStamp {
             generation: self.generation,
         })
