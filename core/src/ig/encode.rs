@@ -73,10 +73,7 @@ fn invalid(what: &'static str) -> Error {
 #[derive(Clone, Debug)]
 pub(crate) enum AuthValues {
     /// `CST` + `X-SECURITY-TOKEN`.
-    Cst {
-        cst: HeaderValue,
-        xst: HeaderValue,
-    },
+    Cst { cst: HeaderValue, xst: HeaderValue },
     /// `Authorization: Bearer …` + `IG-ACCOUNT-ID`.
     Bearer {
         authorization: HeaderValue,
@@ -124,7 +121,10 @@ impl AuthValues {
                     authorization,
                     account_id,
                 },
-                AuthHeaders::Bearer { token, account_id: a },
+                AuthHeaders::Bearer {
+                    token,
+                    account_id: a,
+                },
             ) => {
                 authorization.as_bytes().strip_prefix(b"Bearer ")
                     == Some(token.expose_secret().as_bytes())
@@ -265,7 +265,14 @@ fn request(
     let uri = Uri::try_from(url).map_err(|_| bad_url())?;
     let api_key = api_key.map(api_key_value).transpose()?;
     let auth = auth.map(AuthValues::new).transpose()?;
-    Ok(assemble(endpoint, method, uri, api_key, auth.as_ref(), body))
+    Ok(assemble(
+        endpoint,
+        method,
+        uri,
+        api_key,
+        auth.as_ref(),
+        body,
+    ))
 }
 
 /// The parts of a session's requests that never change: the base URL's scheme and
@@ -325,11 +332,7 @@ impl Prepared {
     fn uri(&self, endpoint: Endpoint) -> Result<Uri, Error> {
         let path = match endpoint {
             Endpoint::WebPlatformLogin => {
-                return self
-                    .web_platform
-                    .as_deref()
-                    .cloned()
-                    .ok_or_else(bad_url);
+                return self.web_platform.as_deref().cloned().ok_or_else(bad_url);
             }
             Endpoint::ReadSession { fetch_tokens: true } => &self.session_fetch,
             Endpoint::EncryptionKey => &self.encryption_key,
@@ -702,36 +705,60 @@ mod tests {
         let web = "https://api.ig.com/clientsecurity/session";
         for base in [BASE, "http://127.0.0.1:8080", "https://h.example:8443/a/b"] {
             let p = Prepared::new(&BaseUrl::parse(base).unwrap(), &key(), Some(web)).unwrap();
-            let (cst, xst, tok) = (Cst::new("c1"), SecurityToken::new("x1"), AccessToken::new("a1"));
+            let (cst, xst, tok) = (
+                Cst::new("c1"),
+                SecurityToken::new("x1"),
+                AccessToken::new("a1"),
+            );
             for auth in [
-                AuthHeaders::Cst { cst: &cst, xst: &xst },
-                AuthHeaders::Bearer { token: &tok, account_id: "ACC1" },
+                AuthHeaders::Cst {
+                    cst: &cst,
+                    xst: &xst,
+                },
+                AuthHeaders::Bearer {
+                    token: &tok,
+                    account_id: "ACC1",
+                },
             ] {
                 let v = AuthValues::new(auth).unwrap();
                 for fetch_tokens in [false, true] {
                     let e = Endpoint::ReadSession { fetch_tokens };
                     let built = p.request(e, Some(&v), Vec::new()).unwrap();
-                    same(&built, &read_session(base, &key(), auth, fetch_tokens).unwrap());
+                    same(
+                        &built,
+                        &read_session(base, &key(), auth, fetch_tokens).unwrap(),
+                    );
                 }
                 let built = p.request(Endpoint::Logout, Some(&v), Vec::new()).unwrap();
                 same(&built, &logout(base, &key(), auth).unwrap());
                 let built = p
                     .request(Endpoint::Switch, Some(&v), switch_body("ACC2", true))
                     .unwrap();
-                same(&built, &switch_account(base, &key(), auth, "ACC2", true).unwrap());
+                same(
+                    &built,
+                    &switch_account(base, &key(), auth, "ACC2", true).unwrap(),
+                );
             }
             let pw = Password::new("pw");
             for e in [Endpoint::LoginV1, Endpoint::LoginV2, Endpoint::LoginV3] {
                 let built = p.request(e, None, login_body("u", &pw, false)).unwrap();
                 same(&built, &login(base, &key(), e, "u", &pw, false).unwrap());
             }
-            let built = p.request(Endpoint::EncryptionKey, None, Vec::new()).unwrap();
+            let built = p
+                .request(Endpoint::EncryptionKey, None, Vec::new())
+                .unwrap();
             same(&built, &encryption_key(base, &key()).unwrap());
             let rt = crate::secret::RefreshToken::new("rt-1");
-            let built = p.request(Endpoint::Refresh, None, refresh_body(&rt)).unwrap();
+            let built = p
+                .request(Endpoint::Refresh, None, refresh_body(&rt))
+                .unwrap();
             same(&built, &refresh(base, &key(), &rt).unwrap());
             let built = p
-                .request(Endpoint::WebPlatformLogin, None, web_platform_body("u", &pw))
+                .request(
+                    Endpoint::WebPlatformLogin,
+                    None,
+                    web_platform_body("u", &pw),
+                )
                 .unwrap();
             same(&built, &web_platform_login(web, "u", &pw).unwrap());
             assert!(p.request(Endpoint::Application, None, Vec::new()).is_err());
@@ -740,18 +767,56 @@ mod tests {
 
     #[test]
     fn apply_auth_switches_modes_and_leaves_nothing_of_the_other() {
-        let (cst, xst, tok) = (Cst::new("c1"), SecurityToken::new("x1"), AccessToken::new("a1"));
+        let (cst, xst, tok) = (
+            Cst::new("c1"),
+            SecurityToken::new("x1"),
+            AccessToken::new("a1"),
+        );
         let mut h = HeaderMap::new();
-        apply_auth(&mut h, &key(), AuthHeaders::Cst { cst: &cst, xst: &xst }).unwrap();
-        apply_auth(&mut h, &key(), AuthHeaders::Bearer { token: &tok, account_id: "A" }).unwrap();
+        apply_auth(
+            &mut h,
+            &key(),
+            AuthHeaders::Cst {
+                cst: &cst,
+                xst: &xst,
+            },
+        )
+        .unwrap();
+        apply_auth(
+            &mut h,
+            &key(),
+            AuthHeaders::Bearer {
+                token: &tok,
+                account_id: "A",
+            },
+        )
+        .unwrap();
         assert!(h.get("cst").is_none() && h.get("x-security-token").is_none());
         assert_eq!(h["authorization"], "Bearer a1");
-        apply_auth(&mut h, &key(), AuthHeaders::Cst { cst: &cst, xst: &xst }).unwrap();
+        apply_auth(
+            &mut h,
+            &key(),
+            AuthHeaders::Cst {
+                cst: &cst,
+                xst: &xst,
+            },
+        )
+        .unwrap();
         assert!(h.get("authorization").is_none() && h.get("ig-account-id").is_none());
         // A bad value changes nothing.
         let bad = Cst::new("a\r\nb");
         let before = h.clone();
-        assert!(apply_auth(&mut h, &key(), AuthHeaders::Cst { cst: &bad, xst: &xst }).is_err());
+        assert!(
+            apply_auth(
+                &mut h,
+                &key(),
+                AuthHeaders::Cst {
+                    cst: &bad,
+                    xst: &xst
+                }
+            )
+            .is_err()
+        );
         assert_eq!(h, before);
     }
 

@@ -185,7 +185,12 @@ impl IgSession {
     /// `refresh_margin` plus a random part of `refresh_spread` before it expires, the
     /// whole lead at most half the lifetime, so the refresh always comes before
     /// expiry and a short-lived token never loops.
-    pub(super) fn refresh_due(&mut self, expires_at: Instant, lifetime: Duration, now: Now) -> Instant {
+    pub(super) fn refresh_due(
+        &mut self,
+        expires_at: Instant,
+        lifetime: Duration,
+        now: Now,
+    ) -> Instant {
         let half = lifetime / 2;
         let margin = self.cfg.refresh_margin.min(half);
         let spread = self.cfg.refresh_spread.min(half - margin);

@@ -336,9 +336,8 @@ impl StateView<'_> {
                 a == account_id && m == *mode
             }
             (Self::BackingOff(u), IgState::BackingOff { until }) => u == *until,
-            (Self::Lost(r), IgState::Lost { reason }) | (Self::Closed(r), IgState::Closed { reason }) => {
-                r == reason
-            }
+            (Self::Lost(r), IgState::Lost { reason })
+            | (Self::Closed(r), IgState::Closed { reason }) => r == reason,
             _ => false,
         }
     }
