@@ -13,7 +13,6 @@
 //! `assemble`, so they cannot disagree on a header.
 
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use serde::Serialize;
 
@@ -22,6 +21,7 @@ use super::endpoint::Endpoint;
 
 use crate::error::{Error, UsageError};
 use crate::secret::{AccessToken, ApiKey, Cst, Password, SecurityToken, sensitive_header};
+use crate::uris::EndpointUris;
 
 /// The JSON media type IG expects on both `Accept` and `Content-Type`.
 pub const JSON: &str = "application/json; charset=UTF-8";
@@ -275,21 +275,20 @@ fn request(
     ))
 }
 
-/// The parts of a session's requests that never change: the base URL's scheme and
-/// host, each endpoint's path, and the API key's header value. Built once when the
-/// session starts.
+/// The endpoints with a path under the base URL, in the order of [`Prepared`]'s URIs
+/// (`Prepared::uri` picks by the same order).
+const UNDER_BASE: [Endpoint; 4] = [
+    Endpoint::Logout, // `/session`: also the logins, the read and the switch
+    Endpoint::ReadSession { fetch_tokens: true },
+    Endpoint::EncryptionKey,
+    Endpoint::Refresh,
+];
+
+/// The parts of a session's requests that never change: each endpoint's URI and the
+/// API key's header value. Built once when the session starts.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    scheme: Scheme,
-    authority: Authority,
-    /// `{prefix}/session` (login, read, switch, logout).
-    session: PathAndQuery,
-    /// `{prefix}/session?fetchSessionTokens=true`.
-    session_fetch: PathAndQuery,
-    /// `{prefix}/session/encryptionKey`.
-    encryption_key: PathAndQuery,
-    /// `{prefix}/session/refresh-token`.
-    refresh: PathAndQuery,
+    uris: EndpointUris<4>,
     /// The web-platform login's whole URL, when that is the login flow.
     web_platform: Option<Box<Uri>>,
     api_key: HeaderValue,
@@ -303,20 +302,18 @@ impl Prepared {
         api_key: &ApiKey,
         web_platform_url: Option<&str>,
     ) -> Result<Self, Error> {
-        let path = |endpoint: Endpoint| {
-            let tail = endpoint.path().unwrap_or_default();
-            PathAndQuery::try_from([base.prefix.as_str(), tail].concat()).map_err(|_| bad_url())
-        };
+        let uris = EndpointUris::new(
+            base.scheme.clone(),
+            base.authority.clone(),
+            &base.prefix,
+            UNDER_BASE.map(|e| e.path().unwrap_or_default()),
+        )
+        .ok_or_else(bad_url)?;
         let web_platform = web_platform_url
             .map(|url| Uri::try_from(url).map(Box::new).map_err(|_| bad_url()))
             .transpose()?;
         Ok(Self {
-            scheme: base.scheme.clone(),
-            authority: base.authority.clone(),
-            session: path(Endpoint::Logout)?,
-            session_fetch: path(Endpoint::ReadSession { fetch_tokens: true })?,
-            encryption_key: path(Endpoint::EncryptionKey)?,
-            refresh: path(Endpoint::Refresh)?,
+            uris,
             web_platform,
             api_key: api_key_value(api_key)?,
         })
@@ -330,26 +327,24 @@ impl Prepared {
     }
 
     fn uri(&self, endpoint: Endpoint) -> Result<Uri, Error> {
-        let path = match endpoint {
+        let i = match endpoint {
             Endpoint::WebPlatformLogin => {
                 return self.web_platform.as_deref().cloned().ok_or_else(bad_url);
             }
-            Endpoint::ReadSession { fetch_tokens: true } => &self.session_fetch,
-            Endpoint::EncryptionKey => &self.encryption_key,
-            Endpoint::Refresh => &self.refresh,
             Endpoint::LoginV1
             | Endpoint::LoginV2
             | Endpoint::LoginV3
-            | Endpoint::ReadSession { .. }
+            | Endpoint::ReadSession {
+                fetch_tokens: false,
+            }
             | Endpoint::Switch
-            | Endpoint::Logout => &self.session,
+            | Endpoint::Logout => 0,
+            Endpoint::ReadSession { fetch_tokens: true } => 1,
+            Endpoint::EncryptionKey => 2,
+            Endpoint::Refresh => 3,
             Endpoint::Application => return Err(not_a_session_request()),
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path.clone());
-        Uri::from_parts(parts).map_err(|_| bad_url())
+        self.uris.get(i).ok_or_else(bad_url)
     }
 
     /// The request to `endpoint` with `body`, from the prepared parts: the same
