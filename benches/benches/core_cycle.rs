@@ -226,9 +226,47 @@ fn main() {
         d.allocs,
         d.bytes
     );
+    machine_state(&ig, &ibkr);
     alloc::set_counting(false);
     println!();
     divan::main();
+}
+
+/// Machine state per session: `size_of` plus the heap it holds, averaged over 1,000
+/// sessions each built from its own copy of the configuration (as separate users'
+/// sessions are), after an IG v3 login or an IBKR gateway connect.
+fn machine_state(ig: &Ig, ibkr: &Ibkr) {
+    const K: usize = 1000;
+    let mut igs = Vec::with_capacity(K);
+    let before = alloc::snapshot();
+    for _ in 0..K {
+        let mut m = ig.machine();
+        ig.script
+            .replay(&mut m, vec![IgIntent::Login], vec![ig.script.response(0)]);
+        igs.push(m);
+    }
+    let ig_heap = alloc::snapshot().since(before).live as f64 / K as f64;
+    let connect: Vec<usize> = (0..ibkr.script.requests.len())
+        .filter(|i| !ibkr.script.requests[*i].ends_with("/tickle"))
+        .collect();
+    let mut ibkrs = Vec::with_capacity(K);
+    let before = alloc::snapshot();
+    for _ in 0..K {
+        let mut m = ibkr.machine();
+        let answers = connect.iter().map(|i| ibkr.script.response(*i)).collect();
+        ibkr.script
+            .replay(&mut m, vec![IbkrIntent::Connect], answers);
+        ibkrs.push(m);
+    }
+    let ibkr_heap = alloc::snapshot().since(before).live as f64 / K as f64;
+    println!(
+        "\nmachine state per session: IgSession (v3, logged in) size_of {} B + heap {:.0} B; IbkrSession (gateway, connected) size_of {} B + heap {:.0} B",
+        size_of::<IgSession>(),
+        ig_heap,
+        size_of::<IbkrSession>(),
+        ibkr_heap
+    );
+    drop((igs, ibkrs));
 }
 
 /// One IG v3 cycle: 12 requests through a machine built beforehand.

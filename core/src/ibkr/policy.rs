@@ -70,13 +70,17 @@ pub fn is_no_session<B: AsRef<[u8]>>(response: &http::Response<B>) -> bool {
 
 /// Whether `body` may hold the JSON string `no session` in any case: the words
 /// themselves, or an escape (`\u…`) that could spell them. Without either, no `error`
-/// field of the body can read "no session".
+/// field of the body can read "no session". Searches for the space between the words
+/// (rare in compact JSON) rather than comparing at every byte.
 fn may_say_no_session(body: &[u8]) -> bool {
     const WORDS: &[u8] = b"no session";
-    body.contains(&b'\\')
-        || body
-            .windows(WORDS.len())
-            .any(|w| w[0] | 0x20 == b'n' && w.eq_ignore_ascii_case(WORDS))
+    memchr::memchr(b'\\', body).is_some()
+        || memchr::memchr_iter(b' ', body).any(|space| {
+            space
+                .checked_sub(2)
+                .and_then(|start| body.get(start..start + WORDS.len()))
+                .is_some_and(|w| w.eq_ignore_ascii_case(WORDS))
+        })
 }
 
 /// Whether a redirect points at `/sso/Login` or `/sso/Dispatcher`.
