@@ -14,6 +14,32 @@ pub(crate) fn session_rng(seed: &RngSeed) -> SessionRng {
     StdRng::from_seed(seed.0)
 }
 
+/// A session's generator, created from its seed when first drawn from.
+///
+/// The generator's state is 320 bytes; many sessions never draw (an IG session
+/// without the encrypted-password login, an IBKR gateway session), so until then a
+/// session keeps only the 32-byte seed. The stream is the one a generator created at
+/// once would give.
+pub(crate) struct LazyRng {
+    seed: RngSeed,
+    rng: Option<Box<SessionRng>>,
+}
+
+impl LazyRng {
+    pub(crate) fn new(seed: &RngSeed) -> Self {
+        Self {
+            seed: seed.clone(),
+            rng: None,
+        }
+    }
+
+    /// The generator, created on the first call.
+    pub(crate) fn get(&mut self) -> &mut SessionRng {
+        let seed = &self.seed;
+        self.rng.get_or_insert_with(|| Box::new(session_rng(seed)))
+    }
+}
+
 /// The generator of a session's timer jitter (when to refresh, when to tickle).
 ///
 /// Derived from the session's seed but apart from [`SessionRng`], so that drawing
@@ -65,6 +91,17 @@ fn splitmix64(state: &mut u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lazy_generator_draws_the_same_stream() {
+        use rand_core::Rng as _;
+        let seed = RngSeed::from_u64(9);
+        let mut now = session_rng(&seed);
+        let mut lazy = LazyRng::new(&seed);
+        for _ in 0..3 {
+            assert_eq!(now.next_u64(), lazy.get().next_u64());
+        }
+    }
 
     #[test]
     fn jitter_stays_in_bounds_and_depends_on_the_seed() {

@@ -176,20 +176,37 @@ impl IgConfig {
         }
     }
 
-    /// The configuration with every duration capped at [`MAX_DURATION`], so no
-    /// deadline computed from it can come near `Instant`'s range.
-    pub(crate) fn clamped(mut self) -> Self {
-        for d in [
+    fn durations(&mut self) -> [&mut Duration; 6] {
+        [
             &mut self.refresh_margin,
             &mut self.refresh_spread,
             &mut self.request_deadline,
             &mut self.retry_delay,
             &mut self.allowance_backoff,
             &mut self.login_throttle_backoff,
-        ] {
+        ]
+    }
+
+    /// Caps every duration at [`MAX_DURATION`], so no deadline computed from the
+    /// configuration can come near `Instant`'s range.
+    pub(crate) fn clamp(&mut self) {
+        for d in self.durations() {
             *d = (*d).min(MAX_DURATION);
         }
-        self
+    }
+
+    /// Whether [`clamp`](Self::clamp) would change nothing.
+    pub(crate) fn is_clamped(&self) -> bool {
+        [
+            self.refresh_margin,
+            self.refresh_spread,
+            self.request_deadline,
+            self.retry_delay,
+            self.allowance_backoff,
+            self.login_throttle_backoff,
+        ]
+        .iter()
+        .all(|d| *d <= MAX_DURATION)
     }
 
     pub(crate) fn validate(&self) -> Result<BaseUrl, UsageError> {

@@ -506,7 +506,7 @@ impl IbkrSession {
                     intent: "renew token",
                     reason: "only OAuth sessions have a live session token",
                 }))?;
-            let (req, dh) = signer.lst_request(&self.base, &mut self.rng, now)?;
+            let (req, dh) = signer.lst_request(&self.base, self.rng.get(), now)?;
             return Ok((req, Some(dh)));
         }
         let endpoint = self.endpoint(step);
@@ -516,7 +516,7 @@ impl IbkrSession {
         });
         let mut req = encode::request(&self.base, endpoint, body)?;
         if let (Some(signer), Some(lst)) = (&self.signer, &self.lst) {
-            signer.sign(&mut req, &lst.token, &mut self.rng, now)?;
+            signer.sign(&mut req, &lst.token, self.rng.get(), now)?;
         }
         Ok((req, None))
     }

@@ -86,7 +86,7 @@ impl IgSession {
             Endpoint::EncryptionKey => {
                 let key = decode::encryption_key(body)?;
                 let enc = crate::ig::encrypt_password(
-                    &mut self.rng,
+                    self.rng.get(),
                     &key.key,
                     key.time_stamp,
                     &self.cfg.password,

@@ -13,6 +13,7 @@ mod answers;
 mod ops;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::ops::{Call, InFlight, Kind, Next, Op, Step};
@@ -30,7 +31,7 @@ use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
     RngSeed, Transmit, TransportFailure,
 };
-use crate::rng::{JitterRng, SessionRng, session_rng};
+use crate::rng::{JitterRng, LazyRng};
 use crate::secret::{
     AccessToken, Cst, LightstreamerPassword, Password, RefreshToken, SecurityToken,
 };
@@ -59,15 +60,15 @@ const MAX_ABANDONED: usize = 4;
 /// let _login = session.submit(IgIntent::Login, now).unwrap();
 /// ```
 pub struct IgSession {
-    cfg: IgConfig,
+    cfg: Arc<IgConfig>,
     base: BaseUrl,
-    base_str: String,
     /// The fixed parts of the session's requests (URLs, API key), parsed once.
     prepared: Prepared,
     /// The credentials' header values, built when first needed after a change of
     /// tokens or account and checked against the current ones before every use.
     auth_values: Option<AuthValues>,
-    rng: SessionRng,
+    /// RSA padding of the encrypted password (created when first needed).
+    rng: LazyRng,
     /// Draws the refresh jitter (see [`IgConfig::refresh_spread`]).
     jitter: JitterRng,
     ids: Ids,
@@ -116,32 +117,39 @@ impl IgSession {
     /// A logged-out session.
     ///
     /// `seed` seeds the session's random generators (RSA padding of the encrypted
-    /// password; the refresh jitter, [`IgConfig::refresh_spread`]). It is an argument, not a configuration field, so that no session is
-    /// built on a default seed by accident: the transports fill it from the operating
+    /// password; the refresh jitter, [`IgConfig::refresh_spread`]). It is an argument,
+    /// not a configuration field, so that no session is built on a default seed by
+    /// accident: the transports fill it from the operating
     /// system; tests pass a fixed seed ([`RngSeed::from_u64`]) so every byte is
     /// reproducible. `_now`, the creation time, is not used: nothing is scheduled at
     /// creation. It is part of the signature so that every broker's session is built
     /// the same way, `new(config, seed, now)`, and a session that one day schedules
     /// something at creation needs no new constructor.
     ///
+    /// `config` is an [`IgConfig`] or an `Arc<IgConfig>`: sessions built from one
+    /// shared `Arc` (many sessions of one application and user) share it rather than
+    /// each holding a copy. Only a configuration whose durations need clamping is
+    /// copied.
+    ///
     /// # Errors
     /// [`Error::Usage`] ([`UsageError::InvalidArgument`]) for a configuration that
     /// cannot work: an empty API key, a base URL that is not an absolute http(s) URL,
     /// the web-platform login on demo, a zero deadline.
-    pub fn new(config: IgConfig, seed: RngSeed, _now: Now) -> Result<Self, Error> {
+    pub fn new(config: impl Into<Arc<IgConfig>>, seed: RngSeed, _now: Now) -> Result<Self, Error> {
+        let mut config: Arc<IgConfig> = config.into();
         let base = config.validate().map_err(Error::Usage)?;
-        let config = config.clamped();
-        let base_str = config.environment.base_url().to_owned();
+        if !config.is_clamped() {
+            Arc::make_mut(&mut config).clamp();
+        }
         let web_platform_url = (config.login_flow == LoginFlow::WebPlatform)
             .then_some(config.web_platform_url.as_str());
         let prepared = Prepared::new(&base, &config.api_key, web_platform_url)?;
         Ok(Self {
-            rng: session_rng(&seed),
+            rng: LazyRng::new(&seed),
             jitter: JitterRng::new(&seed),
             base,
             prepared,
             auth_values: None,
-            base_str,
             cfg: config,
             ids: Ids::default(),
             tokens: None,
@@ -229,11 +237,16 @@ impl IgSession {
             },
         };
         Some(SessionSnapshot {
-            base_url: self.base_str.clone(),
+            base_url: self.base_str().to_owned(),
             account_id: self.account_id()?.to_owned(),
             lightstreamer_endpoint: self.lightstreamer_endpoint.clone(),
             tokens,
         })
+    }
+
+    /// The base URL, without a trailing slash.
+    fn base_str(&self) -> &str {
+        self.cfg.environment.base_url()
     }
 
     fn mode(&self) -> Option<AuthMode> {
@@ -305,8 +318,8 @@ enum StateView<'a> {
 }
 
 impl StateView<'_> {
-    fn to_state(&self) -> IgState {
-        match *self {
+    fn to_state(self) -> IgState {
+        match self {
             Self::LoggedOut => IgState::LoggedOut,
             Self::LoggingIn => IgState::LoggingIn,
             Self::Active(account_id, mode) => IgState::Active {
@@ -380,7 +393,7 @@ impl Machine for IgSession {
                 self.new_op(Kind::Logout)
             }
             IgIntent::Resume(snapshot) => {
-                if snapshot.base_url.trim_end_matches('/') != self.base_str {
+                if snapshot.base_url.trim_end_matches('/') != self.base_str() {
                     return Err(UsageError::InvalidArgument {
                         what: "snapshot",
                         reason: "saved for another base URL",
@@ -568,7 +581,7 @@ impl Machine for IgSession {
     }
 
     fn base_url(&self) -> Option<&str> {
-        Some(self.base_str.trim_end_matches('/'))
+        Some(self.base_str())
     }
 }
 
@@ -589,7 +602,7 @@ fn is_valid_header_value(v: &str) -> bool {
 impl std::fmt::Debug for IgSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IgSession")
-            .field("base_url", &self.base_str)
+            .field("base_url", &self.base_str())
             .field("login_flow", &self.cfg.login_flow)
             .field("state", &self.compute_state())
             .field("generation", &self.generation)
