@@ -244,10 +244,13 @@ impl IbkrSession {
             lst_refresh_at: None,
             generation: 0,
             reactive_generation: None,
-            queue: VecDeque::new(),
+            queue: VecDeque::with_capacity(1),
             current: None,
             in_flight: None,
-            out: VecDeque::new(),
+            // Sized for a typical exchange (a state change and a request, or a
+            // completion and a state change): the first push would otherwise
+            // reserve four of these large values, kept for the session's life.
+            out: VecDeque::with_capacity(2),
             next_tickle: None,
             last_tickle: None,
             last_validate: None,

@@ -140,7 +140,7 @@ impl IgSession {
                 let (details, tokens) = decode::read_session(headers, body)?;
                 if let Some(op) = self.current.as_mut() {
                     op.streaming_tokens = tokens.is_some();
-                    op.details = Some(details.clone());
+                    op.details = Some(Box::new(details.clone()));
                 }
                 if let Some(t) = tokens {
                     self.streaming = Some((t.cst, t.xst));

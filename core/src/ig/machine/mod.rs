@@ -165,10 +165,13 @@ impl IgSession {
             backoff_until: None,
             closed: None,
             lost: None,
-            queue: VecDeque::new(),
+            queue: VecDeque::with_capacity(1),
             current: None,
             in_flight: None,
-            outbox: VecDeque::new(),
+            // Sized for a typical exchange (a state change and a request, or a
+            // completion and a state change): the first push would otherwise
+            // reserve four of these large values, kept for the session's life.
+            outbox: VecDeque::with_capacity(2),
             last_state: IgState::LoggedOut,
             abandoned_logins: VecDeque::new(),
         })

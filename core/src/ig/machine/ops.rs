@@ -70,7 +70,8 @@ pub(super) struct Op {
     pub(super) retry_at: Option<Instant>,
     pub(super) enc_password: Option<Password>,
     pub(super) target_account: Option<String>,
-    pub(super) details: Option<SessionDetails>,
+    /// Boxed: only a read has them, and every queued operation would carry the room.
+    pub(super) details: Option<Box<SessionDetails>>,
     pub(super) streaming_tokens: bool,
     /// A switch found the account already active.
     pub(super) already_active: bool,
@@ -569,7 +570,7 @@ impl IgSession {
             }
             (Kind::Read { .. }, Ok(())) => match op.details {
                 Some(details) => Ok(IgOutcome::Session {
-                    details,
+                    details: *details,
                     streaming_tokens: op.streaming_tokens,
                 }),
                 None => Err(not_logged_in()),
