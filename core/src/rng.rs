@@ -44,22 +44,25 @@ impl LazyRng {
 ///
 /// Derived from the session's seed but apart from [`SessionRng`], so that drawing
 /// jitter never shifts the stream of nonces and Diffie-Hellman secrets a seeded test
-/// reproduces byte for byte. SplitMix64: eight bytes of state, and timer jitter needs
-/// no cryptographic strength, only different sessions drawing differently.
+/// reproduces byte for byte. SplitMix64 from a SHA-256 of the seed: eight bytes of
+/// state; timer jitter needs no cryptographic strength, only different sessions
+/// drawing differently and nothing about the seed showing through.
 #[derive(Clone, Debug)]
 pub(crate) struct JitterRng(u64);
 
 impl JitterRng {
     pub(crate) fn new(seed: &RngSeed) -> Self {
-        // Every byte of the seed enters the state; the constant keeps this stream
-        // apart from anything else derived from the same seed.
-        let mut state = 0x6a09_e667_f3bc_c908_u64;
-        for chunk in seed.0.chunks_exact(8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            state = splitmix64(&mut (state ^ u64::from_le_bytes(word)));
-        }
-        Self(state)
+        // The state comes from a one-way hash of the seed under its own label: the
+        // schedule is observable from outside, and must say nothing about the seed,
+        // which also keys the nonces and Diffie-Hellman secrets.
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"broker-session timer jitter\0");
+        h.update(seed.0);
+        let digest = h.finalize();
+        let mut state = [0u8; 8];
+        state.copy_from_slice(&digest[..8]);
+        Self(u64::from_le_bytes(state))
     }
 
     fn next_u64(&mut self) -> u64 {

@@ -133,8 +133,9 @@ impl IgSession {
     ///
     /// # Errors
     /// [`Error::Usage`] ([`UsageError::InvalidArgument`]) for a configuration that
-    /// cannot work: an empty API key, a base URL that is not an absolute http(s) URL,
-    /// the web-platform login on demo, a zero deadline.
+    /// cannot work: an empty API key or one that cannot go in an HTTP header, a base
+    /// URL that is not an absolute http(s) URL, the web-platform login on demo, a zero
+    /// deadline.
     pub fn new(config: impl Into<Arc<IgConfig>>, seed: RngSeed, _now: Now) -> Result<Self, Error> {
         let mut config: Arc<IgConfig> = config.into();
         let base = config.validate().map_err(Error::Usage)?;
