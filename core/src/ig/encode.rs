@@ -760,6 +760,28 @@ mod tests {
         }
     }
 
+    /// A session reuses its credentials' header values only while they still match
+    /// the tokens and account byte for byte.
+    #[test]
+    fn kept_auth_values_match_only_their_own_credentials() {
+        let (c1, x1) = (Cst::new("c1"), SecurityToken::new("x1"));
+        let (c2, x2) = (Cst::new("c2"), SecurityToken::new("x2"));
+        let (t1, t2) = (AccessToken::new("a1"), AccessToken::new("a2"));
+        let cst = |cst, xst| AuthHeaders::Cst { cst, xst };
+        let bearer = |token, account_id| AuthHeaders::Bearer { token, account_id };
+        let kept = AuthValues::new(cst(&c1, &x1)).unwrap();
+        assert!(kept.are_for(cst(&c1, &x1)));
+        assert!(!kept.are_for(cst(&c2, &x1)) && !kept.are_for(cst(&c1, &x2)));
+        assert!(!kept.are_for(bearer(&t1, "A")));
+        let kept = AuthValues::new(bearer(&t1, "A")).unwrap();
+        assert!(kept.are_for(bearer(&t1, "A")));
+        assert!(!kept.are_for(bearer(&t2, "A")) && !kept.are_for(bearer(&t1, "B")));
+        assert!(!kept.are_for(cst(&c1, &x1)));
+        // "Bearer " belongs to the header, not the token.
+        let odd = AccessToken::new("Bearer a1");
+        assert!(!kept.are_for(bearer(&odd, "A")));
+    }
+
     #[test]
     fn apply_auth_switches_modes_and_leaves_nothing_of_the_other() {
         let (cst, xst, tok) = (
