@@ -207,6 +207,20 @@ impl IbkrSession {
     /// shared `Arc` share it rather than each holding a copy (with its keys). Only a
     /// configuration with a value out of its bounds is copied.
     ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::{Instant, SystemTime};
+    /// use broker_session::ibkr::{IbkrConfig, IbkrSession};
+    /// use broker_session::{Now, RngSeed};
+    ///
+    /// let now = Now::new(Instant::now(), SystemTime::now());
+    /// let config = Arc::new(IbkrConfig::gateway());
+    /// let first = IbkrSession::new(Arc::clone(&config), RngSeed::from_u64(1), now)?;
+    /// let second = IbkrSession::new(config, RngSeed::from_u64(2), now)?;
+    /// # let _ = (first, second);
+    /// # Ok::<(), broker_session::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Crypto`] ([`CryptoError::InvalidKey`](crate::CryptoError::InvalidKey)) for a key or prime that does not
     /// parse, [`Error::Usage`] for a bad base URL.

@@ -131,6 +131,20 @@ impl IgSession {
     /// each holding a copy. Only a configuration whose durations need clamping is
     /// copied.
     ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::{Instant, SystemTime};
+    /// use broker_session::ig::{IgConfig, IgEnvironment, IgSession};
+    /// use broker_session::{Now, RngSeed};
+    ///
+    /// let now = Now::new(Instant::now(), SystemTime::now());
+    /// let config = Arc::new(IgConfig::new(IgEnvironment::Demo, "key", "user", "password"));
+    /// let first = IgSession::new(Arc::clone(&config), RngSeed::from_u64(1), now)?;
+    /// let second = IgSession::new(config, RngSeed::from_u64(2), now)?;
+    /// # let _ = (first, second);
+    /// # Ok::<(), broker_session::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Usage`] ([`UsageError::InvalidArgument`]) for a configuration that
     /// cannot work: an empty API key or one that cannot go in an HTTP header, a base
