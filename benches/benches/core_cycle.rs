@@ -7,9 +7,13 @@
 //! Before the timings it prints the allocations of one cycle, request by request.
 //! Run: `cargo bench -p broker-session-benches --bench core_cycle`.
 
-use broker_session::Machine;
+use std::sync::Arc;
+
+use broker_session::ibkr::IbkrConfig;
 use broker_session::ibkr::{IbkrIntent, IbkrSession};
+use broker_session::ig::IgConfig;
 use broker_session::ig::{IgIntent, IgSession, LoginFlow};
+use broker_session::{Machine, RngSeed};
 use broker_session_benches::alloc::{self, AllocDelta, CountingAlloc};
 use broker_session_benches::replay::Script;
 use broker_session_benches::sys;
@@ -43,7 +47,7 @@ fn ibkr_intents() -> Vec<IbkrIntent> {
 
 struct Ig {
     script: Script,
-    config: broker_session::ig::IgConfig,
+    config: IgConfig,
     clock: VirtualClock,
 }
 
@@ -52,12 +56,8 @@ impl Ig {
         let mut fake = FakeIg::default();
         let config = session_config(&fake, LoginFlow::V3);
         let clock = VirtualClock::new();
-        let mut m = IgSession::new(
-            config.clone(),
-            broker_session::RngSeed::from_u64(1),
-            clock.now(),
-        )
-        .expect("valid config");
+        let mut m = IgSession::new(config.clone(), RngSeed::from_u64(1), clock.now())
+            .expect("valid config");
         let script = Script::record(&mut m, &mut fake, clock.now(), ig_intents());
         Self {
             script,
@@ -67,18 +67,14 @@ impl Ig {
     }
 
     fn machine(&self) -> IgSession {
-        IgSession::new(
-            self.config.clone(),
-            broker_session::RngSeed::from_u64(1),
-            self.clock.now(),
-        )
-        .expect("valid config")
+        IgSession::new(self.config.clone(), RngSeed::from_u64(1), self.clock.now())
+            .expect("valid config")
     }
 }
 
 struct Ibkr {
     script: Script,
-    config: broker_session::ibkr::IbkrConfig,
+    config: IbkrConfig,
     clock: VirtualClock,
 }
 
@@ -87,12 +83,8 @@ impl Ibkr {
         let mut fake = FakeIbkr::gateway();
         let config = FakeIbkr::gateway_config();
         let clock = VirtualClock::new();
-        let mut m = IbkrSession::new(
-            config.clone(),
-            broker_session::RngSeed::from_u64(1),
-            clock.now(),
-        )
-        .expect("valid config");
+        let mut m = IbkrSession::new(config.clone(), RngSeed::from_u64(1), clock.now())
+            .expect("valid config");
         let script = Script::record(&mut m, &mut fake, clock.now(), ibkr_intents());
         Self {
             script,
@@ -102,12 +94,8 @@ impl Ibkr {
     }
 
     fn machine(&self) -> IbkrSession {
-        IbkrSession::new(
-            self.config.clone(),
-            broker_session::RngSeed::from_u64(1),
-            self.clock.now(),
-        )
-        .expect("valid config")
+        IbkrSession::new(self.config.clone(), RngSeed::from_u64(1), self.clock.now())
+            .expect("valid config")
     }
 }
 
@@ -226,9 +214,64 @@ fn main() {
         d.allocs,
         d.bytes
     );
+    machine_state(&ig, &ibkr);
     alloc::set_counting(false);
     println!();
     divan::main();
+}
+
+/// Machine state per session: `size_of` plus the heap it holds, averaged over 1,000
+/// sessions after an IG v3 login or an IBKR gateway connect: each built from its own
+/// copy of the configuration (separate users), then all from one shared `Arc` of it.
+fn machine_state(ig: &Ig, ibkr: &Ibkr) {
+    const K: usize = 1000;
+    let ig_heap = |config: &dyn Fn() -> Arc<IgConfig>| {
+        let mut igs = Vec::with_capacity(K);
+        let before = alloc::snapshot();
+        for _ in 0..K {
+            let mut m = IgSession::new(config(), RngSeed::from_u64(1), ig.clock.now())
+                .expect("valid config");
+            ig.script
+                .replay(&mut m, vec![IgIntent::Login], vec![ig.script.response(0)]);
+            igs.push(m);
+        }
+        alloc::snapshot().since(before).live as f64 / K as f64
+    };
+    let connect: Vec<usize> = (0..ibkr.script.requests.len())
+        .filter(|i| !ibkr.script.requests[*i].ends_with("/tickle"))
+        .collect();
+    let ibkr_heap = |config: &dyn Fn() -> Arc<IbkrConfig>| {
+        let mut ibkrs = Vec::with_capacity(K);
+        let before = alloc::snapshot();
+        for _ in 0..K {
+            let mut m = IbkrSession::new(config(), RngSeed::from_u64(1), ibkr.clock.now())
+                .expect("valid config");
+            let answers = connect.iter().map(|i| ibkr.script.response(*i)).collect();
+            ibkr.script
+                .replay(&mut m, vec![IbkrIntent::Connect], answers);
+            ibkrs.push(m);
+        }
+        alloc::snapshot().since(before).live as f64 / K as f64
+    };
+    let (ig_own, ibkr_own) = (
+        ig_heap(&|| Arc::new(ig.config.clone())),
+        ibkr_heap(&|| Arc::new(ibkr.config.clone())),
+    );
+    let (ig_shared, ibkr_shared) = {
+        let (igc, ibkrc) = (Arc::new(ig.config.clone()), Arc::new(ibkr.config.clone()));
+        (ig_heap(&|| igc.clone()), ibkr_heap(&|| ibkrc.clone()))
+    };
+    println!(
+        "\nmachine state per session (size_of + heap; own config / shared Arc config): IgSession (v3, logged in) {} + {:.0} B / {} + {:.0} B; IbkrSession (gateway, connected) {} + {:.0} B / {} + {:.0} B",
+        size_of::<IgSession>(),
+        ig_own,
+        size_of::<IgSession>(),
+        ig_shared,
+        size_of::<IbkrSession>(),
+        ibkr_own,
+        size_of::<IbkrSession>(),
+        ibkr_shared,
+    );
 }
 
 /// One IG v3 cycle: 12 requests through a machine built beforehand.
@@ -282,7 +325,5 @@ fn ig_new_session(bencher: Bencher<'_, '_>) {
     let ig = Ig::new();
     bencher
         .with_inputs(|| ig.config.clone())
-        .bench_local_values(|c| {
-            IgSession::new(c, broker_session::RngSeed::from_u64(1), ig.clock.now())
-        });
+        .bench_local_values(|c| IgSession::new(c, RngSeed::from_u64(1), ig.clock.now()));
 }

@@ -202,6 +202,7 @@ mod machine;
 mod rng;
 pub mod secret;
 mod time;
+mod uris;
 mod wire;
 
 pub mod ibkr;

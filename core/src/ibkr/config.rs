@@ -186,6 +186,19 @@ pub struct IbkrConfig {
     /// 1 s and at least [`tickle_min_interval`](Self::tickle_min_interval); IBKR drops
     /// idle sessions after about 5 min.
     pub tickle_interval: Duration,
+    /// How much shorter than [`tickle_interval`](Self::tickle_interval) a keep-alive
+    /// interval may be, at random, so that sessions started together (100,000 created
+    /// in one burst) do not all tickle in the same millisecond. Each interval is drawn
+    /// anew, uniformly from `[interval - spread, interval]`. Default 6 s (a tenth of the
+    /// default interval).
+    ///
+    /// Bounds: at most half the interval, and never below 1 s or
+    /// [`tickle_min_interval`](Self::tickle_min_interval); an interval is only ever
+    /// shortened, so a session is never tickled later than `tickle_interval`. The
+    /// draw comes from the session's seed: a test with a fixed
+    /// [`RngSeed`](crate::RngSeed) sees the same schedule every run. `Duration::ZERO`
+    /// tickles every `tickle_interval` exactly.
+    pub tickle_spread: Duration,
     /// Pacing: the least time between two `POST /tickle` requests of this session.
     /// A tickle asked for sooner (the user's [`IbkrIntent::Tickle`](super::IbkrIntent::Tickle)
     /// or the keep-alive's) waits for its slot and then goes; its answer says how
@@ -240,6 +253,7 @@ impl IbkrConfig {
             status_poll_interval: Duration::from_secs(1),
             ready_timeout: Duration::from_secs(30),
             tickle_interval: Duration::from_secs(60),
+            tickle_spread: Duration::from_secs(6),
             tickle_min_interval: Duration::from_secs(1),
             validate_min_interval: Duration::from_secs(60),
             reauthenticate_method: ReauthenticateMethod::Post,

@@ -223,7 +223,7 @@ pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
     if let Some(err) = raw.error {
         // Only the failure shape has a top-level `error`.
         return Ok(TickleResponse::Failed {
-            error: value_text(&err),
+            error: value_text(err),
         });
     }
     Ok(TickleResponse::Ok(Box::new(TickleInfo {
@@ -232,7 +232,7 @@ pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
         collision: raw.collission,
         user_id: raw.user_id,
         auth_status: raw.iserver.and_then(|i| i.auth_status),
-        hmds_error: raw.hmds.and_then(|h| h.error).map(|e| value_text(&e)),
+        hmds_error: raw.hmds.and_then(|h| h.error).map(value_text),
         pacing: Pacing::default(),
     })))
 }
@@ -375,12 +375,14 @@ pub fn error_text(body: &[u8]) -> Option<String> {
         return None;
     }
     let r: Raw = serde_json::from_slice(body).ok()?;
-    r.error.map(|e| value_text(&e))
+    r.error.map(value_text)
 }
 
-fn value_text(v: &serde_json::Value) -> String {
+/// The text of an `error` value: a string as it is (moved, not copied), anything
+/// else as JSON.
+fn value_text(v: serde_json::Value) -> String {
     match v {
-        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::String(s) => s,
         other => other.to_string(),
     }
 }

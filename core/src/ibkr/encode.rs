@@ -21,6 +21,33 @@ use crate::error::{CryptoError, Error, UsageError};
 use crate::rng::SessionRng;
 use crate::secret::{AccessToken, LiveSessionToken, SecretBytes, sensitive_header};
 use crate::time::Now;
+use crate::uris::EndpointUris;
+
+/// Every session endpoint, in the order of [`Base`]'s URIs (see `uri_index`).
+const ENDPOINTS: [Endpoint; 8] = [
+    Endpoint::LiveSessionToken,
+    Endpoint::Status,
+    Endpoint::SsodhInit,
+    Endpoint::Tickle,
+    Endpoint::Reauthenticate(super::config::ReauthenticateMethod::Post),
+    Endpoint::Validate,
+    Endpoint::Logout,
+    Endpoint::Accounts,
+];
+
+/// Where `endpoint`'s URI is in [`ENDPOINTS`].
+fn uri_index(endpoint: Endpoint) -> usize {
+    match endpoint {
+        Endpoint::LiveSessionToken => 0,
+        Endpoint::Status => 1,
+        Endpoint::SsodhInit => 2,
+        Endpoint::Tickle => 3,
+        Endpoint::Reauthenticate(_) => 4,
+        Endpoint::Validate => 5,
+        Endpoint::Logout => 6,
+        Endpoint::Accounts => 7,
+    }
+}
 
 /// The session's base URL, split so requests can be built and checked against it.
 #[derive(Clone, Debug)]
@@ -30,6 +57,8 @@ pub(crate) struct Base {
     scheme: String,
     host: String,
     port: u16,
+    /// Every endpoint's URI, parsed once.
+    uris: EndpointUris<8>,
 }
 
 impl Base {
@@ -51,11 +80,19 @@ impl Base {
         let port = uri
             .port_u16()
             .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let uris = EndpointUris::new(
+            uri.scheme().ok_or(BAD)?.clone(),
+            uri.authority().ok_or(BAD)?.clone(),
+            uri.path().trim_end_matches('/'),
+            ENDPOINTS.map(Endpoint::path),
+        )
+        .ok_or(BAD)?;
         Ok(Self {
             url: url.to_owned(),
             scheme,
             host,
             port,
+            uris,
         })
     }
 
@@ -83,35 +120,50 @@ impl Base {
     }
 }
 
+/// Headers a session request may carry: `Accept`, `Content-Type`, `Content-Length`
+/// and the OAuth `Authorization`.
+const SESSION_HEADERS: usize = 4;
+
 /// A session request to `endpoint` (its method and path): `Accept`, JSON
 /// `Content-Type` when there is a body, and `Content-Length` on every POST (IBKR's CDN
-/// answers 411 without it).
+/// answers 411 without it). The URI comes parsed from `base`, the header values are
+/// static but for a non-empty body's length.
 pub(crate) fn request(
     base: &Base,
     endpoint: Endpoint,
     body: Option<Vec<u8>>,
 ) -> Result<http::Request<Vec<u8>>, Error> {
+    const JSON: http::HeaderValue = http::HeaderValue::from_static("application/json");
+    let uri =
+        base.uris
+            .get(uri_index(endpoint))
+            .ok_or(Error::Usage(UsageError::InvalidArgument {
+                what: "base_url",
+                reason: "does not form a valid request URI",
+            }))?;
     let method = endpoint.method();
-    let mut b = http::Request::builder()
-        .method(method.clone())
-        .uri(format!("{}{}", base.url, endpoint.path()))
-        .header(http::header::ACCEPT, "application/json");
+    let mut headers = http::HeaderMap::with_capacity(SESSION_HEADERS);
+    headers.insert(http::header::ACCEPT, JSON);
     let body = match body {
-        Some(b2) => {
-            b = b.header(http::header::CONTENT_TYPE, "application/json");
-            b2
+        Some(body) => {
+            headers.insert(http::header::CONTENT_TYPE, JSON);
+            body
         }
         None => Vec::new(),
     };
     if method == http::Method::POST {
-        b = b.header(http::header::CONTENT_LENGTH, body.len());
+        let length = if body.is_empty() {
+            http::HeaderValue::from_static("0")
+        } else {
+            http::HeaderValue::from(body.len())
+        };
+        headers.insert(http::header::CONTENT_LENGTH, length);
     }
-    b.body(body).map_err(|_| {
-        Error::Usage(UsageError::InvalidArgument {
-            what: "base_url",
-            reason: "does not form a valid request URI",
-        })
-    })
+    let mut req = http::Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
 }
 
 /// The body of [`Endpoint::SsodhInit`]: `{"publish":true,"compete":<compete>}`. IBKR
@@ -474,5 +526,28 @@ mod tests {
         let r = request(&b, Endpoint::SsodhInit, Some(ssodh_init_body(true))).unwrap();
         assert_eq!(r.body(), br#"{"publish":true,"compete":true}"#);
         assert_eq!(r.headers()["content-length"], "31");
+    }
+
+    /// Every endpoint's URI, as `{base}{path}` spells it, whatever the base's path.
+    #[test]
+    fn every_endpoint_gets_the_base_url_and_its_path() {
+        use crate::ibkr::ReauthenticateMethod;
+        for base in [
+            "https://localhost:5000/v1/api",
+            "https://api.ibkr.com/v1/api/",
+            "http://127.0.0.1:8080",
+        ] {
+            let b = Base::parse(base).unwrap();
+            let mut all = ENDPOINTS.to_vec();
+            all.push(Endpoint::Reauthenticate(ReauthenticateMethod::Get));
+            for e in all {
+                let r = request(&b, e, None).unwrap();
+                let want = format!("{}{}", base.trim_end_matches('/'), e.path());
+                assert_eq!(r.uri().to_string(), want, "{e:?}");
+                assert_eq!(r.method(), e.method());
+                assert_eq!(r.headers()["accept"], "application/json");
+                assert!(r.headers().get("content-type").is_none());
+            }
+        }
     }
 }

@@ -62,7 +62,25 @@ pub fn is_no_session<B: AsRef<[u8]>>(response: &http::Response<B>) -> bool {
     if status.is_redirection() {
         return is_sso_redirect(response);
     }
-    matches!(decode::error_text(response.body().as_ref()), Some(e) if e.trim().eq_ignore_ascii_case("no session"))
+    let body = response.body().as_ref();
+    // Every answer passes here, so a body that cannot hold the words is not parsed.
+    may_say_no_session(body)
+        && matches!(decode::error_text(body), Some(e) if e.trim().eq_ignore_ascii_case("no session"))
+}
+
+/// Whether `body` may hold the JSON string `no session` in any case: the words
+/// themselves, or an escape (`\u…`) that could spell them. Without either, no `error`
+/// field of the body can read "no session". Searches for the space between the words
+/// (rare in compact JSON) rather than comparing at every byte.
+fn may_say_no_session(body: &[u8]) -> bool {
+    const WORDS: &[u8] = b"no session";
+    memchr::memchr(b'\\', body).is_some()
+        || memchr::memchr_iter(b' ', body).any(|space| {
+            space
+                .checked_sub(2)
+                .and_then(|start| body.get(start..start + WORDS.len()))
+                .is_some_and(|w| w.eq_ignore_ascii_case(WORDS))
+        })
 }
 
 /// Whether a redirect points at `/sso/Login` or `/sso/Dispatcher`.
@@ -148,5 +166,38 @@ mod tests {
             .body(br#"{"error":"Bad Request: no bridge","statusCode":400}"#.to_vec())
             .unwrap();
         assert!(is_no_bridge(&r));
+    }
+
+    /// The quick filter never hides a "no session": any case, padding, or the words
+    /// spelled with escapes still parse; other bodies are not.
+    #[test]
+    fn no_session_in_any_spelling_is_found_and_others_are_not() {
+        let answer = |body: &str| {
+            let r = http::Response::builder()
+                .status(200)
+                .body(body.as_bytes().to_vec())
+                .unwrap();
+            is_no_session(&r)
+        };
+        for yes in [
+            r#"{"error":"No Session"}"#,
+            r#"{"error":"  NO SESSION "}"#,
+            r#"{"error":"no\u0020session"}"#,
+            r#"{"\u0065rror":"\u006eo session"}"#,
+        ] {
+            assert!(answer(yes), "{yes}");
+        }
+        for no in [
+            r#"{"error":"no sessions"}"#,
+            r#"{"message":"no session"}"#,
+            r#"{"session":"abc","hmds":{"error":"no bridge"}}"#,
+            r#"{"error":{"text":"no session"}}"#,
+            "no session",
+        ] {
+            assert!(!answer(no), "{no}");
+        }
+        assert!(!may_say_no_session(
+            br#"{"session":"abc","hmds":{"error":"no bridge"}}"#
+        ));
     }
 }

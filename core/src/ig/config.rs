@@ -98,6 +98,19 @@ pub struct IgConfig {
     /// to at most half the token's lifetime, so a short-lived token is never refreshed
     /// in a loop (and to at most a year).
     pub refresh_margin: Duration,
+    /// How much earlier than [`refresh_margin`](Self::refresh_margin) a refresh may
+    /// come, at random, so that sessions started together (100,000 created in one
+    /// burst) do not all refresh in the same millisecond. Each refresh is due at a
+    /// point drawn uniformly from `[margin, margin + spread]` before the token
+    /// expires, drawn anew for every token. Default 5 s.
+    ///
+    /// Bounds: margin plus spread is clamped to half the token's lifetime, so a refresh
+    /// always comes before the token expires and a short-lived token is never
+    /// refreshed in a loop (at most a year). The draw comes from the session's seed
+    /// (not from the refresh token or the clock): a test with a fixed
+    /// [`RngSeed`](crate::RngSeed) sees the same schedule every run. `Duration::ZERO`
+    /// refreshes exactly `refresh_margin` before expiry.
+    pub refresh_spread: Duration,
     /// How long the session waits for the answer to one of its own requests before it
     /// treats the request as failed. Default 30 s; at most a year (longer values are
     /// clamped). A login whose answer does not come in time is never sent again.
@@ -151,6 +164,7 @@ impl IgConfig {
             password: password.into(),
             login_flow: LoginFlow::default(),
             refresh_margin: Duration::from_secs(10),
+            refresh_spread: Duration::from_secs(5),
             request_deadline: Duration::from_secs(30),
             max_attempts: 3,
             retry_delay: Duration::from_secs(1),
@@ -162,19 +176,37 @@ impl IgConfig {
         }
     }
 
-    /// The configuration with every duration capped at [`MAX_DURATION`], so no
-    /// deadline computed from it can come near `Instant`'s range.
-    pub(crate) fn clamped(mut self) -> Self {
-        for d in [
+    fn durations(&mut self) -> [&mut Duration; 6] {
+        [
             &mut self.refresh_margin,
+            &mut self.refresh_spread,
             &mut self.request_deadline,
             &mut self.retry_delay,
             &mut self.allowance_backoff,
             &mut self.login_throttle_backoff,
-        ] {
+        ]
+    }
+
+    /// Caps every duration at [`MAX_DURATION`], so no deadline computed from the
+    /// configuration can come near `Instant`'s range.
+    pub(crate) fn clamp(&mut self) {
+        for d in self.durations() {
             *d = (*d).min(MAX_DURATION);
         }
-        self
+    }
+
+    /// Whether [`clamp`](Self::clamp) would change nothing.
+    pub(crate) fn is_clamped(&self) -> bool {
+        [
+            self.refresh_margin,
+            self.refresh_spread,
+            self.request_deadline,
+            self.retry_delay,
+            self.allowance_backoff,
+            self.login_throttle_backoff,
+        ]
+        .iter()
+        .all(|d| *d <= MAX_DURATION)
     }
 
     pub(crate) fn validate(&self) -> Result<BaseUrl, UsageError> {
@@ -316,6 +348,7 @@ mod tests {
         let c = IgConfig::new(IgEnvironment::Live, "key-123", "user", "pw-xyz");
         assert_eq!(c.login_flow, LoginFlow::V2);
         assert_eq!(c.refresh_margin, Duration::from_secs(10));
+        assert_eq!(c.refresh_spread, Duration::from_secs(5));
         assert_eq!(c.request_deadline, Duration::from_secs(30));
         let d = format!("{c:?}");
         assert!(!d.contains("key-123") && !d.contains("pw-xyz"), "{d}");

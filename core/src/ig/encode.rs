@@ -5,18 +5,38 @@
 //! Every request carries `X-IG-API-KEY` (sensitive), `Accept` and `Content-Type`
 //! (`application/json; charset=UTF-8`) and an explicit `Version`: IG defaults to 1
 //! when it is absent, which silently changes the answer of a v2 or v3 login.
+//!
+//! The public builders parse their URL and header values on each call. A session
+//! sends the same few URLs and credentials over and over, so it keeps them parsed in a
+//! [`Prepared`] (and its credentials in [`AuthValues`]): putting one on a request is a
+//! reference-count increment, not a parse and a copy. Both paths end in the same
+//! `assemble`, so they cannot disagree on a header.
 
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use serde::Serialize;
 
+use super::config::BaseUrl;
 use super::endpoint::Endpoint;
 
 use crate::error::{Error, UsageError};
 use crate::secret::{AccessToken, ApiKey, Cst, Password, SecurityToken, sensitive_header};
+use crate::uris::EndpointUris;
 
 /// The JSON media type IG expects on both `Accept` and `Content-Type`.
 pub const JSON: &str = "application/json; charset=UTF-8";
+
+// Header names as constants: a `&str` name is parsed and, for these non-standard
+// names, copied into a fresh buffer on every insert.
+const X_IG_API_KEY: HeaderName = HeaderName::from_static("x-ig-api-key");
+const VERSION: HeaderName = HeaderName::from_static("version");
+const CST: HeaderName = HeaderName::from_static("cst");
+const X_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-security-token");
+const IG_ACCOUNT_ID: HeaderName = HeaderName::from_static("ig-account-id");
+
+/// Headers on a session request: `Accept`, `Content-Type`, `Version`, the API key and
+/// two credential headers.
+const SESSION_HEADERS: usize = 6;
 
 /// Credentials to put on a request: CST mode (v1/v2 login) or OAuth mode (v3).
 #[derive(Clone, Copy, Debug)]
@@ -45,51 +65,191 @@ fn invalid(what: &'static str) -> Error {
     })
 }
 
+/// The credentials' header values, checked and marked sensitive. A session builds
+/// them once per credential generation and clones them onto each request.
+///
+/// The values hold copies of the tokens (as every request carrying them does); they
+/// are dropped with the session or when the tokens change.
+#[derive(Clone, Debug)]
+pub(crate) enum AuthValues {
+    /// `CST` + `X-SECURITY-TOKEN`.
+    Cst { cst: HeaderValue, xst: HeaderValue },
+    /// `Authorization: Bearer …` + `IG-ACCOUNT-ID`.
+    Bearer {
+        authorization: HeaderValue,
+        account_id: HeaderValue,
+    },
+}
+
+impl AuthValues {
+    pub(crate) fn new(auth: AuthHeaders<'_>) -> Result<Self, Error> {
+        Ok(match auth {
+            AuthHeaders::Cst { cst, xst } => Self::Cst {
+                cst: sensitive_header(cst.expose_secret()).ok_or_else(|| invalid("CST"))?,
+                xst: sensitive_header(xst.expose_secret())
+                    .ok_or_else(|| invalid("X-SECURITY-TOKEN"))?,
+            },
+            AuthHeaders::Bearer { token, account_id } => {
+                let token = token.expose_secret();
+                let mut bearer = String::with_capacity("Bearer ".len() + token.len());
+                bearer.push_str("Bearer ");
+                bearer.push_str(token);
+                // Moves the string into the value (no copy).
+                let mut authorization =
+                    HeaderValue::try_from(bearer).map_err(|_| invalid("access token"))?;
+                authorization.set_sensitive(true);
+                Self::Bearer {
+                    authorization,
+                    account_id: sensitive_header(account_id)
+                        .ok_or_else(|| invalid("account id"))?,
+                }
+            }
+        })
+    }
+
+    /// Whether these are the values of `auth`, compared byte for byte: a session
+    /// keeps them between requests and must never send stale ones, whatever changed
+    /// its tokens or account.
+    pub(crate) fn are_for(&self, auth: AuthHeaders<'_>) -> bool {
+        match (self, auth) {
+            (Self::Cst { cst, xst }, AuthHeaders::Cst { cst: c, xst: x }) => {
+                cst.as_bytes() == c.expose_secret().as_bytes()
+                    && xst.as_bytes() == x.expose_secret().as_bytes()
+            }
+            (
+                Self::Bearer {
+                    authorization,
+                    account_id,
+                },
+                AuthHeaders::Bearer {
+                    token,
+                    account_id: a,
+                },
+            ) => {
+                authorization.as_bytes().strip_prefix(b"Bearer ")
+                    == Some(token.expose_secret().as_bytes())
+                    && account_id.as_bytes() == a.as_bytes()
+            }
+            _ => false,
+        }
+    }
+
+    /// Puts the credentials on `headers`, removing the other mode's headers (a request
+    /// stamped before may carry them).
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        match self {
+            Self::Cst { cst, xst } => {
+                headers.remove(AUTHORIZATION);
+                headers.remove(IG_ACCOUNT_ID);
+                headers.insert(CST, cst.clone());
+                headers.insert(X_SECURITY_TOKEN, xst.clone());
+            }
+            Self::Bearer {
+                authorization,
+                account_id,
+            } => {
+                headers.remove(CST);
+                headers.remove(X_SECURITY_TOKEN);
+                headers.insert(AUTHORIZATION, authorization.clone());
+                headers.insert(IG_ACCOUNT_ID, account_id.clone());
+            }
+        }
+    }
+
+    /// Puts the credentials on a fresh request (nothing to remove).
+    fn insert_into(&self, headers: &mut HeaderMap) {
+        match self {
+            Self::Cst { cst, xst } => {
+                headers.insert(CST, cst.clone());
+                headers.insert(X_SECURITY_TOKEN, xst.clone());
+            }
+            Self::Bearer {
+                authorization,
+                account_id,
+            } => {
+                headers.insert(AUTHORIZATION, authorization.clone());
+                headers.insert(IG_ACCOUNT_ID, account_id.clone());
+            }
+        }
+    }
+}
+
+/// `X-IG-API-KEY`'s value, marked sensitive.
+pub(crate) fn api_key_value(api_key: &ApiKey) -> Result<HeaderValue, Error> {
+    sensitive_header(api_key.expose_secret()).ok_or_else(|| invalid("api_key"))
+}
+
 /// Sets `X-IG-API-KEY` and the credentials' headers (all marked sensitive). Leaves
-/// `Version` alone: the caller picks it per endpoint.
+/// `Version` alone: the caller picks it per endpoint. Nothing is changed when a value
+/// cannot go in a header.
 pub fn apply_auth(
     headers: &mut HeaderMap,
     api_key: &ApiKey,
     auth: AuthHeaders<'_>,
 ) -> Result<(), Error> {
-    headers.insert(
-        "X-IG-API-KEY",
-        sensitive_header(api_key.expose_secret()).ok_or_else(|| invalid("api_key"))?,
-    );
-    match auth {
-        AuthHeaders::Cst { cst, xst } => {
-            headers.remove(AUTHORIZATION);
-            headers.remove("IG-ACCOUNT-ID");
-            headers.insert(
-                "CST",
-                sensitive_header(cst.expose_secret()).ok_or_else(|| invalid("CST"))?,
-            );
-            headers.insert(
-                "X-SECURITY-TOKEN",
-                sensitive_header(xst.expose_secret()).ok_or_else(|| invalid("X-SECURITY-TOKEN"))?,
-            );
-        }
-        AuthHeaders::Bearer { token, account_id } => {
-            headers.remove("CST");
-            headers.remove("X-SECURITY-TOKEN");
-            let bearer = format!("Bearer {}", token.expose_secret());
-            headers.insert(
-                AUTHORIZATION,
-                sensitive_header(&bearer).ok_or_else(|| invalid("access token"))?,
-            );
-            headers.insert(
-                "IG-ACCOUNT-ID",
-                sensitive_header(account_id).ok_or_else(|| invalid("account id"))?,
-            );
-        }
-    }
+    let key = api_key_value(api_key)?;
+    let values = AuthValues::new(auth)?;
+    headers.insert(X_IG_API_KEY, key);
+    values.apply(headers);
     Ok(())
+}
+
+fn not_a_session_request() -> Error {
+    Error::Usage(UsageError::InvalidArgument {
+        what: "endpoint",
+        reason: "application requests are built by the application",
+    })
+}
+
+fn bad_url() -> Error {
+    Error::Usage(UsageError::InvalidArgument {
+        what: "URL",
+        reason: "not a valid request URI",
+    })
+}
+
+/// `Version`'s value; the versions IG uses are static strings.
+fn version_value(v: u8) -> HeaderValue {
+    match v {
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        v => HeaderValue::from(u16::from(v)),
+    }
+}
+
+/// The one place method, `Version`, `Accept`, `Content-Type`, the API key and the
+/// credentials are put on a session request.
+fn assemble(
+    endpoint: Endpoint,
+    method: Method,
+    uri: Uri,
+    api_key: Option<HeaderValue>,
+    auth: Option<&AuthValues>,
+    body: Vec<u8>,
+) -> Request<Vec<u8>> {
+    let mut headers = HeaderMap::with_capacity(SESSION_HEADERS);
+    headers.insert(ACCEPT, HeaderValue::from_static(JSON));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    if let Some(v) = endpoint.version() {
+        headers.insert(VERSION, version_value(v));
+    }
+    if let Some(key) = api_key {
+        headers.insert(X_IG_API_KEY, key);
+    }
+    if let Some(auth) = auth {
+        auth.insert_into(&mut headers);
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req
 }
 
 /// A request to `endpoint`: its method, `base` + its path (for the web-platform login,
 /// `base` is the whole URL), its `Version`, `Accept` and `Content-Type`, then the API
-/// key and the credentials when given. The one place method, path and version are
-/// put on a request.
+/// key and the credentials when given.
 fn request(
     endpoint: Endpoint,
     base: &str,
@@ -97,43 +257,110 @@ fn request(
     auth: Option<AuthHeaders<'_>>,
     body: Vec<u8>,
 ) -> Result<Request<Vec<u8>>, Error> {
-    let method = endpoint
-        .method()
-        .ok_or(Error::Usage(UsageError::InvalidArgument {
-            what: "endpoint",
-            reason: "application requests are built by the application",
-        }))?;
+    let method = endpoint.method().ok_or_else(not_a_session_request)?;
     let url = match endpoint.path() {
-        Some(path) => format!("{base}{path}"),
+        Some(path) => [base, path].concat(),
         None => base.to_owned(),
     };
-    let mut req = Request::builder()
-        .method(method)
-        .uri(url)
-        .body(body)
-        .map_err(|_| {
-            Error::Usage(UsageError::InvalidArgument {
-                what: "URL",
-                reason: "not a valid request URI",
-            })
-        })?;
-    let h = req.headers_mut();
-    h.insert(ACCEPT, HeaderValue::from_static(JSON));
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
-    if let Some(v) = endpoint.version() {
-        h.insert("Version", HeaderValue::from(u16::from(v)));
+    let uri = Uri::try_from(url).map_err(|_| bad_url())?;
+    let api_key = api_key.map(api_key_value).transpose()?;
+    let auth = auth.map(AuthValues::new).transpose()?;
+    Ok(assemble(
+        endpoint,
+        method,
+        uri,
+        api_key,
+        auth.as_ref(),
+        body,
+    ))
+}
+
+/// The endpoints with a path under the base URL, in the order of [`Prepared`]'s URIs
+/// (`Prepared::uri` picks by the same order).
+const UNDER_BASE: [Endpoint; 4] = [
+    Endpoint::Logout, // `/session`: also the logins, the read and the switch
+    Endpoint::ReadSession { fetch_tokens: true },
+    Endpoint::EncryptionKey,
+    Endpoint::Refresh,
+];
+
+/// The parts of a session's requests that never change: each endpoint's URI and the
+/// API key's header value. Built once when the session starts.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    uris: EndpointUris<4>,
+    /// The web-platform login's whole URL, when that is the login flow.
+    web_platform: Option<Box<Uri>>,
+    api_key: HeaderValue,
+}
+
+impl Prepared {
+    /// Parses every fixed part once. `web_platform_url` is given only for the
+    /// web-platform login flow.
+    pub(crate) fn new(
+        base: &BaseUrl,
+        api_key: &ApiKey,
+        web_platform_url: Option<&str>,
+    ) -> Result<Self, Error> {
+        let uris = EndpointUris::new(
+            base.scheme.clone(),
+            base.authority.clone(),
+            &base.prefix,
+            UNDER_BASE.map(|e| e.path().unwrap_or_default()),
+        )
+        .ok_or_else(bad_url)?;
+        let web_platform = web_platform_url
+            .map(|url| Uri::try_from(url).map(Box::new).map_err(|_| bad_url()))
+            .transpose()?;
+        Ok(Self {
+            uris,
+            web_platform,
+            api_key: api_key_value(api_key)?,
+        })
     }
-    match (api_key, auth) {
-        (Some(key), Some(auth)) => apply_auth(h, key, auth)?,
-        (Some(key), None) => {
-            h.insert(
-                "X-IG-API-KEY",
-                sensitive_header(key.expose_secret()).ok_or_else(|| invalid("api_key"))?,
-            );
-        }
-        _ => {}
+
+    /// Stamps an application request: the API key and the credentials, as
+    /// [`apply_auth`] does.
+    pub(crate) fn stamp(&self, headers: &mut HeaderMap, auth: &AuthValues) {
+        headers.insert(X_IG_API_KEY, self.api_key.clone());
+        auth.apply(headers);
     }
-    Ok(req)
+
+    fn uri(&self, endpoint: Endpoint) -> Result<Uri, Error> {
+        let i = match endpoint {
+            Endpoint::WebPlatformLogin => {
+                return self.web_platform.as_deref().cloned().ok_or_else(bad_url);
+            }
+            Endpoint::LoginV1
+            | Endpoint::LoginV2
+            | Endpoint::LoginV3
+            | Endpoint::ReadSession {
+                fetch_tokens: false,
+            }
+            | Endpoint::Switch
+            | Endpoint::Logout => 0,
+            Endpoint::ReadSession { fetch_tokens: true } => 1,
+            Endpoint::EncryptionKey => 2,
+            Endpoint::Refresh => 3,
+            Endpoint::Application => return Err(not_a_session_request()),
+        };
+        self.uris.get(i).ok_or_else(bad_url)
+    }
+
+    /// The request to `endpoint` with `body`, from the prepared parts: the same
+    /// request the public builder of that endpoint returns. The web-platform login
+    /// carries no API key, like [`web_platform_login`].
+    pub(crate) fn request(
+        &self,
+        endpoint: Endpoint,
+        auth: Option<&AuthValues>,
+        body: Vec<u8>,
+    ) -> Result<Request<Vec<u8>>, Error> {
+        let method = endpoint.method().ok_or_else(not_a_session_request)?;
+        let uri = self.uri(endpoint)?;
+        let api_key = (endpoint != Endpoint::WebPlatformLogin).then(|| self.api_key.clone());
+        Ok(assemble(endpoint, method, uri, api_key, auth, body))
+    }
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -147,6 +374,15 @@ struct LoginBody<'a> {
     password: &'a str,
     #[serde(rename = "encryptedPassword", skip_serializing_if = "Option::is_none")]
     encrypted_password: Option<bool>,
+}
+
+/// The body of a `POST /session` login.
+pub(crate) fn login_body(identifier: &str, password: &Password, encrypted: bool) -> Vec<u8> {
+    json(&LoginBody {
+        identifier,
+        password: password.expose_secret(),
+        encrypted_password: encrypted.then_some(true),
+    })
 }
 
 /// `POST {base}/session` to `endpoint`: [`Endpoint::LoginV1`], [`LoginV2`](Endpoint::LoginV2)
@@ -173,11 +409,7 @@ pub fn login(
             reason: "not a POST /session login",
         }));
     }
-    let body = json(&LoginBody {
-        identifier,
-        password: password.expose_secret(),
-        encrypted_password: encrypted.then_some(true),
-    });
+    let body = login_body(identifier, password, encrypted);
     request(endpoint, base, Some(api_key), None, body)
 }
 
@@ -192,6 +424,17 @@ pub fn encryption_key(base: &str, api_key: &ApiKey) -> Result<Request<Vec<u8>>, 
     )
 }
 
+/// The body of `POST /session/refresh-token`.
+pub(crate) fn refresh_body(refresh_token: &crate::secret::RefreshToken) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        refresh_token: &'a str,
+    }
+    json(&Body {
+        refresh_token: refresh_token.expose_secret(),
+    })
+}
+
 /// `POST {base}/session/refresh-token`, Version 1, body `{"refresh_token": …}`. Only
 /// the API key is sent: the refresh token is the credential, and the old access token
 /// may already have expired.
@@ -200,13 +443,7 @@ pub fn refresh(
     api_key: &ApiKey,
     refresh_token: &crate::secret::RefreshToken,
 ) -> Result<Request<Vec<u8>>, Error> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        refresh_token: &'a str,
-    }
-    let body = json(&Body {
-        refresh_token: refresh_token.expose_secret(),
-    });
+    let body = refresh_body(refresh_token);
     request(Endpoint::Refresh, base, Some(api_key), None, body)
 }
 
@@ -227,6 +464,21 @@ pub fn read_session(
     )
 }
 
+/// The body of `PUT /session`.
+pub(crate) fn switch_body(account_id: &str, make_default: bool) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(rename = "accountId")]
+        account_id: &'a str,
+        #[serde(rename = "defaultAccount", skip_serializing_if = "Option::is_none")]
+        default_account: Option<bool>,
+    }
+    json(&Body {
+        account_id,
+        default_account: make_default.then_some(true),
+    })
+}
+
 /// `PUT {base}/session`, Version 1, body `{"accountId": …}`, plus
 /// `"defaultAccount": true` only when `make_default` (which permanently changes the
 /// profile's default account).
@@ -237,17 +489,7 @@ pub fn switch_account(
     account_id: &str,
     make_default: bool,
 ) -> Result<Request<Vec<u8>>, Error> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        #[serde(rename = "accountId")]
-        account_id: &'a str,
-        #[serde(rename = "defaultAccount", skip_serializing_if = "Option::is_none")]
-        default_account: Option<bool>,
-    }
-    let body = json(&Body {
-        account_id,
-        default_account: make_default.then_some(true),
-    });
+    let body = switch_body(account_id, make_default);
     request(Endpoint::Switch, base, Some(api_key), Some(auth), body)
 }
 
@@ -266,6 +508,21 @@ pub fn logout(
     )
 }
 
+/// The body of the web-platform login.
+pub(crate) fn web_platform_body(identifier: &str, password: &Password) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        username: &'a str,
+        password: &'a str,
+        enc: bool,
+    }
+    json(&Body {
+        username: identifier,
+        password: password.expose_secret(),
+        enc: false,
+    })
+}
+
 /// The unofficial web-platform login: `POST {url}` with
 /// `{"username": …, "password": …, "enc": false}`. No API key and no `Version`: the
 /// endpoint is not part of the public API and the key is not sent where it is not
@@ -275,17 +532,7 @@ pub fn web_platform_login(
     identifier: &str,
     password: &Password,
 ) -> Result<Request<Vec<u8>>, Error> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        username: &'a str,
-        password: &'a str,
-        enc: bool,
-    }
-    let body = json(&Body {
-        username: identifier,
-        password: password.expose_secret(),
-        enc: false,
-    });
+    let body = web_platform_body(identifier, password);
     request(Endpoint::WebPlatformLogin, url, None, None, body)
 }
 
@@ -429,6 +676,165 @@ mod tests {
         );
         assert!(hdr(&r, "x-ig-api-key").is_none());
         assert!(hdr(&r, "version").is_none());
+    }
+
+    /// Every header with its sensitivity, in order.
+    fn headers(r: &Request<Vec<u8>>) -> Vec<(String, Vec<u8>, bool)> {
+        r.headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec(), v.is_sensitive()))
+            .collect()
+    }
+
+    fn same(a: &Request<Vec<u8>>, b: &Request<Vec<u8>>) {
+        assert_eq!(a.method(), b.method());
+        assert_eq!(a.uri(), b.uri());
+        assert_eq!(headers(a), headers(b));
+        assert_eq!(a.body(), b.body());
+    }
+
+    /// A session builds its requests from prepared parts; each must be exactly what
+    /// the public builder of that endpoint returns.
+    #[test]
+    fn prepared_requests_equal_the_public_builders() {
+        let web = "https://api.ig.com/clientsecurity/session";
+        for base in [BASE, "http://127.0.0.1:8080", "https://h.example:8443/a/b"] {
+            let p = Prepared::new(&BaseUrl::parse(base).unwrap(), &key(), Some(web)).unwrap();
+            let (cst, xst, tok) = (
+                Cst::new("c1"),
+                SecurityToken::new("x1"),
+                AccessToken::new("a1"),
+            );
+            for auth in [
+                AuthHeaders::Cst {
+                    cst: &cst,
+                    xst: &xst,
+                },
+                AuthHeaders::Bearer {
+                    token: &tok,
+                    account_id: "ACC1",
+                },
+            ] {
+                let v = AuthValues::new(auth).unwrap();
+                for fetch_tokens in [false, true] {
+                    let e = Endpoint::ReadSession { fetch_tokens };
+                    let built = p.request(e, Some(&v), Vec::new()).unwrap();
+                    same(
+                        &built,
+                        &read_session(base, &key(), auth, fetch_tokens).unwrap(),
+                    );
+                }
+                let built = p.request(Endpoint::Logout, Some(&v), Vec::new()).unwrap();
+                same(&built, &logout(base, &key(), auth).unwrap());
+                let built = p
+                    .request(Endpoint::Switch, Some(&v), switch_body("ACC2", true))
+                    .unwrap();
+                same(
+                    &built,
+                    &switch_account(base, &key(), auth, "ACC2", true).unwrap(),
+                );
+            }
+            let pw = Password::new("pw");
+            for e in [Endpoint::LoginV1, Endpoint::LoginV2, Endpoint::LoginV3] {
+                let built = p.request(e, None, login_body("u", &pw, false)).unwrap();
+                same(&built, &login(base, &key(), e, "u", &pw, false).unwrap());
+            }
+            let built = p
+                .request(Endpoint::EncryptionKey, None, Vec::new())
+                .unwrap();
+            same(&built, &encryption_key(base, &key()).unwrap());
+            let rt = crate::secret::RefreshToken::new("rt-1");
+            let built = p
+                .request(Endpoint::Refresh, None, refresh_body(&rt))
+                .unwrap();
+            same(&built, &refresh(base, &key(), &rt).unwrap());
+            let built = p
+                .request(
+                    Endpoint::WebPlatformLogin,
+                    None,
+                    web_platform_body("u", &pw),
+                )
+                .unwrap();
+            same(&built, &web_platform_login(web, "u", &pw).unwrap());
+            assert!(p.request(Endpoint::Application, None, Vec::new()).is_err());
+        }
+    }
+
+    /// A session reuses its credentials' header values only while they still match
+    /// the tokens and account byte for byte.
+    #[test]
+    fn kept_auth_values_match_only_their_own_credentials() {
+        let (c1, x1) = (Cst::new("c1"), SecurityToken::new("x1"));
+        let (c2, x2) = (Cst::new("c2"), SecurityToken::new("x2"));
+        let (t1, t2) = (AccessToken::new("a1"), AccessToken::new("a2"));
+        let cst = |cst, xst| AuthHeaders::Cst { cst, xst };
+        let bearer = |token, account_id| AuthHeaders::Bearer { token, account_id };
+        let kept = AuthValues::new(cst(&c1, &x1)).unwrap();
+        assert!(kept.are_for(cst(&c1, &x1)));
+        assert!(!kept.are_for(cst(&c2, &x1)) && !kept.are_for(cst(&c1, &x2)));
+        assert!(!kept.are_for(bearer(&t1, "A")));
+        let kept = AuthValues::new(bearer(&t1, "A")).unwrap();
+        assert!(kept.are_for(bearer(&t1, "A")));
+        assert!(!kept.are_for(bearer(&t2, "A")) && !kept.are_for(bearer(&t1, "B")));
+        assert!(!kept.are_for(cst(&c1, &x1)));
+        // "Bearer " belongs to the header, not the token.
+        let odd = AccessToken::new("Bearer a1");
+        assert!(!kept.are_for(bearer(&odd, "A")));
+    }
+
+    #[test]
+    fn apply_auth_switches_modes_and_leaves_nothing_of_the_other() {
+        let (cst, xst, tok) = (
+            Cst::new("c1"),
+            SecurityToken::new("x1"),
+            AccessToken::new("a1"),
+        );
+        let mut h = HeaderMap::new();
+        apply_auth(
+            &mut h,
+            &key(),
+            AuthHeaders::Cst {
+                cst: &cst,
+                xst: &xst,
+            },
+        )
+        .unwrap();
+        apply_auth(
+            &mut h,
+            &key(),
+            AuthHeaders::Bearer {
+                token: &tok,
+                account_id: "A",
+            },
+        )
+        .unwrap();
+        assert!(h.get("cst").is_none() && h.get("x-security-token").is_none());
+        assert_eq!(h["authorization"], "Bearer a1");
+        apply_auth(
+            &mut h,
+            &key(),
+            AuthHeaders::Cst {
+                cst: &cst,
+                xst: &xst,
+            },
+        )
+        .unwrap();
+        assert!(h.get("authorization").is_none() && h.get("ig-account-id").is_none());
+        // A bad value changes nothing.
+        let bad = Cst::new("a\r\nb");
+        let before = h.clone();
+        assert!(
+            apply_auth(
+                &mut h,
+                &key(),
+                AuthHeaders::Cst {
+                    cst: &bad,
+                    xst: &xst
+                }
+            )
+            .is_err()
+        );
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::config::{IbkrAuth, IbkrConfig};
@@ -16,7 +17,7 @@ use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
     RngSeed, TransportFailure,
 };
-use crate::rng::{SessionRng, session_rng};
+use crate::rng::{JitterRng, LazyRng};
 use crate::secret::LiveSessionToken;
 use crate::time::{Now, deadline_after};
 use crate::wire::Ids;
@@ -35,6 +36,81 @@ pub(super) const MAX_LST_REFRESH_MARGIN: Duration = Duration::from_secs(12 * 360
 mod answers;
 mod ops;
 
+/// The configuration's durations and counts, and their bounds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Limits {
+    tickle_min_interval: Duration,
+    validate_min_interval: Duration,
+    tickle_interval: Duration,
+    status_poll_interval: Duration,
+    request_deadline: Duration,
+    ready_timeout: Duration,
+    init_backoff: Duration,
+    throttle_backoff: Duration,
+    init_attempts: u32,
+    lst_refresh_margin: Option<Duration>,
+}
+
+impl Limits {
+    fn of(c: &IbkrConfig) -> Self {
+        Self {
+            tickle_min_interval: c.tickle_min_interval,
+            validate_min_interval: c.validate_min_interval,
+            tickle_interval: c.tickle_interval,
+            status_poll_interval: c.status_poll_interval,
+            request_deadline: c.request_deadline,
+            ready_timeout: c.ready_timeout,
+            init_backoff: c.init_backoff,
+            throttle_backoff: c.throttle_backoff,
+            init_attempts: c.init_attempts,
+            lst_refresh_margin: match &c.auth {
+                IbkrAuth::OAuth(o) => Some(o.lst_refresh_margin),
+                IbkrAuth::Gateway => None,
+            },
+        }
+    }
+
+    /// Every value within its bounds: durations at most a year, the keep-alive at
+    /// least its pacing floor, a deadline of at least a second, 1 to 100 attempts.
+    fn bounded(self) -> Self {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let tickle_min_interval = self.tickle_min_interval.min(year);
+        Self {
+            tickle_min_interval,
+            validate_min_interval: self.validate_min_interval.min(year),
+            tickle_interval: self
+                .tickle_interval
+                .clamp(MIN_TICKLE_INTERVAL.max(tickle_min_interval), year),
+            status_poll_interval: self
+                .status_poll_interval
+                .clamp(Duration::from_millis(100), year),
+            request_deadline: self.request_deadline.clamp(Duration::from_secs(1), year),
+            ready_timeout: self.ready_timeout.min(year),
+            init_backoff: self.init_backoff.min(year),
+            throttle_backoff: self.throttle_backoff.min(year),
+            init_attempts: self.init_attempts.clamp(1, 100),
+            lst_refresh_margin: self
+                .lst_refresh_margin
+                .map(|m| m.min(MAX_LST_REFRESH_MARGIN)),
+        }
+    }
+
+    fn apply(self, c: &mut IbkrConfig) {
+        c.tickle_min_interval = self.tickle_min_interval;
+        c.validate_min_interval = self.validate_min_interval;
+        c.tickle_interval = self.tickle_interval;
+        c.status_poll_interval = self.status_poll_interval;
+        c.request_deadline = self.request_deadline;
+        c.ready_timeout = self.ready_timeout;
+        c.init_backoff = self.init_backoff;
+        c.throttle_backoff = self.throttle_backoff;
+        c.init_attempts = self.init_attempts;
+        if let (IbkrAuth::OAuth(o), Some(m)) = (&mut c.auth, self.lst_refresh_margin) {
+            o.lst_refresh_margin = m;
+        }
+    }
+}
+
 use answers::api_error;
 use ops::{InFlight, Kind, Op};
 
@@ -50,10 +126,14 @@ struct Lst {
 ///
 /// `Debug` shows the mode, state and timers; never a key, token or the prepend.
 pub struct IbkrSession {
-    cfg: IbkrConfig,
+    cfg: Arc<IbkrConfig>,
     base: Base,
     signer: Option<Signer>,
-    rng: SessionRng,
+    /// DH secrets, nonces, RSA blinding (created when first needed: never for the
+    /// gateway).
+    rng: LazyRng,
+    /// Draws the keep-alive jitter (see [`IbkrConfig::tickle_spread`]).
+    jitter: JitterRng,
     ids: Ids,
     state: IbkrState,
     /// State to return to when a back-off ends.
@@ -113,8 +193,8 @@ impl IbkrSession {
     /// A session in [`IbkrState::Disconnected`]. Keys, the DH prime and the access
     /// token secret are parsed (and decrypted) now, so a bad configuration fails here.
     ///
-    /// `seed` seeds the session's random generator (Diffie-Hellman secrets, OAuth
-    /// nonces, RSA blinding). It is an argument, not a configuration field, so that no
+    /// `seed` seeds the session's random generators (Diffie-Hellman secrets, OAuth
+    /// nonces, RSA blinding; the keep-alive jitter, [`IbkrConfig::tickle_spread`]). It is an argument, not a configuration field, so that no
     /// session is built on a default seed by accident: two sessions on one seed would
     /// send the same DH challenge and nonces. The transports fill it from the operating
     /// system; tests pass a fixed seed ([`RngSeed::from_u64`]). `_now`, the creation
@@ -123,40 +203,54 @@ impl IbkrSession {
     /// `new(config, seed, now)`, and a session that one day schedules something at
     /// creation needs no new constructor.
     ///
+    /// `config` is an [`IbkrConfig`] or an `Arc<IbkrConfig>`: sessions built from one
+    /// shared `Arc` share it rather than each holding a copy (with its keys). Only a
+    /// configuration with a value out of its bounds is copied.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::{Instant, SystemTime};
+    /// use broker_session::ibkr::{IbkrConfig, IbkrSession};
+    /// use broker_session::{Now, RngSeed};
+    ///
+    /// let now = Now::new(Instant::now(), SystemTime::now());
+    /// let config = Arc::new(IbkrConfig::gateway());
+    /// let first = IbkrSession::new(Arc::clone(&config), RngSeed::from_u64(1), now)?;
+    /// let second = IbkrSession::new(config, RngSeed::from_u64(2), now)?;
+    /// # let _ = (first, second);
+    /// # Ok::<(), broker_session::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Crypto`] ([`CryptoError::InvalidKey`](crate::CryptoError::InvalidKey)) for a key or prime that does not
     /// parse, [`Error::Usage`] for a bad base URL.
-    pub fn new(config: IbkrConfig, seed: RngSeed, _now: Now) -> Result<Self, Error> {
+    pub fn new(
+        config: impl Into<Arc<IbkrConfig>>,
+        seed: RngSeed,
+        _now: Now,
+    ) -> Result<Self, Error> {
+        let config: Arc<IbkrConfig> = config.into();
         let base = Base::parse(&config.base_url)?;
-        let mut rng = session_rng(&seed);
+        let mut rng = LazyRng::new(&seed);
+        let jitter = JitterRng::new(&seed);
         let signer = match &config.auth {
             IbkrAuth::Gateway => None,
-            IbkrAuth::OAuth(o) => Some(Signer::new(o, &mut rng)?),
+            IbkrAuth::OAuth(o) => Some(Signer::new(o, rng.get())?),
         };
+        // Bounded durations keep every `Instant + Duration` below overflow. A shared
+        // configuration is copied only when a bound changes something.
         let mut cfg = config;
-        // Bounded durations keep every `Instant + Duration` below overflow.
-        let year = Duration::from_secs(365 * 24 * 3600);
-        cfg.tickle_min_interval = cfg.tickle_min_interval.min(year);
-        cfg.validate_min_interval = cfg.validate_min_interval.min(year);
-        cfg.tickle_interval = cfg
-            .tickle_interval
-            .clamp(MIN_TICKLE_INTERVAL.max(cfg.tickle_min_interval), year);
-        cfg.status_poll_interval = cfg
-            .status_poll_interval
-            .clamp(Duration::from_millis(100), year);
-        cfg.request_deadline = cfg.request_deadline.clamp(Duration::from_secs(1), year);
-        cfg.ready_timeout = cfg.ready_timeout.min(year);
-        cfg.init_backoff = cfg.init_backoff.min(year);
-        cfg.throttle_backoff = cfg.throttle_backoff.min(year);
-        cfg.init_attempts = cfg.init_attempts.clamp(1, 100);
-        if let IbkrAuth::OAuth(o) = &mut cfg.auth {
-            o.lst_refresh_margin = o.lst_refresh_margin.min(MAX_LST_REFRESH_MARGIN);
+        let limits = Limits::of(&cfg);
+        let bounded = limits.bounded();
+        if bounded != limits {
+            bounded.apply(Arc::make_mut(&mut cfg));
         }
         Ok(Self {
             cfg,
             base,
             signer,
             rng,
+            jitter,
             ids: Ids::default(),
             state: IbkrState::Disconnected,
             before_backoff: None,
@@ -164,10 +258,13 @@ impl IbkrSession {
             lst_refresh_at: None,
             generation: 0,
             reactive_generation: None,
-            queue: VecDeque::new(),
+            queue: VecDeque::with_capacity(1),
             current: None,
             in_flight: None,
-            out: VecDeque::new(),
+            // Sized for a typical exchange (a state change and a request, or a
+            // completion and a state change): the first push would otherwise
+            // reserve four of these large values, kept for the session's life.
+            out: VecDeque::with_capacity(2),
             next_tickle: None,
             last_tickle: None,
             last_validate: None,
@@ -226,8 +323,22 @@ impl IbkrSession {
     fn start_keepalive(&mut self, now: Now) {
         if self.next_tickle.is_none() && !self.logged_out {
             let from = self.last_tickle.unwrap_or(now.mono).max(now.mono);
-            self.next_tickle = Some(deadline_after(from, self.cfg.tickle_interval));
+            let interval = self.keepalive_interval();
+            self.next_tickle = Some(deadline_after(from, interval));
         }
+    }
+
+    /// The next keep-alive interval: `tickle_interval` shortened by a random part of
+    /// `tickle_spread` (at most half the interval, never below the pacing floor).
+    pub(super) fn keepalive_interval(&mut self) -> Duration {
+        let interval = self.cfg.tickle_interval;
+        let floor = MIN_TICKLE_INTERVAL.max(self.cfg.tickle_min_interval);
+        let spread = self
+            .cfg
+            .tickle_spread
+            .min(interval / 2)
+            .min(interval.saturating_sub(floor));
+        interval - self.jitter.up_to(spread)
     }
 
     /// Whether the machine may start an operation by itself (keep-alive, renewal,
@@ -455,7 +566,7 @@ impl Machine for IbkrSession {
         }
         if let (Some(signer), Some(lst)) = (&self.signer, &self.lst) {
             signer
-                .sign(request, &lst.token, &mut self.rng, now)
+                .sign(request, &lst.token, self.rng.get(), now)
                 .map_err(|e| match e {
                     Error::Usage(u) => AuthorizeError::Refused(u),
                     other => AuthorizeError::Lost(other),

@@ -419,7 +419,8 @@ impl IbkrSession {
                     Step::Tickle => {
                         self.last_tickle = Some(now.mono);
                         if self.session_alive() && !self.logged_out {
-                            self.next_tickle = Some(now.after(self.cfg.tickle_interval));
+                            let interval = self.keepalive_interval();
+                            self.next_tickle = Some(now.after(interval));
                         }
                     }
                     Step::Validate => self.last_validate = Some(now.mono),
@@ -505,7 +506,7 @@ impl IbkrSession {
                     intent: "renew token",
                     reason: "only OAuth sessions have a live session token",
                 }))?;
-            let (req, dh) = signer.lst_request(&self.base, &mut self.rng, now)?;
+            let (req, dh) = signer.lst_request(&self.base, self.rng.get(), now)?;
             return Ok((req, Some(dh)));
         }
         let endpoint = self.endpoint(step);
@@ -515,7 +516,7 @@ impl IbkrSession {
         });
         let mut req = encode::request(&self.base, endpoint, body)?;
         if let (Some(signer), Some(lst)) = (&self.signer, &self.lst) {
-            signer.sign(&mut req, &lst.token, &mut self.rng, now)?;
+            signer.sign(&mut req, &lst.token, self.rng.get(), now)?;
         }
         Ok((req, None))
     }

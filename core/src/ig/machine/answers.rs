@@ -86,7 +86,7 @@ impl IgSession {
             Endpoint::EncryptionKey => {
                 let key = decode::encryption_key(body)?;
                 let enc = crate::ig::encrypt_password(
-                    &mut self.rng,
+                    self.rng.get(),
                     &key.key,
                     key.time_stamp,
                     &self.cfg.password,
@@ -140,7 +140,7 @@ impl IgSession {
                 let (details, tokens) = decode::read_session(headers, body)?;
                 if let Some(op) = self.current.as_mut() {
                     op.streaming_tokens = tokens.is_some();
-                    op.details = Some(details.clone());
+                    op.details = Some(Box::new(details.clone()));
                 }
                 if let Some(t) = tokens {
                     self.streaming = Some((t.cst, t.xst));
@@ -170,9 +170,7 @@ impl IgSession {
 
     pub(super) fn set_oauth(&mut self, t: decode::OAuthTokens, now: Now) {
         let expires_at = now.after(t.expires_in);
-        // The margin stays at most half the lifetime, so short tokens never loop.
-        let margin = self.cfg.refresh_margin.min(t.expires_in / 2);
-        self.refresh_at = Some(expires_at.checked_sub(margin).unwrap_or(now.mono));
+        self.refresh_at = Some(self.refresh_due(expires_at, t.expires_in, now));
         self.tokens = Some(Tokens::OAuth {
             access: t.access_token,
             refresh: t.refresh_token,
@@ -181,6 +179,23 @@ impl IgSession {
                 .unix_millis()
                 .saturating_add(i64::try_from(t.expires_in.as_millis()).unwrap_or(i64::MAX)),
         });
+    }
+
+    /// When to refresh a token that expires at `expires_at`, `lifetime` from now:
+    /// `refresh_margin` plus a random part of `refresh_spread` before it expires, the
+    /// whole lead at most half the lifetime, so the refresh always comes before
+    /// expiry and a short-lived token never loops.
+    pub(super) fn refresh_due(
+        &mut self,
+        expires_at: Instant,
+        lifetime: Duration,
+        now: Now,
+    ) -> Instant {
+        let half = lifetime / 2;
+        let margin = self.cfg.refresh_margin.min(half);
+        let spread = self.cfg.refresh_spread.min(half - margin);
+        let lead = margin + self.jitter.up_to(spread);
+        expires_at.checked_sub(lead).unwrap_or(now.mono)
     }
 
     pub(super) fn install_snapshot(&mut self, s: SessionSnapshot, now: Now) {
@@ -196,8 +211,7 @@ impl IgSession {
                 let expires_at = now.instant_at_epoch_millis(expires_at_epoch_ms);
                 let left = expires_at.saturating_duration_since(now.mono);
                 if !left.is_zero() {
-                    let margin = self.cfg.refresh_margin.min(left / 2);
-                    self.refresh_at = Some(expires_at.checked_sub(margin).unwrap_or(now.mono));
+                    self.refresh_at = Some(self.refresh_due(expires_at, left, now));
                 }
                 Tokens::OAuth {
                     access,

@@ -13,12 +13,13 @@ mod answers;
 mod ops;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::ops::{Call, InFlight, Kind, Next, Op, Step};
 use super::config::{BaseUrl, IgConfig, LoginFlow};
 use super::decode::{self, CstLoginAnswer, IgAccount};
-use super::encode::{self, AuthHeaders};
+use super::encode::{self, AuthHeaders, AuthValues, Prepared};
 use super::endpoint::Endpoint;
 use super::policy::{Action, BackOffs, action_for};
 use super::snapshot::{SessionSnapshot, SnapTokens};
@@ -30,7 +31,7 @@ use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
     RngSeed, Transmit, TransportFailure,
 };
-use crate::rng::{SessionRng, session_rng};
+use crate::rng::{JitterRng, LazyRng};
 use crate::secret::{
     AccessToken, Cst, LightstreamerPassword, Password, RefreshToken, SecurityToken,
 };
@@ -59,10 +60,17 @@ const MAX_ABANDONED: usize = 4;
 /// let _login = session.submit(IgIntent::Login, now).unwrap();
 /// ```
 pub struct IgSession {
-    cfg: IgConfig,
+    cfg: Arc<IgConfig>,
     base: BaseUrl,
-    base_str: String,
-    rng: SessionRng,
+    /// The fixed parts of the session's requests (URLs, API key), parsed once.
+    prepared: Prepared,
+    /// The credentials' header values, built when first needed after a change of
+    /// tokens or account and checked against the current ones before every use.
+    auth_values: Option<AuthValues>,
+    /// RSA padding of the encrypted password (created when first needed).
+    rng: LazyRng,
+    /// Draws the refresh jitter (see [`IgConfig::refresh_spread`]).
+    jitter: JitterRng,
     ids: Ids,
     tokens: Option<Tokens>,
     /// The account IG made active at login (or the last switch).
@@ -108,27 +116,55 @@ enum Tokens {
 impl IgSession {
     /// A logged-out session.
     ///
-    /// `seed` seeds the session's random generator (RSA padding of the encrypted
-    /// password). It is an argument, not a configuration field, so that no session is
-    /// built on a default seed by accident: the transports fill it from the operating
+    /// `seed` seeds the session's random generators (RSA padding of the encrypted
+    /// password; the refresh jitter, [`IgConfig::refresh_spread`]). It is an argument,
+    /// not a configuration field, so that no session is built on a default seed by
+    /// accident: the transports fill it from the operating
     /// system; tests pass a fixed seed ([`RngSeed::from_u64`]) so every byte is
     /// reproducible. `_now`, the creation time, is not used: nothing is scheduled at
     /// creation. It is part of the signature so that every broker's session is built
     /// the same way, `new(config, seed, now)`, and a session that one day schedules
     /// something at creation needs no new constructor.
     ///
+    /// `config` is an [`IgConfig`] or an `Arc<IgConfig>`: sessions built from one
+    /// shared `Arc` (many sessions of one application and user) share it rather than
+    /// each holding a copy. Only a configuration whose durations need clamping is
+    /// copied.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::{Instant, SystemTime};
+    /// use broker_session::ig::{IgConfig, IgEnvironment, IgSession};
+    /// use broker_session::{Now, RngSeed};
+    ///
+    /// let now = Now::new(Instant::now(), SystemTime::now());
+    /// let config = Arc::new(IgConfig::new(IgEnvironment::Demo, "key", "user", "password"));
+    /// let first = IgSession::new(Arc::clone(&config), RngSeed::from_u64(1), now)?;
+    /// let second = IgSession::new(config, RngSeed::from_u64(2), now)?;
+    /// # let _ = (first, second);
+    /// # Ok::<(), broker_session::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Usage`] ([`UsageError::InvalidArgument`]) for a configuration that
-    /// cannot work: an empty API key, a base URL that is not an absolute http(s) URL,
-    /// the web-platform login on demo, a zero deadline.
-    pub fn new(config: IgConfig, seed: RngSeed, _now: Now) -> Result<Self, Error> {
+    /// cannot work: an empty API key or one that cannot go in an HTTP header, a base
+    /// URL that is not an absolute http(s) URL, the web-platform login on demo, a zero
+    /// deadline.
+    pub fn new(config: impl Into<Arc<IgConfig>>, seed: RngSeed, _now: Now) -> Result<Self, Error> {
+        let mut config: Arc<IgConfig> = config.into();
         let base = config.validate().map_err(Error::Usage)?;
-        let config = config.clamped();
-        let base_str = config.environment.base_url().to_owned();
+        if !config.is_clamped() {
+            Arc::make_mut(&mut config).clamp();
+        }
+        let web_platform_url = (config.login_flow == LoginFlow::WebPlatform)
+            .then_some(config.web_platform_url.as_str());
+        let prepared = Prepared::new(&base, &config.api_key, web_platform_url)?;
         Ok(Self {
-            rng: session_rng(&seed),
+            rng: LazyRng::new(&seed),
+            jitter: JitterRng::new(&seed),
             base,
-            base_str,
+            prepared,
+            auth_values: None,
             cfg: config,
             ids: Ids::default(),
             tokens: None,
@@ -144,10 +180,13 @@ impl IgSession {
             backoff_until: None,
             closed: None,
             lost: None,
-            queue: VecDeque::new(),
+            queue: VecDeque::with_capacity(1),
             current: None,
             in_flight: None,
-            outbox: VecDeque::new(),
+            // Sized for a typical exchange (a state change and a request, or a
+            // completion and a state change): the first push would otherwise
+            // reserve four of these large values, kept for the session's life.
+            outbox: VecDeque::with_capacity(2),
             last_state: IgState::LoggedOut,
             abandoned_logins: VecDeque::new(),
         })
@@ -216,11 +255,16 @@ impl IgSession {
             },
         };
         Some(SessionSnapshot {
-            base_url: self.base_str.clone(),
+            base_url: self.base_str().to_owned(),
             account_id: self.account_id()?.to_owned(),
             lightstreamer_endpoint: self.lightstreamer_endpoint.clone(),
             tokens,
         })
+    }
+
+    /// The base URL, without a trailing slash.
+    fn base_str(&self) -> &str {
+        self.cfg.environment.base_url()
     }
 
     fn mode(&self) -> Option<AuthMode> {
@@ -238,40 +282,94 @@ impl IgSession {
         }
     }
 
-    fn compute_state(&self) -> IgState {
+    /// The state seen from outside, borrowed from the fields: `sync_state` runs after
+    /// every call and compares it with the last state emitted, so it copies nothing
+    /// (the account id, an error) unless the state changed.
+    fn state_view(&self) -> StateView<'_> {
         if let Some(reason) = &self.closed {
-            return IgState::Closed {
-                reason: reason.clone(),
-            };
+            return StateView::Closed(reason);
         }
         if let Some(until) = self.backoff_until {
-            return IgState::BackingOff { until };
+            return StateView::BackingOff(until);
         }
         match self.current.as_ref().map(|o| o.kind) {
-            Some(Kind::Login | Kind::Resume) => return IgState::LoggingIn,
-            Some(Kind::Recover) => return IgState::Recovering,
-            Some(Kind::Logout) => return IgState::LoggingOut,
+            Some(Kind::Login | Kind::Resume) => return StateView::LoggingIn,
+            Some(Kind::Recover) => return StateView::Recovering,
+            Some(Kind::Logout) => return StateView::LoggingOut,
             _ => {}
         }
         if let (Some(mode), Some(account_id)) = (self.mode(), self.account_id()) {
-            return IgState::Active {
-                account_id: account_id.to_owned(),
-                mode,
-            };
+            return StateView::Active(account_id, mode);
         }
         if let Some(reason) = &self.lost {
-            return IgState::Lost {
-                reason: reason.clone(),
-            };
+            return StateView::Lost(reason);
         }
-        IgState::LoggedOut
+        StateView::LoggedOut
+    }
+
+    fn compute_state(&self) -> IgState {
+        self.state_view().to_state()
     }
 
     fn sync_state(&mut self) {
-        let s = self.compute_state();
-        if s != self.last_state {
-            self.last_state = s.clone();
-            self.outbox.push_back(Output::Event(Event::StateChanged(s)));
+        let view = self.state_view();
+        if view.is(&self.last_state) {
+            return;
+        }
+        let s = view.to_state();
+        self.last_state = s.clone();
+        self.outbox.push_back(Output::Event(Event::StateChanged(s)));
+    }
+}
+
+/// [`IgState`] borrowing from the session (see `IgSession::state_view`).
+#[derive(Clone, Copy)]
+enum StateView<'a> {
+    LoggedOut,
+    LoggingIn,
+    Active(&'a str, AuthMode),
+    Recovering,
+    LoggingOut,
+    BackingOff(Instant),
+    Lost(&'a Error),
+    Closed(&'a Error),
+}
+
+impl StateView<'_> {
+    fn to_state(self) -> IgState {
+        match self {
+            Self::LoggedOut => IgState::LoggedOut,
+            Self::LoggingIn => IgState::LoggingIn,
+            Self::Active(account_id, mode) => IgState::Active {
+                account_id: account_id.to_owned(),
+                mode,
+            },
+            Self::Recovering => IgState::Recovering,
+            Self::LoggingOut => IgState::LoggingOut,
+            Self::BackingOff(until) => IgState::BackingOff { until },
+            Self::Lost(reason) => IgState::Lost {
+                reason: reason.clone(),
+            },
+            Self::Closed(reason) => IgState::Closed {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// Whether `to_state()` would equal `s`.
+    fn is(&self, s: &IgState) -> bool {
+        match (*self, s) {
+            (Self::LoggedOut, IgState::LoggedOut)
+            | (Self::LoggingIn, IgState::LoggingIn)
+            | (Self::Recovering, IgState::Recovering)
+            | (Self::LoggingOut, IgState::LoggingOut) => true,
+            (Self::Active(a, m), IgState::Active { account_id, mode }) => {
+                a == account_id && m == *mode
+            }
+            (Self::BackingOff(u), IgState::BackingOff { until }) => u == *until,
+            (Self::Lost(r), IgState::Lost { reason })
+            | (Self::Closed(r), IgState::Closed { reason }) => r == reason,
+            _ => false,
         }
     }
 }
@@ -313,7 +411,7 @@ impl Machine for IgSession {
                 self.new_op(Kind::Logout)
             }
             IgIntent::Resume(snapshot) => {
-                if snapshot.base_url.trim_end_matches('/') != self.base_str {
+                if snapshot.base_url.trim_end_matches('/') != self.base_str() {
                     return Err(UsageError::InvalidArgument {
                         what: "snapshot",
                         reason: "saved for another base URL",
@@ -418,13 +516,17 @@ impl Machine for IgSession {
             self.sync_state();
             return Err(AuthorizeError::Pending { op });
         }
-        let auth = self.auth().map_err(|_| AuthorizeError::NotLoggedIn)?;
-        encode::apply_auth(request.headers_mut(), &self.cfg.api_key, auth).map_err(|_| {
-            AuthorizeError::Refused(UsageError::InvalidArgument {
-                what: "credentials",
-                reason: "not valid header values",
-            })
-        })?;
+        let auth = match self.auth_values() {
+            Ok(auth) => auth,
+            Err(Error::Usage(UsageError::NotLoggedIn)) => return Err(AuthorizeError::NotLoggedIn),
+            Err(_) => {
+                return Err(AuthorizeError::Refused(UsageError::InvalidArgument {
+                    what: "credentials",
+                    reason: "not valid header values",
+                }));
+            }
+        };
+        self.prepared.stamp(request.headers_mut(), &auth);
         Ok(AuthStamp {
             generation: self.generation,
         })
@@ -497,7 +599,7 @@ impl Machine for IgSession {
     }
 
     fn base_url(&self) -> Option<&str> {
-        Some(self.base_str.trim_end_matches('/'))
+        Some(self.base_str())
     }
 }
 
@@ -518,7 +620,7 @@ fn is_valid_header_value(v: &str) -> bool {
 impl std::fmt::Debug for IgSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IgSession")
-            .field("base_url", &self.base_str)
+            .field("base_url", &self.base_str())
             .field("login_flow", &self.cfg.login_flow)
             .field("state", &self.compute_state())
             .field("generation", &self.generation)

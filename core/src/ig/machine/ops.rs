@@ -70,7 +70,8 @@ pub(super) struct Op {
     pub(super) retry_at: Option<Instant>,
     pub(super) enc_password: Option<Password>,
     pub(super) target_account: Option<String>,
-    pub(super) details: Option<SessionDetails>,
+    /// Boxed: only a read has them, and every queued operation would carry the room.
+    pub(super) details: Option<Box<SessionDetails>>,
     pub(super) streaming_tokens: bool,
     /// A switch found the account already active.
     pub(super) already_active: bool,
@@ -424,20 +425,32 @@ impl IgSession {
         }
     }
 
+    /// The credentials' header values for the current tokens and account: the kept
+    /// ones while they still match, built anew after a change.
+    pub(super) fn auth_values(&mut self) -> Result<AuthValues, Error> {
+        let auth = self.auth()?;
+        if let Some(kept) = self.auth_values.as_ref().filter(|v| v.are_for(auth)) {
+            return Ok(kept.clone());
+        }
+        let values = AuthValues::new(auth)?;
+        self.auth_values = Some(values.clone());
+        Ok(values)
+    }
+
     pub(super) fn request_for(&mut self, call: &Call) -> Result<http::Request<Vec<u8>>, Error> {
-        let base = self.base_str.as_str();
-        let key = &self.cfg.api_key;
         let endpoint = match call {
             Call::Switch {
                 account,
                 make_default,
             } => {
-                return encode::switch_account(base, key, self.auth()?, account, *make_default);
+                let auth = self.auth_values()?;
+                let body = encode::switch_body(account, *make_default);
+                return self.prepared.request(Endpoint::Switch, Some(&auth), body);
             }
             Call::Send(endpoint) => *endpoint,
         };
         match endpoint {
-            Endpoint::EncryptionKey => encode::encryption_key(base, key),
+            Endpoint::EncryptionKey => self.prepared.request(endpoint, None, Vec::new()),
             Endpoint::LoginV1 | Endpoint::LoginV2 | Endpoint::LoginV3 => {
                 let encrypted = self.cfg.login_flow == LoginFlow::EncryptedV2;
                 let enc = self.current.as_mut().and_then(|o| o.enc_password.take());
@@ -451,28 +464,24 @@ impl IgSession {
                     }
                     _ => &self.cfg.password,
                 };
-                encode::login(
-                    base,
-                    key,
-                    endpoint,
-                    &self.cfg.identifier,
-                    password,
-                    encrypted,
-                )
+                let body = encode::login_body(&self.cfg.identifier, password, encrypted);
+                self.prepared.request(endpoint, None, body)
             }
-            Endpoint::WebPlatformLogin => encode::web_platform_login(
-                &self.cfg.web_platform_url,
-                &self.cfg.identifier,
-                &self.cfg.password,
-            ),
+            Endpoint::WebPlatformLogin => {
+                let body = encode::web_platform_body(&self.cfg.identifier, &self.cfg.password);
+                self.prepared.request(endpoint, None, body)
+            }
             Endpoint::Refresh => match &self.tokens {
-                Some(Tokens::OAuth { refresh, .. }) => encode::refresh(base, key, refresh),
+                Some(Tokens::OAuth { refresh, .. }) => {
+                    let body = encode::refresh_body(refresh);
+                    self.prepared.request(endpoint, None, body)
+                }
                 _ => Err(Error::Usage(UsageError::NotLoggedIn)),
             },
-            Endpoint::ReadSession { fetch_tokens } => {
-                encode::read_session(base, key, self.auth()?, fetch_tokens)
+            Endpoint::ReadSession { .. } | Endpoint::Logout => {
+                let auth = self.auth_values()?;
+                self.prepared.request(endpoint, Some(&auth), Vec::new())
             }
-            Endpoint::Logout => encode::logout(base, key, self.auth()?),
             Endpoint::Switch | Endpoint::Application => {
                 Err(Error::Usage(UsageError::InvalidArgument {
                     what: "step",
@@ -561,7 +570,7 @@ impl IgSession {
             }
             (Kind::Read { .. }, Ok(())) => match op.details {
                 Some(details) => Ok(IgOutcome::Session {
-                    details,
+                    details: *details,
                     streaming_tokens: op.streaming_tokens,
                 }),
                 None => Err(not_logged_in()),
