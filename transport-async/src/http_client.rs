@@ -1,14 +1,15 @@
 //! The HTTP side: one pooled hyper client shared by sessions, executing requests as
 //! the machine built them and mapping every failure to a [`TransportFailure`].
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use broker_session::transport::{Policy, explain};
+use broker_session::transport::{Policy, explain, no_connection_slot, origin};
 use broker_session::{FailureKind, TransportFailure, deadline_after};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -18,6 +19,7 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Config, Error, tls};
 
@@ -30,11 +32,34 @@ type Pool = LegacyClient<HttpsConnector<Route>, Full<Bytes>>;
 /// A pooled HTTP client: connections, TLS trust, timeouts, limits.
 ///
 /// Cheap to clone; clones share one connection pool. Build one and hand clones to
-/// every session (see [`Client::with_http`](crate::Client::with_http)).
+/// every session (see [`Client::with_http`](crate::Client::with_http)). At most
+/// [`Config::max_connections_per_host`] exchanges run at once to one origin (scheme,
+/// host, port); the others wait in line (first come, first served), within their
+/// deadline.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     pool: Pool,
     policy: Arc<Policy>,
+    gates: Arc<Gates>,
+}
+
+/// One counting semaphore per origin, created on its first exchange. A client talks
+/// to a handful of origins, so the map is never pruned.
+#[derive(Debug, Default)]
+struct Gates(Mutex<HashMap<(String, String, u16), Arc<Semaphore>>>);
+
+impl Gates {
+    fn of(&self, uri: &http::Uri, cap: usize) -> Arc<Semaphore> {
+        let (scheme, host, port) = origin(uri);
+        // Held for a lookup only; a panic cannot happen while it is held.
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = map.get(&(scheme.to_owned(), host.to_owned(), port)) {
+            return Arc::clone(s);
+        }
+        let s = Arc::new(Semaphore::new(cap));
+        map.insert((scheme.to_owned(), host.to_owned(), port), Arc::clone(&s));
+        s
+    }
 }
 
 impl HttpClient {
@@ -62,10 +87,14 @@ impl HttpClient {
         let pool = LegacyClient::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // As many idle connections to an origin as may be open to it: a wave at
+            // the cap reuses its sockets; more could never be used at once.
+            .pool_max_idle_per_host(policy.max_connections_per_host)
             .build(connector);
         Ok(Self {
             pool,
             policy: Arc::new(policy),
+            gates: Arc::default(),
         })
     }
 
@@ -108,6 +137,16 @@ impl HttpClient {
         let uri = request.uri().clone();
         let request = request.map(|b| Full::new(Bytes::from(b)));
         let max_body = self.policy.max_body;
+        let give_up = deadline_after(now, budget);
+        // Waiting for a connection slot spends the exchange's one budget.
+        let cap = self.policy.max_connections_per_host;
+        let gate = self.gates.of(&uri, cap);
+        let _slot: OwnedSemaphorePermit =
+            match tokio::time::timeout_at(give_up.into(), gate.acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                // Never closed; and a deadline passed in line: neither was sent.
+                Ok(Err(_)) | Err(_) => return Err(no_connection_slot(&uri, cap)),
+            };
         // One deadline around connect, send and the whole body.
         let exchange = async {
             let response = self.pool.request(request).await.map_err(classify_client)?;
@@ -119,7 +158,6 @@ impl HttpClient {
                 .to_bytes();
             Ok(http::Response::from_parts(parts, body.to_vec()))
         };
-        let give_up = deadline_after(now, budget);
         match tokio::time::timeout_at(give_up.into(), exchange).await {
             Ok(r) => r.map_err(|f| explain(f, &uri)),
             Err(_) => Err(TransportFailure::new(

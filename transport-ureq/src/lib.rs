@@ -58,6 +58,7 @@
 #![deny(missing_docs)]
 
 mod client;
+mod gate;
 mod http_client;
 mod keep_alive;
 mod resolve;
