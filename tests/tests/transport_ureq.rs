@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use broker_session::{AuthorizeError, Error as CoreError, FailureKind, ProtocolError};
 use broker_session_testkit::server::{CertMode, Server, ServerOptions};
-use broker_session_ureq::{Client, Config, Error, Tls};
+use broker_session_ureq::{Client, Config, Error, Scheduler, Tls};
 use common::{Intent, Outcome, TestBroker, TestMachine, get, start_server};
 
 fn client(base: &str, config: &Config) -> Client<TestMachine> {
@@ -307,6 +307,51 @@ fn submit_then_service_delivers_the_result_as_an_event() {
     );
     // Debug does not deadlock while the lock is held.
     c.with_machine(|_| format!("{c:?}"));
+}
+
+#[test]
+fn a_scheduler_runs_a_submitted_operation_and_timers_moved_earlier() {
+    let (server, _) = start_server();
+    let mut m = TestMachine::new(&server.http_url());
+    m.tick_every = Some(Duration::from_millis(40));
+    let c = Client::new(m, &Config::default()).expect("client");
+    let scheduler = Scheduler::spawn().expect("scheduler");
+    let registration = scheduler.add(&c);
+    // Let the scheduler's first run find nothing scheduled and go to sleep: the
+    // submit, then the login's first tick, must wake it.
+    std::thread::sleep(Duration::from_millis(100));
+    let op = c.submit(Intent::Get("/echo".into())).expect("submit");
+    let start = Instant::now();
+    let mut events = Vec::new();
+    while !events
+        .iter()
+        .any(|e| matches!(e, broker_session::Event::Completed { op: o, result: Ok(_) } if *o == op))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not run: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        events.extend(c.drain_events());
+    }
+    c.run(Intent::Login).expect("login");
+    let ticks = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/tick")
+            .count()
+    };
+    while ticks() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no ticks");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(registration);
+    assert!(scheduler.is_empty());
+    std::thread::sleep(Duration::from_millis(100));
+    let after = ticks();
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(ticks(), after, "ticks after the registration dropped");
 }
 
 #[test]
