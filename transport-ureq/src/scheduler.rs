@@ -1,6 +1,7 @@
 //! One timer thread for any number of blocking sessions.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -68,13 +69,18 @@ struct Shared {
 #[derive(Default)]
 struct State {
     entries: HashMap<u64, Entry>,
+    /// `(due, id)` of every entry with a due time, earliest first. An entry whose due
+    /// time has changed since (or that has left) leaves a stale pair behind, skipped
+    /// when it comes up: cheaper than finding it in the heap.
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
     next_id: u64,
     stop: bool,
 }
 
 struct Entry {
     session: Arc<dyn Timed>,
-    /// When the session next needs running (`None`: not until it says so).
+    /// When the session next needs running (`None`: not until it says so, or it is
+    /// running now).
     due: Option<Instant>,
     /// The session moved its deadline earlier while it was being run.
     poked: bool,
@@ -96,31 +102,43 @@ impl Shared {
 
     fn poke(&self, id: u64, deadline: Instant) {
         let mut st = self.lock();
-        if let Some(e) = st.entries.get_mut(&id) {
-            e.due = earliest(e.due, Some(deadline));
-            e.poked = true;
-            drop(st);
-            self.wake.notify_all();
+        let Some(e) = st.entries.get_mut(&id) else {
+            return;
+        };
+        e.poked = true;
+        let due = earliest(e.due, Some(deadline));
+        if due != e.due {
+            st.schedule(id, due);
         }
+        drop(st);
+        self.wake.notify_all();
     }
 
     fn run_due(&self) -> Option<Instant> {
         let now = Instant::now();
-        let due: Vec<(u64, Arc<dyn Timed>)> = {
+        let mut due = Vec::new();
+        {
             let mut st = self.lock();
-            st.entries
-                .iter_mut()
-                .filter(|(_, e)| e.due.is_some_and(|d| d <= now))
-                .map(|(id, e)| {
+            while let Some(&Reverse((at, id))) = st.queue.peek() {
+                if at > now {
+                    break;
+                }
+                st.queue.pop();
+                if let Some(e) = st.entries.get_mut(&id)
+                    && e.due == Some(at)
+                {
+                    e.due = None;
                     e.poked = false;
-                    (*id, Arc::clone(&e.session))
-                })
-                .collect()
-        };
+                    due.push((id, Arc::clone(&e.session)));
+                }
+            }
+        }
         for (id, session) in due {
             let next = session.service_scheduled();
-            if let Some(e) = self.lock().entries.get_mut(&id) {
-                e.due = if e.poked { earliest(e.due, next) } else { next };
+            let mut st = self.lock();
+            if let Some(e) = st.entries.get_mut(&id) {
+                let next = if e.poked { earliest(e.due, next) } else { next };
+                st.schedule(id, next);
             }
         }
         self.lock().earliest()
@@ -128,8 +146,25 @@ impl Shared {
 }
 
 impl State {
-    fn earliest(&self) -> Option<Instant> {
-        self.entries.values().fold(None, |a, e| earliest(a, e.due))
+    /// Sets entry `id` (present) to run at `due`.
+    fn schedule(&mut self, id: u64, due: Option<Instant>) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.due = due;
+        }
+        if let Some(at) = due {
+            self.queue.push(Reverse((at, id)));
+        }
+    }
+
+    /// The earliest due time of a registered session; drops the stale pairs in front.
+    fn earliest(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, id))) = self.queue.peek() {
+            if self.entries.get(&id).is_some_and(|e| e.due == Some(at)) {
+                return Some(at);
+            }
+            self.queue.pop();
+        }
+        None
     }
 }
 
@@ -141,8 +176,9 @@ impl State {
 /// earliest deadline of all the sessions [`add`](Self::add)ed and then runs every
 /// session that is due; [`new`](Self::new) starts none, for a loop of your own around
 /// [`run_due`](Self::run_due) and [`wait_due`](Self::wait_due). A call on a client
-/// that moves its deadline earlier (a login schedules the first refresh) wakes the
-/// scheduler.
+/// that moves its deadline earlier (a login schedules the first refresh) or queues an
+/// operation wakes the scheduler. The deadlines are kept in a heap: a timer costs
+/// O(log N) whatever the number N of sessions.
 ///
 /// Due sessions run one after the other on the scheduler's thread, their exchanges
 /// included: a session due while another one's exchange is in progress waits for it,
@@ -242,20 +278,24 @@ impl Scheduler {
         M::State: Send,
         M::Outcome: Send,
     {
-        let session: Arc<dyn Timed> = Arc::clone(client.inner()) as Arc<dyn Timed>;
+        self.register(Arc::clone(client.inner()) as Arc<dyn Timed>)
+    }
+
+    fn register(&self, session: Arc<dyn Timed>) -> Registration {
         let id = {
             let mut st = self.shared.lock();
             st.next_id += 1;
             let id = st.next_id;
-            // Due now: its first run tells the scheduler its deadline.
             st.entries.insert(
                 id,
                 Entry {
                     session: Arc::clone(&session),
-                    due: Some(Instant::now()),
+                    due: None,
                     poked: false,
                 },
             );
+            // Due now: its first run tells the scheduler its deadline.
+            st.schedule(id, Some(Instant::now()));
             id
         };
         session.attach(Some(Hook {
@@ -299,7 +339,7 @@ impl Scheduler {
 /// Sleeps until a session is due, a wake-up, or `at_most`; `false` when the
 /// scheduler is stopping.
 fn wait(shared: &Shared, at_most: Duration) -> bool {
-    let st = shared.lock();
+    let mut st = shared.lock();
     if st.stop {
         return false;
     }
@@ -352,5 +392,82 @@ impl Drop for Registration {
             shared.lock().entries.remove(&self.id);
         }
         self.session.detach(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A session that returns the deadlines it is given and counts its runs.
+    #[derive(Default)]
+    struct Fake {
+        next: Mutex<Option<Instant>>,
+        runs: AtomicUsize,
+        hook: Mutex<Option<Hook>>,
+    }
+
+    impl Timed for Fake {
+        fn service_scheduled(&self) -> Option<Instant> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            let next = *self.next.lock().unwrap();
+            if let Some(h) = self.hook.lock().unwrap().as_mut() {
+                h.learnt(next);
+            }
+            next
+        }
+        fn attach(&self, hook: Option<Hook>) {
+            *self.hook.lock().unwrap() = hook;
+        }
+        fn detach(&self, id: u64) {
+            let mut h = self.hook.lock().unwrap();
+            if h.as_ref().is_some_and(|h| h.id() == id) {
+                *h = None;
+            }
+        }
+    }
+
+    fn later(d: Duration) -> Instant {
+        broker_session::deadline_after(Instant::now(), d)
+    }
+
+    #[test]
+    fn runs_the_due_sessions_only_and_learns_of_earlier_deadlines() {
+        let scheduler = Scheduler::new();
+        let (a, b) = (Arc::new(Fake::default()), Arc::new(Fake::default()));
+        let far = later(Duration::from_secs(3600));
+        *a.next.lock().unwrap() = Some(far);
+        let ra = scheduler.register(a.clone());
+        let _rb = scheduler.register(b.clone());
+        // Both are due at once to learn their deadlines; then only `a` has one.
+        assert_eq!(scheduler.run_due(), Some(far));
+        assert_eq!(scheduler.run_due(), Some(far));
+        assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(b.runs.load(Ordering::SeqCst), 1);
+        // `b` moves its deadline to now: it runs next, `a` does not.
+        b.hook
+            .lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .moved(Some(Instant::now()));
+        assert_eq!(scheduler.run_due(), Some(far));
+        assert_eq!(b.runs.load(Ordering::SeqCst), 2);
+        assert_eq!(a.runs.load(Ordering::SeqCst), 1);
+        // A later deadline than the known one does not wake anybody.
+        a.hook
+            .lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .moved(Some(later(Duration::from_secs(7200))));
+        assert_eq!(scheduler.run_due(), Some(far));
+        // `a` leaves: nothing is scheduled any more.
+        drop(ra);
+        assert!(a.hook.lock().unwrap().is_none());
+        assert_eq!(scheduler.len(), 1);
+        assert_eq!(scheduler.run_due(), None);
     }
 }
