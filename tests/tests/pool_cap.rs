@@ -170,6 +170,27 @@ mod nonblocking {
         assert!((1..=2).contains(&most), "{most} connections open at once");
     }
 
+    /// A burst far larger than the cap, answered at once: each exchange ends while
+    /// the next in line starts, the moment hyper's pool has not yet got the
+    /// connection back. Still no more sockets than the cap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_never_opens_more_sockets_than_the_cap() {
+        let server = counting_server(Duration::ZERO);
+        let http = http(3);
+        let tasks: Vec<_> = (0..400)
+            .map(|_| {
+                let (http, url) = (http.clone(), server.url.clone());
+                tokio::spawn(async move { http.execute(get(&url, "/x")).await })
+            })
+            .collect();
+        for t in tasks {
+            let r = t.await.expect("task").expect("exchange");
+            assert_eq!(r.status(), 200);
+        }
+        let most = server.most_open.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most} connections open at once");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_whose_deadline_passes_in_line_is_never_sent() {
         let server = counting_server(Duration::ZERO);
