@@ -51,8 +51,11 @@ impl<M: Machine> Inner<M> {
         &'a self,
         mut g: MutexGuard<'a, Driver<M>>,
     ) -> MutexGuard<'a, Driver<M>> {
+        // One clock read per step: the instant the results were fed in is the one
+        // the machine is then polled at.
+        let mut now = now();
         loop {
-            let pump = g.pump(now());
+            let pump = g.pump(now);
             if pump.changed {
                 self.changed.notify_all();
             }
@@ -72,7 +75,7 @@ impl<M: Machine> Inner<M> {
                 })
                 .collect();
             g = self.lock();
-            let now = now();
+            now = crate::now();
             for input in inputs {
                 g.handle_input(input, now);
             }

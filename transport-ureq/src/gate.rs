@@ -34,6 +34,14 @@ struct Line {
 pub(crate) struct Slot<'a> {
     gate: &'a HostGate,
     line: usize,
+    waited: bool,
+}
+
+impl Slot<'_> {
+    /// Whether the exchange had to wait for this slot.
+    pub(crate) fn waited(&self) -> bool {
+        self.waited
+    }
 }
 
 impl HostGate {
@@ -75,7 +83,11 @@ impl HostGate {
         };
         if lines[line].busy < self.cap {
             lines[line].busy += 1;
-            return Some(Slot { gate: self, line });
+            return Some(Slot {
+                gate: self,
+                line,
+                waited: false,
+            });
         }
         lines[line].waiting += 1;
         loop {
@@ -91,7 +103,11 @@ impl HostGate {
             if l.busy < self.cap {
                 l.waiting -= 1;
                 l.busy += 1;
-                return Some(Slot { gate: self, line });
+                return Some(Slot {
+                    gate: self,
+                    line,
+                    waited: true,
+                });
             }
             if left.is_zero() {
                 l.waiting -= 1;

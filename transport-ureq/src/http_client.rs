@@ -119,8 +119,14 @@ impl HttpClient {
         // Waiting for a connection slot spends the exchange's one budget.
         let give_up = deadline_after(start, budget);
         let no_slot = || no_connection_slot(&uri, self.policy.max_connections_per_host);
-        let _slot = self.gate.enter(&uri, give_up).ok_or_else(no_slot)?;
-        let budget = give_up.saturating_duration_since(Instant::now());
+        let slot = self.gate.enter(&uri, give_up).ok_or_else(no_slot)?;
+        // Only time spent waiting for the slot shortens the budget (and costs a
+        // clock read).
+        let budget = if slot.waited() {
+            give_up.saturating_duration_since(Instant::now())
+        } else {
+            budget
+        };
         if budget.is_zero() {
             return Err(no_slot());
         }
