@@ -9,7 +9,8 @@
 //! 3. the fleet: `BENCH_SCALE_FLEET_N` IG v3 sessions only (default 100,000), tokens
 //!    of `BENCH_SCALE_TOKEN_SECS` (default 20 s, a refresh every 10 s), through at
 //!    least three refresh waves, on the default fd limit and per-host cap: logins/s,
-//!    refreshes/s, most connections to the broker and open files, lateness, memory.
+//!    refreshes/s, most connections to the broker and open files, lateness, memory
+//!    (`BENCH_SCALE_SHARED_CONFIG=1`: one `Arc<IgConfig>` for all the sessions).
 //!
 //! Phases 1 and 2 run `BENCH_SCALE_SECS` seconds (default 30; at least one keep-alive
 //! period plus 5 s) after every session is up; N = 0 skips a phase.
@@ -572,13 +573,20 @@ fn fleet(n: usize, token: Duration, secs: u64) {
     if n == 0 {
         return;
     }
-    let margin = IgConfig::new(IgEnvironment::Demo, "k", "i", "p")
-        .refresh_margin
-        .min(token / 2);
+    let share_config = env_usize("BENCH_SCALE_SHARED_CONFIG", 0) != 0;
+    let defaults = IgConfig::new(IgEnvironment::Demo, "k", "i", "p");
+    let margin = defaults.refresh_margin.min(token / 2);
+    let spread = defaults.refresh_spread.min(token / 2 - margin);
     let period = token - margin;
     println!(
-        "\n== fleet: {n} IG v3 sessions, tokens of {token:?} (a refresh every {period:?}), async, fd limit {}",
-        fd_limit()
+        "\n== fleet: {n} IG v3 sessions, tokens of {token:?} (a refresh every {:?} to {period:?}), async, fd limit {}, {} configuration",
+        period - spread,
+        fd_limit(),
+        if share_config {
+            "one shared"
+        } else {
+            "one per session's"
+        }
     );
     println!(
         "one event {} B, one remembered finished operation {} B, one awaited operation's slot {} B",
@@ -637,12 +645,22 @@ fn fleet(n: usize, token: Duration, secs: u64) {
     let per = |bytes: usize| (bytes.saturating_sub(live0)) as f64 / n as f64;
     let (sessions, keepers, http, login_time) = rt.block_on(async {
         let http = HttpClient::new(&config).expect("client");
+        // One configuration per session, as a fleet of distinct accounts has, or
+        // one shared by all (`BENCH_SCALE_SHARED_CONFIG=1`).
+        let shared = Arc::new(ig_config(&base));
         let sessions: Vec<_> = (0..n)
-            .map(|_| {
+            .map(|i| {
+                let config = if share_config {
+                    Arc::clone(&shared)
+                } else {
+                    Arc::new(ig_config(&base))
+                };
+                // A seed per session, as the OS would give: it also draws the
+                // session's refresh jitter.
                 let m = Probe::new(
                     IgSession::new(
-                        ig_config(&base),
-                        broker_session::RngSeed::from_u64(1),
+                        config,
+                        broker_session::RngSeed::from_u64(i as u64),
                         broker_session_hyper::now(),
                     )
                     .expect("valid"),
