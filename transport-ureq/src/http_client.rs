@@ -29,6 +29,21 @@ pub struct HttpClient {
 /// talks to one or two brokers (and perhaps a proxy).
 const IDLE_ORIGINS: usize = 4;
 
+/// The largest response head (status line and headers) accepted: ureq's default.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Each connection's input buffer. ureq allocates both buffers in full on a
+/// connection's first exchange and keeps them while it idles in the pool (128 KiB
+/// each by default: 64 MiB for 256 idle connections). The input buffer must hold a
+/// whole response head, so it is the head limit plus a little (a head that fills it
+/// unparsed is then reported as too large, not as a stalled read); bodies stream
+/// through it.
+const INPUT_BUFFER: usize = MAX_RESPONSE_HEAD + 1024;
+
+/// Each connection's output buffer: it holds a request head (a broker request's is
+/// well under 2 KiB) and request bodies pass through it in chunks.
+const OUTPUT_BUFFER: usize = 16 * 1024;
+
 impl HttpClient {
     /// Builds a client from `config`. Fails if the PEM text of
     /// [`Tls::Pem`] holds no parseable certificate, the user agent is not a valid
@@ -65,6 +80,9 @@ impl HttpClient {
             // but a few (ureq keeps 3 per host by default).
             .max_idle_connections_per_host(policy.max_connections_per_host)
             .max_idle_connections(policy.max_connections_per_host.saturating_mul(IDLE_ORIGINS))
+            .max_response_header_size(MAX_RESPONSE_HEAD)
+            .input_buffer_size(INPUT_BUFFER)
+            .output_buffer_size(OUTPUT_BUFFER)
             .tls_config(tls.build())
             .build();
         let agent = ureq::Agent::with_parts(
