@@ -1,13 +1,18 @@
-//! Scale: one tokio runtime keeping N sessions alive against a loopback server, half
-//! IBKR gateway sessions tickling, half IG v3 sessions refreshing their tokens.
+//! Scale: one tokio runtime keeping N sessions alive against a loopback server (in
+//! phases 1 and 2 half IBKR gateway sessions tickling, half IG v3 sessions refreshing).
 //!
-//! Two phases, each on a fresh runtime:
+//! Three phases, each on a fresh runtime:
 //! 1. compressed time (tickle every 1 s, IG tokens of 10 s, so a refresh every 5 s):
 //!    `BENCH_SCALE_N` sessions (default 5,000);
 //! 2. the brokers' real timing (tickle every 60 s, IG tokens of 60 s, a refresh every
-//!    50 s): `BENCH_SCALE_BIG_N` sessions (default 100,000).
+//!    50 s): `BENCH_SCALE_BIG_N` sessions (default 100,000);
+//! 3. the fleet: `BENCH_SCALE_FLEET_N` IG v3 sessions only (default 100,000), tokens
+//!    of `BENCH_SCALE_TOKEN_SECS` (default 20 s, a refresh every 10 s), through at
+//!    least three refresh waves, on the default fd limit and per-host cap: logins/s,
+//!    refreshes/s, most connections to the broker and open files, lateness, memory
+//!    (`BENCH_SCALE_SHARED_CONFIG=1`: one `Arc<IgConfig>` for all the sessions).
 //!
-//! Each phase runs `BENCH_SCALE_SECS` seconds (default 30; at least one keep-alive
+//! Phases 1 and 2 run `BENCH_SCALE_SECS` seconds (default 30; at least one keep-alive
 //! period plus 5 s) after every session is up; N = 0 skips a phase.
 //! The server answers with the fake brokers' answers recorded beforehand (the fakes
 //! themselves keep per-request records that grow without bound at these rates). All
@@ -162,11 +167,16 @@ impl<M: Machine> Machine for Probe<M> {
 struct Canned {
     answers: HashMap<String, http::Response<Vec<u8>>>,
     served: Arc<AtomicU64>,
+    /// IG token refreshes served (a subset of `served`).
+    refreshed: Arc<AtomicU64>,
 }
 
 impl FakeBroker for Canned {
     fn handle(&mut self, request: &http::Request<Vec<u8>>, _now: Now) -> Reply {
         self.served.fetch_add(1, Relaxed);
+        if request.uri().path().ends_with("/refresh-token") {
+            self.refreshed.fetch_add(1, Relaxed);
+        }
         let key = format!("{} {}", request.method(), request.uri().path());
         let r = self
             .answers
@@ -332,6 +342,7 @@ fn phase(t: &Timing, n: usize, secs: u64) {
     let canned = Arc::new(Mutex::new(Canned {
         answers: HashMap::new(),
         served: Arc::clone(&served),
+        refreshed: Arc::default(),
     }));
     let server =
         Server::start_shared(Arc::clone(&canned), ServerOptions::default()).expect("server");
@@ -504,6 +515,253 @@ fn phase(t: &Timing, n: usize, secs: u64) {
     drop(server);
 }
 
+/// Established TCP connections of this process to `port` on loopback (the client
+/// side of the connections to the loopback broker), from `/proc/self/net/tcp`.
+fn connections_to(port: u16) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/self/net/tcp") else {
+        return 0;
+    };
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            // sl, local address, remote address, state ("01": established)
+            f.nth(2) == Some(remote.as_str()) && f.next() == Some("01")
+        })
+        .count()
+}
+
+/// Highest values seen by a sampler thread: connections to the broker, open file
+/// descriptors, live heap.
+#[derive(Default)]
+struct Peaks {
+    stop: std::sync::atomic::AtomicBool,
+    connections: AtomicU64,
+    fds: AtomicU64,
+    heap: AtomicU64,
+}
+
+impl Peaks {
+    fn reset(&self) {
+        self.connections.store(0, Relaxed);
+        self.fds.store(0, Relaxed);
+        self.heap.store(0, Relaxed);
+    }
+
+    /// Samples every 50 ms until stopped.
+    fn sample(self: Arc<Self>, port: u16) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            while !self.stop.load(Relaxed) {
+                self.connections
+                    .fetch_max(connections_to(port) as u64, Relaxed);
+                let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+                self.fds.fetch_max(fds as u64, Relaxed);
+                self.heap.fetch_max(alloc::snapshot().live as u64, Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    }
+}
+
+/// The fleet: `n` IG v3 sessions only, tokens of `token` (a refresh `margin` before
+/// expiry, at most half-way), one `HttpClient` with the default per-host cap (256),
+/// the default fd limit; logins with at most 1,024 in flight, then keep-alive tasks
+/// through at least three refresh waves.
+fn fleet(n: usize, token: Duration, secs: u64) {
+    if n == 0 {
+        return;
+    }
+    let share_config = env_usize("BENCH_SCALE_SHARED_CONFIG", 0) != 0;
+    let defaults = IgConfig::new(IgEnvironment::Demo, "k", "i", "p");
+    let margin = defaults.refresh_margin.min(token / 2);
+    let spread = defaults.refresh_spread.min(token / 2 - margin);
+    let period = token - margin;
+    println!(
+        "\n== fleet: {n} IG v3 sessions, tokens of {token:?} (a refresh every {:?} to {period:?}), async, fd limit {}, {} configuration",
+        period - spread,
+        fd_limit(),
+        if share_config {
+            "one shared"
+        } else {
+            "one per session's"
+        }
+    );
+    println!(
+        "one event {} B, one remembered finished operation {} B, one awaited operation's slot {} B",
+        size_of::<broker_session::Event<broker_session::ig::IgState, broker_session::ig::IgOutcome>>(
+        ),
+        size_of::<(OpId, Result<(), broker_session::Error>)>(),
+        size_of::<(OpId, Option<broker_session::driver::OpResult<IgSession>>)>(),
+    );
+    let t = Timing {
+        name: "fleet",
+        tickle: Duration::from_secs(60),
+        token,
+    };
+    let served = Arc::new(AtomicU64::new(0));
+    let refreshed = Arc::new(AtomicU64::new(0));
+    let canned = Arc::new(Mutex::new(Canned {
+        answers: HashMap::new(),
+        served: Arc::clone(&served),
+        refreshed: Arc::clone(&refreshed),
+    }));
+    let server =
+        Server::start_shared(Arc::clone(&canned), ServerOptions::default()).expect("server");
+    let base = server.http_url();
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let (answers, _, _) = record_answers(&base, &t);
+    canned.lock().expect("not poisoned").answers = answers;
+
+    println!(
+        "size_of: IgSession {} B, Driver<IgSession> {} B, Client<IgSession> {} B (an Arc), KeepAlive {} B",
+        size_of::<IgSession>(),
+        size_of::<broker_session::driver::Driver<IgSession>>(),
+        size_of::<Client<IgSession>>(),
+        size_of::<broker_session_hyper::KeepAlive>(),
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client-rt")
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut config = Config::default();
+    // Events nobody reads: at most this many per session (default 4).
+    config.event_capacity = env_usize("BENCH_SCALE_EVENTS", 4);
+    // The per-host cap (default the transport's, 256); a huge value shows the pool
+    // without one.
+    config.max_connections_per_host = env_usize("BENCH_SCALE_CAP", config.max_connections_per_host);
+    let peaks = Arc::new(Peaks::default());
+    let sampler = Arc::clone(&peaks).sample(port);
+    let rss0 = sys::status_kib("VmRSS");
+    let live0 = alloc::snapshot().live;
+    let per = |bytes: usize| (bytes.saturating_sub(live0)) as f64 / n as f64;
+    let (sessions, keepers, http, login_time) = rt.block_on(async {
+        let http = HttpClient::new(&config).expect("client");
+        // One configuration per session, as a fleet of distinct accounts has, or
+        // one shared by all (`BENCH_SCALE_SHARED_CONFIG=1`).
+        let shared = Arc::new(ig_config(&base));
+        let sessions: Vec<_> = (0..n)
+            .map(|i| {
+                let config = if share_config {
+                    Arc::clone(&shared)
+                } else {
+                    Arc::new(ig_config(&base))
+                };
+                // A seed per session, as the OS would give: it also draws the
+                // session's refresh jitter.
+                let m = Probe::new(
+                    IgSession::new(
+                        config,
+                        broker_session::RngSeed::from_u64(i as u64),
+                        broker_session_hyper::now(),
+                    )
+                    .expect("valid"),
+                );
+                Client::with_http(m, http.clone()).expect("session")
+            })
+            .collect();
+        println!(
+            "heap after creating the sessions: {:.0} B per session",
+            per(alloc::snapshot().live)
+        );
+        let start = Instant::now();
+        let sem = Arc::new(tokio::sync::Semaphore::new(1024));
+        let mut tasks = Vec::with_capacity(n);
+        for s in &sessions {
+            let (s, sem) = (s.clone(), Arc::clone(&sem));
+            tasks.push(tokio::spawn(async move {
+                let _p = sem.acquire().await;
+                s.run(IgIntent::Login).await.map(|_| ())
+            }));
+        }
+        let mut failed = 0;
+        for task in tasks {
+            if !matches!(task.await, Ok(Ok(()))) {
+                failed += 1;
+            }
+        }
+        let login_time = start.elapsed();
+        assert_eq!(failed, 0, "sessions failed to log in");
+        println!(
+            "heap after login: {:.0} B per session",
+            per(alloc::snapshot().live)
+        );
+        let keepers: Vec<_> = sessions.iter().map(|s| s.keep_alive()).collect();
+        (sessions, keepers, http, login_time)
+    });
+    println!(
+        "all {n} logged in in {login_time:.1?}: {:.0} logins/s; so far at most {} connections to the broker, {} open files, {:.0} B heap per session",
+        n as f64 / login_time.as_secs_f64(),
+        peaks.connections.load(Relaxed),
+        peaks.fds.load(Relaxed),
+        per(peaks.heap.load(Relaxed) as usize),
+    );
+
+    let secs = secs.max(3 * period.as_secs() + 5);
+    reset_lateness();
+    peaks.reset();
+    let (cpu0, srv0, ref0, w0) = (
+        sys::cpu_time(),
+        sys::threads_cpu_time("fake-broker-ser"),
+        refreshed.load(Relaxed),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(secs));
+    let wall = w0.elapsed();
+    let cpu = sys::cpu_time().saturating_sub(cpu0);
+    let srv = sys::threads_cpu_time("fake-broker-ser").saturating_sub(srv0);
+    let refreshes = refreshed.load(Relaxed) - ref0;
+    let live1 = alloc::snapshot().live;
+    let rss = sys::status_kib("VmRSS");
+    let (count, p50, p99, max) = lateness_stats();
+    let active = sessions
+        .iter()
+        .filter(|s| matches!(s.state(), broker_session::ig::IgState::Active { .. }))
+        .count();
+    println!(
+        "window {wall:.1?}: {refreshes} refreshes ({:.0}/s, {:.2} per session); {active} of {n} sessions active at its end",
+        refreshes as f64 / wall.as_secs_f64(),
+        refreshes as f64 / n as f64
+    );
+    println!(
+        "connections to the broker: at most {} (cap {}); open files at most {}",
+        peaks.connections.load(Relaxed),
+        http.policy().max_connections_per_host,
+        peaks.fds.load(Relaxed),
+    );
+    println!(
+        "CPU {:.0}% of one core ({:.0}% client, {:.0}% server thread); {:.1} µs client CPU per refresh",
+        cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
+        cpu.saturating_sub(srv).as_secs_f64() / wall.as_secs_f64() * 100.0,
+        srv.as_secs_f64() / wall.as_secs_f64() * 100.0,
+        cpu.saturating_sub(srv).as_secs_f64() * 1e6 / refreshes.max(1) as f64,
+    );
+    println!(
+        "timer lateness over {count} deadlines: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?} (100 µs buckets)"
+    );
+    println!(
+        "heap per session, all in (pool, runtime tasks, server buffers included): {:.0} B now, {:.0} B at the highest sample; RSS {} MiB (+{:.0} B per session)",
+        per(live1),
+        per((peaks.heap.load(Relaxed) as usize).max(live1)),
+        rss / 1024,
+        (rss.saturating_sub(rss0) * 1024) as f64 / n as f64,
+    );
+    peaks.stop.store(true, Relaxed);
+    let _ = sampler.join();
+    drop(keepers);
+    drop((sessions, http));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(server);
+}
+
 fn main() {
     println!("machine: {}", sys::machine_line());
     alloc::set_counting(true);
@@ -524,6 +782,11 @@ fn main() {
             token: Duration::from_secs(60),
         },
         env_usize("BENCH_SCALE_BIG_N", 100_000),
+        secs,
+    );
+    fleet(
+        env_usize("BENCH_SCALE_FLEET_N", 100_000),
+        Duration::from_secs(env_usize("BENCH_SCALE_TOKEN_SECS", 20) as u64),
         secs,
     );
 }

@@ -41,7 +41,9 @@ pub enum FailureKind {
     /// Could not connect (refused, DNS, unreachable): no connection was open, so no
     /// byte of the request can have reached the server. The core relies on this to
     /// resend even a login; a transport reports it only when that holds (a failure on
-    /// an already open or pooled connection is [`Io`](Self::Io)).
+    /// an already open or pooled connection is [`Io`](Self::Io)). Also what a
+    /// transport reports when no connection slot to the host came free before the
+    /// exchange's deadline (its per-host connection cap): the request was never sent.
     Connect,
     /// The TLS handshake or certificate check failed.
     Tls,

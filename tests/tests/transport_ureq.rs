@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use broker_session::{AuthorizeError, Error as CoreError, FailureKind, ProtocolError};
 use broker_session_testkit::server::{CertMode, Server, ServerOptions};
-use broker_session_ureq::{Client, Config, Error, Tls};
+use broker_session_ureq::{Client, Config, Error, Scheduler, Tls};
 use common::{Intent, Outcome, TestBroker, TestMachine, get, start_server};
 
 fn client(base: &str, config: &Config) -> Client<TestMachine> {
@@ -307,6 +307,109 @@ fn submit_then_service_delivers_the_result_as_an_event() {
     );
     // Debug does not deadlock while the lock is held.
     c.with_machine(|_| format!("{c:?}"));
+}
+
+#[test]
+fn a_scheduler_runs_a_submitted_operation_and_timers_moved_earlier() {
+    let (server, _) = start_server();
+    let mut m = TestMachine::new(&server.http_url());
+    m.tick_every = Some(Duration::from_millis(40));
+    let c = Client::new(m, &Config::default()).expect("client");
+    let scheduler = Scheduler::spawn().expect("scheduler");
+    let registration = scheduler.add(&c);
+    // Let the scheduler's first run find nothing scheduled and go to sleep: the
+    // submit, then the login's first tick, must wake it.
+    std::thread::sleep(Duration::from_millis(100));
+    let op = c.submit(Intent::Get("/echo".into())).expect("submit");
+    let start = Instant::now();
+    let mut events = Vec::new();
+    while !events
+        .iter()
+        .any(|e| matches!(e, broker_session::Event::Completed { op: o, result: Ok(_) } if *o == op))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not run: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        events.extend(c.drain_events());
+    }
+    c.run(Intent::Login).expect("login");
+    let ticks = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/tick")
+            .count()
+    };
+    while ticks() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no ticks");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(registration);
+    assert!(scheduler.is_empty());
+    std::thread::sleep(Duration::from_millis(100));
+    let after = ticks();
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(ticks(), after, "ticks after the registration dropped");
+}
+
+/// A one-shot HTTP/1.1 server: reads one request (head and `content-length` body),
+/// answers with a head carrying `header_bytes` of padding and a `body_bytes` body.
+/// Returns its URL and, on join, the request body length it read.
+fn raw_server(header_bytes: usize, body_bytes: usize) -> (String, std::thread::JoinHandle<usize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("head");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("body");
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nx-padding: {}\r\ncontent-length: {body_bytes}\r\n\r\n",
+            "p".repeat(header_bytes)
+        );
+        let mut writer = stream;
+        // The client may give up on a head too large: ignore write errors.
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&vec![b'b'; body_bytes]);
+        length
+    });
+    (url, server)
+}
+
+#[test]
+fn connection_buffers_still_carry_large_heads_and_bodies() {
+    let http = broker_session_ureq::HttpClient::new(&Config::default()).expect("client");
+    // A request body much larger than the output buffer, a response head larger
+    // than the old 16 KiB guesses and a body larger than the input buffer.
+    let (url, server) = raw_server(40 * 1024, 512 * 1024);
+    let request = http::Request::post(format!("{url}/upload"))
+        .body(vec![b'x'; 300 * 1024])
+        .expect("request");
+    let response = http.execute(request).expect("exchange");
+    assert_eq!(server.join().expect("server"), 300 * 1024);
+    assert_eq!(response.headers()["x-padding"].len(), 40 * 1024);
+    assert_eq!(response.body().len(), 512 * 1024);
+    // A head over the 64 KiB limit is a typed failure, not a panic or a hang.
+    let (url, server) = raw_server(100 * 1024, 0);
+    let failure = http
+        .execute(get(&format!("{url}/big-head")))
+        .expect_err("too large");
+    assert!(!failure.detail.is_empty(), "{failure}");
+    server.join().expect("server");
 }
 
 #[test]

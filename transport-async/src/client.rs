@@ -54,12 +54,18 @@ where
 {
     /// Polls the machine until it waits and hands each transmit to a spawned task.
     fn drive_locked(self: &Arc<Self>, g: &mut Driver<M>) {
+        self.drive_locked_at(g, now());
+    }
+
+    /// [`drive_locked`](Self::drive_locked) at `now`, read once by the caller for
+    /// the whole step.
+    fn drive_locked_at(self: &Arc<Self>, g: &mut Driver<M>, now: broker_session::Now) {
         let orphaned =
             std::mem::take(&mut *self.orphaned.lock().unwrap_or_else(PoisonError::into_inner));
         for input in orphaned {
-            g.handle_input(input, now());
+            g.handle_input(input, now);
         }
-        let pump = g.pump(now());
+        let pump = g.pump(now);
         for t in pump.transmits {
             let feed = FeedBack {
                 inner: Arc::clone(self),
@@ -75,8 +81,9 @@ where
 
     fn feed(self: &Arc<Self>, input: Input) {
         let mut g = self.lock();
-        g.handle_input(input, now());
-        self.drive_locked(&mut g);
+        let now = now();
+        g.handle_input(input, now);
+        self.drive_locked_at(&mut g, now);
         // The exchange ended: wake waiters even if the machine emitted nothing.
         self.changed.notify_waiters();
     }

@@ -4,11 +4,11 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use broker_session::transport::{Policy, explain};
+use broker_session::transport::{Policy, explain, no_connection_slot, origin};
 use broker_session::{FailureKind, TransportFailure, deadline_after};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Config, Error, tls};
 
@@ -30,11 +31,51 @@ type Pool = LegacyClient<HttpsConnector<Route>, Full<Bytes>>;
 /// A pooled HTTP client: connections, TLS trust, timeouts, limits.
 ///
 /// Cheap to clone; clones share one connection pool. Build one and hand clones to
-/// every session (see [`Client::with_http`](crate::Client::with_http)).
+/// every session (see [`Client::with_http`](crate::Client::with_http)). At most
+/// [`Config::max_connections_per_host`] exchanges run at once to one origin (scheme,
+/// host, port), and at most that many sockets are open to it; the other exchanges
+/// wait in line (first come, first served), within their deadline.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     pool: Pool,
     policy: Arc<Policy>,
+    gates: Arc<Gates>,
+}
+
+/// One counting semaphore per origin, created on its first use, with `cap` permits.
+/// A client talks to a handful of origins (one or two brokers), so they sit in a
+/// short list scanned without allocating, never pruned.
+#[derive(Debug)]
+struct Gates {
+    cap: usize,
+    origins: Mutex<Vec<Gate>>,
+}
+
+/// An origin (scheme, host, port) and its semaphore.
+type Gate = (Box<str>, Box<str>, u16, Arc<Semaphore>);
+
+impl Gates {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            origins: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn of(&self, uri: &http::Uri) -> Arc<Semaphore> {
+        let (scheme, host, port) = origin(uri);
+        // Held for a lookup only; a panic cannot happen while it is held.
+        let mut list = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((.., s)) = list
+            .iter()
+            .find(|(s, h, p, _)| **s == *scheme && **h == *host && *p == port)
+        {
+            return Arc::clone(s);
+        }
+        let s = Arc::new(Semaphore::new(self.cap));
+        list.push((scheme.into(), host.into(), port, Arc::clone(&s)));
+        s
+    }
 }
 
 impl HttpClient {
@@ -53,6 +94,7 @@ impl HttpClient {
             tunnel: proxy.clone().map(|p| Tunnel::new(p, http.clone())),
             proxy: proxy.clone(),
             direct: http,
+            sockets: Arc::new(Gates::new(policy.max_connections_per_host)),
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config)
@@ -62,9 +104,13 @@ impl HttpClient {
         let pool = LegacyClient::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // As many idle connections to an origin as may be open to it: a wave at
+            // the cap reuses its sockets; more could never be used at once.
+            .pool_max_idle_per_host(policy.max_connections_per_host)
             .build(connector);
         Ok(Self {
             pool,
+            gates: Arc::new(Gates::new(policy.max_connections_per_host)),
             policy: Arc::new(policy),
         })
     }
@@ -108,6 +154,16 @@ impl HttpClient {
         let uri = request.uri().clone();
         let request = request.map(|b| Full::new(Bytes::from(b)));
         let max_body = self.policy.max_body;
+        let give_up = deadline_after(now, budget);
+        // Waiting for a connection slot spends the exchange's one budget.
+        let cap = self.policy.max_connections_per_host;
+        let gate = self.gates.of(&uri);
+        let _slot: OwnedSemaphorePermit =
+            match tokio::time::timeout_at(give_up.into(), gate.acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                // Never closed; and a deadline passed in line: neither was sent.
+                Ok(Err(_)) | Err(_) => return Err(no_connection_slot(&uri, cap)),
+            };
         // One deadline around connect, send and the whole body.
         let exchange = async {
             let response = self.pool.request(request).await.map_err(classify_client)?;
@@ -119,7 +175,6 @@ impl HttpClient {
                 .to_bytes();
             Ok(http::Response::from_parts(parts, body.to_vec()))
         };
-        let give_up = deadline_after(now, budget);
         match tokio::time::timeout_at(give_up.into(), exchange).await {
             Ok(r) => r.map_err(|f| explain(f, &uri)),
             Err(_) => Err(TransportFailure::new(
@@ -135,11 +190,19 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// Where connections go: straight to the target, or through the configured proxy
 /// (a `CONNECT` tunnel for `https`, the proxy itself for plain `http`, to which the
 /// pool then sends requests in absolute form).
+///
+/// Every connection it opens holds one of its origin's socket permits until it
+/// closes. The exchange gate alone does not bound the sockets: hyper's pool gets a
+/// connection back from a task of its own a moment after the exchange that used it
+/// ended, so the next exchange in line, finding no idle connection yet, would open
+/// one more. With the permits, that exchange's connect waits, and the connection
+/// coming back to the pool serves it.
 #[derive(Clone)]
 pub(crate) struct Route {
     direct: HttpConnector,
     proxy: Option<http::Uri>,
     tunnel: Option<Tunnel<HttpConnector>>,
+    sockets: Arc<Gates>,
 }
 
 impl tower_service::Service<http::Uri> for Route {
@@ -153,35 +216,42 @@ impl tower_service::Service<http::Uri> for Route {
 
     fn call(&mut self, target: http::Uri) -> Self::Future {
         let https = target.scheme_str() == Some("https");
-        match (&self.proxy, &mut self.tunnel) {
-            (Some(_), Some(tunnel)) if https => {
-                let connecting = tunnel.call(target);
-                Box::pin(async move {
-                    Ok(RouteIo {
-                        io: connecting.await?,
-                        proxied: false,
-                    })
-                })
-            }
-            (Some(proxy), _) => {
-                let connecting = self.direct.call(proxy.clone());
-                Box::pin(async move {
-                    Ok(RouteIo {
-                        io: connecting.await?,
-                        proxied: !https,
-                    })
-                })
-            }
-            (None, _) => {
-                let connecting = self.direct.call(target);
-                Box::pin(async move {
-                    Ok(RouteIo {
-                        io: connecting.await?,
-                        proxied: false,
-                    })
-                })
-            }
-        }
+        let sockets = self.sockets.of(&target);
+        // The connector futures do nothing until polled: connecting starts once a
+        // socket permit is held.
+        let (connecting, proxied): (Pin<Box<dyn Future<Output = _> + Send>>, bool) =
+            match (&self.proxy, &mut self.tunnel) {
+                (Some(_), Some(tunnel)) if https => {
+                    let c = tunnel.call(target);
+                    (
+                        Box::pin(async move { c.await.map_err(BoxError::from) }),
+                        false,
+                    )
+                }
+                (Some(proxy), _) => {
+                    let c = self.direct.call(proxy.clone());
+                    (
+                        Box::pin(async move { c.await.map_err(BoxError::from) }),
+                        !https,
+                    )
+                }
+                (None, _) => {
+                    let c = self.direct.call(target);
+                    (
+                        Box::pin(async move { c.await.map_err(BoxError::from) }),
+                        false,
+                    )
+                }
+            };
+        Box::pin(async move {
+            // The semaphore is never closed.
+            let socket = sockets.acquire_owned().await.map_err(BoxError::from)?;
+            Ok(RouteIo {
+                io: connecting.await?,
+                proxied,
+                _socket: socket,
+            })
+        })
     }
 }
 
@@ -190,6 +260,8 @@ impl tower_service::Service<http::Uri> for Route {
 pub(crate) struct RouteIo {
     io: TokioIo<TcpStream>,
     proxied: bool,
+    /// Given back to the origin's socket count when the connection closes.
+    _socket: OwnedSemaphorePermit,
 }
 
 impl Connection for RouteIo {

@@ -5,7 +5,11 @@
 //! [`Client::send`] stamps the session's credentials on your own API requests and
 //! recovers once from a refused credential, and [`Client::keep_alive`] (or
 //! [`Client::service`]) runs the session's timers. One [`HttpClient`] (one
-//! connection pool) can serve many sessions ([`Client::open`]).
+//! connection pool) can serve many sessions ([`Client::open`]); it opens at most
+//! [`Config::max_connections_per_host`] connections to one origin, and further
+//! exchanges wait in line for one, within their deadline (one that gets none in time
+//! fails as [`FailureKind::Connect`](broker_session::FailureKind::Connect), never
+//! sent).
 //!
 //! ```no_run
 //! # async fn demo<M>(machine: M, intent: M::Intent) -> Result<(), broker_session_hyper::Error>

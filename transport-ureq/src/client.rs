@@ -9,6 +9,7 @@ use broker_session::transport::ops::{Operation, SessionConfig, output_of};
 use broker_session::transport::{Call, CallInput, CallStep};
 use broker_session::{Input, Machine, OpId, deadline_after};
 
+use crate::scheduler::{Hook, Timed};
 use crate::{Config, Error, HttpClient, now, os_seed};
 
 /// How long a waiter sleeps at most while another thread has a request in flight;
@@ -32,6 +33,9 @@ pub(crate) struct Inner<M: Machine> {
     base_url: Option<String>,
     shared: Mutex<Driver<M>>,
     changed: Condvar,
+    /// The [`Scheduler`](crate::Scheduler) to wake when the machine's deadline moves
+    /// earlier than the one it knows, if the session is on one.
+    scheduled: Mutex<Option<Hook>>,
 }
 
 impl<M: Machine> Inner<M> {
@@ -47,12 +51,18 @@ impl<M: Machine> Inner<M> {
         &'a self,
         mut g: MutexGuard<'a, Driver<M>>,
     ) -> MutexGuard<'a, Driver<M>> {
+        // One clock read per step: the instant the results were fed in is the one
+        // the machine is then polled at.
+        let mut now = now();
         loop {
-            let pump = g.pump(now());
+            let pump = g.pump(now);
             if pump.changed {
                 self.changed.notify_all();
             }
             if pump.transmits.is_empty() {
+                if let Some(hook) = self.hook().as_mut() {
+                    hook.moved(g.deadline());
+                }
                 return g;
             }
             drop(g);
@@ -65,7 +75,7 @@ impl<M: Machine> Inner<M> {
                 })
                 .collect();
             g = self.lock();
-            let now = now();
+            now = crate::now();
             for input in inputs {
                 g.handle_input(input, now);
             }
@@ -115,6 +125,43 @@ impl<M: Machine> Inner<M> {
     pub(crate) fn notify(&self) {
         self.changed.notify_all();
     }
+
+    /// Taken with the machine's lock held (never the other way round).
+    pub(crate) fn hook(&self) -> MutexGuard<'_, Option<Hook>> {
+        // Holds a plain value, consistent between two statements.
+        self.scheduled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<M> Timed for Inner<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn service_scheduled(&self) -> Option<Instant> {
+        let g = self.drive(self.lock());
+        let deadline = g.deadline();
+        if let Some(hook) = self.hook().as_mut() {
+            hook.learnt(deadline);
+        }
+        deadline
+    }
+
+    fn attach(&self, hook: Option<Hook>) {
+        let _g = self.lock();
+        *self.hook() = hook;
+    }
+
+    fn detach(&self, id: u64) {
+        let _g = self.lock();
+        let mut hook = self.hook();
+        if hook.as_ref().is_some_and(|h| h.id() == id) {
+            *hook = None;
+        }
+    }
 }
 
 impl<M: Machine> Client<M> {
@@ -139,6 +186,7 @@ impl<M: Machine> Client<M> {
                 base_url,
                 shared: Mutex::new(Driver::new(machine, capacity)),
                 changed: Condvar::new(),
+                scheduled: Mutex::new(None),
             }),
         }
     }
@@ -196,7 +244,14 @@ impl<M: Machine> Client<M> {
     /// arrives as an [`Event::Completed`](broker_session::Event::Completed) in the
     /// event buffer.
     pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
-        let op = self.inner.lock().submit(intent, now())?;
+        let now = now();
+        let mut g = self.inner.lock();
+        let op = g.submit(intent, now)?;
+        // Whoever runs the session's timers runs the new operation now.
+        if let Some(hook) = self.inner.hook().as_mut() {
+            hook.moved(Some(now.mono));
+        }
+        drop(g);
         self.inner.notify();
         Ok(op)
     }

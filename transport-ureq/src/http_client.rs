@@ -5,21 +5,44 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use broker_session::transport::{Policy, explain};
-use broker_session::{FailureKind, TransportFailure};
+use broker_session::transport::{Policy, explain, no_connection_slot};
+use broker_session::{FailureKind, TransportFailure, deadline_after};
 
+use crate::gate::HostGate;
 use crate::resolve::CachingResolver;
 use crate::{Config, Error, Tls};
 
 /// A configured HTTP client: connection pool, TLS trust, timeouts, limits.
 ///
 /// Cheap to clone; clones share one connection pool, so one `HttpClient` can serve
-/// many sessions.
+/// many sessions. At most [`Config::max_connections_per_host`] exchanges run at once
+/// to one origin (scheme, host, port); the others wait in line, within their
+/// deadline.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     agent: ureq::Agent,
     policy: Arc<Policy>,
+    gate: Arc<HostGate>,
 }
+
+/// How many origins' worth of idle connections the pool keeps in all: a client
+/// talks to one or two brokers (and perhaps a proxy).
+const IDLE_ORIGINS: usize = 4;
+
+/// The largest response head (status line and headers) accepted: ureq's default.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Each connection's input buffer. ureq allocates both buffers in full on a
+/// connection's first exchange and keeps them while it idles in the pool (128 KiB
+/// each by default: 64 MiB for 256 idle connections). The input buffer must hold a
+/// whole response head, so it is the head limit plus a little (a head that fills it
+/// unparsed is then reported as too large, not as a stalled read); bodies stream
+/// through it.
+const INPUT_BUFFER: usize = MAX_RESPONSE_HEAD + 1024;
+
+/// Each connection's output buffer: it holds a request head (a broker request's is
+/// well under 2 KiB) and request bodies pass through it in chunks.
+const OUTPUT_BUFFER: usize = 16 * 1024;
 
 impl HttpClient {
     /// Builds a client from `config`. Fails if the PEM text of
@@ -52,6 +75,14 @@ impl HttpClient {
             // `benches/exchange_deadline.rs`.
             .timeout_per_call(Some(policy.request_timeout))
             .timeout_connect(Some(policy.connect_timeout))
+            // Keep as many idle connections to an origin as may be open to it, so a
+            // wave of exchanges at the cap reuses its sockets instead of closing all
+            // but a few (ureq keeps 3 per host by default).
+            .max_idle_connections_per_host(policy.max_connections_per_host)
+            .max_idle_connections(policy.max_connections_per_host.saturating_mul(IDLE_ORIGINS))
+            .max_response_header_size(MAX_RESPONSE_HEAD)
+            .input_buffer_size(INPUT_BUFFER)
+            .output_buffer_size(OUTPUT_BUFFER)
             .tls_config(tls.build())
             .build();
         let agent = ureq::Agent::with_parts(
@@ -61,6 +92,7 @@ impl HttpClient {
         );
         Ok(Self {
             agent,
+            gate: Arc::new(HostGate::new(policy.max_connections_per_host)),
             policy: Arc::new(policy),
         })
     }
@@ -99,10 +131,23 @@ impl HttpClient {
         mut request: http::Request<Vec<u8>>,
         deadline: Option<Instant>,
     ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
-        let budget = self
-            .policy
-            .prepare(&mut request, Instant::now(), deadline)?;
+        let start = Instant::now();
+        let budget = self.policy.prepare(&mut request, start, deadline)?;
         let uri = request.uri().clone();
+        // Waiting for a connection slot spends the exchange's one budget.
+        let give_up = deadline_after(start, budget);
+        let no_slot = || no_connection_slot(&uri, self.policy.max_connections_per_host);
+        let slot = self.gate.enter(&uri, give_up).ok_or_else(no_slot)?;
+        // Only time spent waiting for the slot shortens the budget (and costs a
+        // clock read).
+        let budget = if slot.waited() {
+            give_up.saturating_duration_since(Instant::now())
+        } else {
+            budget
+        };
+        if budget.is_zero() {
+            return Err(no_slot());
+        }
         // The agent's per-call timeout is the configured one; only a shorter budget
         // (the machine's deadline comes first) costs a per-request configuration.
         if budget < self.policy.request_timeout {

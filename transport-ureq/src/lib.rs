@@ -22,6 +22,35 @@
 //! # let _ = (outcome, response); Ok(()) }
 //! ```
 //!
+//! # Many sessions
+//!
+//! One [`HttpClient`] (one connection pool) can serve many sessions
+//! ([`Client::open`]). It opens at most
+//! [`Config::max_connections_per_host`] connections to one origin; further exchanges
+//! wait in line for one, within their deadline, and one that gets none in time fails
+//! as [`FailureKind::Connect`](broker_session::FailureKind::Connect) without being
+//! sent. A [`Scheduler`] runs the timers of any number of sessions on one thread
+//! (or from a loop of yours, [`Scheduler::run_due`]) where
+//! [`Client::keep_alive`] would start one thread per session:
+//!
+//! ```no_run
+//! # fn demo(configs: Vec<broker_session_ureq::IgConfig>) -> Result<(), broker_session_ureq::Error> {
+//! use broker_session_ureq::{Client, Config, HttpClient, Scheduler};
+//!
+//! let http = HttpClient::new(&Config::default())?;
+//! let scheduler = Scheduler::spawn()?;
+//! let sessions = configs
+//!     .into_iter()
+//!     .map(|config| {
+//!         let client = Client::open(config, &http)?;
+//!         let registration = scheduler.add(&client); // timers run until it drops
+//!         client.login()?;
+//!         Ok((client, registration))
+//!     })
+//!     .collect::<Result<Vec<_>, broker_session_ureq::Error>>()?;
+//! # drop(sessions); Ok(()) }
+//! ```
+//!
 //! # What the transport does and does not do
 //!
 //! It makes no protocol decision: the machine decides what to send, how to read a
@@ -58,12 +87,15 @@
 #![deny(missing_docs)]
 
 mod client;
+mod gate;
 mod http_client;
 mod keep_alive;
 mod resolve;
+mod scheduler;
 
 pub use client::Client;
 pub use http_client::HttpClient;
 pub use keep_alive::KeepAlive;
+pub use scheduler::{Registration, Scheduler};
 
 broker_session::__transport_root!(broker_session_ureq);

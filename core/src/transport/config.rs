@@ -106,6 +106,21 @@ pub struct Config {
     /// How many undelivered events a session keeps; when full, the oldest is
     /// dropped and counted. Default: 256.
     pub event_capacity: usize,
+    /// Most connections open at once to one origin (scheme, host and port), and
+    /// most idle connections kept to it. An exchange that finds them all busy waits
+    /// in a queue for one to come free, within its one deadline (the earlier of
+    /// [`request_timeout`](Self::request_timeout) and, for a session request, the
+    /// machine's own deadline less the margin). One that gets no slot in time fails
+    /// with [`FailureKind::Connect`] and the detail "no connection slot …": it was
+    /// never sent, which is what `Connect` promises, so the machine may resend even a
+    /// login.
+    ///
+    /// Default: 256, so that a whole fleet of sessions sharing one client (100,000
+    /// sessions of one broker in one process) keeps at most 256 sockets to the
+    /// broker: a refresh wave queues instead of opening a socket per refresh and
+    /// running out of file descriptors, while 256 exchanges in flight at once still
+    /// serve thousands of refreshes a second. Must not be zero.
+    pub max_connections_per_host: usize,
 }
 
 impl Default for Config {
@@ -120,6 +135,7 @@ impl Default for Config {
             proxy: None,
             trust_loopback_proxy: false,
             event_capacity: 256,
+            max_connections_per_host: 256,
         }
     }
 }
@@ -158,6 +174,8 @@ pub struct Policy {
     pub loopback_through_proxy: bool,
     /// [`Config::event_capacity`].
     pub event_capacity: usize,
+    /// [`Config::max_connections_per_host`], at least one.
+    pub max_connections_per_host: usize,
 }
 
 impl Config {
@@ -184,7 +202,20 @@ impl Config {
             allow_plain_http: self.allow_plain_http,
             loopback_through_proxy,
             event_capacity: self.event_capacity,
+            max_connections_per_host: self.checked_connection_cap()?,
         })
+    }
+
+    /// [`max_connections_per_host`](Self::max_connections_per_host), checked: not zero.
+    fn checked_connection_cap(&self) -> Result<usize, Error> {
+        if self.max_connections_per_host == 0 {
+            return Err(Error::Config(
+                "Config::max_connections_per_host is zero: no request could ever be sent; \
+                 give it at least 1"
+                    .into(),
+            ));
+        }
+        Ok(self.max_connections_per_host)
     }
 
     /// The proxy, checked: an `http://host[:port]` URI without credentials. Returns it
@@ -332,6 +363,36 @@ impl Policy {
     }
 }
 
+/// The origin of `uri` as a pool counts it: scheme, host and port (the default
+/// port of the scheme when none is written).
+///
+/// ```
+/// use broker_session::transport::origin;
+/// let uri = "https://api.example.com/session".parse().unwrap();
+/// assert_eq!(origin(&uri), ("https", "api.example.com", 443));
+/// ```
+pub fn origin(uri: &http::Uri) -> (&str, &str, u16) {
+    let scheme = uri.scheme_str().unwrap_or("");
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "http" { 80 } else { 443 });
+    (scheme, uri.host().unwrap_or(""), port)
+}
+
+/// The failure of an exchange that found every connection to `uri`'s origin busy
+/// ([`Config::max_connections_per_host`]) until its deadline: never sent, so
+/// [`FailureKind::Connect`]. Names the origin only (no path or query).
+pub fn no_connection_slot(uri: &http::Uri, cap: usize) -> TransportFailure {
+    let (scheme, host, port) = origin(uri);
+    TransportFailure::new(
+        FailureKind::Connect,
+        format!(
+            "no connection slot to {scheme}://{host}:{port} within the deadline (all \
+             {cap} of Config::max_connections_per_host busy); not sent"
+        ),
+    )
+}
+
 /// Adds to a failure of an exchange with `uri` what to do about it: for a failed
 /// connection, where nothing listened; for a certificate the transport does not
 /// trust, how to trust a self-signed one. Only the scheme, host and port are quoted
@@ -448,6 +509,23 @@ mod tests {
             &uri,
         );
         assert!(f.detail.contains("Tls::Pem"), "{f}");
+        assert!(!f.detail.contains("secret"), "{f}");
+    }
+
+    #[test]
+    fn connection_cap_must_not_be_zero() {
+        let mut c = Config::default();
+        assert_eq!(c.policy().unwrap().max_connections_per_host, 256);
+        c.max_connections_per_host = 0;
+        assert!(matches!(c.policy(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn queue_timeout_names_the_origin_only() {
+        let uri: http::Uri = "http://127.0.0.1:5000/x?secret=1".parse().unwrap();
+        let f = no_connection_slot(&uri, 2);
+        assert_eq!(f.kind, FailureKind::Connect);
+        assert!(f.detail.contains("http://127.0.0.1:5000"), "{f}");
         assert!(!f.detail.contains("secret"), "{f}");
     }
 }

@@ -14,5 +14,7 @@ pub mod ops;
 mod root;
 
 pub use call::{Call, CallInput, CallStep, clone_request, resolve};
-pub use config::{Config, DEADLINE_MARGIN, Policy, Tls, explain, is_loopback};
+pub use config::{
+    Config, DEADLINE_MARGIN, Policy, Tls, explain, is_loopback, no_connection_slot, origin,
+};
 pub use error::Error;
