@@ -58,7 +58,7 @@
 //! assert_eq!(driver.finished(login), Some(Ok(())));
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Instant;
 
@@ -105,10 +105,13 @@ pub struct Driver<M: Machine> {
     /// Transmits handed out by `pump` whose response or failure has not come back.
     /// Ordered collections, not hashed ones: std's hasher seeds itself from the OS.
     in_flight: BTreeSet<RequestId>,
-    /// Operations a caller awaits, with their result once it arrives.
-    awaited: BTreeMap<OpId, Option<OpResult<M>>>,
-    /// The last operations to finish, oldest first.
-    finished: VecDeque<(OpId, Result<(), Error>)>,
+    /// Operations a caller awaits, with their result once it arrives. A few at most
+    /// (one per caller blocked in a typed method), so a vector searched in order; its
+    /// buffer is freed when it empties, so an idle session keeps none.
+    awaited: Vec<(OpId, Option<OpResult<M>>)>,
+    /// The last operations to finish, oldest first: an error boxed, so a success (a
+    /// keep-alive, most of what finishes) costs 16 bytes and no allocation.
+    finished: VecDeque<(OpId, Option<Box<Error>>)>,
     events: VecDeque<SessionEvent<M>>,
     event_capacity: usize,
     dropped_events: u64,
@@ -140,7 +143,7 @@ impl<M: Machine> Driver<M> {
             machine,
             deadline: None,
             in_flight: BTreeSet::new(),
-            awaited: BTreeMap::new(),
+            awaited: Vec::new(),
             finished: VecDeque::new(),
             events: VecDeque::new(),
             event_capacity,
@@ -204,23 +207,39 @@ impl<M: Machine> Driver<M> {
     /// it before the next [`pump`](Self::pump) after submitting, so the result cannot
     /// be missed.
     pub fn await_op(&mut self, op: OpId) {
-        self.awaited.entry(op).or_insert(None);
+        if !self.awaited.iter().any(|(o, _)| *o == op) {
+            self.awaited.push((op, None));
+        }
+    }
+
+    /// Removes `op` from the awaited operations, with its result if it arrived.
+    fn unawait(&mut self, op: OpId) -> Option<Option<OpResult<M>>> {
+        let i = self.awaited.iter().position(|(o, _)| *o == op)?;
+        let (_, result) = self.awaited.swap_remove(i);
+        if self.awaited.is_empty() {
+            self.awaited = Vec::new();
+        }
+        Some(result)
     }
 
     /// The result of awaited operation `op` once it has completed; the operation is
     /// then no longer awaited. `None` while it runs (or if it is not awaited).
     pub fn take_result(&mut self, op: OpId) -> Option<OpResult<M>> {
-        let result = self.awaited.get_mut(&op).and_then(Option::take);
-        if result.is_some() {
-            self.awaited.remove(&op);
+        let arrived = self
+            .awaited
+            .iter()
+            .any(|(o, result)| *o == op && result.is_some());
+        if arrived {
+            self.unawait(op).flatten()
+        } else {
+            None
         }
-        result
     }
 
     /// Stops awaiting `op` (its caller gave up): a result that arrives later goes to
     /// the event buffer; one that already arrived is discarded.
     pub fn forget_op(&mut self, op: OpId) {
-        self.awaited.remove(&op);
+        self.unawait(op);
     }
 
     /// Whether operation `op` succeeded, if it is among the last [`FINISHED_MEMORY`]
@@ -231,7 +250,10 @@ impl<M: Machine> Driver<M> {
             .iter()
             .rev()
             .find(|(o, _)| *o == op)
-            .map(|(_, r)| r.clone())
+            .map(|(_, error)| match error {
+                None => Ok(()),
+                Some(e) => Err(Error::clone(e)),
+            })
     }
 
     /// Takes every buffered event (state changes, session loss, completions of
@@ -279,10 +301,10 @@ impl<M: Machine> Driver<M> {
                 if self.finished.len() >= FINISHED_MEMORY {
                     self.finished.pop_front();
                 }
-                self.finished
-                    .push_back((op, result.as_ref().map(|_| ()).map_err(Clone::clone)));
-                match self.awaited.get_mut(&op) {
-                    Some(slot) => {
+                let error = result.as_ref().err().map(|e| Box::new(e.clone()));
+                self.finished.push_back((op, error));
+                match self.awaited.iter_mut().find(|(o, _)| *o == op) {
+                    Some((_, slot)) => {
                         *slot = Some(result);
                         return;
                     }

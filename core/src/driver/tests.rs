@@ -175,6 +175,24 @@ fn awaited_results_go_to_their_caller_others_to_the_buffer() {
     );
     // Not awaited, never awaited: nothing to take.
     assert!(d.take_result(theirs).is_none());
+    // Nothing awaited any more: the session keeps no buffer for it (memory per idle
+    // session is measured in the scale benchmark).
+    assert_eq!(d.awaited.capacity(), 0);
+}
+
+#[test]
+fn awaiting_twice_keeps_one_slot_and_forgetting_frees_it() {
+    let now = start();
+    let mut d = Driver::new(Fake::default(), 16);
+    let op = d.submit(7, now).unwrap();
+    d.await_op(op);
+    d.await_op(op);
+    assert_eq!(d.awaited.len(), 1);
+    d.forget_op(op);
+    assert_eq!(d.awaited.capacity(), 0);
+    // Forgetting what is not awaited changes nothing.
+    d.forget_op(op);
+    assert!(d.take_result(op).is_none());
 }
 
 #[test]
