@@ -197,6 +197,7 @@ impl IgSession {
         if self.backoff_until.is_some_and(|t| t <= now.mono) {
             self.backoff_until = None;
         }
+        self.expire_awaiting(now);
         if let Some(f) = self.in_flight.take_if(|f| f.deadline <= now.mono) {
             let endpoint = f.call.endpoint();
             if endpoint.sends_password() {
@@ -633,6 +634,7 @@ impl IgSession {
         consider(self.current.as_ref().and_then(|o| o.retry_at));
         consider(self.refresh_at);
         consider(self.backoff_until);
+        consider(self.awaiting.as_ref().map(|a| a.deadline));
         d
     }
 }
