@@ -52,13 +52,17 @@ mod error;
 mod generation;
 mod keys;
 mod lease;
+mod recovery;
 mod seal;
+mod shared;
 
 pub use connection::{Connection, Redis, RedisUrl};
 pub use error::Error;
 pub use generation::{GenerationStore, Notice, Snapshot, Subscriber};
 pub use lease::{FencingToken, Lease};
+pub use recovery::RecoveryRequests;
 pub use seal::{Sealing, SealingKey};
+pub use shared::{FleetEvent, SharedConfig, SharedIgSession};
 
 /// The highest generation number: Redis compares generations in Lua, whose numbers are
 /// doubles, exact up to 2^53 − 1.

@@ -71,9 +71,12 @@ impl Fleet {
 
     fn add_follower(&mut self) -> usize {
         let n = self.nodes.len() as u64;
-        let node =
-            IgSession::follower(self.config.clone(), RngSeed::from_u64(n + 1), self.clock.now())
-                .unwrap();
+        let node = IgSession::follower(
+            self.config.clone(),
+            RngSeed::from_u64(n + 1),
+            self.clock.now(),
+        )
+        .unwrap();
         self.nodes.push(node);
         self.events.push(Vec::new());
         self.session_requests.push(0);
@@ -83,7 +86,12 @@ impl Fleet {
     /// Node 0 takes the lead (nothing to resume) and logs in; the others adopt.
     fn start(flow: LoginFlow, followers: usize) -> Self {
         let mut fleet = Self::new(flow, followers);
-        let lead = fleet.submit(0, IgIntent::Lead { generation_floor: 0 });
+        let lead = fleet.submit(
+            0,
+            IgIntent::Lead {
+                generation_floor: 0,
+            },
+        );
         assert_eq!(
             fleet.result(0, lead),
             Some(Err(Error::Usage(UsageError::NotLoggedIn)))
@@ -394,10 +402,7 @@ fn the_owner_recovers_a_generation_only_while_it_is_the_current_one() {
         .submit(IgIntent::Recover { refused: 1 }, now)
         .unwrap();
     assert_eq!(a, b);
-    assert_eq!(
-        fleet.wait(0, a),
-        Ok(IgOutcome::Recovered { generation: 2 })
-    );
+    assert_eq!(fleet.wait(0, a), Ok(IgOutcome::Recovered { generation: 2 }));
     assert_eq!(fleet.fake.stats.refreshes, 1);
 }
 
@@ -442,10 +447,13 @@ fn a_follower_never_acts_on_the_session_by_itself() {
     // Credentials adopted from elsewhere: no refresh timer, even past their expiry.
     let mut owner = Fleet::start(LoginFlow::V3, 0);
     let (generation, snapshot) = owner.store.clone().unwrap();
-    let op = fleet.submit(0, IgIntent::Adopt {
-        generation,
-        snapshot,
-    });
+    let op = fleet.submit(
+        0,
+        IgIntent::Adopt {
+            generation,
+            snapshot,
+        },
+    );
     assert_eq!(
         fleet.result(0, op),
         Some(Ok(IgOutcome::Adopted {
@@ -592,7 +600,12 @@ fn a_take_over_after_the_token_expired_refreshes_and_publishes_a_new_generation(
     fleet.session_requests.remove(0);
     drop(dead);
     fleet.clock.advance(Duration::from_secs(61));
-    let outcome = fleet.run(0, IgIntent::Lead { generation_floor: 1 });
+    let outcome = fleet.run(
+        0,
+        IgIntent::Lead {
+            generation_floor: 1,
+        },
+    );
     assert!(matches!(outcome, Ok(IgOutcome::Resumed(_))), "{outcome:?}");
     assert_eq!(fleet.fake.stats.logins, 1);
     assert_eq!(fleet.fake.stats.refreshes, 1);
@@ -607,7 +620,12 @@ fn a_take_over_numbers_its_credentials_above_generations_it_never_saw() {
     fleet.session_requests.remove(0);
     // The store says generation 7 was published (this follower could not read it).
     fleet.store = None;
-    let outcome = fleet.run(0, IgIntent::Lead { generation_floor: 7 });
+    let outcome = fleet.run(
+        0,
+        IgIntent::Lead {
+            generation_floor: 7,
+        },
+    );
     assert!(matches!(outcome, Ok(IgOutcome::Resumed(_))));
     assert_eq!(fleet.nodes[0].generation(), 8);
     assert_eq!(fleet.announced(0), vec![8]);
@@ -620,8 +638,16 @@ fn a_take_over_with_refused_credentials_leaves_the_new_owner_to_log_in() {
     fleet.events.remove(0);
     fleet.session_requests.remove(0);
     fleet.fake.expire_cst_sessions();
-    let outcome = fleet.run(0, IgIntent::Lead { generation_floor: 1 });
-    assert!(matches!(outcome, Err(Error::Unauthorized(_))), "{outcome:?}");
+    let outcome = fleet.run(
+        0,
+        IgIntent::Lead {
+            generation_floor: 1,
+        },
+    );
+    assert!(
+        matches!(outcome, Err(Error::Unauthorized(_))),
+        "{outcome:?}"
+    );
     assert_eq!(fleet.fake.stats.logins, 1);
     fleet.run(0, IgIntent::Login).unwrap();
     assert_eq!(fleet.announced(0), vec![2]);
@@ -645,7 +671,12 @@ fn an_owner_that_lost_its_ownership_stops_acting_at_once() {
     assert_eq!(fleet.announced(0), vec![1]);
     // It adopts what the new owner publishes.
     fleet.nodes[1]
-        .submit(IgIntent::Lead { generation_floor: 1 }, fleet.clock.now())
+        .submit(
+            IgIntent::Lead {
+                generation_floor: 1,
+            },
+            fleet.clock.now(),
+        )
         .unwrap();
     fleet.settle();
     // The new owner refreshed the expired token first, as generation 2.
@@ -659,8 +690,12 @@ fn sessions_that_share_nothing_announce_nothing() {
     let fake = FakeIg::default();
     let clock = VirtualClock::new();
     let mut s = broker_session_testkit::sim::Sim::with_clock(
-        IgSession::new(session_config(&fake, LoginFlow::V3), RngSeed::from_u64(1), clock.now())
-            .unwrap(),
+        IgSession::new(
+            session_config(&fake, LoginFlow::V3),
+            RngSeed::from_u64(1),
+            clock.now(),
+        )
+        .unwrap(),
         fake,
         clock,
     );
