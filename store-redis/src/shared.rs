@@ -216,7 +216,7 @@ enum LeaseChange {
 pub struct SharedIgSession {
     client: Client<IgSession>,
     shared: Arc<Shared>,
-    threads: Vec<thread::JoinHandle<()>>,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 impl SharedIgSession {
@@ -298,7 +298,7 @@ impl SharedIgSession {
         Ok(Self {
             client,
             shared,
-            threads,
+            threads: Mutex::new(threads),
         })
     }
 
@@ -347,22 +347,25 @@ impl SharedIgSession {
 
     /// Leaves the fleet: stops the threads and gives the lease up if this process
     /// holds it, so another process takes over at once (resuming the session; nothing
-    /// is logged out). Dropping the handle does the same.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
+    /// is logged out). The session stops acting as owner: calls made afterwards wait
+    /// for credentials that no longer come, and fail. Dropping the handle does the
+    /// same.
+    pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::Release);
-        for t in self.threads.drain(..) {
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
             let _ = t.join();
         }
+        let generation = self.client.with_machine(|m| m.generation());
+        let _ = self.client.submit(IgIntent::Follow { generation });
+        let _ = self.client.service();
     }
 }
 
 impl Drop for SharedIgSession {
     fn drop(&mut self) {
-        self.stop();
+        self.shutdown();
     }
 }
 
@@ -643,12 +646,11 @@ impl Coordinator {
             generation: stored.generation(),
             snapshot: SessionSnapshot::from_persisted(persisted),
         };
-        match self.client.submit(intent) {
-            Ok(_) => self.shared.push(FleetEvent::Adopted {
+        // Refused only if this process became the owner meanwhile: owners do not adopt.
+        if self.client.submit(intent).is_ok() {
+            self.shared.push(FleetEvent::Adopted {
                 generation: stored.generation(),
-            }),
-            // An owner does not adopt (it became one meanwhile).
-            Err(_) => {}
+            });
         }
     }
 

@@ -136,11 +136,9 @@ impl Fleet {
                             self.store = Some((*generation, snapshot));
                             self.published.push(*generation);
                         }
-                        Event::CredentialsWanted { refused } => {
-                            // The store collapses requests for one generation.
-                            if self.wanted.insert(*refused) {
-                                self.wanted_new.push(*refused);
-                            }
+                        // The store collapses requests for one generation.
+                        Event::CredentialsWanted { refused } if self.wanted.insert(*refused) => {
+                            self.wanted_new.push(*refused);
                         }
                         _ => {}
                     }
@@ -361,11 +359,7 @@ fn a_follower_call_refused_recovers_through_the_owner_and_replays_once() {
     let mut fleet = Fleet::start(LoginFlow::V3, 2);
     fleet.fake.revoke_access_tokens();
     assert_eq!(fleet.call(2).unwrap(), (200, 2));
-    assert!(
-        fleet.events[2]
-            .iter()
-            .any(|e| *e == Event::CredentialsWanted { refused: 1 })
-    );
+    assert!(fleet.events[2].contains(&Event::CredentialsWanted { refused: 1 }));
     // The other follower adopted the new generation without asking.
     assert_eq!(fleet.call(1).unwrap(), (200, 1));
     assert_eq!(fleet.fake.stats.refreshes, 1);
@@ -473,11 +467,7 @@ fn a_follower_never_acts_on_the_session_by_itself() {
         Err(AuthorizeError::Pending { .. })
     ));
     fleet.pump(0);
-    assert!(
-        fleet.events[0]
-            .iter()
-            .any(|e| *e == Event::CredentialsWanted { refused: 1 })
-    );
+    assert!(fleet.events[0].contains(&Event::CredentialsWanted { refused: 1 }));
     assert_eq!(fleet.nodes[0].state(), IgState::Recovering);
     owner.advance(Duration::ZERO);
 }
