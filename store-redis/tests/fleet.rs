@@ -624,3 +624,84 @@ fn a_snapshot_stored_in_clear_is_refused_unless_opted_in() {
     assert_eq!(broker.logins(), 1);
     assert_eq!(broker.refreshes(), 0);
 }
+
+#[test]
+fn fleet_events_and_stored_snapshots_show_no_secret() {
+    let Some(url) = redis_url("fleet_events_and_stored_snapshots_show_no_secret") else {
+        return;
+    };
+    let redis = Redis::open(url.as_str()).unwrap();
+    let broker = Broker::start(Duration::from_secs(1));
+    let ns = namespace("secrets");
+    let mut transport = Config::default();
+    transport.tls = Tls::Pem(broker.server.trust_pem().as_bytes().to_vec());
+    let http_client = HttpClient::new(&transport).unwrap();
+    let ig = || {
+        let mut ig = IgConfig::new(
+            IgEnvironment::Custom(broker.base_url()),
+            FakeIgConfig::default().api_key,
+            FakeIgConfig::default().identifier,
+            FakeIgConfig::default().password,
+        );
+        ig.login_flow = LoginFlow::V3;
+        ig
+    };
+    let config = |n: &str| {
+        let mut c = SharedConfig::new(ns.as_str(), Sealing::Sealed(SealingKey::from_bytes(KEY)));
+        c.process = n.to_owned();
+        c.lease_ttl = Duration::from_millis(500);
+        c
+    };
+    let owner = SharedIgSession::start(ig(), &http_client, &redis, config("a")).unwrap();
+    let follower = SharedIgSession::start(ig(), &http_client, &redis, config("b")).unwrap();
+    let mut scan = broker_session_testkit::secret_scan::SecretScan::new();
+    scan.add("password", FakeIgConfig::default().password);
+    scan.add("sealing key", KEY);
+    let add_tokens =
+        |s: &SharedIgSession, scan: &mut broker_session_testkit::secret_scan::SecretScan| {
+            if let Some(snapshot) = s.client().with_machine(|m| m.snapshot()) {
+                let json = serde_json::to_value(snapshot.expose_secrets()).unwrap();
+                for field in ["access_token", "refresh_token"] {
+                    scan.add(field, json["tokens"][field].as_str().unwrap());
+                }
+            }
+        };
+    let mut printed = String::new();
+    let end = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < end {
+        for s in [&owner, &follower] {
+            let request = http::Request::get("/accounts")
+                .header("Version", "1")
+                .body(Vec::new())
+                .unwrap();
+            assert_eq!(s.send(request).unwrap().status(), 200);
+            add_tokens(s, &mut scan);
+            for e in s.drain_events() {
+                printed.push_str(&format!("{e}\n{e:?}\n"));
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The owner leaves: the follower takes over (more events, another lease).
+    owner.shutdown();
+    thread::sleep(Duration::from_millis(300));
+    for e in follower.drain_events() {
+        printed.push_str(&format!("{e}\n{e:?}\n"));
+    }
+    printed.push_str(&format!("{follower:?}\n{owner:?}\n"));
+    assert!(printed.contains("published generation"), "{printed}");
+    assert!(broker.refreshes() >= 2);
+    assert_eq!(scan.find(&printed), None, "a secret in the fleet's output");
+    // What Redis holds is sealed: no token in it, in any encoding.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let stored: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("broker-session:{{{ns}}}:snapshot"))
+        .arg("blob")
+        .query(&mut conn)
+        .unwrap();
+    assert!(!stored.is_empty());
+    assert_eq!(scan.find(&String::from_utf8_lossy(&stored)), None);
+}
