@@ -7,6 +7,11 @@
 //! its generation and adopted by every follower; what a follower asks for with
 //! `Event::CredentialsWanted` is handed to the owner as `IgIntent::Recover`, once per
 //! refused generation. Every session talks to the same fake IG on one virtual clock.
+//!
+//! `a_fleet_keeps_its_promises_whatever_happens` interleaves calls, refusals, time,
+//! deaths, demotions and take-overs at random (proptest) and checks after every step
+//! that generations only go up, followers never send a request, logins and refreshes
+//! stay bounded by what forced them, and calls get through while an owner lives.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -41,6 +46,8 @@ struct Fleet {
     wanted_new: Vec<u64>,
     /// Requests each session sent on its own behalf (not application calls).
     session_requests: Vec<usize>,
+    /// Sessions whose process died: never driven again.
+    dead: Vec<bool>,
 }
 
 impl Fleet {
@@ -62,6 +69,7 @@ impl Fleet {
             wanted: BTreeSet::new(),
             wanted_new: Vec::new(),
             session_requests: Vec::new(),
+            dead: Vec::new(),
         };
         for _ in 0..=followers {
             fleet.add_follower();
@@ -80,6 +88,7 @@ impl Fleet {
         self.nodes.push(node);
         self.events.push(Vec::new());
         self.session_requests.push(0);
+        self.dead.push(false);
         self.nodes.len() - 1
     }
 
@@ -111,6 +120,9 @@ impl Fleet {
     /// Drains node `i`, answering its requests through the fake, and plays the
     /// sharing layer's part for the events it emits.
     fn pump(&mut self, i: usize) -> Option<std::time::Instant> {
+        if self.dead[i] {
+            return None;
+        }
         loop {
             let now = self.clock.now();
             match self.nodes[i].poll_output(now) {
@@ -151,7 +163,7 @@ impl Fleet {
     }
 
     fn owner(&self) -> Option<usize> {
-        self.nodes.iter().position(|n| n.role() == IgRole::Owner)
+        (0..self.nodes.len()).find(|&i| !self.dead[i] && self.nodes[i].role() == IgRole::Owner)
     }
 
     /// Delivers what the store holds: recovery requests to the owner, the latest
@@ -169,7 +181,7 @@ impl Fleet {
         }
         for i in 0..self.nodes.len() {
             self.pump(i);
-            if self.nodes[i].role() != IgRole::Follower {
+            if self.dead[i] || self.nodes[i].role() != IgRole::Follower {
                 continue;
             }
             // A follower holding nothing (after demotion) adopts the current one too.
@@ -215,8 +227,10 @@ impl Fleet {
             let Some(at) = next else { break };
             self.clock.advance_to(at);
             let now = self.clock.now();
-            for node in &mut self.nodes {
-                node.handle_input(Input::Timeout, now);
+            for (node, dead) in self.nodes.iter_mut().zip(&self.dead) {
+                if !dead {
+                    node.handle_input(Input::Timeout, now);
+                }
             }
         }
         self.clock.advance_to(end);
@@ -248,8 +262,10 @@ impl Fleet {
             };
             self.clock.advance_to(at);
             let now = self.clock.now();
-            for node in &mut self.nodes {
-                node.handle_input(Input::Timeout, now);
+            for (node, dead) in self.nodes.iter_mut().zip(&self.dead) {
+                if !dead {
+                    node.handle_input(Input::Timeout, now);
+                }
             }
         }
         panic!("{op} of node {i} did not complete");
@@ -377,6 +393,20 @@ fn cst_credentials_refused_in_a_fleet_cost_one_login() {
 }
 
 #[test]
+fn a_recovery_for_a_follower_does_not_doom_the_owners_own_next_refusal() {
+    // Found by `a_fleet_keeps_its_promises_whatever_happens`: the owner re-logged in
+    // for a follower, IG dropped the session again, and the owner's own call was
+    // taken for "refused right after its own recovery" and lost the session.
+    let mut fleet = Fleet::start(LoginFlow::V2, 1);
+    fleet.fake.expire_cst_sessions();
+    assert_eq!(fleet.call(1).unwrap(), (200, 2));
+    fleet.fake.expire_cst_sessions();
+    assert_eq!(fleet.call(0).unwrap(), (200, 2));
+    assert_eq!(fleet.fake.stats.logins, 3);
+    assert_eq!(fleet.published, vec![1, 2, 3]);
+}
+
+#[test]
 fn the_owner_recovers_a_generation_only_while_it_is_the_current_one() {
     let mut fleet = Fleet::start(LoginFlow::V3, 1);
     let sent = fleet.session_requests[0];
@@ -478,6 +508,7 @@ fn a_wait_for_newer_credentials_ends_at_the_deadline_with_a_typed_error() {
     let owner = fleet.nodes.remove(0);
     fleet.events.remove(0);
     fleet.session_requests.remove(0);
+    fleet.dead.remove(0);
     drop(owner); // nobody will recover
     fleet.fake.revoke_access_tokens();
     let started = fleet.clock.now().mono;
@@ -557,6 +588,7 @@ fn a_follower_takes_over_by_resuming_without_a_new_login() {
     let dead = fleet.nodes.remove(0);
     fleet.events.remove(0);
     fleet.session_requests.remove(0);
+    fleet.dead.remove(0);
     drop(dead);
     let stored = fleet.store.as_ref().map(|(g, _)| *g).unwrap();
     let outcome = fleet
@@ -588,6 +620,7 @@ fn a_take_over_after_the_token_expired_refreshes_and_publishes_a_new_generation(
     let dead = fleet.nodes.remove(0);
     fleet.events.remove(0);
     fleet.session_requests.remove(0);
+    fleet.dead.remove(0);
     drop(dead);
     fleet.clock.advance(Duration::from_secs(61));
     let outcome = fleet.run(
@@ -608,6 +641,7 @@ fn a_take_over_numbers_its_credentials_above_generations_it_never_saw() {
     fleet.nodes.remove(0);
     fleet.events.remove(0);
     fleet.session_requests.remove(0);
+    fleet.dead.remove(0);
     // The store says generation 7 was published (this follower could not read it).
     fleet.store = None;
     let outcome = fleet.run(
@@ -627,6 +661,7 @@ fn a_take_over_with_refused_credentials_leaves_the_new_owner_to_log_in() {
     fleet.nodes.remove(0);
     fleet.events.remove(0);
     fleet.session_requests.remove(0);
+    fleet.dead.remove(0);
     fleet.fake.expire_cst_sessions();
     let outcome = fleet.run(
         0,
@@ -697,4 +732,135 @@ fn sessions_that_share_nothing_announce_nothing() {
         Event::CredentialsChanged { .. } | Event::CredentialsWanted { .. }
     )));
     assert_eq!(s.machine.role(), IgRole::Owner);
+}
+
+/// What may happen to a fleet, in any order.
+#[derive(Clone, Debug)]
+enum Step {
+    /// An application call from this session (index taken modulo the fleet's size).
+    Call(usize),
+    /// IG drops every access token (v3) or CST (v2) at once.
+    Refuse,
+    /// Virtual time passes, every live session's timers running.
+    Advance(u64),
+    /// The owner's process dies.
+    KillOwner,
+    /// The owner loses its lease and steps down; nobody owns until a take-over.
+    Demote,
+    /// This session takes the lease if nobody owns.
+    TakeOver(usize),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0usize..8).prop_map(Step::Call),
+        1 => Just(Step::Refuse),
+        3 => (0u64..90).prop_map(Step::Advance),
+        1 => Just(Step::KillOwner),
+        1 => Just(Step::Demote),
+        2 => (0usize..8).prop_map(Step::TakeOver),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Interleavings of adoption, refusals, recoveries, deaths, demotions and
+    /// take-overs: generations only go up, followers never act on the session,
+    /// logins and refreshes stay bounded by what forced them, and a call made while
+    /// an owner lives gets through.
+    #[test]
+    fn a_fleet_keeps_its_promises_whatever_happens(
+        v3 in proptest::prelude::any::<bool>(),
+        steps in proptest::collection::vec(step(), 1..30),
+    ) {
+        let flow = if v3 { LoginFlow::V3 } else { LoginFlow::V2 };
+        let mut fleet = Fleet::start(flow, 3);
+        let n = fleet.nodes.len();
+        let mut ever_owner = vec![false; n];
+        ever_owner[0] = true;
+        let (mut refusals, mut takeovers, mut seconds) = (0usize, 0usize, 0u64);
+        let mut held = vec![0u64; n];
+        for step in steps {
+            match step {
+                Step::Call(i) => {
+                    let i = i % n;
+                    if fleet.dead[i] {
+                        continue;
+                    }
+                    let owned_before = fleet.owner().is_some();
+                    let result = fleet.call(i);
+                    if owned_before && fleet.owner().is_some() {
+                        proptest::prop_assert_eq!(result.map(|r| r.0), Ok(200), "call from {}", i);
+                    } else {
+                        proptest::prop_assert!(
+                            matches!(result, Ok((200, _)) | Err(Error::NoNewerCredentials { .. })),
+                            "{:?}", result
+                        );
+                    }
+                }
+                Step::Refuse => {
+                    refusals += 1;
+                    if v3 {
+                        fleet.fake.revoke_access_tokens();
+                    } else {
+                        fleet.fake.expire_cst_sessions();
+                    }
+                }
+                Step::Advance(s) => {
+                    seconds += s;
+                    fleet.advance(Duration::from_secs(s));
+                }
+                Step::KillOwner => {
+                    let live = fleet.dead.iter().filter(|d| !**d).count();
+                    if let Some(o) = fleet.owner().filter(|_| live > 1) {
+                        fleet.dead[o] = true;
+                    }
+                }
+                Step::Demote => {
+                    if let Some(o) = fleet.owner() {
+                        let generation = fleet.store.as_ref().map_or(0, |(g, _)| *g);
+                        fleet.submit(o, IgIntent::Follow { generation });
+                        fleet.settle();
+                    }
+                }
+                Step::TakeOver(i) => {
+                    let i = i % n;
+                    if fleet.dead[i] || fleet.owner().is_some() {
+                        continue;
+                    }
+                    takeovers += 1;
+                    ever_owner[i] = true;
+                    fleet.settle();
+                    let floor = fleet.store.as_ref().map_or(0, |(g, _)| *g);
+                    if fleet.run(i, IgIntent::Lead { generation_floor: floor }).is_err() {
+                        fleet.run(i, IgIntent::Login).unwrap();
+                    }
+                    fleet.settle();
+                }
+            }
+            let stored = fleet.store.as_ref().map_or(0, |(g, _)| *g);
+            for i in 0..n {
+                if !ever_owner[i] {
+                    proptest::prop_assert_eq!(fleet.session_requests[i], 0, "follower {} sent a request", i);
+                }
+                if fleet.nodes[i].role() == IgRole::Follower {
+                    let g = fleet.nodes[i].generation();
+                    proptest::prop_assert!(g <= stored, "follower {} at {} above the store's {}", i, g, stored);
+                    proptest::prop_assert!(g >= held[i] || fleet.nodes[i].snapshot().is_none());
+                    held[i] = g;
+                }
+            }
+            let stats = &fleet.fake.stats;
+            proptest::prop_assert!(
+                stats.logins <= 1 + refusals + takeovers,
+                "{} logins after {} refusals and {} take-overs", stats.logins, refusals, takeovers
+            );
+            proptest::prop_assert!(
+                stats.refreshes as u64 <= 2 + seconds / 40 + (refusals + takeovers) as u64,
+                "{} refreshes in {} s", stats.refreshes, seconds
+            );
+        }
+    }
 }

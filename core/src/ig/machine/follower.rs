@@ -192,7 +192,11 @@ impl IgSession {
         if self.tokens.is_none() {
             return self.complete_now(Err(Error::Usage(UsageError::NotLoggedIn)));
         }
-        self.enqueue_front(Kind::Recover)
+        let id = self.enqueue_front(Kind::Recover);
+        if let Some(op) = self.queue.front_mut() {
+            op.for_follower = true;
+        }
+        id
     }
 
     /// The wait of a follower's calls for credentials newer than `refused`: the one

@@ -80,6 +80,10 @@ pub(super) struct Op {
     /// answer is applied (it may hold tokens the logout must end), then the operation
     /// completes as [`Error::Cancelled`] without sending anything more.
     pub(super) cancelled: bool,
+    /// A recovery asked for by a follower (another process): its success says nothing
+    /// about this session's own calls, so it does not arm the "refused again right
+    /// after a recovery" loss.
+    pub(super) for_follower: bool,
 }
 
 /// The request on the wire (at most one at a time).
@@ -112,6 +116,7 @@ impl IgSession {
             already_active: false,
             server_confirmed: false,
             cancelled: false,
+            for_follower: false,
         }
     }
 
@@ -555,7 +560,9 @@ impl IgSession {
                 _ => Err(not_logged_in()),
             },
             (Kind::Recover, Ok(())) => {
-                self.recovered_gen = Some(self.generation);
+                if !op.for_follower {
+                    self.recovered_gen = Some(self.generation);
+                }
                 Ok(IgOutcome::Recovered {
                     generation: self.generation,
                 })
