@@ -690,6 +690,15 @@ impl Coordinator {
             Ok(_) => {
                 let generation = self.client.with_machine(|m| m.generation());
                 self.shared.push(FleetEvent::Resumed { generation });
+                // Redis may have lost the snapshot (a restart without persistence):
+                // store the resumed credentials again for processes that join.
+                if self
+                    .store
+                    .current_generation(&mut self.conn)
+                    .is_ok_and(|stored| stored < generation)
+                {
+                    self.publish(generation);
+                }
                 Ok(())
             }
             Err(_) => match self.client.run(IgIntent::Login) {

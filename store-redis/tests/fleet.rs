@@ -705,3 +705,63 @@ fn fleet_events_and_stored_snapshots_show_no_secret() {
     assert!(!stored.is_empty());
     assert_eq!(scan.find(&String::from_utf8_lossy(&stored)), None);
 }
+
+#[test]
+fn a_new_owner_stores_again_what_redis_lost() {
+    let Some(url) = redis_url("a_new_owner_stores_again_what_redis_lost") else {
+        return;
+    };
+    let redis = Redis::open(url.as_str()).unwrap();
+    let broker = Broker::start(Duration::from_secs(60));
+    let ns = namespace("lost");
+    let mut transport = Config::default();
+    transport.tls = Tls::Pem(broker.server.trust_pem().as_bytes().to_vec());
+    let http_client = HttpClient::new(&transport).unwrap();
+    let ig = || {
+        let mut ig = IgConfig::new(
+            IgEnvironment::Custom(broker.base_url()),
+            FakeIgConfig::default().api_key,
+            FakeIgConfig::default().identifier,
+            FakeIgConfig::default().password,
+        );
+        ig.login_flow = LoginFlow::V2;
+        ig
+    };
+    let config = || {
+        let mut c = SharedConfig::new(ns.as_str(), Sealing::Sealed(SealingKey::from_bytes(KEY)));
+        c.lease_ttl = Duration::from_millis(500);
+        c
+    };
+    let first = SharedIgSession::start(ig(), &http_client, &redis, config()).unwrap();
+    let second = SharedIgSession::start(ig(), &http_client, &redis, config()).unwrap();
+    assert!(first.is_owner() && !second.is_owner());
+    assert_eq!(second.generation(), 1);
+    // Redis loses the snapshot (restarted without persistence), then the owner leaves.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("broker-session:{{{ns}}}:snapshot"))
+        .query(&mut conn)
+        .unwrap();
+    first.shutdown();
+    let end = Instant::now() + PATIENCE;
+    while stored_generation(&redis, &ns) == 0 {
+        assert!(
+            Instant::now() < end,
+            "the new owner did not store the session"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(second.is_owner());
+    // A process joining now adopts it and calls without a login.
+    let third = SharedIgSession::start(ig(), &http_client, &redis, config()).unwrap();
+    assert!(!third.is_owner());
+    let request = http::Request::get("/accounts")
+        .header("Version", "1")
+        .body(Vec::new())
+        .unwrap();
+    assert_eq!(third.send(request).unwrap().status(), 200);
+    assert_eq!(broker.logins(), 1);
+}
