@@ -11,6 +11,8 @@
 //!   independent ones, each calling 10 times a second, for `BENCH_FLEET_SECS` (default
 //!   6) with 2 s tokens; session requests (logins, refreshes, session reads) counted by
 //!   the fake IG and extrapolated to IG's timing (60 s tokens, a refresh every 50 s).
+//! - idle cost (needs `BROKER_SESSION_REDIS_URL`): CPU of the sharing threads of 4
+//!   sessions making no calls for 10 s.
 //!
 //! Run: `cargo bench -p broker-session-benches --bench fleet`.
 
@@ -304,6 +306,36 @@ fn broker_load(url: &str, n: usize, secs: u64) {
     );
 }
 
+/// CPU the sharing threads (coordinator, lease, subscribers) of idle sessions use.
+fn idle_cpu(url: &str, sessions: usize, secs: u64) {
+    let (server, _fake, base) = fake_ig(Duration::from_secs(3600));
+    let redis = Redis::open(url).expect("Redis URL");
+    let ns = namespace("idle", sessions);
+    let fleet: Vec<SharedIgSession> = (0..sessions)
+        .map(|_| {
+            let http = HttpClient::new(&transport(server.trust_pem().as_bytes())).expect("http");
+            SharedIgSession::start(
+                ig_config(&base),
+                &http,
+                &redis,
+                shared_config(&ns, Duration::from_secs(15)),
+            )
+            .expect("joins")
+        })
+        .collect();
+    // Thread names are cut to 15 bytes by Linux: "broker-session-".
+    let before = sys::threads_cpu_time("broker-session-");
+    thread::sleep(Duration::from_secs(secs));
+    let used = sys::threads_cpu_time("broker-session-").saturating_sub(before);
+    println!(
+        "idle: {sessions} shared sessions (1 owner), no calls, for {secs} s: {:?} CPU in their \
+         threads, {:.2} % of one core per session",
+        used,
+        used.as_secs_f64() / secs as f64 / sessions as f64 * 100.0
+    );
+    drop(fleet);
+}
+
 fn main() {
     if std::env::var(OWNER_VAR).is_ok() {
         owner_process();
@@ -319,6 +351,7 @@ fn main() {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(6);
             broker_load(&url, 16, secs);
+            idle_cpu(&url, 4, 10);
         }
         _ => println!("failover and broker load: SKIPPED (set {URL_VAR})"),
     }
