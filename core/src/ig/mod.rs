@@ -20,6 +20,15 @@
 //! - server errors and transport failures of the session's own requests are retried a
 //!   bounded number of times ([`IgConfig::max_attempts`]).
 //!
+//! One login shared by several processes: one session owns the credentials and
+//! reports each new generation ([`Event::CredentialsChanged`](crate::Event)); the others
+//! are built with [`IgSession::follower`], install each generation with
+//! [`IgIntent::Adopt`], and when it is refused ask for a newer one
+//! ([`Event::CredentialsWanted`](crate::Event)) instead of recovering by themselves.
+//! [`IgIntent::Lead`] and [`IgIntent::Follow`] move the ownership;
+//! [`IgIntent::Recover`] is the owner's side of a follower's request. The sharing
+//! itself (a lease, a store, notifications) is `broker-session-redis`'s.
+//!
 //! Account switching: a v2 session sends `PUT /session` and keeps the new
 //! X-SECURITY-TOKEN. A v3 session switches locally, by changing the `IG-ACCOUNT-ID`
 //! it stamps on later requests (no request: IG's OAuth tokens identify the client,
