@@ -96,6 +96,13 @@ pub enum Error {
         /// The transport's failure, or `None` when the core's own deadline passed.
         failure: Option<TransportFailure>,
     },
+    /// A session following another process's credentials had those of generation
+    /// `refused` refused, and no newer generation arrived from the owner before the
+    /// request deadline. Retryable: the owner may be failing over.
+    NoNewerCredentials {
+        /// The generation that was refused.
+        refused: u64,
+    },
     /// The operation made no sense in the session's state.
     Usage(UsageError),
 }
@@ -113,6 +120,7 @@ impl Error {
                 | Self::Unauthorized(_)
                 | Self::Cancelled
                 | Self::LoginUnanswered { .. }
+                | Self::NoNewerCredentials { .. }
         )
     }
 
@@ -159,6 +167,12 @@ impl fmt::Display for Error {
                 f.write_str("operation cancelled: the session ended before it completed")
             }
             Self::Usage(e) => write!(f, "usage error: {e}"),
+            Self::NoNewerCredentials { refused } => write!(
+                f,
+                "the shared credentials of generation {refused} were refused and no newer ones \
+                 came from the owner before the deadline: check the owning process is running, \
+                 then retry"
+            ),
             Self::LoginUnanswered { endpoint, failure } => {
                 match failure {
                     Some(t) => write!(f, "{endpoint}: the answer never came ({t})")?,

@@ -161,6 +161,25 @@ pub enum Event<S, O> {
         /// Why.
         reason: Error,
     },
+    /// The session obtained new credentials by itself (a login, a refresh, a
+    /// re-login, an account switch, a resume) and they are ready to use. A layer that
+    /// shares one session between processes publishes the session's snapshot under
+    /// this generation. Only the owner of credentials shared with other processes
+    /// emits it (an IG session built as a follower that took the lead); credentials
+    /// adopted from another process are not reported again, and a session that shares
+    /// nothing never emits it.
+    CredentialsChanged {
+        /// The new credential generation (see [`AuthStamp`]).
+        generation: u64,
+    },
+    /// A session that follows another process's credentials saw those of
+    /// `refused` refused (or expired): it needs a newer generation, and calls wait for
+    /// one. A sharing layer asks the owner for one recovery of `refused`; every
+    /// process asking about the same generation gets the same one.
+    CredentialsWanted {
+        /// The generation that was refused.
+        refused: u64,
+    },
 }
 
 /// Proof of which credentials [`Machine::authorize`] stamped onto a request. Hand it
@@ -358,6 +377,12 @@ pub(crate) fn trace_output<S: fmt::Debug, O: fmt::Debug>(broker: &'static str, o
         Output::Event(Event::SessionLost { reason }) => {
             tracing::warn!(broker, reason = %reason, "session lost");
         }
+        Output::Event(Event::CredentialsChanged { generation }) => {
+            tracing::info!(broker, generation, "credentials changed");
+        }
+        Output::Event(Event::CredentialsWanted { refused }) => {
+            tracing::info!(broker, refused, "newer credentials wanted");
+        }
         Output::Wait(_) => {}
     }
 }
@@ -387,6 +412,15 @@ impl<S: fmt::Display, O: fmt::Display> fmt::Display for Event<S, O> {
             } => write!(f, "{op} done: {outcome}"),
             Self::Completed { op, result: Err(e) } => write!(f, "{op} failed: {e}"),
             Self::SessionLost { reason } => write!(f, "session lost: {reason}"),
+            Self::CredentialsChanged { generation } => {
+                write!(f, "credentials changed: generation {generation}")
+            }
+            Self::CredentialsWanted { refused } => {
+                write!(
+                    f,
+                    "credentials of generation {refused} refused: newer ones wanted"
+                )
+            }
         }
     }
 }

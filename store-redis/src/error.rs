@@ -90,6 +90,9 @@ pub enum Error {
     SubscriberStopped,
     /// The operating system's random number generator failed (sealing needs a nonce).
     Randomness,
+    /// The broker session of a [`SharedIgSession`](crate::SharedIgSession) failed: its
+    /// configuration is unusable, or the owner could not log in.
+    Session(broker_session_ureq::Error),
 }
 
 impl fmt::Display for Error {
@@ -169,6 +172,7 @@ impl fmt::Display for Error {
                 "the operating system's random number generator failed; sealing needs it for nonces: \
                  check the platform's entropy source (getrandom)"
             ),
+            Self::Session(e) => write!(f, "the shared broker session failed: {e}"),
             Self::SubscriberStopped => write!(
                 f,
                 "the generation subscriber has stopped: create a new Subscriber, and poll_latest meanwhile"

@@ -301,7 +301,7 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    fn start(redis: Redis, channel: String) -> Result<Self, Error> {
+    pub(crate) fn start(redis: Redis, channel: String) -> Result<Self, Error> {
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (tx, notices) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));

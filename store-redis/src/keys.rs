@@ -11,6 +11,9 @@ pub(crate) struct Keys {
     pub(crate) fence: String,
     pub(crate) snapshot: String,
     pub(crate) channel: String,
+    /// The highest generation a follower asked the owner to recover.
+    pub(crate) recovery: String,
+    pub(crate) recovery_channel: String,
 }
 
 impl Keys {
@@ -32,6 +35,8 @@ impl Keys {
             fence: format!("{base}:fence"),
             snapshot: format!("{base}:snapshot"),
             channel: format!("{base}:generations"),
+            recovery: format!("{base}:recovery"),
+            recovery_channel: format!("{base}:recoveries"),
         })
     }
 }

@@ -1,4 +1,4 @@
-//! One broker session for a fleet of processes, on Redis: the foundation layer.
+//! One broker session for a fleet of processes, on Redis.
 //!
 //! Several processes acting for one broker login must not each log in, refresh or
 //! tickle on their own. This crate gives them the three pieces a shared session is
@@ -16,9 +16,12 @@
 //!   ([`SealingKey`]); the associated data binds the namespace and the generation, so a
 //!   blob cannot be replayed under another. Storing in clear is an explicit opt-in.
 //!
-//! Still to come (not in this crate yet): the follower role in the core (authorize
-//! with the shared credentials, "wait for a generation newer than G"), failover by
-//! resuming from the stored snapshot, and an async (tokio) connection.
+//! On these, [`SharedIgSession`] shares one IG session between the processes (on the
+//! blocking ureq transport): the lease holder leads it and publishes each credential
+//! generation; the others follow, adopting each generation, and ask the owner for one
+//! recovery when theirs is refused ([`RecoveryRequests`]); a follower takes over a dead
+//! owner's session by resuming it, without a new login. Not yet: IBKR fleets and an
+//! async (tokio) connection.
 //!
 //! All calls are blocking, on the `redis` crate's synchronous connection.
 //!
@@ -52,13 +55,17 @@ mod error;
 mod generation;
 mod keys;
 mod lease;
+mod recovery;
 mod seal;
+mod shared;
 
 pub use connection::{Connection, Redis, RedisUrl};
 pub use error::Error;
 pub use generation::{GenerationStore, Notice, Snapshot, Subscriber};
 pub use lease::{FencingToken, Lease};
+pub use recovery::RecoveryRequests;
 pub use seal::{Sealing, SealingKey};
+pub use shared::{FleetEvent, SharedConfig, SharedIgSession};
 
 /// The highest generation number: Redis compares generations in Lua, whose numbers are
 /// doubles, exact up to 2^53 − 1.

@@ -60,6 +60,13 @@ impl SealingKey {
     }
 }
 
+/// A copy for another session of the fleet (each copy is zeroized when dropped).
+impl Clone for SealingKey {
+    fn clone(&self) -> Self {
+        Self(self.0)
+    }
+}
+
 impl Drop for SealingKey {
     fn drop(&mut self) {
         self.0.zeroize();

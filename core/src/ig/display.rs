@@ -143,6 +143,18 @@ impl fmt::Display for IgOutcome {
             Self::LoggedOut {
                 server_confirmed: false,
             } => f.write_str("logged out (IG did not confirm; the tokens are forgotten anyway)"),
+            Self::Adopted {
+                generation,
+                installed: true,
+            } => write!(f, "adopted the credentials of generation {generation}"),
+            Self::Adopted {
+                generation,
+                installed: false,
+            } => write!(
+                f,
+                "generation {generation} not adopted: the session already holds it or a newer one"
+            ),
+            Self::Following => f.write_str("following the owner's credentials"),
         }
     }
 }

@@ -20,6 +20,15 @@
 //! - server errors and transport failures of the session's own requests are retried a
 //!   bounded number of times ([`IgConfig::max_attempts`]).
 //!
+//! One login shared by several processes: one session owns the credentials and
+//! reports each new generation ([`Event::CredentialsChanged`](crate::Event)); the others
+//! are built with [`IgSession::follower`], install each generation with
+//! [`IgIntent::Adopt`], and when it is refused ask for a newer one
+//! ([`Event::CredentialsWanted`](crate::Event)) instead of recovering by themselves.
+//! [`IgIntent::Lead`] and [`IgIntent::Follow`] move the ownership;
+//! [`IgIntent::Recover`] is the owner's side of a follower's request. The sharing
+//! itself (a lease, a store, notifications) is `broker-session-redis`'s.
+//!
 //! Account switching: a v2 session sends `PUT /session` and keeps the new
 //! X-SECURITY-TOKEN. A v3 session switches locally, by changing the `IG-ACCOUNT-ID`
 //! it stamps on later requests (no request: IG's OAuth tokens identify the client,
@@ -98,6 +107,64 @@ pub enum IgIntent {
     /// that has expired is refreshed first). Stale tokens end the operation with
     /// [`Error::Unauthorized`] and leave the session logged out; no login is attempted.
     Resume(SessionSnapshot),
+
+    /// Follower role only: use the credentials another process (the owner) published
+    /// as `generation`. Installed only when `generation` is newer than the session's
+    /// own; nothing is sent. Calls waiting for newer credentials go on with them.
+    /// Completes at once with [`IgOutcome::Adopted`].
+    Adopt {
+        /// The generation the owner published the snapshot under.
+        generation: u64,
+        /// The owner's credentials.
+        snapshot: SessionSnapshot,
+    },
+    /// Become the owner of the credentials ([`IgRole::Owner`]): from now on the
+    /// session refreshes, recovers and logs out by itself. Credentials it holds (adopted
+    /// from the previous owner) are checked with `GET /session` (a v3 access token that
+    /// has expired is refreshed first), as [`IgIntent::Resume`] does: completes with
+    /// [`IgOutcome::Resumed`], or [`Error::Unauthorized`] (the tokens are then
+    /// forgotten: log in). Without credentials it completes with
+    /// [`UsageError::NotLoggedIn`](crate::UsageError::NotLoggedIn): log in.
+    Lead {
+        /// The highest generation the fleet has used. Credentials this session obtains
+        /// from now on get generations above it, so they are never mistaken for older
+        /// ones.
+        generation_floor: u64,
+    },
+    /// Become a follower ([`IgRole::Follower`]), e.g. after losing the ownership: every
+    /// queued operation completes as [`Error::Cancelled`], the running one once its
+    /// request (if any) is answered, no timer is left, and the credentials are
+    /// forgotten until the next [`IgIntent::Adopt`]. Completes at once with
+    /// [`IgOutcome::Following`].
+    Follow {
+        /// The generation the fleet holds now: only newer ones are adopted.
+        generation: u64,
+    },
+    /// Owner role only: another process (a follower) saw the credentials of
+    /// generation `refused` refused. Recovers them once (refresh for v3, else a
+    /// login) unless newer credentials exist already, or a recovery is under way
+    /// (its operation id is returned). Completes with [`IgOutcome::Recovered`].
+    Recover {
+        /// The generation the follower saw refused.
+        refused: u64,
+    },
+}
+
+/// Who obtains a session's credentials.
+///
+/// One broker login shared by several processes has one owner, which logs in,
+/// refreshes and recovers, and any number of followers, which authorize requests with
+/// the credentials the owner publishes and, when those are refused, wait for newer
+/// ones instead of recovering by themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IgRole {
+    /// The session obtains its credentials itself (every session built with
+    /// [`IgSession::new`]).
+    Owner,
+    /// The session uses credentials given with [`IgIntent::Adopt`]; it never logs in,
+    /// refreshes or logs out by itself, and runs no keep-alive timer.
+    Follower,
 }
 
 /// How the session authenticates requests.
@@ -204,6 +271,17 @@ pub enum IgOutcome {
         /// `false` when the request failed; the tokens were forgotten anyway.
         server_confirmed: bool,
     },
+
+    /// [`IgIntent::Adopt`] completed.
+    Adopted {
+        /// The generation offered.
+        generation: u64,
+        /// Whether it was installed (`false`: the session already had that generation
+        /// or a newer one).
+        installed: bool,
+    },
+    /// [`IgIntent::Follow`] completed: the session is a follower.
+    Following,
 }
 
 /// What a Lightstreamer client needs to connect to IG's streaming server.

@@ -431,9 +431,14 @@ impl IgSession {
         self.in_flight = None;
         self.backoff_until = None;
         self.closed = Some(reason.clone());
-        for op in std::mem::take(&mut self.queue) {
+        let awaiting = self.awaiting.take().map(|a| a.op);
+        for op in std::mem::take(&mut self.queue)
+            .into_iter()
+            .map(|o| o.id)
+            .chain(awaiting)
+        {
             self.outbox.push_back(Output::Event(Event::Completed {
-                op: op.id,
+                op,
                 result: Err(Error::Cancelled),
             }));
         }

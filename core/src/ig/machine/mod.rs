@@ -10,12 +10,14 @@
 //!   and the session.
 
 mod answers;
+mod follower;
 mod ops;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use self::follower::Awaiting;
 use self::ops::{Call, InFlight, Kind, Next, Op, Step};
 use super::config::{BaseUrl, IgConfig, LoginFlow};
 use super::decode::{self, CstLoginAnswer, IgAccount};
@@ -24,7 +26,8 @@ use super::endpoint::Endpoint;
 use super::policy::{Action, BackOffs, action_for};
 use super::snapshot::{SessionSnapshot, SnapTokens};
 use super::{
-    AuthMode, IgIntent, IgOutcome, IgState, LightstreamerCredentials, SessionDetails, SessionInfo,
+    AuthMode, IgIntent, IgOutcome, IgRole, IgState, LightstreamerCredentials, SessionDetails,
+    SessionInfo,
 };
 use crate::error::{Error, ProtocolError, UsageError};
 use crate::machine::{
@@ -98,6 +101,15 @@ pub struct IgSession {
     /// Login requests (they carry the password) given up on before their answer came.
     /// A late answer to one of them still counts if it rejects the credentials.
     abandoned_logins: VecDeque<RequestId>,
+    /// Whether the session obtains its credentials or follows another process's.
+    role: IgRole,
+    /// The last generation reported as [`Event::CredentialsChanged`] (or adopted).
+    announced: u64,
+    /// Follower role: calls waiting for credentials newer than a refused generation.
+    awaiting: Option<Awaiting>,
+    /// The credentials are shared with other processes (the session was built as a
+    /// follower, or led, followed or recovered for one): new ones are announced.
+    shared: bool,
 }
 
 enum Tokens {
@@ -189,7 +201,49 @@ impl IgSession {
             outbox: VecDeque::with_capacity(2),
             last_state: IgState::LoggedOut,
             abandoned_logins: VecDeque::new(),
+            role: IgRole::Owner,
+            announced: 0,
+            awaiting: None,
+            shared: false,
         })
+    }
+
+    /// A logged-out session in the [`IgRole::Follower`] role: it authorizes requests
+    /// with credentials given by [`IgIntent::Adopt`] and never logs in, refreshes or
+    /// logs out by itself. When the credentials are refused (or expire) it emits
+    /// [`Event::CredentialsWanted`] and the calls wait, up to
+    /// [`IgConfig::request_deadline`], for a newer generation. [`IgIntent::Lead`]
+    /// makes it the owner.
+    ///
+    /// ```
+    /// use broker_session::ig::{IgConfig, IgEnvironment, IgIntent, IgRole, IgSession};
+    /// use broker_session::{Machine, Now, RngSeed, UsageError};
+    /// use std::time::{Instant, SystemTime};
+    ///
+    /// let config = IgConfig::new(IgEnvironment::Demo, "key", "user", "password");
+    /// let now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH);
+    /// let mut session = IgSession::follower(config, RngSeed::from_u64(1), now).unwrap();
+    /// assert_eq!(session.role(), IgRole::Follower);
+    /// // Only the owner logs in.
+    /// assert!(matches!(
+    ///     session.submit(IgIntent::Login, now),
+    ///     Err(UsageError::Unsupported { .. })
+    /// ));
+    /// ```
+    ///
+    /// # Errors
+    /// As [`IgSession::new`].
+    pub fn follower(config: IgConfig, seed: RngSeed, now: Now) -> Result<Self, Error> {
+        let mut session = Self::new(config, seed, now)?;
+        session.role = IgRole::Follower;
+        session.shared = true;
+        Ok(session)
+    }
+
+    /// Whether the session obtains its credentials ([`IgRole::Owner`]) or follows
+    /// another process's ([`IgRole::Follower`]).
+    pub fn role(&self) -> IgRole {
+        self.role
     }
 
     /// The account requests act on, once logged in.
@@ -292,6 +346,9 @@ impl IgSession {
         if let Some(until) = self.backoff_until {
             return StateView::BackingOff(until);
         }
+        if self.awaiting.is_some() {
+            return StateView::Recovering;
+        }
         match self.current.as_ref().map(|o| o.kind) {
             Some(Kind::Login | Kind::Resume) => return StateView::LoggingIn,
             Some(Kind::Recover) => return StateView::Recovering,
@@ -312,6 +369,7 @@ impl IgSession {
     }
 
     fn sync_state(&mut self) {
+        self.announce_credentials();
         let view = self.state_view();
         if view.is(&self.last_state) {
             return;
@@ -386,6 +444,13 @@ impl Machine for IgSession {
         if self.queue.len() >= MAX_QUEUE {
             return Err(UsageError::QueueFull);
         }
+        let intent = match self.submit_shared(intent, now)? {
+            Ok(id) => {
+                self.sync_state();
+                return Ok(id);
+            }
+            Err(intent) => intent,
+        };
         let op = match intent {
             IgIntent::Login => self.new_op(Kind::Login),
             IgIntent::Refresh => self.new_op(Kind::Refresh),
@@ -411,12 +476,7 @@ impl Machine for IgSession {
                 self.new_op(Kind::Logout)
             }
             IgIntent::Resume(snapshot) => {
-                if snapshot.base_url.trim_end_matches('/') != self.base_str() {
-                    return Err(UsageError::InvalidArgument {
-                        what: "snapshot",
-                        reason: "saved for another base URL",
-                    });
-                }
+                self.check_snapshot(&snapshot)?;
                 if self.tokens.is_some() || self.current.is_some() {
                     return Err(UsageError::InvalidArgument {
                         what: "resume",
@@ -425,6 +485,16 @@ impl Machine for IgSession {
                 }
                 self.install_snapshot(snapshot, now);
                 self.new_op(Kind::Resume)
+            }
+            // Handled by `submit_shared`.
+            IgIntent::Adopt { .. }
+            | IgIntent::Lead { .. }
+            | IgIntent::Follow { .. }
+            | IgIntent::Recover { .. } => {
+                return Err(UsageError::InvalidArgument {
+                    what: "intent",
+                    reason: "not an intent of this role",
+                });
             }
         };
         let id = op.id;
@@ -499,6 +569,17 @@ impl Machine for IgSession {
         if let Some(op) = replacing {
             return Err(AuthorizeError::Pending { op: op.id });
         }
+        if self.role == IgRole::Follower
+            && (self.tokens.is_none()
+                || self
+                    .access_token_expires_at()
+                    .is_some_and(|t| t <= now.mono))
+        {
+            // The owner obtains credentials: wait for a newer generation.
+            let op = self.await_newer(self.generation, now);
+            self.sync_state();
+            return Err(AuthorizeError::Pending { op });
+        }
         if self.tokens.is_none() {
             if let Some(op) = self.credential_op() {
                 return Err(AuthorizeError::Pending { op });
@@ -552,6 +633,18 @@ impl Machine for IgSession {
             code.as_deref(),
             self.backoffs(),
         ) {
+            Action::Relogin(_) | Action::Refresh(_) if self.role == IgRole::Follower => {
+                if let Some(reason) = &self.closed {
+                    Observation::Lost(reason.clone())
+                } else if stamp.generation < self.generation {
+                    Observation::Replay
+                } else {
+                    // Only the owner recovers: wait for a generation newer than this one.
+                    Observation::Recover {
+                        op: self.await_newer(stamp.generation, now),
+                    }
+                }
+            }
             Action::Relogin(api) | Action::Refresh(api) => {
                 if self.closed.is_some()
                     || (self.tokens.is_none() && self.credential_op().is_none())
@@ -624,6 +717,7 @@ impl std::fmt::Debug for IgSession {
             .field("login_flow", &self.cfg.login_flow)
             .field("state", &self.compute_state())
             .field("generation", &self.generation)
+            .field("role", &self.role)
             .field("queued", &self.queue.len())
             .finish_non_exhaustive()
     }

@@ -81,6 +81,10 @@ pub(super) struct Op {
     /// answer is applied (it may hold tokens the logout must end), then the operation
     /// completes as [`Error::Cancelled`] without sending anything more.
     pub(super) cancelled: bool,
+    /// A recovery asked for by a follower (another process): its success says nothing
+    /// about this session's own calls, so it does not arm the "refused again right
+    /// after a recovery" loss.
+    pub(super) for_follower: bool,
 }
 
 /// The request on the wire (at most one at a time).
@@ -113,6 +117,7 @@ impl IgSession {
             already_active: false,
             server_confirmed: false,
             cancelled: false,
+            for_follower: false,
         }
     }
 
@@ -198,6 +203,7 @@ impl IgSession {
         if self.backoff_until.is_some_and(|t| t <= now.mono) {
             self.backoff_until = None;
         }
+        self.expire_awaiting(now);
         if let Some(f) = self.in_flight.take_if(|f| f.deadline <= now.mono) {
             let endpoint = f.call.endpoint();
             if endpoint.sends_password() {
@@ -563,7 +569,9 @@ impl IgSession {
                 _ => Err(not_logged_in()),
             },
             (Kind::Recover, Ok(())) => {
-                self.recovered_gen = Some(self.generation);
+                if !op.for_follower {
+                    self.recovered_gen = Some(self.generation);
+                }
                 Ok(IgOutcome::Recovered {
                     generation: self.generation,
                 })
@@ -642,6 +650,7 @@ impl IgSession {
         consider(self.current.as_ref().and_then(|o| o.retry_at));
         consider(self.refresh_at);
         consider(self.backoff_until);
+        consider(self.awaiting.as_ref().map(|a| a.deadline));
         d
     }
 }

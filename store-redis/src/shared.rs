@@ -1,0 +1,741 @@
+//! One IG session shared by a fleet of processes: [`SharedIgSession`].
+//!
+//! Every process runs an [`IgSession`] on the blocking (ureq) transport, built as a
+//! follower. At most one process holds the [`Lease`] and is the owner: it leads its
+//! session (resuming from the stored snapshot, else logging in) and publishes every
+//! new credential generation, sealed, with [`GenerationStore::publish`]. The others
+//! adopt each generation as it is announced (pub/sub, with a periodic check as a
+//! fallback) and keep it in memory, so an application call costs no Redis round trip.
+//!
+//! Two background threads per process: the lease thread (acquire, renew at a third of
+//! the TTL, notice the loss) and the coordinator (publish, adopt, forward recovery
+//! requests, take over and step down). Application calls run on the caller's thread
+//! through the transport's [`Client::send`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use broker_session_ureq::broker_session::Event;
+use broker_session_ureq::broker_session::driver::SessionEvent;
+use broker_session_ureq::broker_session::ig::{
+    IgIntent, IgOutcome, IgRole, PersistedSession, SessionSnapshot,
+};
+use broker_session_ureq::{Client, HttpClient, IgConfig, IgSession, http, now, os_seed};
+use zeroize::Zeroizing;
+
+use crate::{
+    Connection, Error, FencingToken, GenerationStore, Lease, RecoveryRequests, Redis, Sealing,
+    Subscriber,
+};
+
+/// How long the coordinator waits for a session event before it looks at its other
+/// sources (announcements, lease changes, timers): the extra latency of an adoption
+/// or a recovery request.
+const TICK: Duration = Duration::from_millis(10);
+
+/// The longest the lease thread sleeps between looks at the stop flag.
+const LEASE_SLEEP: Duration = Duration::from_millis(50);
+
+/// How many [`FleetEvent`]s are kept for [`SharedIgSession::drain_events`]; the oldest
+/// is dropped first.
+const EVENT_CAPACITY: usize = 256;
+
+/// How a process takes part in a shared session.
+///
+/// ```
+/// use broker_session_redis::{Sealing, SealingKey, SharedConfig};
+/// use std::time::Duration;
+///
+/// let mut config = SharedConfig::new("ig-live-ABC123", Sealing::Sealed(SealingKey::from_bytes([7; 32])));
+/// config.lease_ttl = Duration::from_secs(10);
+/// assert_eq!(config.poll_interval, Duration::from_secs(5));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct SharedConfig {
+    /// One namespace per broker login (e.g. `ig-live-<account>`); every process of the
+    /// fleet uses the same one.
+    pub namespace: String,
+    /// This process's name in the lease (default `<hostname>/<pid>`), for operators.
+    pub process: String,
+    /// How long the lease lasts without renewal (default 15 s). A dead owner is
+    /// replaced within about this long; the owner renews at a third of it.
+    pub lease_ttl: Duration,
+    /// How often a follower checks the stored generation, and the owner the recovery
+    /// requests, besides pub/sub (default 5 s).
+    pub poll_interval: Duration,
+    /// How snapshots are sealed; every process needs the same key.
+    pub sealing: Sealing,
+}
+
+impl SharedConfig {
+    /// The defaults for `namespace`, sealed (or not) as `sealing` says.
+    pub fn new(namespace: impl Into<String>, sealing: Sealing) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
+        Self {
+            namespace: namespace.into(),
+            process: format!("{host}/{}", std::process::id()),
+            lease_ttl: Duration::from_secs(15),
+            poll_interval: Duration::from_secs(5),
+            sealing,
+        }
+    }
+}
+
+/// What a [`SharedIgSession`] did, for logs and metrics. No variant holds a secret.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FleetEvent {
+    /// This process took the lease and now owns the session.
+    Owning {
+        /// The lease's fencing token.
+        token: FencingToken,
+    },
+    /// As the new owner, this process resumed from the stored credentials, without a
+    /// login.
+    Resumed {
+        /// The generation resumed.
+        generation: u64,
+    },
+    /// As the owner, this process logged in (nothing usable was stored).
+    LoggedIn,
+    /// The owner published a credential generation.
+    Published {
+        /// The generation.
+        generation: u64,
+    },
+    /// A follower adopted a generation.
+    Adopted {
+        /// The generation.
+        generation: u64,
+    },
+    /// A follower asked the owner to recover a refused generation.
+    RecoveryRequested {
+        /// The refused generation.
+        refused: u64,
+        /// Whether this was the first request for it (later ones are collapsed).
+        first: bool,
+    },
+    /// The owner started (or joined) a recovery a follower asked for.
+    Recovering {
+        /// The refused generation.
+        refused: u64,
+    },
+    /// This process stopped owning the session.
+    Following {
+        /// Why.
+        reason: &'static str,
+    },
+    /// Something failed; the session goes on (retrying where it can).
+    Failed(Error),
+    /// An event of the IG session itself (state changes, completions, loss).
+    Session(SessionEvent<IgSession>),
+}
+
+impl fmt::Display for FleetEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Owning { token } => write!(f, "owner (fencing token {token})"),
+            Self::Resumed { generation } => {
+                write!(f, "resumed generation {generation} without logging in")
+            }
+            Self::LoggedIn => f.write_str("logged in"),
+            Self::Published { generation } => write!(f, "published generation {generation}"),
+            Self::Adopted { generation } => write!(f, "adopted generation {generation}"),
+            Self::RecoveryRequested { refused, first } => write!(
+                f,
+                "asked for a recovery of generation {refused}{}",
+                if *first { "" } else { " (already asked)" }
+            ),
+            Self::Recovering { refused } => write!(f, "recovering generation {refused}"),
+            Self::Following { reason } => write!(f, "following: {reason}"),
+            Self::Failed(e) => write!(f, "failed: {e}"),
+            Self::Session(e) => write!(f, "session: {e}"),
+        }
+    }
+}
+
+/// What the handle and the threads share.
+struct Shared {
+    stop: AtomicBool,
+    events: Mutex<VecDeque<FleetEvent>>,
+    /// The lease while this process holds it.
+    lease: Mutex<Option<Lease>>,
+}
+
+impl Shared {
+    fn push(&self, event: FleetEvent) {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if events.len() >= EVENT_CAPACITY {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// Lease changes, from the lease thread to the coordinator.
+enum LeaseChange {
+    Acquired(FencingToken),
+    Lost(&'static str),
+}
+
+/// One IG session shared by every process that starts one on the same namespace:
+/// one login, one refresh per token lifetime, one recovery per refusal, for the whole
+/// fleet.
+///
+/// ```no_run
+/// use broker_session_redis::{Redis, Sealing, SealingKey, SharedConfig, SharedIgSession};
+/// use broker_session_ureq::{Config, FromEnv, HttpClient, IgConfig, http};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = Redis::open("redis://127.0.0.1:6379/")?;
+/// let key = SealingKey::from_slice(&std::fs::read("/run/secrets/session-key")?).ok_or("bad key")?;
+/// let shared = SharedIgSession::start(
+///     IgConfig::from_env()?,
+///     &HttpClient::new(&Config::default())?,
+///     &redis,
+///     SharedConfig::new("ig-live-ABC123", Sealing::Sealed(key)),
+/// )?;
+/// let accounts = http::Request::get("/accounts").header("Version", "1").body(Vec::new())?;
+/// println!("{}", shared.send(accounts)?.status());
+/// for event in shared.drain_events() {
+///     println!("{event}");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct SharedIgSession {
+    client: Client<IgSession>,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl SharedIgSession {
+    /// Joins the fleet of `config.namespace`: adopts the stored credentials, and if no
+    /// process owns the session, takes the lease and leads it (resuming from the
+    /// stored snapshot when IG still accepts it, else logging in) before returning.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidNamespace`], [`Error::InvalidTtl`], [`Error::Redis`] when Redis
+    /// cannot be reached at start, [`Error::Session`] when the IG configuration is
+    /// unusable or the owner's login fails.
+    pub fn start(
+        ig: IgConfig,
+        http: &HttpClient,
+        redis: &Redis,
+        config: SharedConfig,
+    ) -> Result<Self, Error> {
+        let machine = IgSession::follower(ig, os_seed().map_err(Error::Session)?, now())
+            .map_err(|e| Error::Session(broker_session_ureq::Error::SessionConfig(e)))?;
+        let client = Client::with_http(machine, http.clone());
+        let store = GenerationStore::new(&config.namespace, config.sealing)?;
+        let requests = RecoveryRequests::new(&config.namespace)?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            events: Mutex::new(VecDeque::new()),
+            lease: Mutex::new(None),
+        });
+        let mut conn = redis.connect()?;
+        // Subscribe first, then read: no announcement falls in between.
+        let generations = store.subscribe(redis)?;
+        let recoveries = requests.subscribe(redis)?;
+        let first = Lease::try_acquire(
+            &mut conn,
+            &config.namespace,
+            &config.process,
+            config.lease_ttl,
+        )?;
+        let first_token = first.as_ref().map(Lease::token);
+        *shared.lease.lock().unwrap_or_else(PoisonError::into_inner) = first;
+        let (changes_tx, changes) = mpsc::channel();
+        let mut coordinator = Coordinator {
+            client: client.clone(),
+            conn,
+            store,
+            requests,
+            generations,
+            recoveries,
+            changes,
+            shared: Arc::clone(&shared),
+            poll_interval: config.poll_interval,
+            next_poll: Instant::now(),
+            handled_recovery: 0,
+            unpublished: None,
+        };
+        coordinator.adopt_latest();
+        if let Some(token) = first_token {
+            coordinator.take_over(token)?;
+        }
+        let lease_thread = LeaseThread {
+            conn: redis.connect()?,
+            namespace: config.namespace,
+            process: config.process,
+            ttl: config.lease_ttl,
+            retry: config.lease_ttl.min(config.poll_interval) / 4,
+            changes: changes_tx,
+            shared: Arc::clone(&shared),
+        };
+        let threads = vec![
+            thread::Builder::new()
+                .name("broker-session-redis-lease".into())
+                .spawn(move || lease_thread.run())
+                .map_err(|_| Error::Session(broker_session_ureq::Error::ThreadSpawn))?,
+            thread::Builder::new()
+                .name("broker-session-redis-coordinator".into())
+                .spawn(move || coordinator.run())
+                .map_err(|_| Error::Session(broker_session_ureq::Error::ThreadSpawn))?,
+        ];
+        Ok(Self {
+            client,
+            shared,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Sends an application request with the fleet's current credentials (see
+    /// [`Client::send`]). When they are refused, the call waits (up to the session's
+    /// request deadline) for the owner to publish newer ones (asking it to recover
+    /// them, once for the whole fleet) and replays once.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::send`]; a wait for newer credentials that ends without them is
+    /// [`broker_session_ureq::Error::Session`] with
+    /// [`NoNewerCredentials`](broker_session_ureq::broker_session::Error::NoNewerCredentials).
+    pub fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, broker_session_ureq::Error> {
+        self.client.send(request)
+    }
+
+    /// The transport client of this process's session (state, base URL, its
+    /// machine's getters).
+    pub fn client(&self) -> &Client<IgSession> {
+        &self.client
+    }
+
+    /// Whether this process owns the session now.
+    pub fn is_owner(&self) -> bool {
+        self.client.with_machine(|m| m.role()) == IgRole::Owner
+    }
+
+    /// The credential generation this process uses.
+    pub fn generation(&self) -> u64 {
+        self.client.with_machine(|m| m.generation())
+    }
+
+    /// Takes what happened since the last call, oldest first (at most the last 256).
+    pub fn drain_events(&self) -> Vec<FleetEvent> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect()
+    }
+
+    /// Leaves the fleet: stops the threads and gives the lease up if this process
+    /// holds it, so another process takes over at once (resuming the session; nothing
+    /// is logged out). The session stops acting as owner: calls made afterwards wait
+    /// for credentials that no longer come, and fail. Dropping the handle does the
+    /// same.
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
+        }
+        let generation = self.client.with_machine(|m| m.generation());
+        let _ = self.client.submit(IgIntent::Follow { generation });
+        let _ = self.client.service();
+    }
+}
+
+impl Drop for SharedIgSession {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl fmt::Debug for SharedIgSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedIgSession")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Acquires, renews and gives up the lease; tells the coordinator of each change.
+struct LeaseThread {
+    conn: Connection,
+    namespace: String,
+    process: String,
+    ttl: Duration,
+    retry: Duration,
+    changes: mpsc::Sender<LeaseChange>,
+    shared: Arc<Shared>,
+}
+
+impl LeaseThread {
+    fn run(mut self) {
+        let mut next = Instant::now();
+        while !self.shared.stopped() {
+            let now = Instant::now();
+            if now >= next {
+                next = self.step(now);
+            }
+            thread::sleep(
+                next.saturating_duration_since(Instant::now())
+                    .min(LEASE_SLEEP),
+            );
+        }
+        let lease = self
+            .shared
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(lease) = lease {
+            let _ = lease.release(&mut self.conn);
+        }
+    }
+
+    /// One acquisition attempt or renewal; returns when to come back.
+    fn step(&mut self, now: Instant) -> Instant {
+        let mut slot = self
+            .shared
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match slot.as_mut() {
+            None => {
+                match Lease::try_acquire(&mut self.conn, &self.namespace, &self.process, self.ttl) {
+                    Ok(Some(lease)) => {
+                        let token = lease.token();
+                        let renew = now + lease.renew_after();
+                        *slot = Some(lease);
+                        let _ = self.changes.send(LeaseChange::Acquired(token));
+                        return renew;
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.shared.push(FleetEvent::Failed(e)),
+                }
+                now + self.retry
+            }
+            Some(lease) if lease.expires_by() <= now => {
+                *slot = None;
+                let _ = self
+                    .changes
+                    .send(LeaseChange::Lost("the lease expired before it was renewed"));
+                now + self.retry
+            }
+            Some(lease) => match lease.renew(&mut self.conn) {
+                Ok(()) => now + lease.renew_after(),
+                Err(Error::LeaseLost { .. }) => {
+                    *slot = None;
+                    let _ = self
+                        .changes
+                        .send(LeaseChange::Lost("another process holds the lease"));
+                    now + self.retry
+                }
+                Err(e) => {
+                    // Redis did not answer: try again soon, until the lease lapses.
+                    self.shared.push(FleetEvent::Failed(e));
+                    now + self.retry
+                }
+            },
+        }
+    }
+}
+
+/// Publishes, adopts, forwards recovery requests, takes over and steps down.
+struct Coordinator {
+    client: Client<IgSession>,
+    conn: Connection,
+    store: GenerationStore,
+    requests: RecoveryRequests,
+    generations: Subscriber,
+    recoveries: Subscriber,
+    changes: mpsc::Receiver<LeaseChange>,
+    shared: Arc<Shared>,
+    poll_interval: Duration,
+    next_poll: Instant,
+    /// The highest refused generation handed to the session as a recovery.
+    handled_recovery: u64,
+    /// A generation whose publication failed for want of Redis; tried again.
+    unpublished: Option<u64>,
+}
+
+impl Coordinator {
+    fn run(mut self) {
+        while !self.shared.stopped() {
+            if self.is_owner() && !self.lease_held() {
+                // Checked before the session is driven: an owner that was paused past
+                // its lease (and is running again) must not refresh on its own.
+                self.step_down("the lease expired before it was renewed");
+            }
+            // Drives the session (its timers too) and waits a little for an event.
+            if let Some(event) = self.client.next_event(TICK) {
+                self.on_event(event);
+                continue;
+            }
+            while let Ok(change) = self.changes.try_recv() {
+                match change {
+                    LeaseChange::Acquired(token) => {
+                        if let Err(e) = self.take_over(token) {
+                            self.shared.push(FleetEvent::Failed(e));
+                        }
+                    }
+                    LeaseChange::Lost(reason) => self.step_down(reason),
+                }
+            }
+            let owner = self.is_owner();
+            let mut adopt = false;
+            while let Ok(Some(_)) = self.generations.try_recv() {
+                adopt = !owner;
+            }
+            if adopt {
+                self.adopt_latest();
+            }
+            let mut wanted = None;
+            while let Ok(Some(crate::Notice::Generation(g))) = self.recoveries.try_recv() {
+                wanted = wanted.max(Some(g));
+            }
+            if owner && let Some(refused) = wanted {
+                self.recover(refused);
+            }
+            if owner && let Some(g) = self.unpublished.take() {
+                self.publish(g);
+            }
+            if Instant::now() >= self.next_poll {
+                self.next_poll = Instant::now() + self.poll_interval;
+                if owner {
+                    match self.requests.latest(&mut self.conn) {
+                        Ok(Some(refused)) => self.recover(refused),
+                        Ok(None) => {}
+                        Err(e) => self.shared.push(FleetEvent::Failed(e)),
+                    }
+                } else {
+                    self.adopt_latest();
+                }
+            }
+        }
+    }
+
+    fn is_owner(&self) -> bool {
+        self.client.with_machine(|m| m.role()) == IgRole::Owner
+    }
+
+    fn lease_held(&self) -> bool {
+        self.shared
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|l| l.expires_by() > Instant::now())
+    }
+
+    fn on_event(&mut self, event: SessionEvent<IgSession>) {
+        match event {
+            Event::CredentialsChanged { generation } => self.publish(generation),
+            Event::CredentialsWanted { refused } => {
+                match self.requests.request(&mut self.conn, refused) {
+                    Ok(first) => self
+                        .shared
+                        .push(FleetEvent::RecoveryRequested { refused, first }),
+                    Err(e) => self.shared.push(FleetEvent::Failed(e)),
+                }
+                // Newer credentials may be stored already (the announcement raced).
+                self.adopt_latest();
+            }
+            // The coordinator's own adoptions: reported as `Adopted`.
+            Event::Completed {
+                result: Ok(IgOutcome::Adopted { .. }),
+                ..
+            } => {}
+            other => self.shared.push(FleetEvent::Session(other)),
+        }
+    }
+
+    /// Publishes the session's snapshot as `generation`, if this process owns the
+    /// session; steps down when fenced off.
+    fn publish(&mut self, generation: u64) {
+        let Some(snapshot) = self.client.with_machine(|m| m.snapshot()) else {
+            return;
+        };
+        let bytes = match serde_json::to_vec(&snapshot.expose_secrets()) {
+            Ok(bytes) => Zeroizing::new(bytes),
+            Err(_) => return,
+        };
+        let result = {
+            let slot = self
+                .shared
+                .lease
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match slot.as_ref() {
+                Some(lease) => self
+                    .store
+                    .publish(&mut self.conn, lease, generation, &bytes),
+                None => Err(Error::NotOwner {
+                    namespace: self.store.namespace().to_owned(),
+                }),
+            }
+        };
+        match result {
+            Ok(()) => self.shared.push(FleetEvent::Published { generation }),
+            Err(Error::NotOwner { .. }) => {
+                // The lease is no longer ours whatever this process believed.
+                *self
+                    .shared
+                    .lease
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+                self.step_down("fenced off: another process owns the lease");
+            }
+            Err(e @ Error::Redis { .. }) => {
+                self.unpublished = Some(generation);
+                self.shared.push(FleetEvent::Failed(e));
+            }
+            Err(e) => self.shared.push(FleetEvent::Failed(e)),
+        }
+    }
+
+    /// Adopts the stored generation if it is newer than the session's (or the session
+    /// holds nothing).
+    fn adopt_latest(&mut self) {
+        let (generation, holding) = self
+            .client
+            .with_machine(|m| (m.generation(), m.account_id().is_some()));
+        let seen = if holding {
+            generation
+        } else {
+            generation.saturating_sub(1)
+        };
+        let stored = match self.store.poll_latest(&mut self.conn, seen) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return,
+            Err(e) => {
+                self.shared.push(FleetEvent::Failed(e));
+                return;
+            }
+        };
+        let persisted: PersistedSession = match serde_json::from_slice(stored.bytes()) {
+            Ok(p) => p,
+            Err(_) => {
+                self.shared
+                    .push(FleetEvent::Failed(Error::SnapshotMalformed {
+                        namespace: self.store.namespace().to_owned(),
+                    }));
+                return;
+            }
+        };
+        let intent = IgIntent::Adopt {
+            generation: stored.generation(),
+            snapshot: SessionSnapshot::from_persisted(persisted),
+        };
+        // Refused only if this process became the owner meanwhile: owners do not adopt.
+        if self.client.submit(intent).is_ok() {
+            self.shared.push(FleetEvent::Adopted {
+                generation: stored.generation(),
+            });
+        }
+    }
+
+    /// Hands a follower's recovery request to the owning session, once per generation.
+    fn recover(&mut self, refused: u64) {
+        if refused <= self.handled_recovery && self.handled_recovery != 0 {
+            return;
+        }
+        if refused < self.client.with_machine(|m| m.generation()) {
+            return;
+        }
+        self.handled_recovery = refused;
+        if self.client.submit(IgIntent::Recover { refused }).is_ok() {
+            self.shared.push(FleetEvent::Recovering { refused });
+        }
+    }
+
+    /// Leads the session after taking the lease: adopt what is stored, then resume
+    /// from it, or log in when there is nothing to resume.
+    fn take_over(&mut self, token: FencingToken) -> Result<(), Error> {
+        self.shared.push(FleetEvent::Owning { token });
+        self.adopt_latest();
+        // Let the adoption land before leading.
+        let _ = self.client.service();
+        let floor = match self.store.current_generation(&mut self.conn) {
+            Ok(g) => g,
+            Err(e) => {
+                self.shared.push(FleetEvent::Failed(e));
+                self.client.with_machine(|m| m.generation())
+            }
+        };
+        self.handled_recovery = 0;
+        self.next_poll = Instant::now();
+        match self.client.run(IgIntent::Lead {
+            generation_floor: floor,
+        }) {
+            Ok(_) => {
+                let generation = self.client.with_machine(|m| m.generation());
+                self.shared.push(FleetEvent::Resumed { generation });
+                // Redis may have lost the snapshot (a restart without persistence):
+                // store the resumed credentials again for processes that join.
+                if self
+                    .store
+                    .current_generation(&mut self.conn)
+                    .is_ok_and(|stored| stored < generation)
+                {
+                    self.publish(generation);
+                }
+                Ok(())
+            }
+            Err(_) => match self.client.run(IgIntent::Login) {
+                Ok(_) => {
+                    self.shared.push(FleetEvent::LoggedIn);
+                    Ok(())
+                }
+                Err(e) => {
+                    // Let another process try: give the ownership up.
+                    let lease = self
+                        .shared
+                        .lease
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
+                    if let Some(lease) = lease {
+                        let _ = lease.release(&mut self.conn);
+                    }
+                    self.step_down("the owner's login failed");
+                    Err(Error::Session(e))
+                }
+            },
+        }
+    }
+
+    /// Stops acting as the owner: the session follows the stored generation again.
+    fn step_down(&mut self, reason: &'static str) {
+        if !self.is_owner() {
+            return;
+        }
+        let generation = match self.store.current_generation(&mut self.conn) {
+            Ok(g) => g,
+            Err(_) => self.client.with_machine(|m| m.generation()),
+        };
+        let _ = self.client.submit(IgIntent::Follow { generation });
+        self.shared.push(FleetEvent::Following { reason });
+        let _ = self.client.service();
+        self.adopt_latest();
+    }
+}

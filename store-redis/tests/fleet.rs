@@ -1,0 +1,767 @@
+//! A fleet of processes sharing one IG login, against a real Redis
+//! (`BROKER_SESSION_REDIS_URL`; without it each test prints SKIPPED and returns) and
+//! the test kit's fake IG, served by the test process over HTTPS on loopback.
+//!
+//! Each test starts worker processes: this test binary again, running only
+//! `worker_process` with `FLEET_WORKER` set. A worker joins the fleet with a
+//! `SharedIgSession`, makes application calls from several threads for a while, and
+//! reports on stdout (`READY`, one `EVENT` line per fleet event, `DONE ok=… err=…`).
+//! The fake counts what IG saw. Token lifetimes are compressed to a second or two.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use broker_session_redis::{
+    Error, FleetEvent, GenerationStore, Lease, Notice, Redis, Sealing, SealingKey, SharedConfig,
+    SharedIgSession,
+};
+use broker_session_testkit::ig::{FakeIg, FakeIgConfig};
+use broker_session_testkit::server::{Server, ServerOptions};
+use broker_session_ureq::{Config, HttpClient, IgConfig, IgEnvironment, LoginFlow, Tls, http};
+
+const URL_VAR: &str = "BROKER_SESSION_REDIS_URL";
+const WORKER_VAR: &str = "FLEET_WORKER";
+/// How long any "eventually" may take before it is a failure.
+const PATIENCE: Duration = Duration::from_secs(15);
+const KEY: [u8; 32] = [0x5a; 32];
+
+fn skipped(test: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!! {test}: SKIPPED (no Redis): set {URL_VAR} (bash .ci/run starts a redis-server) !!!!\n"
+    );
+}
+
+fn redis_url(test: &str) -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            skipped(test);
+            None
+        }
+    }
+}
+
+fn namespace(test: &str) -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).unwrap();
+    format!("fleet-{test}-{:016x}", u64::from_le_bytes(bytes))
+}
+
+/// The fake IG on loopback, with `access_ttl` tokens.
+struct Broker {
+    server: Server,
+    fake: Arc<Mutex<FakeIg>>,
+    pem_path: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Broker {
+    fn start(access_ttl: Duration) -> Self {
+        let fake = Arc::new(Mutex::new(FakeIg::new(FakeIgConfig {
+            access_ttl,
+            ..FakeIgConfig::default()
+        })));
+        let server = Server::start_shared(Arc::clone(&fake), ServerOptions::default()).unwrap();
+        let dir = std::env::temp_dir().join(namespace("pem"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem_path = dir.join("ca.pem");
+        std::fs::write(&pem_path, server.trust_pem()).unwrap();
+        Self {
+            server,
+            fake,
+            pem_path,
+            _dir: TempDir(dir),
+        }
+    }
+
+    fn base_url(&self) -> String {
+        format!("{}/gateway/deal", self.server.https_url())
+    }
+
+    fn logins(&self) -> usize {
+        self.fake.lock().unwrap().stats.logins
+    }
+
+    fn refreshes(&self) -> usize {
+        self.fake.lock().unwrap().stats.refreshes
+    }
+
+    fn stats(&self) -> broker_session_testkit::ig::FakeIgStats {
+        self.fake.lock().unwrap().stats.clone()
+    }
+}
+
+/// What a worker does.
+#[derive(Clone)]
+struct Plan {
+    namespace: String,
+    threads: usize,
+    call_for: Duration,
+    lease_ttl: Duration,
+}
+
+/// A worker process and the lines it printed.
+struct Worker {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Worker {
+    fn spawn(broker: &Broker, redis: &str, plan: &Plan) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "worker_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(WORKER_VAR, "1")
+            .env(URL_VAR, redis)
+            .env("FLEET_BASE_URL", broker.base_url())
+            .env("FLEET_CA", &broker.pem_path)
+            .env("FLEET_NAMESPACE", &plan.namespace)
+            .env("FLEET_THREADS", plan.threads.to_string())
+            .env("FLEET_CALL_MS", plan.call_for.as_millis().to_string())
+            .env("FLEET_LEASE_MS", plan.lease_ttl.as_millis().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line starting with `prefix`; returns it.
+    fn expect(&mut self, prefix: &str) -> String {
+        let end = Instant::now() + PATIENCE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {prefix:?} line from the worker; it said {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// The `ok` and `err` counts of the `DONE` line.
+    fn done(&mut self) -> (usize, usize) {
+        let line = self.expect("DONE");
+        let field = |name: &str| -> usize {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        let counts = (field("ok="), field("err="));
+        let _ = self.child.wait();
+        counts
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every generation announced on the namespace's channel, in order.
+fn watch_generations(redis: &Redis, namespace: &str) -> Arc<Mutex<Vec<u64>>> {
+    let store =
+        GenerationStore::new(namespace, Sealing::Sealed(SealingKey::from_bytes(KEY))).unwrap();
+    let subscriber = store.subscribe(redis).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = Arc::clone(&seen);
+    thread::spawn(move || {
+        while let Ok(notice) = subscriber.recv_timeout(Duration::from_secs(60)) {
+            match notice {
+                Some(Notice::Generation(g)) => out.lock().unwrap().push(g),
+                Some(_) => {}
+                None => return,
+            }
+        }
+    });
+    seen
+}
+
+fn stored_generation(redis: &Redis, namespace: &str) -> u64 {
+    let store =
+        GenerationStore::new(namespace, Sealing::Sealed(SealingKey::from_bytes(KEY))).unwrap();
+    store
+        .current_generation(&mut redis.connect().unwrap())
+        .unwrap()
+}
+
+/// The worker: joins the fleet, calls from several threads, reports.
+#[test]
+fn worker_process() {
+    if std::env::var(WORKER_VAR).is_err() {
+        return;
+    }
+    let env = |name: &str| std::env::var(name).unwrap();
+    let ms = |name: &str| Duration::from_millis(env(name).parse().unwrap());
+    let mut ig = IgConfig::new(
+        IgEnvironment::Custom(env("FLEET_BASE_URL")),
+        FakeIgConfig::default().api_key,
+        FakeIgConfig::default().identifier,
+        FakeIgConfig::default().password,
+    );
+    ig.login_flow = LoginFlow::V3;
+    ig.request_deadline = Duration::from_secs(10);
+    let mut transport = Config::default();
+    transport.tls = Tls::Pem(std::fs::read(env("FLEET_CA")).unwrap());
+    let http_client = HttpClient::new(&transport).unwrap();
+    let redis = Redis::open(env(URL_VAR)).unwrap();
+    let mut config = SharedConfig::new(
+        env("FLEET_NAMESPACE"),
+        Sealing::Sealed(SealingKey::from_bytes(KEY)),
+    );
+    config.lease_ttl = ms("FLEET_LEASE_MS");
+    config.poll_interval = Duration::from_millis(500);
+    let shared = Arc::new(SharedIgSession::start(ig, &http_client, &redis, config).unwrap());
+    let print = |line: String| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    let report = |shared: &SharedIgSession| {
+        for event in shared.drain_events() {
+            if let FleetEvent::Session(_) = event {
+                continue;
+            }
+            print(format!("EVENT {event}"));
+        }
+    };
+    report(&shared);
+    print(format!(
+        "READY owner={} gen={}",
+        u8::from(shared.is_owner()),
+        shared.generation()
+    ));
+    let (ok, err) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let end = Instant::now() + ms("FLEET_CALL_MS");
+    let threads: Vec<_> = (0..env("FLEET_THREADS").parse::<usize>().unwrap())
+        .map(|_| {
+            let (shared, ok, err) = (Arc::clone(&shared), Arc::clone(&ok), Arc::clone(&err));
+            thread::spawn(move || {
+                while Instant::now() < end {
+                    let request = http::Request::get("/accounts")
+                        .header("Version", "1")
+                        .body(Vec::new())
+                        .unwrap();
+                    match shared.send(request) {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(r) => {
+                            eprintln!("worker {}: HTTP {}", std::process::id(), r.status());
+                            err.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => {
+                            eprintln!("worker {}: {e}", std::process::id());
+                            err.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    while Instant::now() < end {
+        thread::sleep(Duration::from_millis(20));
+        report(&shared);
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    report(&shared);
+    print(format!(
+        "DONE ok={} err={} owner={} gen={}",
+        ok.load(Ordering::Relaxed),
+        err.load(Ordering::Relaxed),
+        u8::from(shared.is_owner()),
+        shared.generation()
+    ));
+    // Leave without a lease release (as a crash would) only when told; else cleanly.
+    drop(shared);
+    std::process::exit(0);
+}
+
+#[test]
+fn a_fleet_logs_in_once_and_refreshes_once_per_token_lifetime() {
+    let Some(url) = redis_url("a_fleet_logs_in_once_and_refreshes_once_per_token_lifetime") else {
+        return;
+    };
+    let redis = Redis::open(url.as_str()).unwrap();
+    // Tokens live 1 s and are refreshed at half their life.
+    let broker = Broker::start(Duration::from_secs(1));
+    let plan = Plan {
+        namespace: namespace("expiry"),
+        threads: 8,
+        call_for: Duration::from_millis(3000),
+        lease_ttl: Duration::from_secs(5),
+    };
+    let announced = watch_generations(&redis, &plan.namespace);
+    let mut owner = Worker::spawn(&broker, &url, &plan);
+    assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
+    let mut fleet: Vec<Worker> = (0..7)
+        .map(|_| Worker::spawn(&broker, &url, &plan))
+        .collect();
+    for w in &mut fleet {
+        assert!(w.expect("READY").starts_with("READY owner=0"));
+    }
+    let mut calls = 0;
+    for w in std::iter::once(&mut owner).chain(fleet.iter_mut()) {
+        let (ok, err) = w.done();
+        assert_eq!(err, 0, "a call failed: {:#?}", w.seen);
+        calls += ok;
+    }
+    let stats = broker.stats();
+    assert_eq!(stats.logins, 1, "one login for 8 processes");
+    assert_eq!(stats.failed_refreshes, 0);
+    assert_eq!(stats.reused_refresh_tokens, 0);
+    // One refresh per published generation after the login's, and no more: 64
+    // threads calling through each expiry never cause a second one.
+    let stored = stored_generation(&redis, &plan.namespace);
+    assert_eq!(stats.refreshes as u64, stored - 1, "{stats:?}");
+    assert!(
+        stats.refreshes >= 3,
+        "the run spans several token lifetimes"
+    );
+    // The tokens were refreshed at half their life: at most one refresh per half
+    // second of the run, plus the last.
+    assert!(stats.refreshes <= 8, "{stats:?}");
+    let announced = announced.lock().unwrap().clone();
+    assert!(announced.windows(2).all(|w| w[0] < w[1]), "{announced:?}");
+    assert!(calls > 64, "the fleet made calls");
+}
+
+#[test]
+fn followers_refused_together_cost_one_refresh() {
+    let Some(url) = redis_url("followers_refused_together_cost_one_refresh") else {
+        return;
+    };
+    // Tokens that would live a minute: every refresh here is a recovery.
+    let broker = Broker::start(Duration::from_secs(60));
+    let plan = Plan {
+        namespace: namespace("refused"),
+        threads: 4,
+        call_for: Duration::from_millis(2000),
+        lease_ttl: Duration::from_secs(5),
+    };
+    let mut owner = Worker::spawn(&broker, &url, &plan);
+    assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
+    let mut fleet: Vec<Worker> = (0..4)
+        .map(|_| Worker::spawn(&broker, &url, &plan))
+        .collect();
+    for w in &mut fleet {
+        assert!(w.expect("READY").starts_with("READY owner=0"));
+    }
+    thread::sleep(Duration::from_millis(300));
+    // IG drops the access token under everyone's feet.
+    broker.fake.lock().unwrap().revoke_access_tokens();
+    let mut asked_first = 0;
+    for w in std::iter::once(&mut owner).chain(fleet.iter_mut()) {
+        let (_, err) = w.done();
+        assert_eq!(err, 0, "a call failed: {:#?}", w.seen);
+        asked_first += w
+            .seen
+            .iter()
+            .filter(|l| {
+                l.starts_with("EVENT asked for a recovery of generation 1")
+                    && !l.contains("already")
+            })
+            .count();
+    }
+    let stats = broker.stats();
+    let refused = stats
+        .rejections
+        .iter()
+        .filter(|(path, status, _)| path == "GET /accounts" && *status == 401)
+        .count();
+    assert!(
+        refused >= 5,
+        "several processes were refused together: {stats:?}"
+    );
+    assert_eq!(
+        stats.refreshes, 1,
+        "one refresh for the whole fleet: {stats:?}"
+    );
+    assert_eq!(stats.logins, 1);
+    assert!(asked_first <= 1, "requests for one generation collapse");
+}
+
+#[test]
+fn killing_the_owner_hands_the_session_over_without_a_login() {
+    let Some(url) = redis_url("killing_the_owner_hands_the_session_over_without_a_login") else {
+        return;
+    };
+    let broker = Broker::start(Duration::from_secs(2));
+    let lease_ttl = Duration::from_secs(1);
+    let plan = Plan {
+        namespace: namespace("failover"),
+        threads: 2,
+        call_for: Duration::from_millis(4000),
+        lease_ttl,
+    };
+    let mut owner = Worker::spawn(&broker, &url, &plan);
+    assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
+    let mut followers: Vec<Worker> = (0..3)
+        .map(|_| Worker::spawn(&broker, &url, &plan))
+        .collect();
+    for w in &mut followers {
+        assert!(w.expect("READY").starts_with("READY owner=0"));
+    }
+    thread::sleep(Duration::from_millis(500));
+    owner.signal("-KILL");
+    let killed = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let mut waiting = Vec::new();
+    for (i, mut w) in followers.into_iter().enumerate() {
+        let tx = tx.clone();
+        waiting.push(thread::spawn(move || {
+            // The first follower to own says so; every follower ends its calls.
+            let mut owned = None;
+            loop {
+                let line = w.expect("");
+                if line.starts_with("EVENT owner") && owned.is_none() {
+                    owned = Some(Instant::now());
+                    let _ = tx.send((i, Instant::now()));
+                }
+                if line.starts_with("DONE") {
+                    let line2 = line.clone();
+                    w.seen.push(line2);
+                    let _ = w.child.wait();
+                    let err: usize = line
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("err="))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap();
+                    return (err, w.seen.clone());
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let (_, owned_at) = rx.recv_timeout(PATIENCE).expect("a follower took over");
+    let took = owned_at - killed;
+    assert!(
+        took <= lease_ttl + Duration::from_secs(1),
+        "take-over after {took:?}"
+    );
+    for t in waiting {
+        let (err, seen) = t.join().unwrap();
+        assert_eq!(err, 0, "a call was lost: {seen:#?}");
+    }
+    let stats = broker.stats();
+    assert_eq!(stats.logins, 1, "the new owner resumed: {stats:?}");
+    assert!(stats.refreshes >= 1, "the new owner kept the session alive");
+    assert_eq!(stats.failed_refreshes, 0);
+}
+
+#[test]
+fn a_paused_owner_cannot_publish_an_older_generation() {
+    let Some(url) = redis_url("a_paused_owner_cannot_publish_an_older_generation") else {
+        return;
+    };
+    let redis = Redis::open(url.as_str()).unwrap();
+    let broker = Broker::start(Duration::from_secs(2));
+    let plan = Plan {
+        namespace: namespace("paused"),
+        threads: 1,
+        call_for: Duration::from_millis(4500),
+        lease_ttl: Duration::from_millis(600),
+    };
+    let announced = watch_generations(&redis, &plan.namespace);
+    let mut owner = Worker::spawn(&broker, &url, &plan);
+    assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
+    let mut follower = Worker::spawn(&broker, &url, &plan);
+    assert!(follower.expect("READY").starts_with("READY owner=0"));
+    owner.signal("-STOP");
+    // The follower owns once the lease lapsed, and refreshes past the paused
+    // owner's generation.
+    follower.expect("EVENT owner");
+    let before = stored_generation(&redis, &plan.namespace);
+    let end = Instant::now() + PATIENCE;
+    while stored_generation(&redis, &plan.namespace) <= before + 1 {
+        assert!(Instant::now() < end, "no refresh by the new owner");
+        thread::sleep(Duration::from_millis(50));
+    }
+    owner.signal("-CONT");
+    owner.expect("EVENT following");
+    let (_, follower_err) = follower.done();
+    let _ = owner.done();
+    assert_eq!(follower_err, 0);
+    let announced = announced.lock().unwrap().clone();
+    assert!(
+        announced.windows(2).all(|w| w[0] < w[1]),
+        "generations went back: {announced:?}"
+    );
+    assert_eq!(
+        stored_generation(&redis, &plan.namespace),
+        *announced.last().unwrap()
+    );
+}
+
+#[test]
+fn a_snapshot_stored_in_clear_is_refused_unless_opted_in() {
+    let Some(url) = redis_url("a_snapshot_stored_in_clear_is_refused_unless_opted_in") else {
+        return;
+    };
+    let redis = Redis::open(url.as_str()).unwrap();
+    let broker = Broker::start(Duration::from_secs(30));
+    let ns = namespace("clear");
+    // An owner that stores in clear, holding the lease so nobody else leads.
+    let mut conn = redis.connect().unwrap();
+    let lease = Lease::try_acquire(&mut conn, &ns, "test", Duration::from_secs(30))
+        .unwrap()
+        .unwrap();
+    let clear = || Sealing::Unsealed {
+        i_understand_tokens_are_stored_in_clear: (),
+    };
+    let ig = || {
+        let mut ig = IgConfig::new(
+            IgEnvironment::Custom(broker.base_url()),
+            FakeIgConfig::default().api_key,
+            FakeIgConfig::default().identifier,
+            FakeIgConfig::default().password,
+        );
+        ig.login_flow = LoginFlow::V3;
+        ig.request_deadline = Duration::from_secs(2);
+        ig
+    };
+    let mut transport = Config::default();
+    transport.tls = Tls::Pem(broker.server.trust_pem().as_bytes().to_vec());
+    let http_client = HttpClient::new(&transport).unwrap();
+    let plain = broker_session_ureq::Client::ig(ig(), &transport).unwrap();
+    plain.login().unwrap();
+    let snapshot = plain
+        .with_machine(|m| m.snapshot())
+        .unwrap()
+        .expose_secrets();
+    GenerationStore::new(&ns, clear())
+        .unwrap()
+        .publish(
+            &mut conn,
+            &lease,
+            1,
+            &serde_json::to_vec(&snapshot).unwrap(),
+        )
+        .unwrap();
+
+    // A follower with a key refuses it, and its calls are not sent with it.
+    let sealed = SharedIgSession::start(
+        ig(),
+        &http_client,
+        &redis,
+        SharedConfig::new(ns.as_str(), Sealing::Sealed(SealingKey::from_bytes(KEY))),
+    )
+    .unwrap();
+    assert_eq!(sealed.generation(), 0);
+    assert!(
+        sealed
+            .drain_events()
+            .iter()
+            .any(|e| matches!(e, FleetEvent::Failed(Error::UnsealedSnapshotRefused { .. })))
+    );
+    let request = || {
+        http::Request::get("/accounts")
+            .header("Version", "1")
+            .body(Vec::new())
+            .unwrap()
+    };
+    assert!(sealed.send(request()).is_err());
+    // Opted in, it adopts and calls.
+    let opted = SharedIgSession::start(
+        ig(),
+        &http_client,
+        &redis,
+        SharedConfig::new(ns.as_str(), clear()),
+    )
+    .unwrap();
+    assert_eq!(opted.generation(), 1);
+    assert_eq!(opted.send(request()).unwrap().status(), 200);
+    assert_eq!(broker.logins(), 1);
+    assert_eq!(broker.refreshes(), 0);
+}
+
+#[test]
+fn fleet_events_and_stored_snapshots_show_no_secret() {
+    let Some(url) = redis_url("fleet_events_and_stored_snapshots_show_no_secret") else {
+        return;
+    };
+    let redis = Redis::open(url.as_str()).unwrap();
+    let broker = Broker::start(Duration::from_secs(1));
+    let ns = namespace("secrets");
+    let mut transport = Config::default();
+    transport.tls = Tls::Pem(broker.server.trust_pem().as_bytes().to_vec());
+    let http_client = HttpClient::new(&transport).unwrap();
+    let ig = || {
+        let mut ig = IgConfig::new(
+            IgEnvironment::Custom(broker.base_url()),
+            FakeIgConfig::default().api_key,
+            FakeIgConfig::default().identifier,
+            FakeIgConfig::default().password,
+        );
+        ig.login_flow = LoginFlow::V3;
+        ig
+    };
+    let config = |n: &str| {
+        let mut c = SharedConfig::new(ns.as_str(), Sealing::Sealed(SealingKey::from_bytes(KEY)));
+        c.process = n.to_owned();
+        c.lease_ttl = Duration::from_millis(500);
+        c
+    };
+    let owner = SharedIgSession::start(ig(), &http_client, &redis, config("a")).unwrap();
+    let follower = SharedIgSession::start(ig(), &http_client, &redis, config("b")).unwrap();
+    let mut scan = broker_session_testkit::secret_scan::SecretScan::new();
+    scan.add("password", FakeIgConfig::default().password);
+    scan.add("sealing key", KEY);
+    let add_tokens =
+        |s: &SharedIgSession, scan: &mut broker_session_testkit::secret_scan::SecretScan| {
+            if let Some(snapshot) = s.client().with_machine(|m| m.snapshot()) {
+                let json = serde_json::to_value(snapshot.expose_secrets()).unwrap();
+                for field in ["access_token", "refresh_token"] {
+                    scan.add(field, json["tokens"][field].as_str().unwrap());
+                }
+            }
+        };
+    let mut printed = String::new();
+    let end = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < end {
+        for s in [&owner, &follower] {
+            let request = http::Request::get("/accounts")
+                .header("Version", "1")
+                .body(Vec::new())
+                .unwrap();
+            assert_eq!(s.send(request).unwrap().status(), 200);
+            add_tokens(s, &mut scan);
+            for e in s.drain_events() {
+                printed.push_str(&format!("{e}\n{e:?}\n"));
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The owner leaves: the follower takes over (more events, another lease).
+    owner.shutdown();
+    thread::sleep(Duration::from_millis(300));
+    for e in follower.drain_events() {
+        printed.push_str(&format!("{e}\n{e:?}\n"));
+    }
+    printed.push_str(&format!("{follower:?}\n{owner:?}\n"));
+    assert!(printed.contains("published generation"), "{printed}");
+    assert!(broker.refreshes() >= 2);
+    assert_eq!(scan.find(&printed), None, "a secret in the fleet's output");
+    // What Redis holds is sealed: no token in it, in any encoding.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let stored: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("broker-session:{{{ns}}}:snapshot"))
+        .arg("blob")
+        .query(&mut conn)
+        .unwrap();
+    assert!(!stored.is_empty());
+    assert_eq!(scan.find(&String::from_utf8_lossy(&stored)), None);
+}
+
+#[test]
+fn a_new_owner_stores_again_what_redis_lost() {
+    let Some(url) = redis_url("a_new_owner_stores_again_what_redis_lost") else {
+        return;
+    };
+    let redis = Redis::open(url.as_str()).unwrap();
+    let broker = Broker::start(Duration::from_secs(60));
+    let ns = namespace("lost");
+    let mut transport = Config::default();
+    transport.tls = Tls::Pem(broker.server.trust_pem().as_bytes().to_vec());
+    let http_client = HttpClient::new(&transport).unwrap();
+    let ig = || {
+        let mut ig = IgConfig::new(
+            IgEnvironment::Custom(broker.base_url()),
+            FakeIgConfig::default().api_key,
+            FakeIgConfig::default().identifier,
+            FakeIgConfig::default().password,
+        );
+        ig.login_flow = LoginFlow::V2;
+        ig
+    };
+    let config = || {
+        let mut c = SharedConfig::new(ns.as_str(), Sealing::Sealed(SealingKey::from_bytes(KEY)));
+        c.lease_ttl = Duration::from_millis(500);
+        c
+    };
+    let first = SharedIgSession::start(ig(), &http_client, &redis, config()).unwrap();
+    let second = SharedIgSession::start(ig(), &http_client, &redis, config()).unwrap();
+    assert!(first.is_owner() && !second.is_owner());
+    assert_eq!(second.generation(), 1);
+    // Redis loses the snapshot (restarted without persistence), then the owner leaves.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("broker-session:{{{ns}}}:snapshot"))
+        .query(&mut conn)
+        .unwrap();
+    first.shutdown();
+    let end = Instant::now() + PATIENCE;
+    while stored_generation(&redis, &ns) == 0 {
+        assert!(
+            Instant::now() < end,
+            "the new owner did not store the session"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(second.is_owner());
+    // A process joining now adopts it and calls without a login.
+    let third = SharedIgSession::start(ig(), &http_client, &redis, config()).unwrap();
+    assert!(!third.is_owner());
+    let request = http::Request::get("/accounts")
+        .header("Version", "1")
+        .body(Vec::new())
+        .unwrap();
+    assert_eq!(third.send(request).unwrap().status(), 200);
+    assert_eq!(broker.logins(), 1);
+}
