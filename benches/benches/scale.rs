@@ -360,8 +360,8 @@ fn phase(t: &Timing, n: usize, secs: u64) {
     );
 
     println!(
-        "transport bookkeeping: one remembered finished operation (OpId, Result<(), Error>) is {} B; one event {} B",
-        size_of::<(OpId, Result<(), broker_session::Error>)>(),
+        "transport bookkeeping: one remembered finished operation (OpId, Option<Box<Error>>) is {} B; one event {} B",
+        size_of::<(OpId, Option<Box<broker_session::Error>>)>(),
         size_of::<broker_session::Event<broker_session::ig::IgState, broker_session::ig::IgOutcome>>(
         )
     );
@@ -592,7 +592,7 @@ fn fleet(n: usize, token: Duration, secs: u64) {
         "one event {} B, one remembered finished operation {} B, one awaited operation's slot {} B",
         size_of::<broker_session::Event<broker_session::ig::IgState, broker_session::ig::IgOutcome>>(
         ),
-        size_of::<(OpId, Result<(), broker_session::Error>)>(),
+        size_of::<(OpId, Option<Box<broker_session::Error>>)>(),
         size_of::<(OpId, Option<broker_session::driver::OpResult<IgSession>>)>(),
     );
     let t = Timing {

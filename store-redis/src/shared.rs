@@ -180,6 +180,19 @@ impl Shared {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
+
+    /// Gives the lease up, if this process holds it: best effort (an unreachable
+    /// Redis lets it lapse at its TTL instead).
+    fn release_lease(&self, conn: &mut Connection) {
+        let lease = self
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(lease) = lease {
+            let _ = lease.release(conn);
+        }
+    }
 }
 
 /// Lease changes, from the lease thread to the coordinator.
@@ -401,15 +414,7 @@ impl LeaseThread {
                     .min(LEASE_SLEEP),
             );
         }
-        let lease = self
-            .shared
-            .lease
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(lease) = lease {
-            let _ = lease.release(&mut self.conn);
-        }
+        self.shared.release_lease(&mut self.conn);
     }
 
     /// One acquisition attempt or renewal; returns when to come back.
@@ -708,15 +713,7 @@ impl Coordinator {
                 }
                 Err(e) => {
                     // Let another process try: give the ownership up.
-                    let lease = self
-                        .shared
-                        .lease
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take();
-                    if let Some(lease) = lease {
-                        let _ = lease.release(&mut self.conn);
-                    }
+                    self.shared.release_lease(&mut self.conn);
                     self.step_down("the owner's login failed");
                     Err(Error::Session(e))
                 }

@@ -91,6 +91,26 @@ impl Broker {
         format!("{}/gateway/deal", self.server.https_url())
     }
 
+    /// An IG configuration for this broker's test account.
+    fn ig(&self, flow: LoginFlow) -> IgConfig {
+        let fake = FakeIgConfig::default();
+        let mut ig = IgConfig::new(
+            IgEnvironment::Custom(self.base_url()),
+            fake.api_key,
+            fake.identifier,
+            fake.password,
+        );
+        ig.login_flow = flow;
+        ig
+    }
+
+    /// A transport configuration that trusts this broker's certificate.
+    fn transport(&self) -> Config {
+        let mut transport = Config::default();
+        transport.tls = Tls::Pem(self.server.trust_pem().as_bytes().to_vec());
+        transport
+    }
+
     fn logins(&self) -> usize {
         self.fake.lock().unwrap().stats.logins
     }
@@ -560,18 +580,11 @@ fn a_snapshot_stored_in_clear_is_refused_unless_opted_in() {
         i_understand_tokens_are_stored_in_clear: (),
     };
     let ig = || {
-        let mut ig = IgConfig::new(
-            IgEnvironment::Custom(broker.base_url()),
-            FakeIgConfig::default().api_key,
-            FakeIgConfig::default().identifier,
-            FakeIgConfig::default().password,
-        );
-        ig.login_flow = LoginFlow::V3;
+        let mut ig = broker.ig(LoginFlow::V3);
         ig.request_deadline = Duration::from_secs(2);
         ig
     };
-    let mut transport = Config::default();
-    transport.tls = Tls::Pem(broker.server.trust_pem().as_bytes().to_vec());
+    let transport = broker.transport();
     let http_client = HttpClient::new(&transport).unwrap();
     let plain = broker_session_ureq::Client::ig(ig(), &transport).unwrap();
     plain.login().unwrap();
@@ -633,19 +646,9 @@ fn fleet_events_and_stored_snapshots_show_no_secret() {
     let redis = Redis::open(url.as_str()).unwrap();
     let broker = Broker::start(Duration::from_secs(1));
     let ns = namespace("secrets");
-    let mut transport = Config::default();
-    transport.tls = Tls::Pem(broker.server.trust_pem().as_bytes().to_vec());
+    let transport = broker.transport();
     let http_client = HttpClient::new(&transport).unwrap();
-    let ig = || {
-        let mut ig = IgConfig::new(
-            IgEnvironment::Custom(broker.base_url()),
-            FakeIgConfig::default().api_key,
-            FakeIgConfig::default().identifier,
-            FakeIgConfig::default().password,
-        );
-        ig.login_flow = LoginFlow::V3;
-        ig
-    };
+    let ig = || broker.ig(LoginFlow::V3);
     let config = |n: &str| {
         let mut c = SharedConfig::new(ns.as_str(), Sealing::Sealed(SealingKey::from_bytes(KEY)));
         c.process = n.to_owned();
@@ -714,19 +717,9 @@ fn a_new_owner_stores_again_what_redis_lost() {
     let redis = Redis::open(url.as_str()).unwrap();
     let broker = Broker::start(Duration::from_secs(60));
     let ns = namespace("lost");
-    let mut transport = Config::default();
-    transport.tls = Tls::Pem(broker.server.trust_pem().as_bytes().to_vec());
+    let transport = broker.transport();
     let http_client = HttpClient::new(&transport).unwrap();
-    let ig = || {
-        let mut ig = IgConfig::new(
-            IgEnvironment::Custom(broker.base_url()),
-            FakeIgConfig::default().api_key,
-            FakeIgConfig::default().identifier,
-            FakeIgConfig::default().password,
-        );
-        ig.login_flow = LoginFlow::V2;
-        ig
-    };
+    let ig = || broker.ig(LoginFlow::V2);
     let config = || {
         let mut c = SharedConfig::new(ns.as_str(), Sealing::Sealed(SealingKey::from_bytes(KEY)));
         c.lease_ttl = Duration::from_millis(500);
