@@ -763,8 +763,16 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     ]
 }
 
+/// Cases of the fleet property: `PROPTEST_CASES`, 64 by default.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
 
     /// Interleavings of adoption, refusals, recoveries, deaths, demotions and
     /// take-overs: generations only go up, followers never act on the session,
