@@ -1,7 +1,7 @@
-//! One IG session shared by a fleet of processes: [`SharedIgSession`].
+//! One IG session shared by a fleet of processes: [`SharedIgSession`] (blocking, on
+//! the ureq transport) and `AsyncSharedIgSession` (on the hyper transport).
 //!
-//! Every process runs an [`IgSession`] on the blocking (ureq) transport, built as a
-//! follower. At most one process holds the [`Lease`] and is the owner: it leads its
+//! Every process runs an [`IgSession`], built as a follower. At most one process holds the [`Lease`] and is the owner: it leads its
 //! session (resuming from the stored snapshot, else logging in) and publishes every
 //! new credential generation, sealed, with [`GenerationStore::publish`]. The others
 //! adopt each generation as it is announced (pub/sub, with a periodic check as a
@@ -9,8 +9,10 @@
 //!
 //! Two background threads per process: the lease thread (acquire, renew at a third of
 //! the TTL, notice the loss) and the coordinator (publish, adopt, forward recovery
-//! requests, take over and step down). Application calls run on the caller's thread
-//! through the transport's [`Client::send`].
+//! requests, take over and step down), the same for both transports: the coordinator
+//! sees the session through a small trait (`SessionHandle`) that neither form of the
+//! client has to block a runtime for. Application calls run in the caller's thread
+//! or task through the transport's `send`.
 
 use std::collections::VecDeque;
 use std::fmt;
