@@ -982,6 +982,83 @@ mod on_tokio {
         assert!(!follower.is_owner());
     }
 
+    /// A current-thread runtime (what `#[tokio::test]` gives): the coordinator never
+    /// blocks on it, so the owner's refreshes and a takeover still run while the one
+    /// runtime thread awaits.
+    #[test]
+    fn async_sessions_hand_over_on_a_current_thread_runtime_and_show_no_secret() {
+        let Some(url) =
+            redis_url("async_sessions_hand_over_on_a_current_thread_runtime_and_show_no_secret")
+        else {
+            return;
+        };
+        let redis = Redis::open(url.as_str()).unwrap();
+        let broker = Broker::start(Duration::from_secs(1));
+        let plan = Plan {
+            namespace: namespace("async-handover"),
+            threads: 0,
+            call_for: Duration::ZERO,
+            lease_ttl: Duration::from_millis(500),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut scan = broker_session_testkit::secret_scan::SecretScan::new();
+        scan.add("password", FakeIgConfig::default().password);
+        scan.add("sealing key", KEY);
+        let printed = rt.block_on(async {
+            let http_client = broker_session_hyper::HttpClient::new(&broker.transport()).unwrap();
+            let mut config = config(&plan);
+            config.process = "a".to_owned();
+            let owner = AsyncSharedIgSession::start(ig(&broker), &http_client, &redis, config)
+                .await
+                .unwrap();
+            let mut config = self::config(&plan);
+            config.process = "b".to_owned();
+            let follower = AsyncSharedIgSession::start(ig(&broker), &http_client, &redis, config)
+                .await
+                .unwrap();
+            assert!(owner.is_owner() && !follower.is_owner());
+            let mut printed = String::new();
+            let end = Instant::now() + Duration::from_millis(2500);
+            while Instant::now() < end {
+                for s in [&owner, &follower] {
+                    assert_eq!(s.send(accounts()).await.unwrap().status(), 200);
+                    if let Some(snapshot) = s.client().with_machine(|m| m.snapshot()) {
+                        let json = serde_json::to_value(snapshot.expose_secrets()).unwrap();
+                        for field in ["access_token", "refresh_token"] {
+                            scan.add(field, json["tokens"][field].as_str().unwrap());
+                        }
+                    }
+                    for e in s.drain_events() {
+                        printed.push_str(&format!("{e}\n{e:?}\n"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(broker.refreshes() >= 2, "the owner refreshed on its timers");
+            // The owner leaves: the follower resumes the session, without a login.
+            owner.shutdown().await;
+            let end = Instant::now() + PATIENCE;
+            while !follower.is_owner() {
+                assert!(Instant::now() < end, "no takeover");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(follower.send(accounts()).await.unwrap().status(), 200);
+            for e in follower.drain_events() {
+                printed.push_str(&format!("{e}\n{e:?}\n"));
+            }
+            printed.push_str(&format!("{follower:?}\n{owner:?}\n"));
+            follower.shutdown().await;
+            printed
+        });
+        assert!(printed.contains("published generation"), "{printed}");
+        assert!(printed.contains("resumed generation"), "{printed}");
+        assert_eq!(broker.logins(), 1, "the takeover resumed: {printed}");
+        assert_eq!(scan.find(&printed), None, "a secret in the fleet's output");
+    }
+
     #[test]
     fn starting_outside_a_runtime_is_a_typed_error() {
         // Refused before Redis is reached: no server needed.
