@@ -171,6 +171,9 @@ impl fmt::Display for FleetEvent {
 /// What the handle and the threads share.
 struct Shared {
     stop: AtomicBool,
+    /// Set when the coordinator has ended: the lease is given up only then, so that
+    /// credentials the owner obtained just before it stopped are still published.
+    coordinator_done: AtomicBool,
     events: Mutex<VecDeque<FleetEvent>>,
     /// The lease while this process holds it.
     lease: Mutex<Option<Lease>>,
@@ -203,6 +206,15 @@ impl Shared {
     }
 }
 
+/// Marks the coordinator ended when dropped, even by a panic.
+struct Done(Arc<Shared>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.coordinator_done.store(true, Ordering::Release);
+    }
+}
+
 /// Lease changes, from the lease thread to the coordinator.
 enum LeaseChange {
     Acquired(FencingToken),
@@ -220,6 +232,8 @@ trait SessionHandle: Send + 'static {
     fn next_event(&self, timeout: Duration) -> Option<SessionEvent<IgSession>>;
     /// Runs `intent` to its end.
     fn run(&self, intent: IgIntent) -> Result<IgOutcome, TransportError>;
+    /// Takes the buffered events without driving the machine (no timer runs).
+    fn take_events(&self) -> Vec<SessionEvent<IgSession>>;
 }
 
 impl SessionHandle for Client<IgSession> {
@@ -241,6 +255,10 @@ impl SessionHandle for Client<IgSession> {
 
     fn run(&self, intent: IgIntent) -> Result<IgOutcome, TransportError> {
         Self::run(self, intent)
+    }
+
+    fn take_events(&self) -> Vec<SessionEvent<IgSession>> {
+        Self::drain_events(self)
     }
 }
 
@@ -324,6 +342,12 @@ impl SessionHandle for AsyncHandle {
             thread::sleep(RUN_POLL);
         }
     }
+
+    fn take_events(&self) -> Vec<SessionEvent<IgSession>> {
+        let mut pending = self.pending();
+        pending.extend(self.client.drain_events());
+        pending.drain(..).collect()
+    }
 }
 
 /// A process's part in the fleet, whatever the transport: the threads and what they
@@ -346,6 +370,7 @@ impl Fleet {
         let requests = RecoveryRequests::new(&config.namespace)?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            coordinator_done: AtomicBool::new(false),
             events: Mutex::new(VecDeque::new()),
             lease: Mutex::new(None),
         });
@@ -377,6 +402,8 @@ impl Fleet {
             unpublished: None,
         };
         coordinator.adopt_latest();
+        // Apply the adoption now: the session holds the stored generation on return.
+        coordinator.client.service();
         if let Some(token) = first_token {
             coordinator.take_over(token)?;
         }
@@ -779,6 +806,12 @@ impl LeaseThread {
                     .min(LEASE_SLEEP),
             );
         }
+        // Give the lease up once the coordinator has published what it had (bounded
+        // by the lease's own lifetime: it would lapse then anyway).
+        let end = Instant::now() + self.ttl;
+        while !self.shared.coordinator_done.load(Ordering::Acquire) && Instant::now() < end {
+            thread::sleep(Duration::from_millis(2));
+        }
         self.shared.release_lease(&mut self.conn);
     }
 
@@ -851,6 +884,17 @@ struct Coordinator<C: SessionHandle> {
 
 impl<C: SessionHandle> Coordinator<C> {
     fn run(mut self) {
+        let _done = Done(Arc::clone(&self.shared));
+        self.coordinate();
+        // Credentials obtained just before the stop (an event handled no longer)
+        // are still published, while the lease is held: without the machine being
+        // driven again, so no new refresh starts now.
+        for event in self.client.take_events() {
+            self.on_event(event);
+        }
+    }
+
+    fn coordinate(&mut self) {
         while !self.shared.stopped() {
             if self.is_owner() && !self.lease_held() {
                 // Checked before the session is driven: an owner that was paused past
