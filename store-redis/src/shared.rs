@@ -416,20 +416,28 @@ impl Fleet {
             changes: changes_tx,
             shared: Arc::clone(&shared),
         };
-        let threads = vec![
+        let fleet = Self {
+            shared,
+            threads: Mutex::new(Vec::new()),
+        };
+        // From here on, an error drops `fleet`, which stops what was started.
+        let spawned = [
             thread::Builder::new()
                 .name("broker-session-redis-lease".into())
-                .spawn(move || lease_thread.run())
-                .map_err(|_| Error::Session(TransportError::ThreadSpawn))?,
+                .spawn(move || lease_thread.run()),
             thread::Builder::new()
                 .name("broker-session-redis-coordinator".into())
-                .spawn(move || coordinator.run())
-                .map_err(|_| Error::Session(TransportError::ThreadSpawn))?,
+                .spawn(move || coordinator.run()),
         ];
-        Ok(Self {
-            shared,
-            threads: Mutex::new(threads),
-        })
+        for thread in spawned {
+            let thread = thread.map_err(|_| Error::Session(TransportError::ThreadSpawn))?;
+            fleet
+                .threads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(thread);
+        }
+        Ok(fleet)
     }
 
     fn drain_events(&self) -> Vec<FleetEvent> {
@@ -457,6 +465,15 @@ impl Fleet {
         let generation = client.with_machine(|m| m.generation());
         let _ = client.submit(IgIntent::Follow { generation });
         client.service();
+    }
+}
+
+impl Drop for Fleet {
+    /// A fleet member dropped without `stop` (an async start whose future was
+    /// dropped, an error half-way through a start) still leaves: its threads end
+    /// and the lease is given up.
+    fn drop(&mut self) {
+        self.signal_stop();
     }
 }
 

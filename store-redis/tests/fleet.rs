@@ -1059,6 +1059,53 @@ mod on_tokio {
         assert_eq!(scan.find(&printed), None, "a secret in the fleet's output");
     }
 
+    /// A start cut short (its future dropped, here by a timeout) still leaves the
+    /// fleet once it has joined: it holds no lease for ever.
+    #[test]
+    fn a_start_cut_short_leaves_the_lease_to_others() {
+        let Some(url) = redis_url("a_start_cut_short_leaves_the_lease_to_others") else {
+            return;
+        };
+        let redis = Redis::open(url.as_str()).unwrap();
+        let broker = Broker::start(Duration::from_secs(60));
+        let plan = Plan {
+            namespace: namespace("async-cut-short"),
+            threads: 0,
+            call_for: Duration::ZERO,
+            lease_ttl: Duration::from_millis(500),
+        };
+        let rt = runtime();
+        let http_client = rt.block_on(async {
+            broker_session_hyper::HttpClient::new(&broker.transport()).unwrap()
+        });
+        let cut = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_millis(1),
+                AsyncSharedIgSession::start(ig(&broker), &http_client, &redis, config(&plan)),
+            )
+            .await
+        });
+        assert!(
+            cut.is_err(),
+            "a start (Redis, a TLS login) takes longer than 1 ms"
+        );
+        let second = rt
+            .block_on(AsyncSharedIgSession::start(
+                ig(&broker),
+                &http_client,
+                &redis,
+                config(&plan),
+            ))
+            .unwrap();
+        let end = Instant::now() + PATIENCE;
+        while !second.is_owner() {
+            assert!(Instant::now() < end, "the cut-short start kept the lease");
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rt.block_on(second.send(accounts())).unwrap().status(), 200);
+        rt.block_on(second.shutdown());
+    }
+
     #[test]
     fn starting_outside_a_runtime_is_a_typed_error() {
         // Refused before Redis is reached: no server needed.
