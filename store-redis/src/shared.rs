@@ -406,6 +406,11 @@ impl Fleet {
         coordinator.client.service();
         if let Some(token) = first_token {
             coordinator.take_over(token)?;
+            // Publish the login's credentials before returning: a process that
+            // joins next adopts them at once.
+            for event in coordinator.client.take_events() {
+                coordinator.on_event(event);
+            }
         }
         let lease_thread = LeaseThread {
             conn: redis.connect()?,
