@@ -20,10 +20,12 @@
 //! blocking ureq transport): the lease holder leads it and publishes each credential
 //! generation; the others follow, adopting each generation, and ask the owner for one
 //! recovery when theirs is refused ([`RecoveryRequests`]); a follower takes over a dead
-//! owner's session by resuming it, without a new login. Not yet: IBKR fleets and an
-//! async (tokio) connection.
+//! owner's session by resuming it, without a new login. [`AsyncSharedIgSession`] (the
+//! `async` feature, on by default) is the same on the async hyper transport, for
+//! tokio programs. Not yet: IBKR fleets.
 //!
-//! All calls are blocking, on the `redis` crate's synchronous connection.
+//! Redis is reached through the `redis` crate's synchronous connection, from the
+//! caller's thread or the shared session's own threads.
 //!
 //! ```no_run
 //! use broker_session_redis::{GenerationStore, Lease, Redis, Sealing, SealingKey};
@@ -65,6 +67,8 @@ pub use generation::{GenerationStore, Notice, Snapshot, Subscriber};
 pub use lease::{FencingToken, Lease};
 pub use recovery::RecoveryRequests;
 pub use seal::{Sealing, SealingKey};
+#[cfg(feature = "async")]
+pub use shared::AsyncSharedIgSession;
 pub use shared::{FleetEvent, SharedConfig, SharedIgSession};
 
 /// The highest generation number: Redis compares generations in Lua, whose numbers are

@@ -1,7 +1,7 @@
-//! One IG session shared by a fleet of processes: [`SharedIgSession`].
+//! One IG session shared by a fleet of processes: [`SharedIgSession`] (blocking, on
+//! the ureq transport) and `AsyncSharedIgSession` (on the hyper transport).
 //!
-//! Every process runs an [`IgSession`] on the blocking (ureq) transport, built as a
-//! follower. At most one process holds the [`Lease`] and is the owner: it leads its
+//! Every process runs an [`IgSession`], built as a follower. At most one process holds the [`Lease`] and is the owner: it leads its
 //! session (resuming from the stored snapshot, else logging in) and publishes every
 //! new credential generation, sealed, with [`GenerationStore::publish`]. The others
 //! adopt each generation as it is announced (pub/sub, with a periodic check as a
@@ -9,8 +9,10 @@
 //!
 //! Two background threads per process: the lease thread (acquire, renew at a third of
 //! the TTL, notice the loss) and the coordinator (publish, adopt, forward recovery
-//! requests, take over and step down). Application calls run on the caller's thread
-//! through the transport's [`Client::send`].
+//! requests, take over and step down), the same for both transports: the coordinator
+//! sees the session through a small trait (`SessionHandle`) that neither form of the
+//! client has to block a runtime for. Application calls run in the caller's thread
+//! or task through the transport's `send`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -20,12 +22,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "async")]
+use broker_session_hyper::{Client as AsyncClient, HttpClient as AsyncHttpClient};
 use broker_session_ureq::broker_session::Event;
 use broker_session_ureq::broker_session::driver::SessionEvent;
 use broker_session_ureq::broker_session::ig::{
     IgIntent, IgOutcome, IgRole, PersistedSession, SessionSnapshot,
 };
-use broker_session_ureq::{Client, HttpClient, IgConfig, IgSession, http, now, os_seed};
+use broker_session_ureq::{
+    Client, Error as TransportError, HttpClient, IgConfig, IgSession, http, now, os_seed,
+};
+#[cfg(feature = "async")]
+use tokio::runtime::Handle;
 use zeroize::Zeroizing;
 
 use crate::{
@@ -163,6 +171,9 @@ impl fmt::Display for FleetEvent {
 /// What the handle and the threads share.
 struct Shared {
     stop: AtomicBool,
+    /// Set when the coordinator has ended: the lease is given up only then, so that
+    /// credentials the owner obtained just before it stopped are still published.
+    coordinator_done: AtomicBool,
     events: Mutex<VecDeque<FleetEvent>>,
     /// The lease while this process holds it.
     lease: Mutex<Option<Lease>>,
@@ -195,15 +206,292 @@ impl Shared {
     }
 }
 
+/// Marks the coordinator ended when dropped, even by a panic.
+struct Done(Arc<Shared>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.coordinator_done.store(true, Ordering::Release);
+    }
+}
+
 /// Lease changes, from the lease thread to the coordinator.
 enum LeaseChange {
     Acquired(FencingToken),
     Lost(&'static str),
 }
 
+/// What the coordinator needs of a session client: the blocking client offers it as
+/// is; the async one through [`AsyncHandle`]. No method waits on a runtime, so the
+/// coordinator never blocks one.
+trait SessionHandle: Send + 'static {
+    fn with_machine<T>(&self, f: impl FnOnce(&mut IgSession) -> T) -> T;
+    fn submit(&self, intent: IgIntent) -> Result<(), TransportError>;
+    fn service(&self);
+    /// Waits up to `timeout` for the next event, running the session's timers.
+    fn next_event(&self, timeout: Duration) -> Option<SessionEvent<IgSession>>;
+    /// Runs `intent` to its end.
+    fn run(&self, intent: IgIntent) -> Result<IgOutcome, TransportError>;
+    /// Takes the buffered events without driving the machine (no timer runs).
+    fn take_events(&self) -> Vec<SessionEvent<IgSession>>;
+}
+
+impl SessionHandle for Client<IgSession> {
+    fn with_machine<T>(&self, f: impl FnOnce(&mut IgSession) -> T) -> T {
+        Self::with_machine(self, f)
+    }
+
+    fn submit(&self, intent: IgIntent) -> Result<(), TransportError> {
+        Self::submit(self, intent).map(drop)
+    }
+
+    fn service(&self) {
+        let _ = Self::service(self);
+    }
+
+    fn next_event(&self, timeout: Duration) -> Option<SessionEvent<IgSession>> {
+        Self::next_event(self, timeout)
+    }
+
+    fn run(&self, intent: IgIntent) -> Result<IgOutcome, TransportError> {
+        Self::run(self, intent)
+    }
+
+    fn take_events(&self) -> Vec<SessionEvent<IgSession>> {
+        Self::drain_events(self)
+    }
+}
+
+/// The async client seen from the coordinator's std thread. Its session requests are
+/// exchanged by tasks on the client's runtime; this side only drives the machine
+/// (`service`, which also runs the owner's timers, as the keep-alive task would) and
+/// reads its event buffer, sleeping between looks. It never calls `block_on` and
+/// sets no tokio timer, so it works on any runtime flavour and cannot panic when
+/// the runtime shuts down first.
+#[cfg(feature = "async")]
+struct AsyncHandle {
+    client: AsyncClient<IgSession>,
+    /// Events drained from the client but not yet handed out.
+    pending: Mutex<VecDeque<SessionEvent<IgSession>>>,
+}
+
+/// How long [`AsyncHandle`] sleeps between looks at the session while it runs an
+/// operation (a takeover's resume or login).
+#[cfg(feature = "async")]
+const RUN_POLL: Duration = Duration::from_millis(2);
+
+#[cfg(feature = "async")]
+impl AsyncHandle {
+    fn new(client: AsyncClient<IgSession>) -> Self {
+        Self {
+            client,
+            pending: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<SessionEvent<IgSession>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drives the machine, then takes one event.
+    fn poll_event(&self) -> Option<SessionEvent<IgSession>> {
+        let _ = self.client.service();
+        let mut pending = self.pending();
+        pending.extend(self.client.drain_events());
+        pending.pop_front()
+    }
+}
+
+#[cfg(feature = "async")]
+impl SessionHandle for AsyncHandle {
+    fn with_machine<T>(&self, f: impl FnOnce(&mut IgSession) -> T) -> T {
+        self.client.with_machine(f)
+    }
+
+    fn submit(&self, intent: IgIntent) -> Result<(), TransportError> {
+        self.client.submit(intent).map(drop)
+    }
+
+    fn service(&self) {
+        let _ = self.client.service();
+    }
+
+    fn next_event(&self, timeout: Duration) -> Option<SessionEvent<IgSession>> {
+        if let Some(event) = self.poll_event() {
+            return Some(event);
+        }
+        thread::sleep(timeout);
+        self.poll_event()
+    }
+
+    fn run(&self, intent: IgIntent) -> Result<IgOutcome, TransportError> {
+        let op = self.client.submit(intent)?;
+        loop {
+            let _ = self.client.service();
+            let mut pending = self.pending();
+            pending.extend(self.client.drain_events());
+            let done = pending
+                .iter()
+                .position(|e| matches!(e, Event::Completed { op: o, .. } if *o == op));
+            if let Some(i) = done
+                && let Some(Event::Completed { result, .. }) = pending.remove(i)
+            {
+                return result.map_err(TransportError::from_session);
+            }
+            drop(pending);
+            thread::sleep(RUN_POLL);
+        }
+    }
+
+    fn take_events(&self) -> Vec<SessionEvent<IgSession>> {
+        let mut pending = self.pending();
+        pending.extend(self.client.drain_events());
+        pending.drain(..).collect()
+    }
+}
+
+/// A process's part in the fleet, whatever the transport: the threads and what they
+/// share with the handle.
+struct Fleet {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl Fleet {
+    /// Joins the fleet of `config.namespace` with `client` (see
+    /// [`SharedIgSession::start`]); blocks for the takeover when no process owns the
+    /// session.
+    fn join<C: SessionHandle>(
+        client: C,
+        redis: &Redis,
+        config: SharedConfig,
+    ) -> Result<Self, Error> {
+        let store = GenerationStore::new(&config.namespace, config.sealing)?;
+        let requests = RecoveryRequests::new(&config.namespace)?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            coordinator_done: AtomicBool::new(false),
+            events: Mutex::new(VecDeque::new()),
+            lease: Mutex::new(None),
+        });
+        let mut conn = redis.connect()?;
+        // Subscribe first, then read: no announcement falls in between.
+        let generations = store.subscribe(redis)?;
+        let recoveries = requests.subscribe(redis)?;
+        let first = Lease::try_acquire(
+            &mut conn,
+            &config.namespace,
+            &config.process,
+            config.lease_ttl,
+        )?;
+        let first_token = first.as_ref().map(Lease::token);
+        *shared.lease.lock().unwrap_or_else(PoisonError::into_inner) = first;
+        let (changes_tx, changes) = mpsc::channel();
+        let mut coordinator = Coordinator {
+            client,
+            conn,
+            store,
+            requests,
+            generations,
+            recoveries,
+            changes,
+            shared: Arc::clone(&shared),
+            poll_interval: config.poll_interval,
+            next_poll: Instant::now(),
+            handled_recovery: 0,
+            unpublished: None,
+        };
+        coordinator.adopt_latest();
+        // Apply the adoption now: the session holds the stored generation on return.
+        coordinator.client.service();
+        if let Some(token) = first_token {
+            coordinator.take_over(token)?;
+            // Publish the login's credentials before returning: a process that
+            // joins next adopts them at once.
+            for event in coordinator.client.take_events() {
+                coordinator.on_event(event);
+            }
+        }
+        let lease_thread = LeaseThread {
+            conn: redis.connect()?,
+            namespace: config.namespace,
+            process: config.process,
+            ttl: config.lease_ttl,
+            retry: config.lease_ttl.min(config.poll_interval) / 4,
+            changes: changes_tx,
+            shared: Arc::clone(&shared),
+        };
+        let fleet = Self {
+            shared,
+            threads: Mutex::new(Vec::new()),
+        };
+        // From here on, an error drops `fleet`, which stops what was started.
+        let spawned = [
+            thread::Builder::new()
+                .name("broker-session-redis-lease".into())
+                .spawn(move || lease_thread.run()),
+            thread::Builder::new()
+                .name("broker-session-redis-coordinator".into())
+                .spawn(move || coordinator.run()),
+        ];
+        for thread in spawned {
+            let thread = thread.map_err(|_| Error::Session(TransportError::ThreadSpawn))?;
+            fleet
+                .threads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(thread);
+        }
+        Ok(fleet)
+    }
+
+    fn drain_events(&self) -> Vec<FleetEvent> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect()
+    }
+
+    /// Tells the threads to stop (the lease thread gives the lease up as it ends).
+    fn signal_stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+    }
+
+    /// Stops the threads, waits for them, then makes the session a follower.
+    fn stop<C: SessionHandle>(&self, client: &C) {
+        self.signal_stop();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
+        }
+        let generation = client.with_machine(|m| m.generation());
+        let _ = client.submit(IgIntent::Follow { generation });
+        client.service();
+    }
+}
+
+impl Drop for Fleet {
+    /// A fleet member dropped without `stop` (an async start whose future was
+    /// dropped, an error half-way through a start) still leaves: its threads end
+    /// and the lease is given up.
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+/// The follower session every process starts with.
+fn follower(ig: IgConfig) -> Result<IgSession, Error> {
+    IgSession::follower(ig, os_seed().map_err(Error::Session)?, now())
+        .map_err(|e| Error::Session(TransportError::SessionConfig(e)))
+}
+
 /// One IG session shared by every process that starts one on the same namespace:
 /// one login, one refresh per token lifetime, one recovery per refusal, for the whole
-/// fleet.
+/// fleet. This is the blocking form; [`AsyncSharedIgSession`] is the async one, and
+/// both can share one namespace.
 ///
 /// ```no_run
 /// use broker_session_redis::{Redis, Sealing, SealingKey, SharedConfig, SharedIgSession};
@@ -228,8 +516,7 @@ enum LeaseChange {
 /// ```
 pub struct SharedIgSession {
     client: Client<IgSession>,
-    shared: Arc<Shared>,
-    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    fleet: Fleet,
 }
 
 impl SharedIgSession {
@@ -248,71 +535,9 @@ impl SharedIgSession {
         redis: &Redis,
         config: SharedConfig,
     ) -> Result<Self, Error> {
-        let machine = IgSession::follower(ig, os_seed().map_err(Error::Session)?, now())
-            .map_err(|e| Error::Session(broker_session_ureq::Error::SessionConfig(e)))?;
-        let client = Client::with_http(machine, http.clone());
-        let store = GenerationStore::new(&config.namespace, config.sealing)?;
-        let requests = RecoveryRequests::new(&config.namespace)?;
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            events: Mutex::new(VecDeque::new()),
-            lease: Mutex::new(None),
-        });
-        let mut conn = redis.connect()?;
-        // Subscribe first, then read: no announcement falls in between.
-        let generations = store.subscribe(redis)?;
-        let recoveries = requests.subscribe(redis)?;
-        let first = Lease::try_acquire(
-            &mut conn,
-            &config.namespace,
-            &config.process,
-            config.lease_ttl,
-        )?;
-        let first_token = first.as_ref().map(Lease::token);
-        *shared.lease.lock().unwrap_or_else(PoisonError::into_inner) = first;
-        let (changes_tx, changes) = mpsc::channel();
-        let mut coordinator = Coordinator {
-            client: client.clone(),
-            conn,
-            store,
-            requests,
-            generations,
-            recoveries,
-            changes,
-            shared: Arc::clone(&shared),
-            poll_interval: config.poll_interval,
-            next_poll: Instant::now(),
-            handled_recovery: 0,
-            unpublished: None,
-        };
-        coordinator.adopt_latest();
-        if let Some(token) = first_token {
-            coordinator.take_over(token)?;
-        }
-        let lease_thread = LeaseThread {
-            conn: redis.connect()?,
-            namespace: config.namespace,
-            process: config.process,
-            ttl: config.lease_ttl,
-            retry: config.lease_ttl.min(config.poll_interval) / 4,
-            changes: changes_tx,
-            shared: Arc::clone(&shared),
-        };
-        let threads = vec![
-            thread::Builder::new()
-                .name("broker-session-redis-lease".into())
-                .spawn(move || lease_thread.run())
-                .map_err(|_| Error::Session(broker_session_ureq::Error::ThreadSpawn))?,
-            thread::Builder::new()
-                .name("broker-session-redis-coordinator".into())
-                .spawn(move || coordinator.run())
-                .map_err(|_| Error::Session(broker_session_ureq::Error::ThreadSpawn))?,
-        ];
-        Ok(Self {
-            client,
-            shared,
-            threads: Mutex::new(threads),
-        })
+        let client = Client::with_http(follower(ig)?, http.clone());
+        let fleet = Fleet::join(client.clone(), redis, config)?;
+        Ok(Self { client, fleet })
     }
 
     /// Sends an application request with the fleet's current credentials (see
@@ -350,12 +575,7 @@ impl SharedIgSession {
 
     /// Takes what happened since the last call, oldest first (at most the last 256).
     pub fn drain_events(&self) -> Vec<FleetEvent> {
-        self.shared
-            .events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-            .collect()
+        self.fleet.drain_events()
     }
 
     /// Leaves the fleet: stops the threads and gives the lease up if this process
@@ -364,15 +584,7 @@ impl SharedIgSession {
     /// for credentials that no longer come, and fail. Dropping the handle does the
     /// same.
     pub fn shutdown(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-        let threads =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
-        for t in threads {
-            let _ = t.join();
-        }
-        let generation = self.client.with_machine(|m| m.generation());
-        let _ = self.client.submit(IgIntent::Follow { generation });
-        let _ = self.client.service();
+        self.fleet.stop(&self.client);
     }
 }
 
@@ -385,6 +597,208 @@ impl Drop for SharedIgSession {
 impl fmt::Debug for SharedIgSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedIgSession")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The async form of [`SharedIgSession`], on the hyper transport
+/// (`broker-session-hyper`): the same fleet, the same coordination (the lease and
+/// coordinator threads are the same std threads), with an `async fn`
+/// [`send`](Self::send) that runs on your tokio runtime. Async and blocking
+/// processes can share one namespace. Needs the `async` feature (on by default).
+///
+/// Keep the runtime running while the session lives: its session requests (the
+/// owner's login and refreshes) are exchanged by tasks on it.
+///
+/// ```no_run
+/// use broker_session_hyper::{Config, FromEnv, HttpClient, IgConfig, http};
+/// use broker_session_redis::{AsyncSharedIgSession, Redis, Sealing, SealingKey, SharedConfig};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = Redis::open("redis://127.0.0.1:6379/")?;
+/// let key = SealingKey::from_slice(&std::fs::read("/run/secrets/session-key")?).ok_or("bad key")?;
+/// let shared = AsyncSharedIgSession::start(
+///     IgConfig::from_env()?,
+///     &HttpClient::new(&Config::default())?,
+///     &redis,
+///     SharedConfig::new("ig-live-ABC123", Sealing::Sealed(key)),
+/// )
+/// .await?;
+/// let accounts = http::Request::get("/accounts").header("Version", "1").body(Vec::new())?;
+/// println!("{}", shared.send(accounts).await?.status());
+/// shared.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "async")]
+pub struct AsyncSharedIgSession {
+    client: AsyncClient<IgSession>,
+    fleet: Arc<Fleet>,
+    runtime: Handle,
+}
+
+#[cfg(feature = "async")]
+impl AsyncSharedIgSession {
+    /// Joins the fleet of `config.namespace`, as [`SharedIgSession::start`] does; the
+    /// blocking part (Redis, and the takeover's resume or login when no process owns
+    /// the session) runs on the runtime's blocking pool. Call it inside a tokio
+    /// runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo(ig: broker_session_hyper::IgConfig, http: broker_session_hyper::HttpClient,
+    /// #               redis: broker_session_redis::Redis, config: broker_session_redis::SharedConfig)
+    /// #               -> Result<(), broker_session_redis::Error> {
+    /// let shared = broker_session_redis::AsyncSharedIgSession::start(ig, &http, &redis, config).await?;
+    /// println!("owner: {}", shared.is_owner());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedIgSession::start`], and [`Error::Session`] with
+    /// [`NoRuntime`](broker_session_hyper::Error::NoRuntime) outside a tokio runtime
+    /// (or [`ThreadSpawn`](broker_session_hyper::Error::ThreadSpawn) if the blocking
+    /// pool could not run the start).
+    pub async fn start(
+        ig: IgConfig,
+        http: &AsyncHttpClient,
+        redis: &Redis,
+        config: SharedConfig,
+    ) -> Result<Self, Error> {
+        let runtime =
+            Handle::try_current().map_err(|_| Error::Session(TransportError::NoRuntime))?;
+        let client = AsyncClient::with_http(follower(ig)?, http.clone()).map_err(Error::Session)?;
+        let handle = AsyncHandle::new(client.clone());
+        let redis = redis.clone();
+        let fleet = runtime
+            .spawn_blocking(move || Fleet::join(handle, &redis, config))
+            .await
+            .map_err(|_| Error::Session(TransportError::ThreadSpawn))??;
+        Ok(Self {
+            client,
+            fleet: Arc::new(fleet),
+            runtime,
+        })
+    }
+
+    /// Sends an application request with the fleet's current credentials (see
+    /// `broker_session_hyper::Client::send`). When they are refused, the call waits
+    /// (up to the session's request deadline) for the owner to publish newer ones
+    /// (asking it to recover them, once for the whole fleet) and replays once.
+    ///
+    /// ```no_run
+    /// # async fn demo(shared: &broker_session_redis::AsyncSharedIgSession) -> Result<(), Box<dyn std::error::Error>> {
+    /// let request = broker_session_hyper::http::Request::get("/accounts")
+    ///     .header("Version", "1")
+    ///     .body(Vec::new())?;
+    /// let response = shared.send(request).await?;
+    /// assert!(response.status().is_success());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As the hyper client's `send`; a wait for newer credentials that ends without
+    /// them is [`broker_session_hyper::Error::Session`] with
+    /// [`NoNewerCredentials`](broker_session_hyper::broker_session::Error::NoNewerCredentials).
+    pub async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, TransportError> {
+        self.client.send(request).await
+    }
+
+    /// The async transport client of this process's session (state, base URL, its
+    /// machine's getters).
+    ///
+    /// ```no_run
+    /// # fn demo(shared: &broker_session_redis::AsyncSharedIgSession) {
+    /// println!("{:?}", shared.client().state());
+    /// # }
+    /// ```
+    pub fn client(&self) -> &AsyncClient<IgSession> {
+        &self.client
+    }
+
+    /// Whether this process owns the session now.
+    ///
+    /// ```no_run
+    /// # fn demo(shared: &broker_session_redis::AsyncSharedIgSession) {
+    /// if shared.is_owner() {
+    ///     println!("this process leads the session");
+    /// }
+    /// # }
+    /// ```
+    pub fn is_owner(&self) -> bool {
+        self.client.with_machine(|m| m.role()) == IgRole::Owner
+    }
+
+    /// The credential generation this process uses.
+    ///
+    /// ```no_run
+    /// # fn demo(shared: &broker_session_redis::AsyncSharedIgSession) {
+    /// println!("generation {}", shared.generation());
+    /// # }
+    /// ```
+    pub fn generation(&self) -> u64 {
+        self.client.with_machine(|m| m.generation())
+    }
+
+    /// Takes what happened since the last call, oldest first (at most the last 256).
+    ///
+    /// ```no_run
+    /// # fn demo(shared: &broker_session_redis::AsyncSharedIgSession) {
+    /// for event in shared.drain_events() {
+    ///     println!("{event}");
+    /// }
+    /// # }
+    /// ```
+    pub fn drain_events(&self) -> Vec<FleetEvent> {
+        self.fleet.drain_events()
+    }
+
+    /// Leaves the fleet, as [`SharedIgSession::shutdown`], and waits (without
+    /// blocking the runtime) until the threads have stopped and the lease is given
+    /// up. Dropping the handle does the same in the background.
+    ///
+    /// ```no_run
+    /// # async fn demo(shared: broker_session_redis::AsyncSharedIgSession) {
+    /// shared.shutdown().await;
+    /// # }
+    /// ```
+    pub async fn shutdown(&self) {
+        let fleet = Arc::clone(&self.fleet);
+        let handle = AsyncHandle::new(self.client.clone());
+        if self
+            .runtime
+            .spawn_blocking(move || fleet.stop(&handle))
+            .await
+            .is_err()
+        {
+            self.fleet.signal_stop();
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl Drop for AsyncSharedIgSession {
+    fn drop(&mut self) {
+        // Joining here could block a runtime thread the threads wait on: stop them
+        // at once and join them on a thread of their own.
+        self.fleet.signal_stop();
+        let fleet = Arc::clone(&self.fleet);
+        let handle = AsyncHandle::new(self.client.clone());
+        let _ = thread::Builder::new()
+            .name("broker-session-redis-stop".into())
+            .spawn(move || fleet.stop(&handle));
+    }
+}
+
+#[cfg(feature = "async")]
+impl fmt::Debug for AsyncSharedIgSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncSharedIgSession")
             .field("client", &self.client)
             .finish_non_exhaustive()
     }
@@ -413,6 +827,12 @@ impl LeaseThread {
                 next.saturating_duration_since(Instant::now())
                     .min(LEASE_SLEEP),
             );
+        }
+        // Give the lease up once the coordinator has published what it had (bounded
+        // by the lease's own lifetime: it would lapse then anyway).
+        let end = Instant::now() + self.ttl;
+        while !self.shared.coordinator_done.load(Ordering::Acquire) && Instant::now() < end {
+            thread::sleep(Duration::from_millis(2));
         }
         self.shared.release_lease(&mut self.conn);
     }
@@ -465,9 +885,10 @@ impl LeaseThread {
     }
 }
 
-/// Publishes, adopts, forwards recovery requests, takes over and steps down.
-struct Coordinator {
-    client: Client<IgSession>,
+/// Publishes, adopts, forwards recovery requests, takes over and steps down; the
+/// same logic whichever transport the session runs on.
+struct Coordinator<C: SessionHandle> {
+    client: C,
     conn: Connection,
     store: GenerationStore,
     requests: RecoveryRequests,
@@ -483,8 +904,19 @@ struct Coordinator {
     unpublished: Option<u64>,
 }
 
-impl Coordinator {
+impl<C: SessionHandle> Coordinator<C> {
     fn run(mut self) {
+        let _done = Done(Arc::clone(&self.shared));
+        self.coordinate();
+        // Credentials obtained just before the stop (an event handled no longer)
+        // are still published, while the lease is held: without the machine being
+        // driven again, so no new refresh starts now.
+        for event in self.client.take_events() {
+            self.on_event(event);
+        }
+    }
+
+    fn coordinate(&mut self) {
         while !self.shared.stopped() {
             if self.is_owner() && !self.lease_held() {
                 // Checked before the session is driven: an owner that was paused past
@@ -679,7 +1111,7 @@ impl Coordinator {
         self.shared.push(FleetEvent::Owning { token });
         self.adopt_latest();
         // Let the adoption land before leading.
-        let _ = self.client.service();
+        self.client.service();
         let floor = match self.store.current_generation(&mut self.conn) {
             Ok(g) => g,
             Err(e) => {
@@ -732,7 +1164,7 @@ impl Coordinator {
         };
         let _ = self.client.submit(IgIntent::Follow { generation });
         self.shared.push(FleetEvent::Following { reason });
-        let _ = self.client.service();
+        self.client.service();
         self.adopt_latest();
     }
 }

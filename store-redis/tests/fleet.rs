@@ -758,3 +758,381 @@ fn a_new_owner_stores_again_what_redis_lost() {
     assert_eq!(third.send(request).unwrap().status(), 200);
     assert_eq!(broker.logins(), 1);
 }
+
+/// The async form, `AsyncSharedIgSession`, in fleets with blocking processes.
+#[cfg(feature = "async")]
+mod on_tokio {
+    use super::*;
+    use broker_session_redis::AsyncSharedIgSession;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn config(plan: &Plan) -> SharedConfig {
+        let mut config = SharedConfig::new(
+            plan.namespace.clone(),
+            Sealing::Sealed(SealingKey::from_bytes(KEY)),
+        );
+        config.lease_ttl = plan.lease_ttl;
+        config.poll_interval = Duration::from_millis(500);
+        config
+    }
+
+    fn ig(broker: &Broker) -> IgConfig {
+        let mut ig = broker.ig(LoginFlow::V3);
+        ig.request_deadline = Duration::from_secs(10);
+        ig
+    }
+
+    fn accounts() -> http::Request<Vec<u8>> {
+        http::Request::get("/accounts")
+            .header("Version", "1")
+            .body(Vec::new())
+            .unwrap()
+    }
+
+    /// Calls from `tasks` tasks until `end`; returns (ok, failed).
+    async fn call_until(
+        shared: Arc<AsyncSharedIgSession>,
+        tasks: usize,
+        end: Instant,
+    ) -> (usize, usize) {
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let (mut ok, mut err) = (0, 0);
+                    while Instant::now() < end {
+                        match shared.send(accounts()).await {
+                            Ok(r) if r.status() == 200 => ok += 1,
+                            Ok(r) => {
+                                eprintln!("async session: HTTP {}", r.status());
+                                err += 1;
+                            }
+                            Err(e) => {
+                                eprintln!("async session: {e}");
+                                err += 1;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    (ok, err)
+                })
+            })
+            .collect();
+        let mut total = (0, 0);
+        for h in handles {
+            let (ok, err) = h.await.unwrap();
+            total = (total.0 + ok, total.1 + err);
+        }
+        total
+    }
+
+    #[test]
+    fn async_sessions_and_a_blocking_process_share_one_login() {
+        let Some(url) = redis_url("async_sessions_and_a_blocking_process_share_one_login") else {
+            return;
+        };
+        let redis = Redis::open(url.as_str()).unwrap();
+        // Tokens live 1 s: the async owner must refresh them on its own timers.
+        let broker = Broker::start(Duration::from_secs(1));
+        let plan = Plan {
+            namespace: namespace("async-mixed"),
+            threads: 4,
+            call_for: Duration::from_millis(3000),
+            lease_ttl: Duration::from_secs(5),
+        };
+        let rt = runtime();
+        let http_client = rt.block_on(async {
+            broker_session_hyper::HttpClient::new(&broker.transport()).unwrap()
+        });
+        let owner = rt
+            .block_on(AsyncSharedIgSession::start(
+                ig(&broker),
+                &http_client,
+                &redis,
+                config(&plan),
+            ))
+            .unwrap();
+        assert!(owner.is_owner(), "the first session leads");
+        assert_eq!(owner.generation(), 1);
+        let mut worker = Worker::spawn(&broker, &url, &plan);
+        assert_eq!(worker.expect("READY"), "READY owner=0 gen=1");
+        let follower = rt
+            .block_on(AsyncSharedIgSession::start(
+                ig(&broker),
+                &http_client,
+                &redis,
+                config(&plan),
+            ))
+            .unwrap();
+        assert!(!follower.is_owner());
+        assert_eq!(follower.generation(), 1);
+        let (owner, follower) = (Arc::new(owner), Arc::new(follower));
+        let end = Instant::now() + Duration::from_millis(3000);
+        let ((owner_ok, owner_err), (follower_ok, follower_err)) = rt.block_on(async {
+            tokio::join!(
+                call_until(Arc::clone(&owner), 4, end),
+                call_until(Arc::clone(&follower), 4, end)
+            )
+        });
+        let (worker_ok, worker_err) = worker.done();
+        assert_eq!(worker_err, 0, "a blocking call failed: {:#?}", worker.seen);
+        assert_eq!((owner_err, follower_err), (0, 0), "an async call failed");
+        assert!(owner_ok > 0 && follower_ok > 0 && worker_ok > 0);
+        let events: Vec<String> = follower
+            .drain_events()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            events.iter().any(|e| e.starts_with("adopted generation")),
+            "{events:?}"
+        );
+        rt.block_on(owner.shutdown());
+        rt.block_on(follower.shutdown());
+        let stats = broker.stats();
+        assert_eq!(stats.logins, 1, "one login for three sessions: {stats:?}");
+        assert_eq!(stats.failed_refreshes, 0);
+        assert_eq!(stats.reused_refresh_tokens, 0);
+        // The async owner's timers refreshed the tokens, once per generation.
+        let stored = stored_generation(&redis, &plan.namespace);
+        assert_eq!(stats.refreshes as u64, stored - 1, "{stats:?}");
+        assert!(
+            stats.refreshes >= 3,
+            "the run spans several token lifetimes"
+        );
+        assert!(stats.refreshes <= 8, "{stats:?}");
+        assert!(follower.generation() >= 3, "the follower kept up");
+    }
+
+    #[test]
+    fn a_refused_async_follower_gets_newer_credentials_and_replays_once() {
+        let Some(url) =
+            redis_url("a_refused_async_follower_gets_newer_credentials_and_replays_once")
+        else {
+            return;
+        };
+        let redis = Redis::open(url.as_str()).unwrap();
+        // Tokens that would live a minute: the refresh here is the recovery.
+        let broker = Broker::start(Duration::from_secs(60));
+        let plan = Plan {
+            namespace: namespace("async-refused"),
+            threads: 0,
+            call_for: Duration::from_millis(4000),
+            lease_ttl: Duration::from_secs(5),
+        };
+        let mut owner = Worker::spawn(&broker, &url, &plan);
+        assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
+        let rt = runtime();
+        let follower = rt.block_on(async {
+            let http_client = broker_session_hyper::HttpClient::new(&broker.transport()).unwrap();
+            AsyncSharedIgSession::start(ig(&broker), &http_client, &redis, config(&plan)).await
+        });
+        let follower = follower.unwrap();
+        assert!(!follower.is_owner());
+        assert_eq!(follower.generation(), 1);
+        let before = rt.block_on(follower.send(accounts())).unwrap();
+        assert_eq!(before.status(), 200);
+        // IG drops the access token the follower holds.
+        broker.fake.lock().unwrap().revoke_access_tokens();
+        let after = rt.block_on(follower.send(accounts())).unwrap();
+        assert_eq!(after.status(), 200, "replayed with the newer credentials");
+        assert_eq!(follower.generation(), 2);
+        let stats = broker.stats();
+        assert_eq!(stats.refreshes, 1, "one refresh for the fleet: {stats:?}");
+        assert_eq!(stats.logins, 1);
+        // The first call, the refused one and one replay.
+        assert_eq!(stats.count("GET /accounts"), 3, "{stats:?}");
+        let refused = stats
+            .rejections
+            .iter()
+            .filter(|(path, status, _)| path == "GET /accounts" && *status == 401)
+            .count();
+        assert_eq!(refused, 1, "{stats:?}");
+        let events: Vec<String> = follower
+            .drain_events()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            events.contains(&"asked for a recovery of generation 1".to_owned()),
+            "{events:?}"
+        );
+        assert!(
+            events.contains(&"adopted generation 2".to_owned()),
+            "{events:?}"
+        );
+        let (_, err) = owner.done();
+        assert_eq!(err, 0);
+        assert!(
+            owner
+                .seen
+                .iter()
+                .any(|l| l == "EVENT recovering generation 1"),
+            "the blocking owner ran the recovery: {:#?}",
+            owner.seen
+        );
+        rt.block_on(follower.shutdown());
+        assert!(!follower.is_owner());
+    }
+
+    /// A current-thread runtime (what `#[tokio::test]` gives): the coordinator never
+    /// blocks on it, so the owner's refreshes and a takeover still run while the one
+    /// runtime thread awaits.
+    #[test]
+    fn async_sessions_hand_over_on_a_current_thread_runtime_and_show_no_secret() {
+        let Some(url) =
+            redis_url("async_sessions_hand_over_on_a_current_thread_runtime_and_show_no_secret")
+        else {
+            return;
+        };
+        let redis = Redis::open(url.as_str()).unwrap();
+        let broker = Broker::start(Duration::from_secs(1));
+        let plan = Plan {
+            namespace: namespace("async-handover"),
+            threads: 0,
+            call_for: Duration::ZERO,
+            lease_ttl: Duration::from_millis(500),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut scan = broker_session_testkit::secret_scan::SecretScan::new();
+        scan.add("password", FakeIgConfig::default().password);
+        scan.add("sealing key", KEY);
+        let printed = rt.block_on(async {
+            let http_client = broker_session_hyper::HttpClient::new(&broker.transport()).unwrap();
+            let mut config = config(&plan);
+            config.process = "a".to_owned();
+            let owner = AsyncSharedIgSession::start(ig(&broker), &http_client, &redis, config)
+                .await
+                .unwrap();
+            let mut config = self::config(&plan);
+            config.process = "b".to_owned();
+            let follower = AsyncSharedIgSession::start(ig(&broker), &http_client, &redis, config)
+                .await
+                .unwrap();
+            assert!(owner.is_owner() && !follower.is_owner());
+            let mut printed = String::new();
+            let end = Instant::now() + Duration::from_millis(2500);
+            while Instant::now() < end {
+                for s in [&owner, &follower] {
+                    assert_eq!(s.send(accounts()).await.unwrap().status(), 200);
+                    if let Some(snapshot) = s.client().with_machine(|m| m.snapshot()) {
+                        let json = serde_json::to_value(snapshot.expose_secrets()).unwrap();
+                        for field in ["access_token", "refresh_token"] {
+                            scan.add(field, json["tokens"][field].as_str().unwrap());
+                        }
+                    }
+                    for e in s.drain_events() {
+                        printed.push_str(&format!("{e}\n{e:?}\n"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(broker.refreshes() >= 2, "the owner refreshed on its timers");
+            // The owner leaves: the follower resumes the session, without a login.
+            owner.shutdown().await;
+            let end = Instant::now() + PATIENCE;
+            while !follower.is_owner() {
+                assert!(Instant::now() < end, "no takeover");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(follower.send(accounts()).await.unwrap().status(), 200);
+            for e in follower.drain_events() {
+                printed.push_str(&format!("{e}\n{e:?}\n"));
+            }
+            printed.push_str(&format!("{follower:?}\n{owner:?}\n"));
+            follower.shutdown().await;
+            printed
+        });
+        assert!(printed.contains("published generation"), "{printed}");
+        assert!(printed.contains("resumed generation"), "{printed}");
+        assert_eq!(broker.logins(), 1, "the takeover resumed: {printed}");
+        assert_eq!(scan.find(&printed), None, "a secret in the fleet's output");
+    }
+
+    /// A start cut short (its future dropped, here by a timeout) still leaves the
+    /// fleet once it has joined: it holds no lease for ever.
+    #[test]
+    fn a_start_cut_short_leaves_the_lease_to_others() {
+        let Some(url) = redis_url("a_start_cut_short_leaves_the_lease_to_others") else {
+            return;
+        };
+        let redis = Redis::open(url.as_str()).unwrap();
+        let broker = Broker::start(Duration::from_secs(60));
+        let plan = Plan {
+            namespace: namespace("async-cut-short"),
+            threads: 0,
+            call_for: Duration::ZERO,
+            lease_ttl: Duration::from_millis(500),
+        };
+        let rt = runtime();
+        let http_client = rt.block_on(async {
+            broker_session_hyper::HttpClient::new(&broker.transport()).unwrap()
+        });
+        let cut = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_millis(1),
+                AsyncSharedIgSession::start(ig(&broker), &http_client, &redis, config(&plan)),
+            )
+            .await
+        });
+        assert!(
+            cut.is_err(),
+            "a start (Redis, a TLS login) takes longer than 1 ms"
+        );
+        let second = rt
+            .block_on(AsyncSharedIgSession::start(
+                ig(&broker),
+                &http_client,
+                &redis,
+                config(&plan),
+            ))
+            .unwrap();
+        let end = Instant::now() + PATIENCE;
+        while !second.is_owner() {
+            assert!(Instant::now() < end, "the cut-short start kept the lease");
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rt.block_on(second.send(accounts())).unwrap().status(), 200);
+        rt.block_on(second.shutdown());
+    }
+
+    #[test]
+    fn starting_outside_a_runtime_is_a_typed_error() {
+        // Refused before Redis is reached: no server needed.
+        let redis = Redis::open("redis://127.0.0.1:1/").unwrap();
+        let broker = Broker::start(Duration::from_secs(60));
+        let rt = runtime();
+        let http_client = rt.block_on(async {
+            broker_session_hyper::HttpClient::new(&broker.transport()).unwrap()
+        });
+        let plan = Plan {
+            namespace: namespace("async-no-runtime"),
+            threads: 0,
+            call_for: Duration::ZERO,
+            lease_ttl: Duration::from_secs(5),
+        };
+        // Polled by hand, outside any runtime.
+        let start = AsyncSharedIgSession::start(ig(&broker), &http_client, &redis, config(&plan));
+        let mut start = std::pin::pin!(start);
+        let waker = std::task::Waker::noop();
+        let polled = start
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        match polled {
+            std::task::Poll::Ready(Err(Error::Session(broker_session_hyper::Error::NoRuntime))) => {
+            }
+            other => panic!("expected NoRuntime, got {:?}", other.map(|r| r.map(drop))),
+        }
+        assert_eq!(broker.logins(), 0);
+    }
+}
