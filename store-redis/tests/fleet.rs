@@ -246,6 +246,24 @@ fn watch_generations(redis: &Redis, namespace: &str) -> Arc<Mutex<Vec<u64>>> {
     seen
 }
 
+/// What a fleet's run over several token lifetimes must have cost the broker: one
+/// login, and one refresh per generation published after the login's (none failed,
+/// no refresh token used twice), at least 3 and, refreshed at half their life over
+/// the run, at most 8.
+fn one_login_and_one_refresh_per_generation(broker: &Broker, redis: &Redis, namespace: &str) {
+    let stats = broker.stats();
+    assert_eq!(stats.logins, 1, "one login for the fleet: {stats:?}");
+    assert_eq!(stats.failed_refreshes, 0, "{stats:?}");
+    assert_eq!(stats.reused_refresh_tokens, 0, "{stats:?}");
+    let stored = stored_generation(redis, namespace);
+    assert_eq!(stats.refreshes as u64, stored - 1, "{stats:?}");
+    assert!(
+        stats.refreshes >= 3,
+        "the run spans several token lifetimes: {stats:?}"
+    );
+    assert!(stats.refreshes <= 8, "{stats:?}");
+}
+
 fn stored_generation(redis: &Redis, namespace: &str) -> u64 {
     let store =
         GenerationStore::new(namespace, Sealing::Sealed(SealingKey::from_bytes(KEY))).unwrap();
@@ -376,21 +394,8 @@ fn a_fleet_logs_in_once_and_refreshes_once_per_token_lifetime() {
         assert_eq!(err, 0, "a call failed: {:#?}", w.seen);
         calls += ok;
     }
-    let stats = broker.stats();
-    assert_eq!(stats.logins, 1, "one login for 8 processes");
-    assert_eq!(stats.failed_refreshes, 0);
-    assert_eq!(stats.reused_refresh_tokens, 0);
-    // One refresh per published generation after the login's, and no more: 64
-    // threads calling through each expiry never cause a second one.
-    let stored = stored_generation(&redis, &plan.namespace);
-    assert_eq!(stats.refreshes as u64, stored - 1, "{stats:?}");
-    assert!(
-        stats.refreshes >= 3,
-        "the run spans several token lifetimes"
-    );
-    // The tokens were refreshed at half their life: at most one refresh per half
-    // second of the run, plus the last.
-    assert!(stats.refreshes <= 8, "{stats:?}");
+    // 64 threads calling through each expiry never cause a second refresh.
+    one_login_and_one_refresh_per_generation(&broker, &redis, &plan.namespace);
     let announced = announced.lock().unwrap().clone();
     assert!(announced.windows(2).all(|w| w[0] < w[1]), "{announced:?}");
     assert!(calls > 64, "the fleet made calls");
@@ -896,18 +901,8 @@ mod on_tokio {
         );
         rt.block_on(owner.shutdown());
         rt.block_on(follower.shutdown());
-        let stats = broker.stats();
-        assert_eq!(stats.logins, 1, "one login for three sessions: {stats:?}");
-        assert_eq!(stats.failed_refreshes, 0);
-        assert_eq!(stats.reused_refresh_tokens, 0);
         // The async owner's timers refreshed the tokens, once per generation.
-        let stored = stored_generation(&redis, &plan.namespace);
-        assert_eq!(stats.refreshes as u64, stored - 1, "{stats:?}");
-        assert!(
-            stats.refreshes >= 3,
-            "the run spans several token lifetimes"
-        );
-        assert!(stats.refreshes <= 8, "{stats:?}");
+        one_login_and_one_refresh_per_generation(&broker, &redis, &plan.namespace);
         assert!(follower.generation() >= 3, "the follower kept up");
     }
 
