@@ -234,7 +234,13 @@ trait SessionHandle: Send + 'static {
     fn run(&self, intent: IgIntent) -> Result<IgOutcome, TransportError>;
     /// Takes the buffered events without driving the machine (no timer runs).
     fn take_events(&self) -> Vec<SessionEvent<IgSession>>;
+    /// A way for the lease thread to bound the owner's authority by the lease's end
+    /// ([`IgSession::set_lease_deadline`]) without waiting for the coordinator.
+    fn lease_deadline_setter(&self) -> LeaseDeadline;
 }
+
+/// Sets the session's lease deadline (see [`SessionHandle::lease_deadline_setter`]).
+type LeaseDeadline = Box<dyn Fn(Instant) + Send>;
 
 impl SessionHandle for Client<IgSession> {
     fn with_machine<T>(&self, f: impl FnOnce(&mut IgSession) -> T) -> T {
@@ -259,6 +265,11 @@ impl SessionHandle for Client<IgSession> {
 
     fn take_events(&self) -> Vec<SessionEvent<IgSession>> {
         Self::drain_events(self)
+    }
+
+    fn lease_deadline_setter(&self) -> LeaseDeadline {
+        let client = self.clone();
+        Box::new(move |until| client.with_machine(|m| m.set_lease_deadline(Some(until))))
     }
 }
 
@@ -348,6 +359,11 @@ impl SessionHandle for AsyncHandle {
         pending.extend(self.client.drain_events());
         pending.drain(..).collect()
     }
+
+    fn lease_deadline_setter(&self) -> LeaseDeadline {
+        let client = self.client.clone();
+        Box::new(move |until| client.with_machine(|m| m.set_lease_deadline(Some(until))))
+    }
 }
 
 /// A process's part in the fleet, whatever the transport: the threads and what they
@@ -385,6 +401,10 @@ impl Fleet {
             config.lease_ttl,
         )?;
         let first_token = first.as_ref().map(Lease::token);
+        let set_deadline = client.lease_deadline_setter();
+        if let Some(lease) = &first {
+            set_deadline(lease.expires_by());
+        }
         *shared.lease.lock().unwrap_or_else(PoisonError::into_inner) = first;
         let (changes_tx, changes) = mpsc::channel();
         let mut coordinator = Coordinator {
@@ -400,6 +420,7 @@ impl Fleet {
             next_poll: Instant::now(),
             handled_recovery: 0,
             unpublished: None,
+            leading: false,
         };
         coordinator.adopt_latest();
         // Apply the adoption now: the session holds the stored generation on return.
@@ -419,6 +440,7 @@ impl Fleet {
             ttl: config.lease_ttl,
             retry: config.lease_ttl.min(config.poll_interval) / 4,
             changes: changes_tx,
+            set_deadline,
             shared: Arc::clone(&shared),
         };
         let fleet = Self {
@@ -812,6 +834,9 @@ struct LeaseThread {
     ttl: Duration,
     retry: Duration,
     changes: mpsc::Sender<LeaseChange>,
+    /// Bounds the session's authority by the lease's end, at each acquisition and
+    /// renewal: a session driven after that end steps down by itself.
+    set_deadline: LeaseDeadline,
     shared: Arc<Shared>,
 }
 
@@ -850,6 +875,7 @@ impl LeaseThread {
                     Ok(Some(lease)) => {
                         let token = lease.token();
                         let renew = now + lease.renew_after();
+                        (self.set_deadline)(lease.expires_by());
                         *slot = Some(lease);
                         let _ = self.changes.send(LeaseChange::Acquired(token));
                         return renew;
@@ -867,7 +893,10 @@ impl LeaseThread {
                 now + self.retry
             }
             Some(lease) => match lease.renew(&mut self.conn) {
-                Ok(()) => now + lease.renew_after(),
+                Ok(()) => {
+                    (self.set_deadline)(lease.expires_by());
+                    now + lease.renew_after()
+                }
                 Err(Error::LeaseLost { .. }) => {
                     *slot = None;
                     let _ = self
@@ -902,6 +931,10 @@ struct Coordinator<C: SessionHandle> {
     handled_recovery: u64,
     /// A generation whose publication failed for want of Redis; tried again.
     unpublished: Option<u64>,
+    /// Whether this coordinator made the session the owner (and has not stepped it
+    /// down since): an owner that follows while this is set stepped down by itself,
+    /// its lease having ended.
+    leading: bool,
 }
 
 impl<C: SessionHandle> Coordinator<C> {
@@ -922,6 +955,16 @@ impl<C: SessionHandle> Coordinator<C> {
                 // Checked before the session is driven: an owner that was paused past
                 // its lease (and is running again) must not refresh on its own.
                 self.step_down("the lease expired before it was renewed");
+            }
+            if self.leading && !self.is_owner() {
+                // The session stepped down by itself at its lease deadline (driven by
+                // an application call before this thread ran again).
+                self.leading = false;
+                self.shared.release_lease(&mut self.conn);
+                self.shared.push(FleetEvent::Following {
+                    reason: "the lease ended before it was renewed",
+                });
+                self.adopt_latest();
             }
             // Drives the session (its timers too) and waits a little for an event.
             if let Some(event) = self.client.next_event(TICK) {
@@ -1121,6 +1164,7 @@ impl<C: SessionHandle> Coordinator<C> {
         };
         self.handled_recovery = 0;
         self.next_poll = Instant::now();
+        self.leading = true;
         match self.client.run(IgIntent::Lead {
             generation_floor: floor,
         }) {
@@ -1155,6 +1199,7 @@ impl<C: SessionHandle> Coordinator<C> {
 
     /// Stops acting as the owner: the session follows the stored generation again.
     fn step_down(&mut self, reason: &'static str) {
+        self.leading = false;
         if !self.is_owner() {
             return;
         }

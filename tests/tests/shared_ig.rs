@@ -711,6 +711,50 @@ fn an_owner_that_lost_its_ownership_stops_acting_at_once() {
 }
 
 #[test]
+fn an_owner_driven_after_its_lease_deadline_steps_down_before_refreshing() {
+    let mut fleet = Fleet::start(LoginFlow::V3, 1);
+    let lease_end = fleet.clock.now().mono + Duration::from_secs(15);
+    fleet.nodes[0].set_lease_deadline(Some(lease_end));
+    let sent = fleet.session_requests[0];
+    // The process is paused past its lease, its refresh time (60 s tokens, refreshed
+    // 10 s early) and the token's expiry; meanwhile node 1 takes over and refreshes.
+    fleet.clock.advance(Duration::from_secs(61));
+    fleet.nodes[1]
+        .submit(
+            IgIntent::Lead {
+                generation_floor: 1,
+            },
+            fleet.clock.now(),
+        )
+        .unwrap();
+    fleet.pump(1);
+    assert_eq!(fleet.published, vec![1, 2], "the new owner refreshed");
+    // Running again, the ex-owner's first step is to follow, whether an application
+    // call or its overdue timer drives it: no refresh with the refresh token the new
+    // owner now holds.
+    assert!(fleet.pump(0).is_none(), "no timer left");
+    assert_eq!(fleet.nodes[0].role(), IgRole::Follower);
+    assert_eq!(
+        fleet.session_requests[0], sent,
+        "no request after the lease's end"
+    );
+    assert_eq!(fleet.fake.stats.refreshes, 1);
+    assert_eq!(fleet.fake.stats.failed_refreshes, 0);
+    assert_eq!(fleet.fake.stats.reused_refresh_tokens, 0);
+    // It adopts the new generation and calls with it.
+    fleet.settle();
+    assert_eq!(fleet.nodes[0].generation(), 2);
+    assert_eq!(fleet.call(0).unwrap(), (200, 1));
+    // A deadline renewed in time keeps the owner leading.
+    let now = fleet.clock.now().mono;
+    fleet.nodes[1].set_lease_deadline(Some(now + Duration::from_secs(15)));
+    fleet.clock.advance(Duration::from_secs(10));
+    fleet.nodes[1].set_lease_deadline(Some(now + Duration::from_secs(25)));
+    assert_eq!(fleet.call(1).unwrap(), (200, 1));
+    assert_eq!(fleet.nodes[1].role(), IgRole::Owner);
+}
+
+#[test]
 fn sessions_that_share_nothing_announce_nothing() {
     let fake = FakeIg::default();
     let clock = VirtualClock::new();

@@ -151,8 +151,22 @@ impl IgSession {
     /// Becomes a follower: nothing queued or running goes on, no timer is left, and
     /// the credentials are forgotten until the next adoption.
     fn follow(&mut self, generation: u64) -> OpId {
+        self.stop_leading();
+        self.forget_tokens();
+        self.lost = None;
+        self.generation = generation;
+        self.announced = generation;
+        self.complete_now(Ok(IgOutcome::Following))
+    }
+
+    /// Takes the follower role: nothing queued or running goes on and no timer is
+    /// left. The credentials stay.
+    fn stop_leading(&mut self) {
         self.role = IgRole::Follower;
         self.shared = true;
+        self.lease_until = None;
+        self.refresh_at = None;
+        self.recovered_gen = None;
         if let Some(f) = self.in_flight.take()
             && f.call.endpoint().sends_password()
         {
@@ -168,11 +182,18 @@ impl IgSession {
                 result: Err(Error::Cancelled),
             }));
         }
-        self.forget_tokens();
-        self.lost = None;
-        self.generation = generation;
-        self.announced = generation;
-        self.complete_now(Ok(IgOutcome::Following))
+    }
+
+    /// Steps down by itself once the owner's lease has ended (see
+    /// [`IgSession::set_lease_deadline`]): a process that was paused past its lease
+    /// must not refresh, recover or log in when it runs again, since another process
+    /// may own the session by then. The credentials stay for application calls; a
+    /// refusal turns into a wait for a newer generation, as for any follower.
+    pub(super) fn lapse_lead(&mut self, now: Now) {
+        if self.role == IgRole::Owner && self.lease_until.is_some_and(|t| t <= now.mono) {
+            self.stop_leading();
+            self.announced = self.generation;
+        }
     }
 
     /// One recovery of `refused` for a follower, unless newer credentials exist or

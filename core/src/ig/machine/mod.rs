@@ -110,6 +110,9 @@ pub struct IgSession {
     /// The credentials are shared with other processes (the session was built as a
     /// follower, or led, followed or recovered for one): new ones are announced.
     shared: bool,
+    /// Owner of shared credentials: the end of its lease, after which it steps down
+    /// by itself (see [`IgSession::set_lease_deadline`]).
+    lease_until: Option<Instant>,
 }
 
 enum Tokens {
@@ -205,6 +208,7 @@ impl IgSession {
             announced: 0,
             awaiting: None,
             shared: false,
+            lease_until: None,
         })
     }
 
@@ -244,6 +248,38 @@ impl IgSession {
     /// another process's ([`IgRole::Follower`]).
     pub fn role(&self) -> IgRole {
         self.role
+    }
+
+    /// Bounds the owner's authority by time: from `until` on (the end of the lease
+    /// that makes this process the owner, as the sharing layer measures it, erring
+    /// early) the session steps down to [`IgRole::Follower`] by itself, before it
+    /// would refresh, recover or log in. It keeps its credentials for application
+    /// calls, and a refusal then waits for a newer generation like any follower's.
+    /// This covers the one case a sharing layer cannot: a process paused (or starved)
+    /// past its lease whose overdue timers, once it runs again, would fire before its
+    /// lease keeper notices the lease is gone, and spend a refresh token the new owner
+    /// holds. Renew it with each lease renewal; `None` (the default) sets no bound.
+    /// Only an owner is bounded; [`IgIntent::Follow`] and stepping down clear it.
+    ///
+    /// ```
+    /// use broker_session::ig::{IgConfig, IgEnvironment, IgIntent, IgRole, IgSession};
+    /// use broker_session::{Machine, Now, RngSeed};
+    /// use std::time::{Duration, Instant, SystemTime};
+    ///
+    /// let config = IgConfig::new(IgEnvironment::Demo, "key", "user", "password");
+    /// let start = Instant::now();
+    /// let now = Now::new(start, SystemTime::UNIX_EPOCH);
+    /// let mut session = IgSession::follower(config, RngSeed::from_u64(1), now).unwrap();
+    /// session.set_lease_deadline(Some(start + Duration::from_secs(15)));
+    /// let _ = session.submit(IgIntent::Lead { generation_floor: 0 }, now);
+    /// assert_eq!(session.role(), IgRole::Owner);
+    /// // Driven again after the lease's end: it follows.
+    /// let later = Now::new(start + Duration::from_secs(16), SystemTime::UNIX_EPOCH);
+    /// let _ = session.poll_output(later);
+    /// assert_eq!(session.role(), IgRole::Follower);
+    /// ```
+    pub fn set_lease_deadline(&mut self, until: Option<Instant>) {
+        self.lease_until = until;
     }
 
     /// The account requests act on, once logged in.
@@ -444,6 +480,7 @@ impl Machine for IgSession {
         if self.queue.len() >= MAX_QUEUE {
             return Err(UsageError::QueueFull);
         }
+        self.lapse_lead(now);
         let intent = match self.submit_shared(intent, now)? {
             Ok(id) => {
                 self.sync_state();
@@ -542,6 +579,7 @@ impl Machine for IgSession {
         if let Some(reason) = &self.closed {
             return Err(AuthorizeError::Lost(reason.clone()));
         }
+        self.lapse_lead(now);
         if !self.base.covers(request.uri()) {
             return Err(AuthorizeError::Refused(UsageError::InvalidArgument {
                 what: "request URI",
@@ -627,6 +665,7 @@ impl Machine for IgSession {
             return Observation::Accepted;
         }
         let code = decode::error_code(response.body().as_ref());
+        self.lapse_lead(now);
         let obs = match action_for(
             Endpoint::Application,
             status.as_u16(),

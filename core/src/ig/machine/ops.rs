@@ -200,6 +200,7 @@ impl IgSession {
     }
 
     pub(super) fn run_timers(&mut self, now: Now) {
+        self.lapse_lead(now);
         if self.backoff_until.is_some_and(|t| t <= now.mono) {
             self.backoff_until = None;
         }
