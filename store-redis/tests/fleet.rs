@@ -566,6 +566,18 @@ fn a_paused_owner_cannot_publish_an_older_generation() {
         stored_generation(&redis, &plan.namespace),
         *announced.last().unwrap()
     );
+    // Nor does it refresh on its own once running again, though its refresh was
+    // overdue: a refresh by the ex-owner would spend the refresh token the new owner
+    // holds, and the new owner's next refresh would fail (or turn into a login).
+    let stats = broker.stats();
+    assert_eq!(stats.logins, 1, "{stats:?}");
+    assert_eq!(stats.failed_refreshes, 0, "{stats:?}");
+    assert_eq!(stats.reused_refresh_tokens, 0, "{stats:?}");
+    assert_eq!(
+        stats.refreshes as u64,
+        stored_generation(&redis, &plan.namespace) - 1,
+        "every refresh was the owner's, and published: {stats:?}"
+    );
 }
 
 #[test]
@@ -1041,8 +1053,14 @@ mod on_tokio {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             assert_eq!(follower.send(accounts()).await.unwrap().status(), 200);
-            for e in follower.drain_events() {
-                printed.push_str(&format!("{e}\n{e:?}\n"));
+            // The role changes when the take-over starts; the resume is reported
+            // when it has ended, which may come after the call it let through.
+            let end = Instant::now() + PATIENCE;
+            while !printed.contains("resumed generation") && Instant::now() < end {
+                for e in follower.drain_events() {
+                    printed.push_str(&format!("{e}\n{e:?}\n"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             printed.push_str(&format!("{follower:?}\n{owner:?}\n"));
             follower.shutdown().await;
