@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
@@ -16,8 +16,16 @@ use crate::{Connection, Error, Lease, MAX_GENERATION, Redis, Sealing};
 /// Writes the snapshot only while the writer's lease value (token and owner) is the
 /// current one and the new generation is higher than the stored one; then announces
 /// the generation on the channel. Returns `{status, stored generation}`.
+/// A lease that is gone altogether while its holder still counts it as valid
+/// (`ARGV[5]`: the milliseconds it has left, else 0) was lost with Redis's data (see
+/// `Lease::renew`): it is set again with the holder's value for what it has left.
 const PUBLISH: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
+local held = redis.call('GET', KEYS[1])
+if held == false and tonumber(ARGV[5]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[5])
+  held = ARGV[1]
+end
+if held ~= ARGV[1] then return {-1, 0} end
 local stored = tonumber(redis.call('HGET', KEYS[2], 'generation') or '0')
 if stored >= tonumber(ARGV[2]) then return {-2, stored} end
 redis.call('HSET', KEYS[2], 'generation', ARGV[2], 'blob', ARGV[3])
@@ -121,6 +129,8 @@ impl GenerationStore {
 
     /// Seals `snapshot` and writes it as `generation`, if `lease` is still the current
     /// one and `generation` is above the stored one; then announces it to subscribers.
+    /// A lease Redis no longer holds at all while [`Lease::expires_by`] has not passed
+    /// was lost with Redis's data, and is taken again (as [`Lease::renew`] does).
     ///
     /// # Errors
     ///
@@ -142,6 +152,11 @@ impl GenerationStore {
         let blob = self
             .sealing
             .seal(&self.keys.namespace, generation, snapshot)?;
+        // What the lease has left by this process's clock (0 once it has passed).
+        let left = lease
+            .expires_by()
+            .saturating_duration_since(Instant::now())
+            .as_millis();
         let (status, stored): (i64, u64) = conn.run("publishing a snapshot", |c| {
             redis::Script::new(PUBLISH)
                 .key(&self.keys.lease)
@@ -150,6 +165,7 @@ impl GenerationStore {
                 .arg(generation)
                 .arg(&blob)
                 .arg(&self.keys.channel)
+                .arg(u64::try_from(left).unwrap_or(u64::MAX))
                 .invoke(c)
         })?;
         match status {

@@ -18,10 +18,18 @@ if not redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then return false 
 return token
 ";
 
-/// Extends the lease only while it still holds our value.
+/// Extends the lease only while it still holds our value. A lease that is gone
+/// altogether while its holder still counts it as valid (`ARGV[3]` = 1) was lost with
+/// Redis's data (a restart without persistence, a failover to a replica that had not
+/// seen it): nobody else can have held it since, so it is set again with our value.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if value == false and ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 ";
@@ -132,7 +140,11 @@ impl Lease {
         }))
     }
 
-    /// Extends the lease by its TTL from now, if it is still ours.
+    /// Extends the lease by its TTL from now, if it is still ours. A lease Redis no
+    /// longer holds at all (its data was lost: a restart without persistence, a
+    /// failover to a replica that had not seen the lease) is taken again, as long as
+    /// [`Lease::expires_by`] has not passed: until then no other process can have
+    /// held it.
     ///
     /// # Errors
     ///
@@ -141,11 +153,13 @@ impl Lease {
     /// [`Lease::expires_by`]).
     pub fn renew(&mut self, conn: &mut Connection) -> Result<(), Error> {
         let sent = Instant::now();
+        let still_ours = if sent < self.expires_by { "1" } else { "0" };
         let renewed: i64 = conn.run("renewing the lease", |c| {
             redis::Script::new(RENEW)
                 .key(&self.keys.lease)
                 .arg(&self.value)
                 .arg(ttl_millis(self.ttl).unwrap_or(10))
+                .arg(still_ours)
                 .invoke(c)
         })?;
         if renewed == 1 {

@@ -23,7 +23,11 @@ use broker_session_testkit::ig::{FakeIg, FakeIgConfig};
 use broker_session_testkit::server::{Server, ServerOptions};
 use broker_session_ureq::{Config, HttpClient, IgConfig, IgEnvironment, LoginFlow, Tls, http};
 
+mod own_server;
+use own_server::OwnServer;
+
 const URL_VAR: &str = "BROKER_SESSION_REDIS_URL";
+const SERVER_VAR: &str = "BROKER_SESSION_REDIS_SERVER";
 const WORKER_VAR: &str = "FLEET_WORKER";
 /// How long any "eventually" may take before it is a failure.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -578,6 +582,99 @@ fn a_paused_owner_cannot_publish_an_older_generation() {
         stored_generation(&redis, &plan.namespace) - 1,
         "every refresh was the owner's, and published: {stats:?}"
     );
+}
+
+/// The `gen=` field of a `READY` or `DONE` line.
+fn generation_in(line: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("gen="))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_fleet_rides_out_a_redis_restart_and_syncs_again() {
+    let test = "a_fleet_rides_out_a_redis_restart_and_syncs_again";
+    let Ok(binary) = std::env::var(SERVER_VAR) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!! {test}: SKIPPED (no redis-server binary): set {SERVER_VAR} to its path \
+             (bash .ci/run does) !!!!\n"
+        );
+        return;
+    };
+    // A server of this test's own, which keeps nothing across the restart (no RDB, no
+    // AOF): the lease, the stored snapshot and the counters are lost with it.
+    let mut server = OwnServer::start(binary.into(), &namespace("restart-server"));
+    let url = server.url();
+    let end = Instant::now() + PATIENCE;
+    while Redis::open(url.as_str()).and_then(|r| r.connect()).is_err() {
+        assert!(
+            Instant::now() < end,
+            "the test's redis-server did not start"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // 2 s tokens (a refresh about every second); the lease outlives the outage.
+    let broker = Broker::start(Duration::from_secs(2));
+    let plan = Plan {
+        namespace: namespace("restart"),
+        threads: 2,
+        call_for: Duration::from_millis(7000),
+        lease_ttl: Duration::from_secs(3),
+    };
+    let mut owner = Worker::spawn(&broker, &url, &plan);
+    assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
+    let mut followers: Vec<Worker> = (0..2)
+        .map(|_| Worker::spawn(&broker, &url, &plan))
+        .collect();
+    for w in &mut followers {
+        assert!(w.expect("READY").starts_with("READY owner=0"));
+    }
+    let announced = watch_generations(&Redis::open(url.as_str()).unwrap(), &plan.namespace);
+    thread::sleep(Duration::from_millis(1500));
+    let before = stored_generation(&Redis::open(url.as_str()).unwrap(), &plan.namespace);
+    let heard_before = announced.lock().unwrap().len();
+    // Redis dies for a second and a half (the owner refreshes meanwhile, and cannot
+    // publish), and comes back empty.
+    server.kill();
+    thread::sleep(Duration::from_millis(1500));
+    server.run();
+    let (owner_ok, owner_err) = owner.done();
+    let mut ends = vec![(owner_ok, owner_err, owner.seen.last().cloned().unwrap())];
+    for w in &mut followers {
+        let (ok, err) = w.done();
+        ends.push((ok, err, w.seen.last().cloned().unwrap()));
+    }
+    let redis = Redis::open(url.as_str()).unwrap();
+    let stored = stored_generation(&redis, &plan.namespace);
+    let stats = broker.stats();
+    // Calls went on, with the generations held in memory, and none was lost.
+    for (ok, err, line) in &ends {
+        assert_eq!(*err, 0, "a call failed: {line}; {ends:?}");
+        assert!(*ok > 100, "{line}");
+    }
+    // The fleet synced again: generations were announced on the new server (the
+    // subscriber came back), each past the one stored before the restart, and every
+    // process ended on one of them.
+    let announced = announced.lock().unwrap().clone();
+    let after = &announced[heard_before..];
+    assert!(
+        after.first().is_some_and(|g| *g > before),
+        "announced {announced:?}, {heard_before} before the restart, stored then {before}"
+    );
+    assert!(after.windows(2).all(|w| w[0] < w[1]), "{announced:?}");
+    for (_, _, line) in &ends {
+        let g = generation_in(line);
+        assert!(
+            g >= after[0] && g <= stored,
+            "{line}; announced {announced:?}"
+        );
+    }
+    // The broker saw one login, and no refresh token spent twice.
+    assert_eq!(stats.logins, 1, "{stats:?}");
+    assert_eq!(stats.failed_refreshes, 0, "{stats:?}");
+    assert_eq!(stats.reused_refresh_tokens, 0, "{stats:?}");
 }
 
 #[test]

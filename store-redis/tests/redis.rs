@@ -3,8 +3,6 @@
 //! namespace, so they run in parallel against one server.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -13,6 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use broker_session_redis::{
     Connection, Error, GenerationStore, Lease, Notice, Redis, Sealing, SealingKey,
 };
+
+mod own_server;
+use own_server::OwnServer;
 
 const URL_VAR: &str = "BROKER_SESSION_REDIS_URL";
 const SERVER_VAR: &str = "BROKER_SESSION_REDIS_SERVER";
@@ -445,64 +446,6 @@ fn secrets_stay_out_of_debug_display_and_errors() {
     );
 }
 
-/// A Redis server of this test's own, so killing it does not disturb the other tests.
-struct OwnServer {
-    binary: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnServer {
-    fn start(binary: PathBuf) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(namespace("redis-restart"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
-            binary,
-            dir,
-            port,
-            child: None,
-        };
-        server.run();
-        server
-    }
-
-    fn run(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("BROKER_SESSION_REDIS_SERVER runs");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap(); // SIGKILL: no goodbye to the clients
-            child.wait().unwrap();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn connections_and_subscribers_come_back_after_a_redis_restart() {
     let Ok(binary) = std::env::var(SERVER_VAR) else {
@@ -512,7 +455,7 @@ fn connections_and_subscribers_come_back_after_a_redis_restart() {
         );
         return;
     };
-    let mut server = OwnServer::start(binary.into());
+    let mut server = OwnServer::start(binary.into(), &namespace("redis-restart"));
     let redis = Redis::open(server.url())
         .unwrap()
         .with_timeout(Duration::from_secs(1));
@@ -565,6 +508,84 @@ fn connections_and_subscribers_come_back_after_a_redis_restart() {
     // still told apart (a random part of the lease value) and fenced off.
     assert!(matches!(
         store.publish(&mut conn, &lease, 3, b"stale"),
+        Err(Error::NotOwner { .. })
+    ));
+}
+
+/// Deletes the lease key behind its holder's back: what a Redis restart without
+/// persistence (or a failover to a replica that had not seen it) does to it.
+fn lose_lease_key(ns: &str) {
+    let mut raw = redis::Client::open(std::env::var(URL_VAR).unwrap())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(format!("broker-session:{{{ns}}}:lease"))
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(deleted, 1);
+}
+
+#[test]
+fn a_lease_lost_with_redis_data_is_taken_again_by_its_holder_while_it_lasts() {
+    let Some(redis) =
+        redis_or_skip("a_lease_lost_with_redis_data_is_taken_again_by_its_holder_while_it_lasts")
+    else {
+        return;
+    };
+    let mut conn = redis.connect().unwrap();
+    let ns = namespace("lease-data-loss");
+    let store = GenerationStore::new(&ns, key(1)).unwrap();
+    let mut lease = Lease::try_acquire(&mut conn, &ns, "owner", LONG)
+        .unwrap()
+        .unwrap();
+    // Renewing takes it again: nobody else can have held it in between.
+    lose_lease_key(&ns);
+    lease.renew(&mut conn).unwrap();
+    assert!(
+        Lease::try_acquire(&mut conn, &ns, "other", LONG)
+            .unwrap()
+            .is_none(),
+        "the holder has it again"
+    );
+    // So does publishing.
+    lose_lease_key(&ns);
+    store.publish(&mut conn, &lease, 1, b"tokens").unwrap();
+    assert!(
+        Lease::try_acquire(&mut conn, &ns, "other", LONG)
+            .unwrap()
+            .is_none()
+    );
+    // A lease whose time is up by its holder's clock is not taken again: another
+    // process may have held it meanwhile.
+    assert!(lease.release(&mut conn).unwrap());
+    let short = Duration::from_millis(150);
+    let mut lease = Lease::try_acquire(&mut conn, &ns, "owner", short)
+        .unwrap()
+        .unwrap();
+    thread::sleep(short + Duration::from_millis(50));
+    assert!(matches!(
+        lease.renew(&mut conn),
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        store.publish(&mut conn, &lease, 2, b"stale"),
+        Err(Error::NotOwner { .. })
+    ));
+    // Nor is a lease another process holds.
+    let mut lease = Lease::try_acquire(&mut conn, &ns, "owner", LONG)
+        .unwrap()
+        .unwrap();
+    lose_lease_key(&ns);
+    let _other = Lease::try_acquire(&mut conn, &ns, "other", LONG)
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        lease.renew(&mut conn),
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        store.publish(&mut conn, &lease, 2, b"stale"),
         Err(Error::NotOwner { .. })
     ));
 }
