@@ -23,6 +23,11 @@
 //! - requests per unit of virtual time are bounded (no loop);
 //! - `Wait` is always in the future; every operation completes exactly once.
 //!
+//! The roles of a shared session (owner and followers, adoption, refusals, fleet-wide
+//! recovery, take-over, demotion, and an owner paused past its lease that wakes up)
+//! are modelled over a whole fleet in `shared_ig.rs`
+//! (`a_fleet_keeps_its_promises_whatever_happens`).
+//!
 //! `PROPTEST_CASES` sets the number of cases (default 64). The step coverage by state
 //! is printed at the end: `cargo test -p broker-session-testkit --test model_ig --
 //! --nocapture`.

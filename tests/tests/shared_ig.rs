@@ -9,9 +9,11 @@
 //! refused generation. Every session talks to the same fake IG on one virtual clock.
 //!
 //! `a_fleet_keeps_its_promises_whatever_happens` interleaves calls, refusals, time,
-//! deaths, demotions and take-overs at random (proptest) and checks after every step
-//! that generations only go up, followers never send a request, logins and refreshes
-//! stay bounded by what forced them, and calls get through while an owner lives.
+//! deaths, demotions, pauses past the lease and take-overs at random (proptest) and
+//! checks after every step that generations only go up, followers never send a
+//! request, an owner woken after its lease's end follows before it sends anything, no
+//! refresh token is spent twice, logins and refreshes stay bounded by what forced
+//! them, and calls get through while an owner lives.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -46,8 +48,11 @@ struct Fleet {
     wanted_new: Vec<u64>,
     /// Requests each session sent on its own behalf (not application calls).
     session_requests: Vec<usize>,
-    /// Sessions whose process died: never driven again.
+    /// Sessions whose process died (never driven again) or is paused.
     dead: Vec<bool>,
+    /// The lease's TTL, when the owner's authority is bounded by it: the live owner's
+    /// lease deadline is renewed whenever the fleet settles, as a lease thread would.
+    lease_ttl: Option<Duration>,
 }
 
 impl Fleet {
@@ -70,6 +75,7 @@ impl Fleet {
             wanted_new: Vec::new(),
             session_requests: Vec::new(),
             dead: Vec::new(),
+            lease_ttl: None,
         };
         for _ in 0..=followers {
             fleet.add_follower();
@@ -202,6 +208,10 @@ impl Fleet {
 
     /// Delivers and pumps until nothing moves.
     fn settle(&mut self) {
+        if let (Some(ttl), Some(owner)) = (self.lease_ttl, self.owner()) {
+            let until = self.clock.now().mono + ttl;
+            self.nodes[owner].set_lease_deadline(Some(until));
+        }
         for _ in 0..100 {
             let moved = self.deliver();
             for i in 0..self.nodes.len() {
@@ -791,6 +801,11 @@ enum Step {
     KillOwner,
     /// The owner loses its lease and steps down; nobody owns until a take-over.
     Demote,
+    /// The owner's process stops (its lease is no longer renewed); it runs again at
+    /// `Wake`.
+    PauseOwner,
+    /// The paused process runs again: its overdue timers fire first.
+    Wake,
     /// This session takes the lease if nobody owns.
     TakeOver(usize),
 }
@@ -803,6 +818,8 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         3 => (0u64..90).prop_map(Step::Advance),
         1 => Just(Step::KillOwner),
         1 => Just(Step::Demote),
+        1 => Just(Step::PauseOwner),
+        1 => Just(Step::Wake),
         2 => (0usize..8).prop_map(Step::TakeOver),
     ]
 }
@@ -829,7 +846,12 @@ proptest::proptest! {
     ) {
         let flow = if v3 { LoginFlow::V3 } else { LoginFlow::V2 };
         let mut fleet = Fleet::start(flow, 3);
+        let lease_ttl = Duration::from_secs(15);
+        fleet.lease_ttl = Some(lease_ttl);
+        fleet.settle();
         let n = fleet.nodes.len();
+        // The paused process and when its lease ends.
+        let mut paused: Option<(usize, std::time::Instant)> = None;
         let mut ever_owner = vec![false; n];
         ever_owner[0] = true;
         let (mut refusals, mut takeovers, mut seconds) = (0usize, 0usize, 0u64);
@@ -870,6 +892,28 @@ proptest::proptest! {
                         fleet.dead[o] = true;
                     }
                 }
+                Step::PauseOwner => {
+                    let live = fleet.dead.iter().filter(|d| !**d).count();
+                    if paused.is_none()
+                        && let Some(o) = fleet.owner().filter(|_| live > 1)
+                    {
+                        fleet.dead[o] = true;
+                        paused = Some((o, fleet.clock.now().mono + lease_ttl));
+                    }
+                }
+                Step::Wake => {
+                    if let Some((p, until)) = paused.take() {
+                        fleet.dead[p] = false;
+                        let sent = fleet.session_requests[p];
+                        fleet.pump(p);
+                        if fleet.clock.now().mono >= until {
+                            // Past its lease: it follows before it acts.
+                            proptest::prop_assert_eq!(fleet.nodes[p].role(), IgRole::Follower);
+                            proptest::prop_assert_eq!(fleet.session_requests[p], sent, "a woken ex-owner sent a request");
+                        }
+                        fleet.settle();
+                    }
+                }
                 Step::Demote => {
                     if let Some(o) = fleet.owner() {
                         let generation = fleet.store.as_ref().map_or(0, |(g, _)| *g);
@@ -881,6 +925,12 @@ proptest::proptest! {
                     let i = i % n;
                     if fleet.dead[i] || fleet.owner().is_some() {
                         continue;
+                    }
+                    if let Some((_, until)) = paused {
+                        // A paused owner's lease must lapse before anyone takes it.
+                        let left = until.saturating_duration_since(fleet.clock.now().mono);
+                        seconds += left.as_secs() + 1;
+                        fleet.advance(left);
                     }
                     takeovers += 1;
                     ever_owner[i] = true;
@@ -905,6 +955,8 @@ proptest::proptest! {
                 }
             }
             let stats = &fleet.fake.stats;
+            // Never two owners acting on one refresh token.
+            proptest::prop_assert_eq!(stats.reused_refresh_tokens, 0, "{:?}", stats);
             proptest::prop_assert!(
                 stats.logins <= 1 + refusals + takeovers,
                 "{} logins after {} refusals and {} take-overs", stats.logins, refusals, takeovers
