@@ -6,11 +6,13 @@
 //!   (both v3), the per-request path (divan). No IO.
 //! - failover (needs `BROKER_SESSION_REDIS_URL`): an owner process (this binary again,
 //!   `FLEET_BENCH_OWNER` set) is SIGKILLed; the time until a follower in this process
-//!   owns, and until its first call after that succeeds.
+//!   owns, and until its first call after that succeeds; with a blocking follower
+//!   (`SharedIgSession`) and an async one (`AsyncSharedIgSession` on a tokio runtime).
 //! - broker load (needs `BROKER_SESSION_REDIS_URL`): 16 shared sessions against 16
 //!   independent ones, each calling 10 times a second, for `BENCH_FLEET_SECS` (default
 //!   6) with 2 s tokens; session requests (logins, refreshes, session reads) counted by
-//!   the fake IG and extrapolated to IG's timing (60 s tokens, a refresh every 50 s).
+//!   the fake IG and extrapolated to IG's timing (60 s tokens, a refresh every 50 s);
+//!   the shared fleet once blocking and once async.
 //! - idle cost (needs `BROKER_SESSION_REDIS_URL`): CPU of the sharing threads of 4
 //!   sessions making no calls for 10 s.
 //!
@@ -25,7 +27,9 @@ use std::time::{Duration, Instant};
 use broker_session::ig::{IgIntent, IgSession, LoginFlow};
 use broker_session::{Machine, Now, RngSeed};
 use broker_session_benches::sys;
-use broker_session_redis::{Redis, Sealing, SealingKey, SharedConfig, SharedIgSession};
+use broker_session_redis::{
+    AsyncSharedIgSession, Redis, Sealing, SealingKey, SharedConfig, SharedIgSession,
+};
 use broker_session_testkit::ig::{FakeIg, FakeIgConfig, accounts_request, session_config};
 use broker_session_testkit::server::{Server, ServerOptions};
 use broker_session_testkit::sim::{Sim, VirtualClock};
@@ -143,8 +147,74 @@ fn namespace(what: &str, n: usize) -> String {
     format!("bench-{what}-{}-{n}", std::process::id())
 }
 
-/// Kills an owner process and times the hand-over to a follower in this process.
-fn failover(url: &str, ttl: Duration, runs: usize) {
+/// A follower in this process, blocking or async, seen from a plain thread.
+trait Follower {
+    fn call(&self) -> bool;
+    fn is_owner(&self) -> bool;
+    fn leave(&self);
+}
+
+impl Follower for SharedIgSession {
+    fn call(&self) -> bool {
+        self.send(accounts()).is_ok_and(|r| r.status() == 200)
+    }
+    fn is_owner(&self) -> bool {
+        Self::is_owner(self)
+    }
+    fn leave(&self) {
+        self.shutdown();
+    }
+}
+
+/// An async shared session, driven from a plain thread through its runtime's handle.
+struct OnRuntime(AsyncSharedIgSession, tokio::runtime::Handle);
+
+impl Follower for OnRuntime {
+    fn call(&self) -> bool {
+        self.1
+            .block_on(self.0.send(accounts()))
+            .is_ok_and(|r| r.status() == 200)
+    }
+    fn is_owner(&self) -> bool {
+        self.0.is_owner()
+    }
+    fn leave(&self) {
+        self.1.block_on(self.0.shutdown());
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// Joins `ns` with an async session on `rt`.
+fn async_follower(
+    rt: &tokio::runtime::Runtime,
+    base: &str,
+    pem: &[u8],
+    redis: &Redis,
+    ns: &str,
+    ttl: Duration,
+) -> OnRuntime {
+    let http = broker_session_hyper::HttpClient::new(&transport(pem)).expect("http");
+    let shared = rt
+        .block_on(AsyncSharedIgSession::start(
+            ig_config(base),
+            &http,
+            redis,
+            shared_config(ns, ttl),
+        ))
+        .expect("joins");
+    OnRuntime(shared, rt.handle().clone())
+}
+
+/// Kills an owner process and times the hand-over to a follower in this process
+/// (async on a tokio runtime if `on_tokio`).
+fn failover(url: &str, ttl: Duration, runs: usize, on_tokio: bool) {
     let (server, fake, base) = fake_ig(Duration::from_secs(30));
     let dir = std::env::temp_dir().join(namespace("ca", 0));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -170,14 +240,22 @@ fn failover(url: &str, ttl: Duration, runs: usize) {
             .read_line(&mut line)
             .expect("READY");
         assert_eq!(line.trim(), "READY 1", "the child owns");
-        let follower = SharedIgSession::start(
-            ig_config(&base),
-            &http_client,
-            &redis,
-            shared_config(&ns, ttl),
-        )
-        .expect("joins");
-        assert_eq!(follower.send(accounts()).expect("call").status(), 200);
+        let rt = runtime();
+        let follower: Box<dyn Follower> = if on_tokio {
+            let pem = server.trust_pem();
+            Box::new(async_follower(&rt, &base, pem.as_bytes(), &redis, &ns, ttl))
+        } else {
+            Box::new(
+                SharedIgSession::start(
+                    ig_config(&base),
+                    &http_client,
+                    &redis,
+                    shared_config(&ns, ttl),
+                )
+                .expect("joins"),
+            )
+        };
+        assert!(follower.call(), "a call before the failover");
         // Kill it at a random point of its renewal period, as a crash would.
         thread::sleep(ttl / 7 * (run as u32 % 7));
         let killed = Instant::now();
@@ -187,18 +265,19 @@ fn failover(url: &str, ttl: Duration, runs: usize) {
             thread::sleep(Duration::from_millis(1));
         }
         owned.push(killed.elapsed());
-        assert_eq!(follower.send(accounts()).expect("call").status(), 200);
+        assert!(follower.call(), "a call after the failover");
         served.push(killed.elapsed());
-        follower.shutdown();
+        follower.leave();
     }
     let logins = fake.lock().map(|f| f.stats.logins).unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
     owned.sort();
     served.sort();
     println!(
-        "failover, lease TTL {:?}, {runs} runs: owner after median {:?} (max {:?}); \
+        "failover, {} follower, lease TTL {:?}, {runs} runs: owner after median {:?} (max {:?}); \
          first call served after median {:?} (max {:?}); {logins} logins for {runs} fleets \
          (one per fleet: no take-over logged in)",
+        if on_tokio { "async" } else { "blocking" },
         ttl,
         owned[runs / 2],
         owned[runs - 1],
@@ -257,6 +336,36 @@ fn broker_load(url: &str, n: usize, secs: u64) {
     let shared = session_requests(&fake);
     drop(fleet);
     drop(server);
+    // The same fleet, async: one runtime for the 16 sessions, as one process would
+    // have one per process; calls from plain threads through its handle.
+    let (server, fake, base) = fake_ig(token);
+    let rt = runtime();
+    let ns = namespace("load-async", n);
+    let fleet: Vec<OnRuntime> = (0..n)
+        .map(|_| {
+            let pem = server.trust_pem();
+            async_follower(
+                &rt,
+                &base,
+                pem.as_bytes(),
+                &redis,
+                &ns,
+                Duration::from_secs(5),
+            )
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    drive(&|| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+        fleet[i].call()
+    });
+    let shared_async = session_requests(&fake);
+    for f in &fleet {
+        f.leave();
+    }
+    drop(fleet);
+    drop(rt);
+    drop(server);
     // As many independent sessions.
     let (server, fake, base) = fake_ig(token);
     let clients: Vec<Client<IgSession>> = (0..n)
@@ -295,6 +404,14 @@ fn broker_load(url: &str, n: usize, secs: u64) {
         shared.2,
         shared.3,
         per_hour(shared)
+    );
+    println!(
+        "  shared, async: {} / {} / {} / {}  → at IG's timing about {:.0} refreshes an hour (+1 login)",
+        shared_async.0,
+        shared_async.1,
+        shared_async.2,
+        shared_async.3,
+        per_hour(shared_async)
     );
     println!(
         "  independent: {} / {} / {} / {}  → at IG's timing about {:.0} refreshes an hour (+{n} logins)",
@@ -344,8 +461,10 @@ fn main() {
     println!("machine: {}", sys::machine_line());
     match std::env::var(URL_VAR) {
         Ok(url) if !url.is_empty() => {
-            failover(&url, Duration::from_secs(1), 7);
-            failover(&url, Duration::from_secs(3), 7);
+            for on_tokio in [false, true] {
+                failover(&url, Duration::from_secs(1), 7, on_tokio);
+                failover(&url, Duration::from_secs(3), 7, on_tokio);
+            }
             let secs = std::env::var("BENCH_FLEET_SECS")
                 .ok()
                 .and_then(|s| s.parse().ok())
