@@ -10,7 +10,10 @@
 //!    of `BENCH_SCALE_TOKEN_SECS` (default 20 s, a refresh every 10 s), through at
 //!    least three refresh waves, on the default fd limit and per-host cap: logins/s,
 //!    refreshes/s, most connections to the broker and open files, lateness, memory
-//!    (`BENCH_SCALE_SHARED_CONFIG=1`: one `Arc<IgConfig>` for all the sessions).
+//!    (`BENCH_SCALE_SHARED_CONFIG=1`: one `Arc<IgConfig>` for all the sessions);
+//! 4. the same fleet on the blocking transport: `BENCH_SCALE_BLOCKING_N` IG v3
+//!    sessions (default 0: skipped; 100,000 is the comparison with phase 3), one
+//!    `HttpClient`, their timers run by one `Scheduler` thread; the same figures.
 //!
 //! Phases 1 and 2 run `BENCH_SCALE_SECS` seconds (default 30; at least one keep-alive
 //! period plus 5 s) after every session is up; N = 0 skips a phase.
@@ -191,6 +194,16 @@ impl FakeBroker for Canned {
     }
 }
 
+/// Server options for a canned server that keeps no record of the requests: a
+/// record holds the request's headers, which share the connection's read buffer, so
+/// 10,000 records would keep megabytes of the server's buffers alive and be counted
+/// as the sessions' memory.
+fn unrecorded() -> ServerOptions {
+    let mut options = ServerOptions::default();
+    options.record_limit = 0;
+    options
+}
+
 struct Timing {
     name: &'static str,
     tickle: Duration,
@@ -344,8 +357,7 @@ fn phase(t: &Timing, n: usize, secs: u64) {
         served: Arc::clone(&served),
         refreshed: Arc::default(),
     }));
-    let server =
-        Server::start_shared(Arc::clone(&canned), ServerOptions::default()).expect("server");
+    let server = Server::start_shared(Arc::clone(&canned), unrecorded()).expect("server");
     let base = server.http_url();
     let (answers, ig_script, ibkr_script) = record_answers(&base, t);
     canned.lock().expect("not poisoned").answers = answers;
@@ -607,8 +619,7 @@ fn fleet(n: usize, token: Duration, secs: u64) {
         served: Arc::clone(&served),
         refreshed: Arc::clone(&refreshed),
     }));
-    let server =
-        Server::start_shared(Arc::clone(&canned), ServerOptions::default()).expect("server");
+    let server = Server::start_shared(Arc::clone(&canned), unrecorded()).expect("server");
     let base = server.http_url();
     let port: u16 = base
         .rsplit(':')
@@ -762,6 +773,149 @@ fn fleet(n: usize, token: Duration, secs: u64) {
     drop(server);
 }
 
+/// Phase 4: the fleet of phase 3 on the blocking transport, every session's timers
+/// run by one `Scheduler` thread; logins from 8 threads.
+fn fleet_blocking(n: usize, token: Duration, secs: u64) {
+    use broker_session_ureq::{Client as BlockingClient, HttpClient as BlockingHttp, Scheduler};
+    if n == 0 {
+        return;
+    }
+    let defaults = IgConfig::new(IgEnvironment::Demo, "k", "i", "p");
+    let period = token - defaults.refresh_margin.min(token / 2);
+    println!(
+        "\n== fleet, blocking: {n} IG v3 sessions, tokens of {token:?}, one Scheduler thread, fd limit {}",
+        fd_limit()
+    );
+    let t = Timing {
+        name: "fleet, blocking",
+        tickle: Duration::from_secs(60),
+        token,
+    };
+    let served = Arc::new(AtomicU64::new(0));
+    let refreshed = Arc::new(AtomicU64::new(0));
+    let canned = Arc::new(Mutex::new(Canned {
+        answers: HashMap::new(),
+        served: Arc::clone(&served),
+        refreshed: Arc::clone(&refreshed),
+    }));
+    let server = Server::start_shared(Arc::clone(&canned), unrecorded()).expect("server");
+    let base = server.http_url();
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let (answers, _, _) = record_answers(&base, &t);
+    canned.lock().expect("not poisoned").answers = answers;
+    println!(
+        "size_of: broker_session_ureq::Client<IgSession> {} B (an Arc)",
+        size_of::<BlockingClient<IgSession>>()
+    );
+    let mut config = Config::default();
+    config.event_capacity = env_usize("BENCH_SCALE_EVENTS", 4);
+    let peaks = Arc::new(Peaks::default());
+    let sampler = Arc::clone(&peaks).sample(port);
+    let rss0 = sys::status_kib("VmRSS");
+    let live0 = alloc::snapshot().live;
+    let per = |bytes: usize| (bytes.saturating_sub(live0)) as f64 / n as f64;
+    let http = BlockingHttp::new(&config).expect("client");
+    let shared = Arc::new(ig_config(&base));
+    let sessions: Vec<BlockingClient<Probe<IgSession>>> = (0..n)
+        .map(|i| {
+            let m = Probe::new(
+                IgSession::new(
+                    Arc::clone(&shared),
+                    broker_session::RngSeed::from_u64(i as u64),
+                    broker_session_ureq::now(),
+                )
+                .expect("valid"),
+            );
+            BlockingClient::with_http(m, http.clone())
+        })
+        .collect();
+    println!(
+        "heap after creating the sessions: {:.0} B per session",
+        per(alloc::snapshot().live)
+    );
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for chunk in sessions.chunks(n.div_ceil(8)) {
+            scope.spawn(move || {
+                for s in chunk {
+                    s.run(IgIntent::Login).expect("login");
+                }
+            });
+        }
+    });
+    let login_time = start.elapsed();
+    println!(
+        "heap after login: {:.0} B per session",
+        per(alloc::snapshot().live)
+    );
+    let scheduler = Scheduler::spawn().expect("scheduler");
+    let registrations: Vec<_> = sessions.iter().map(|s| scheduler.add(s)).collect();
+    println!(
+        "all {n} logged in in {login_time:.1?}: {:.0} logins/s; {:.0} B heap per session with the scheduler",
+        n as f64 / login_time.as_secs_f64(),
+        per(alloc::snapshot().live)
+    );
+    let secs = secs.max(3 * period.as_secs() + 5);
+    reset_lateness();
+    peaks.reset();
+    let (cpu0, srv0, ref0, w0) = (
+        sys::cpu_time(),
+        sys::threads_cpu_time("fake-broker-ser"),
+        refreshed.load(Relaxed),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(secs));
+    let wall = w0.elapsed();
+    let cpu = sys::cpu_time().saturating_sub(cpu0);
+    let srv = sys::threads_cpu_time("fake-broker-ser").saturating_sub(srv0);
+    let refreshes = refreshed.load(Relaxed) - ref0;
+    let live1 = alloc::snapshot().live;
+    let rss = sys::status_kib("VmRSS");
+    let (count, p50, p99, max) = lateness_stats();
+    let active = sessions
+        .iter()
+        .filter(|s| matches!(s.state(), broker_session::ig::IgState::Active { .. }))
+        .count();
+    println!(
+        "window {wall:.1?}: {refreshes} refreshes ({:.0}/s, {:.2} per session); {active} of {n} sessions active at its end",
+        refreshes as f64 / wall.as_secs_f64(),
+        refreshes as f64 / n as f64
+    );
+    println!(
+        "connections to the broker: at most {}; open files at most {}; threads {}",
+        peaks.connections.load(Relaxed),
+        peaks.fds.load(Relaxed),
+        std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count),
+    );
+    println!(
+        "CPU {:.0}% of one core ({:.0}% client, {:.0}% server thread); {:.1} µs client CPU per refresh",
+        cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
+        cpu.saturating_sub(srv).as_secs_f64() / wall.as_secs_f64() * 100.0,
+        srv.as_secs_f64() / wall.as_secs_f64() * 100.0,
+        cpu.saturating_sub(srv).as_secs_f64() * 1e6 / refreshes.max(1) as f64,
+    );
+    println!(
+        "timer lateness over {count} deadlines: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?} (100 µs buckets)"
+    );
+    println!(
+        "heap per session, all in (pool, scheduler, server buffers included): {:.0} B now, {:.0} B at the highest sample; RSS {} MiB (+{:.0} B per session)",
+        per(live1),
+        per((peaks.heap.load(Relaxed) as usize).max(live1)),
+        rss / 1024,
+        (rss.saturating_sub(rss0) * 1024) as f64 / n as f64,
+    );
+    peaks.stop.store(true, Relaxed);
+    let _ = sampler.join();
+    drop(registrations);
+    drop(scheduler);
+    drop((sessions, http));
+    drop(server);
+}
+
 fn main() {
     println!("machine: {}", sys::machine_line());
     alloc::set_counting(true);
@@ -786,6 +940,11 @@ fn main() {
     );
     fleet(
         env_usize("BENCH_SCALE_FLEET_N", 100_000),
+        Duration::from_secs(env_usize("BENCH_SCALE_TOKEN_SECS", 20) as u64),
+        secs,
+    );
+    fleet_blocking(
+        env_usize("BENCH_SCALE_BLOCKING_N", 0),
         Duration::from_secs(env_usize("BENCH_SCALE_TOKEN_SECS", 20) as u64),
         secs,
     );

@@ -43,8 +43,8 @@ use crate::sim::{FakeBroker, Reply};
 /// The largest request body the server reads (2 MiB).
 const MAX_REQUEST_BODY: usize = 2 << 20;
 
-/// How many requests the server remembers for [`Server::requests`]; older ones are
-/// forgotten.
+/// How many requests the server remembers for [`Server::requests`] by default; older
+/// ones are forgotten.
 const RECORD_LIMIT: usize = 10_000;
 
 /// Which certificate the HTTPS listener presents.
@@ -80,6 +80,10 @@ pub struct ServerOptions {
     /// headers (credentials redacted), body size, status and error code of the answer.
     /// Default: none.
     pub request_log: Option<PathBuf>,
+    /// How many requests the server remembers for [`Server::requests`] (older ones
+    /// are forgotten; `0` remembers none, as a benchmark measuring its clients'
+    /// memory wants). Default: 10,000.
+    pub record_limit: usize,
 }
 
 /// Where a request came in: a request extension the server adds, for fakes that
@@ -101,6 +105,7 @@ impl Default for ServerOptions {
             https_port: 0,
             body_timeout: Duration::from_secs(10),
             request_log: None,
+            record_limit: RECORD_LIMIT,
         }
     }
 }
@@ -145,6 +150,7 @@ struct State<F> {
     stall: Duration,
     body_timeout: Duration,
     log: Option<Mutex<std::fs::File>>,
+    record_limit: usize,
 }
 
 impl Server {
@@ -181,6 +187,7 @@ impl Server {
             stall: options.stall,
             body_timeout: options.body_timeout,
             log,
+            record_limit: options.record_limit,
         });
         let (tx, rx) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -369,9 +376,9 @@ async fn serve<F: FakeBroker>(
             return Ok(resp);
         }
     };
-    {
+    if state.record_limit > 0 {
         let mut log = lock(&state.requests);
-        if log.len() == RECORD_LIMIT {
+        if log.len() >= state.record_limit {
             log.pop_front();
         }
         log.push_back(Recorded {
