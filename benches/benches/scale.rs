@@ -13,7 +13,8 @@
 //!    (`BENCH_SCALE_SHARED_CONFIG=1`: one `Arc<IgConfig>` for all the sessions);
 //! 4. the same fleet on the blocking transport: `BENCH_SCALE_BLOCKING_N` IG v3
 //!    sessions (default 0: skipped; 100,000 is the comparison with phase 3), one
-//!    `HttpClient`, their timers run by one `Scheduler` thread; the same figures.
+//!    `HttpClient`, their timers run by one `Scheduler` with
+//!    `BENCH_SCALE_SCHEDULER_THREADS` threads (default 1); the same figures.
 //!
 //! Phases 1 and 2 run `BENCH_SCALE_SECS` seconds (default 30; at least one keep-alive
 //! period plus 5 s) after every session is up; N = 0 skips a phase.
@@ -774,7 +775,8 @@ fn fleet(n: usize, token: Duration, secs: u64) {
 }
 
 /// Phase 4: the fleet of phase 3 on the blocking transport, every session's timers
-/// run by one `Scheduler` thread; logins from 8 threads.
+/// run by one `Scheduler` (`BENCH_SCALE_SCHEDULER_THREADS` threads); logins from 8
+/// threads.
 fn fleet_blocking(n: usize, token: Duration, secs: u64) {
     use broker_session_ureq::{Client as BlockingClient, HttpClient as BlockingHttp, Scheduler};
     if n == 0 {
@@ -782,8 +784,9 @@ fn fleet_blocking(n: usize, token: Duration, secs: u64) {
     }
     let defaults = IgConfig::new(IgEnvironment::Demo, "k", "i", "p");
     let period = token - defaults.refresh_margin.min(token / 2);
+    let threads = env_usize("BENCH_SCALE_SCHEDULER_THREADS", 1);
     println!(
-        "\n== fleet, blocking: {n} IG v3 sessions, tokens of {token:?}, one Scheduler thread, fd limit {}",
+        "\n== fleet, blocking: {n} IG v3 sessions, tokens of {token:?}, one Scheduler with {threads} thread(s), fd limit {}",
         fd_limit()
     );
     let t = Timing {
@@ -852,7 +855,7 @@ fn fleet_blocking(n: usize, token: Duration, secs: u64) {
         "heap after login: {:.0} B per session",
         per(alloc::snapshot().live)
     );
-    let scheduler = Scheduler::spawn().expect("scheduler");
+    let scheduler = Scheduler::spawn_threads(threads).expect("scheduler");
     let registrations: Vec<_> = sessions.iter().map(|s| scheduler.add(s)).collect();
     println!(
         "all {n} logged in in {login_time:.1?}: {:.0} logins/s; {:.0} B heap per session with the scheduler",

@@ -84,6 +84,9 @@ struct Entry {
     due: Option<Instant>,
     /// The session moved its deadline earlier while it was being run.
     poked: bool,
+    /// A thread of the scheduler is running the session now: no other takes it up
+    /// until it is done (it then reschedules from `due` if `poked`).
+    running: bool,
 }
 
 /// `a` or `b`, whichever is earlier; `None` is never.
@@ -114,38 +117,57 @@ impl Shared {
         self.wake.notify_all();
     }
 
+    /// Runs the sessions due by now, one at a time, taking each from the queue only
+    /// when the previous one is done: several threads calling this share the due
+    /// sessions between them, and none runs a session another is running.
     fn run_due(&self) -> Option<Instant> {
         let now = Instant::now();
-        let mut due = Vec::new();
-        {
-            let mut st = self.lock();
-            while let Some(&Reverse((at, id))) = st.queue.peek() {
-                if at > now {
-                    break;
+        loop {
+            let next = {
+                let mut st = self.lock();
+                match st.take_due(now) {
+                    Some(next) => next,
+                    None => return st.earliest(),
                 }
-                st.queue.pop();
-                if let Some(e) = st.entries.get_mut(&id)
-                    && e.due == Some(at)
-                {
-                    e.due = None;
-                    e.poked = false;
-                    due.push((id, Arc::clone(&e.session)));
-                }
-            }
-        }
-        for (id, session) in due {
-            let next = session.service_scheduled();
+            };
+            let (id, session) = next;
+            let deadline = session.service_scheduled();
             let mut st = self.lock();
             if let Some(e) = st.entries.get_mut(&id) {
-                let next = if e.poked { earliest(e.due, next) } else { next };
-                st.schedule(id, next);
+                e.running = false;
+                let deadline = if e.poked {
+                    earliest(e.due, deadline)
+                } else {
+                    deadline
+                };
+                st.schedule(id, deadline);
             }
         }
-        self.lock().earliest()
     }
 }
 
 impl State {
+    /// Takes the next session due by `now` that no thread is running, marking it
+    /// running.
+    fn take_due(&mut self, now: Instant) -> Option<(u64, Arc<dyn Timed>)> {
+        while let Some(&Reverse((at, id))) = self.queue.peek() {
+            if at > now {
+                return None;
+            }
+            self.queue.pop();
+            if let Some(e) = self.entries.get_mut(&id)
+                && e.due == Some(at)
+                && !e.running
+            {
+                e.due = None;
+                e.poked = false;
+                e.running = true;
+                return Some((id, Arc::clone(&e.session)));
+            }
+        }
+        None
+    }
+
     /// Sets entry `id` (present) to run at `due`.
     fn schedule(&mut self, id: u64, due: Option<Instant>) {
         if let Some(e) = self.entries.get_mut(&id) {
@@ -183,11 +205,17 @@ impl State {
 /// Due sessions run one after the other on the scheduler's thread, their exchanges
 /// included: a session due while another one's exchange is in progress waits for it,
 /// at most that exchange's deadline ([`Config::request_timeout`](crate::Config::request_timeout)
-/// or less). We chose this over a pool of worker threads because the exchanges a
-/// timer starts (a refresh, a keep-alive) take a round trip each, so a thread serves
-/// hundreds of sessions a second, and one thread is what a fleet of idle sessions
-/// should cost. For more parallelism, run several schedulers, each with a share of
-/// the sessions, or call [`run_due`](Self::run_due) from threads of your own.
+/// or less). One thread is what a fleet of idle sessions should cost, and the
+/// exchanges a timer starts (a refresh, a keep-alive) take a round trip each, so a
+/// thread serves thousands of sessions a second on a near broker (about 10,000 a
+/// second on loopback). For sessions whose timers fall due together by the thousand
+/// (a fleet logged in at once refreshes at once), or a distant broker, give the
+/// scheduler several threads with [`spawn_threads`](Self::spawn_threads): they take
+/// the due sessions one at a time from one queue, never one session on two threads,
+/// and run up to that many exchanges at once (within
+/// [`Config::max_connections_per_host`](crate::Config::max_connections_per_host)).
+/// [`run_due`](Self::run_due) may likewise be called from several threads of your
+/// own.
 ///
 /// ```no_run
 /// # fn demo(configs: Vec<broker_session_ureq::IgConfig>) -> Result<(), broker_session_ureq::Error> {
@@ -207,14 +235,14 @@ impl State {
 #[must_use = "the scheduler's thread stops when it is dropped"]
 pub struct Scheduler {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scheduler")
             .field("sessions", &self.shared.lock().entries.len())
-            .field("own_thread", &self.thread.is_some())
+            .field("threads", &self.threads.len())
             .finish()
     }
 }
@@ -240,7 +268,7 @@ impl Scheduler {
     pub fn new() -> Self {
         Self {
             shared: Arc::default(),
-            thread: None,
+            threads: Vec::new(),
         }
     }
 
@@ -249,23 +277,42 @@ impl Scheduler {
     /// thread, which takes at most one exchange's deadline if it is in the middle of
     /// one.
     pub fn spawn() -> Result<Self, Error> {
-        let shared: Arc<Shared> = Arc::default();
-        let run = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("bs-scheduler".into())
-            .spawn(move || {
-                loop {
-                    run.run_due();
-                    if !wait(&run, IDLE_SLEEP) {
-                        return;
+        Self::spawn_threads(1)
+    }
+
+    /// A scheduler with `threads` threads of its own (at least one; named
+    /// `bs-scheduler`), sharing the due sessions: up to `threads` sessions' exchanges
+    /// run at once. See the type's documentation for when more than one helps.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), broker_session_ureq::Error> {
+    /// // 100,000 sessions that logged in within seconds refresh within seconds too.
+    /// let scheduler = broker_session_ureq::Scheduler::spawn_threads(8)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ThreadSpawn`] if a thread could not be started (those already
+    /// started stop).
+    pub fn spawn_threads(threads: usize) -> Result<Self, Error> {
+        let mut scheduler = Self::new();
+        for _ in 0..threads.max(1) {
+            let run = Arc::clone(&scheduler.shared);
+            let thread = std::thread::Builder::new()
+                .name("bs-scheduler".into())
+                .spawn(move || {
+                    loop {
+                        run.run_due();
+                        if !wait(&run, IDLE_SLEEP) {
+                            return;
+                        }
                     }
-                }
-            })
-            .map_err(|_| Error::ThreadSpawn)?;
-        Ok(Self {
-            shared,
-            thread: Some(thread),
-        })
+                })
+                .map_err(|_| Error::ThreadSpawn)?;
+            scheduler.threads.push(thread);
+        }
+        Ok(scheduler)
     }
 
     /// Adds `client`'s session: its timers run (on this scheduler) until the returned
@@ -292,6 +339,7 @@ impl Scheduler {
                     session: Arc::clone(&session),
                     due: None,
                     poked: false,
+                    running: false,
                 },
             );
             // Due now: its first run tells the scheduler its deadline.
@@ -362,7 +410,7 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.wake.notify_all();
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             // A panic on the thread has already been reported; nothing to add here.
             let _ = t.join();
         }
@@ -469,5 +517,83 @@ mod tests {
         assert!(a.hook.lock().unwrap().is_none());
         assert_eq!(scheduler.len(), 1);
         assert_eq!(scheduler.run_due(), None);
+    }
+
+    /// A session whose first run waits (at most 10 s) until `together` runs have been
+    /// in progress at once, notes the most it saw, and asks to be run again at once while it
+    /// runs: a second thread must not run it meanwhile.
+    struct Rendezvous {
+        together: usize,
+        in_progress: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+        running: std::sync::atomic::AtomicBool,
+        overlapped: std::sync::atomic::AtomicBool,
+        runs: AtomicUsize,
+        hook: Mutex<Option<Hook>>,
+    }
+
+    impl Timed for Rendezvous {
+        fn service_scheduled(&self) -> Option<Instant> {
+            if self.running.swap(true, Ordering::SeqCst) {
+                self.overlapped.store(true, Ordering::SeqCst);
+            }
+            let run = self.runs.fetch_add(1, Ordering::SeqCst);
+            let now_in = self.in_progress.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now_in, Ordering::SeqCst);
+            if run == 0 {
+                // Due again at once, said while running.
+                if let Some(h) = self.hook.lock().unwrap().as_mut() {
+                    h.moved(Some(Instant::now()));
+                }
+                let end = later(Duration::from_secs(10));
+                while self.most.load(Ordering::SeqCst) < self.together && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            self.in_progress.fetch_sub(1, Ordering::SeqCst);
+            self.running.store(false, Ordering::SeqCst);
+            None
+        }
+        fn attach(&self, hook: Option<Hook>) {
+            *self.hook.lock().unwrap() = hook;
+        }
+        fn detach(&self, _id: u64) {}
+    }
+
+    #[test]
+    fn several_threads_share_the_due_sessions_and_never_run_one_twice_at_once() {
+        let scheduler = Scheduler::spawn_threads(3).unwrap();
+        let in_progress = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let sessions: Vec<_> = (0..3)
+            .map(|_| {
+                Arc::new(Rendezvous {
+                    together: 3,
+                    in_progress: Arc::clone(&in_progress),
+                    most: Arc::clone(&most),
+                    running: false.into(),
+                    overlapped: false.into(),
+                    runs: AtomicUsize::new(0),
+                    hook: Mutex::new(None),
+                })
+            })
+            .collect();
+        let _registrations: Vec<_> = sessions
+            .iter()
+            .map(|s| scheduler.register(s.clone()))
+            .collect();
+        let end = later(Duration::from_secs(20));
+        while sessions.iter().any(|s| s.runs.load(Ordering::SeqCst) < 2) {
+            assert!(Instant::now() < end, "every session runs twice");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // All three ran at once (one thread could not have got past the first), and
+        // none was run by two threads at once though each asked to run again while
+        // it ran.
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+        for s in &sessions {
+            assert!(!s.overlapped.load(Ordering::SeqCst));
+            assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+        }
     }
 }
