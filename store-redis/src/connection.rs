@@ -1,16 +1,30 @@
 //! The Redis URL (redacted when shown), the client, and a connection that reconnects.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::ConnectionLike;
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use zeroize::Zeroizing;
 
 use crate::Error;
 
-/// A Redis connection URL, as the `redis` crate reads it: `redis://`, `rediss://` (TLS,
-/// with the `tls` feature, on by default), `redis+unix://`, with credentials
-/// (`redis://user:password@host:6379/0`).
+/// A Redis connection URL: one server as the `redis` crate reads it (`redis://`,
+/// `rediss://` for TLS with the `tls` feature, on by default, `redis+unix://`, with
+/// credentials: `redis://user:password@host:6379/0`), a Redis Cluster, or a server
+/// found through Redis Sentinel:
+///
+/// - `redis+cluster://[user:password@]host:port[,host:port…]` (`rediss+cluster://`
+///   with TLS): the cluster's entry points; commands go to the node that owns their
+///   slot (a namespace's keys share one slot), and pub/sub goes through the first
+///   entry point that answers (a cluster forwards every `PUBLISH` to every node).
+/// - `redis+sentinel://[user:password@]host:port[,host:port…]/master-name[/db]`
+///   (`rediss+sentinel://` with TLS): the Sentinels, and the name they monitor the
+///   master under; every (re)connection asks them for the current master, so a
+///   failover is followed. The credentials and database are the master's (the
+///   Sentinels are asked without credentials).
 ///
 /// Debug and Display hide the password and any query string:
 ///
@@ -98,9 +112,144 @@ impl From<String> for RedisUrl {
 /// ```
 #[derive(Clone)]
 pub struct Redis {
-    client: redis::Client,
+    target: Target,
     url: RedisUrl,
     timeout: Duration,
+}
+
+/// What the URL names.
+#[derive(Clone)]
+enum Target {
+    /// One server.
+    Node(redis::Client),
+    /// A Redis Cluster: commands through a cluster connection, pub/sub through a
+    /// connection to one of the entry points.
+    Cluster {
+        cluster: ClusterClient,
+        entry_points: Vec<redis::Client>,
+    },
+    /// The master Redis Sentinel names, asked for again at every connection.
+    Sentinel(Arc<Mutex<SentinelClient>>),
+}
+
+/// The URL's scheme, if it names a cluster or Sentinels, and whether with TLS.
+fn multi_node_scheme(url: &str) -> Option<(&'static str, bool, &str)> {
+    for (scheme, kind, tls) in [
+        ("redis+cluster://", "cluster", false),
+        ("rediss+cluster://", "cluster", true),
+        ("redis+sentinel://", "sentinel", false),
+        ("rediss+sentinel://", "sentinel", true),
+    ] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            return Some((kind, tls, rest));
+        }
+    }
+    None
+}
+
+/// `[user:password@]host:port[,host:port…]` and what follows the hosts (from the
+/// first `/`, if any): one plain URL per host, each with the credentials.
+fn node_urls(rest: &str, tls: bool) -> Result<(Vec<String>, &str), String> {
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let scheme = if tls { "rediss" } else { "redis" };
+    let urls: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}://{userinfo}{h}/"))
+        .collect();
+    if urls.is_empty() {
+        return Err("no host".to_owned());
+    }
+    Ok((urls, path))
+}
+
+impl Target {
+    fn open(url: &str, timeout: Duration) -> Result<Self, String> {
+        let Some((kind, tls, rest)) = multi_node_scheme(url) else {
+            return redis::Client::open(url)
+                .map(Self::Node)
+                .map_err(|e| e.to_string());
+        };
+        let (urls, path) = node_urls(rest, tls)?;
+        if kind == "cluster" {
+            if !path.trim_matches('/').is_empty() {
+                return Err("a cluster has no database number".to_owned());
+            }
+            let entry_points = urls
+                .iter()
+                .map(|u| redis::Client::open(u.as_str()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let cluster = ClusterClient::builder(urls)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()
+                .map_err(|e| e.to_string())?;
+            return Ok(Self::Cluster {
+                cluster,
+                entry_points,
+            });
+        }
+        let mut parts = path.trim_start_matches('/').split('/');
+        let master = parts
+            .next()
+            .filter(|m| !m.is_empty())
+            .ok_or("no master name after the Sentinels")?;
+        let db = match parts.next().filter(|d| !d.is_empty()) {
+            Some(d) => d.parse::<i64>().map_err(|_| "not a database number")?,
+            None => 0,
+        };
+        // The master's credentials, as the URL gives them; the Sentinels get none.
+        let first = redis::IntoConnectionInfo::into_connection_info(urls[0].as_str())
+            .map_err(|e| e.to_string())?;
+        let master_info = first.redis_settings().clone().set_db(db);
+        let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(master_info);
+        if tls {
+            node = node.set_tls_mode(redis::TlsMode::Secure);
+        }
+        let scheme = if tls { "rediss" } else { "redis" };
+        let sentinels: Vec<String> = urls
+            .iter()
+            .map(|u| {
+                let host = u.rsplit('@').next().unwrap_or(u);
+                let host = host.strip_prefix(&format!("{scheme}://")).unwrap_or(host);
+                format!("{scheme}://{host}")
+            })
+            .collect();
+        let client =
+            SentinelClient::build(sentinels, master, Some(node), SentinelServerType::Master)
+                .map_err(|e| e.to_string())?;
+        Ok(Self::Sentinel(Arc::new(Mutex::new(client))))
+    }
+
+    /// A client for one server: the URL's, the master the Sentinels name now, or
+    /// the cluster entry point at `index`.
+    fn node(&self, index: usize) -> redis::RedisResult<redis::Client> {
+        match self {
+            Self::Node(client) => Ok(client.clone()),
+            Self::Cluster { entry_points, .. } => {
+                Ok(entry_points[index % entry_points.len()].clone())
+            }
+            Self::Sentinel(sentinel) => sentinel
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_client(),
+        }
+    }
+
+    fn nodes(&self) -> usize {
+        match self {
+            Self::Cluster { entry_points, .. } => entry_points.len(),
+            _ => 1,
+        }
+    }
 }
 
 impl Redis {
@@ -113,15 +262,18 @@ impl Redis {
     ///
     /// [`Error::InvalidUrl`] when the `redis` crate cannot read the URL.
     pub fn open(url: impl Into<RedisUrl>) -> Result<Self, Error> {
-        let url = url.into();
-        let client = redis::Client::open(url.expose()).map_err(|e| Error::InvalidUrl {
+        Self::open_with_timeout(url.into(), Self::DEFAULT_TIMEOUT)
+    }
+
+    fn open_with_timeout(url: RedisUrl, timeout: Duration) -> Result<Self, Error> {
+        let target = Target::open(url.expose(), timeout).map_err(|e| Error::InvalidUrl {
             url: url.redacted(),
-            detail: scrub(&e.to_string(), &url),
+            detail: scrub(&e, &url),
         })?;
         Ok(Self {
-            client,
+            target,
             url,
-            timeout: Self::DEFAULT_TIMEOUT,
+            timeout,
         })
     }
 
@@ -130,6 +282,12 @@ impl Redis {
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(Duration::from_millis(1));
+        if let Target::Cluster { .. } = self.target
+            && let Ok(reopened) = Self::open_with_timeout(self.url.clone(), self.timeout)
+        {
+            // The cluster client takes its timeouts when built.
+            self.target = reopened.target;
+        }
         self
     }
 
@@ -152,15 +310,41 @@ impl Redis {
         Ok(conn)
     }
 
+    /// A connection to one server (for pub/sub): the URL's, the current master of a
+    /// Sentinel URL, or the first cluster entry point that answers.
     pub(crate) fn raw_connection(&self, during: &'static str) -> Result<redis::Connection, Error> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.timeout)
-            .map_err(|e| self.error(during, &e))?;
-        conn.set_read_timeout(Some(self.timeout))
-            .and_then(|()| conn.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| self.error(during, &e))?;
-        Ok(conn)
+        let mut last = None;
+        for index in 0..self.target.nodes() {
+            let opened = self.target.node(index).and_then(|client| {
+                let conn = client.get_connection_with_timeout(self.timeout)?;
+                conn.set_read_timeout(Some(self.timeout))?;
+                conn.set_write_timeout(Some(self.timeout))?;
+                Ok(conn)
+            });
+            match opened {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => self.error(during, &e),
+            None => Error::Redis {
+                during,
+                url: self.url.redacted(),
+                detail: "no server to connect to".to_owned(),
+            },
+        })
+    }
+
+    /// A connection for commands: to the one server, or a cluster connection.
+    fn command_connection(&self, during: &'static str) -> Result<Link, Error> {
+        match &self.target {
+            Target::Cluster { cluster, .. } => cluster
+                .get_connection()
+                .map(|c| Link::Cluster(Box::new(c)))
+                .map_err(|e| self.error(during, &e)),
+            _ => self.raw_connection(during).map(Link::Node),
+        }
     }
 
     pub(crate) fn error(&self, during: &'static str, e: &redis::RedisError) -> Error {
@@ -184,11 +368,24 @@ impl fmt::Debug for Redis {
 /// Removes the URL and its password from an error text of the `redis` crate.
 fn scrub(text: &str, url: &RedisUrl) -> String {
     let mut text = text.replace(url.expose(), &url.redacted());
+    let mut passwords = Vec::new();
     if let Ok(info) = redis::IntoConnectionInfo::into_connection_info(url.expose())
         && let Some(password) = info.redis_settings().password()
-        && !password.is_empty()
     {
-        text = text.replace(password, "***");
+        passwords.push(password.to_owned());
+    }
+    // The userinfo's password as written (cluster and Sentinel URLs, which the
+    // `redis` crate does not read itself).
+    if let Some(rest) = url.expose().split_once("://").map(|(_, rest)| rest) {
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && let Some((_, password)) = userinfo.split_once(':')
+        {
+            passwords.push(password.to_owned());
+        }
+    }
+    for password in passwords.iter().filter(|p| !p.is_empty()) {
+        text = text.replace(password.as_str(), "***");
     }
     text
 }
@@ -199,15 +396,41 @@ fn scrub(text: &str, url: &RedisUrl) -> String {
 /// retried compare-and-set could act twice.
 pub struct Connection {
     redis: Redis,
-    inner: Option<redis::Connection>,
+    inner: Option<Link>,
+}
+
+/// A live connection for commands.
+enum Link {
+    Node(redis::Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Link {
+    fn is_open(&self) -> bool {
+        match self {
+            Self::Node(c) => c.is_open(),
+            Self::Cluster(c) => c.is_open(),
+        }
+    }
+
+    fn as_dyn(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Self::Node(c) => c,
+            Self::Cluster(c) => c.as_mut(),
+        }
+    }
 }
 
 impl Connection {
-    fn ensure(&mut self, during: &'static str) -> Result<&mut redis::Connection, Error> {
+    fn ensure(&mut self, during: &'static str) -> Result<&mut dyn ConnectionLike, Error> {
         if self.inner.as_ref().is_none_or(|c| !c.is_open()) {
-            self.inner = Some(self.redis.raw_connection(during)?);
+            self.inner = Some(self.redis.command_connection(during)?);
         }
-        Ok(self.inner.as_mut().expect("connection was just set"))
+        Ok(self
+            .inner
+            .as_mut()
+            .expect("connection was just set")
+            .as_dyn())
     }
 
     /// Runs `f` on the live connection (opening one if needed); on a connection-level
@@ -215,15 +438,19 @@ impl Connection {
     pub(crate) fn run<T>(
         &mut self,
         during: &'static str,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnOnce(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
         let conn = self.ensure(during)?;
         f(conn).map_err(|e| {
+            // A server that went away, or a master demoted to a replica by a
+            // failover (READONLY): the next call connects afresh (to the new master,
+            // through the Sentinels).
             if e.is_io_error()
                 || e.is_connection_dropped()
                 || e.is_connection_refusal()
                 || e.is_timeout()
                 || e.is_unrecoverable_error()
+                || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
             {
                 self.inner = None;
             }
@@ -291,6 +518,42 @@ mod tests {
             redis.url().to_string(),
             "rediss://:***@cache.example:6380/0"
         );
+    }
+
+    #[test]
+    fn cluster_and_sentinel_urls_open_and_hide_their_password() {
+        for url in [
+            "redis+cluster://u:hunter2@127.0.0.1:1,127.0.0.1:2",
+            "redis+sentinel://u:hunter2@127.0.0.1:1,127.0.0.1:2/main",
+            "redis+sentinel://:hunter2@127.0.0.1:1/main/3",
+        ] {
+            let redis = Redis::open(url).unwrap();
+            let shown = format!("{redis:?} {}", redis.url());
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains(":***@127.0.0.1:1"), "{shown}");
+        }
+        for url in [
+            "redis+cluster://",
+            "redis+cluster://127.0.0.1:1/0",
+            "redis+sentinel://127.0.0.1:1",
+            "redis+sentinel://u:hunter2@127.0.0.1:1/main/not-a-db",
+        ] {
+            let err = Redis::open(url).unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err}");
+            assert!(!format!("{err} {err:?}").contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn errors_from_a_sentinel_url_do_not_show_the_password() {
+        // Nothing listens on port 1: the Sentinel cannot be asked.
+        let redis = Redis::open("redis+sentinel://u:hunter2@127.0.0.1:1/main")
+            .unwrap()
+            .with_timeout(Duration::from_millis(200));
+        let err = redis.connect().unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(matches!(err, Error::Redis { .. }), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
     }
 
     #[test]
