@@ -52,6 +52,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod broker;
 mod connection;
 mod error;
 mod generation;
