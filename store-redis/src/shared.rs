@@ -1,5 +1,6 @@
 //! One IG session shared by a fleet of processes: [`SharedIgSession`] (blocking, on
-//! the ureq transport) and `AsyncSharedIgSession` (on the hyper transport).
+//! the ureq transport) and `AsyncSharedIgSession` (on the hyper transport); the
+//! coordination itself, which `shared_ibkr.rs` reuses for IBKR.
 //!
 //! Every process runs an [`IgSession`], built as a follower. At most one process holds the [`Lease`] and is the owner: it leads its
 //! session (resuming from the stored snapshot, else logging in) and publishes every
@@ -11,8 +12,9 @@
 //! the TTL, notice the loss) and the coordinator (publish, adopt, forward recovery
 //! requests, take over and step down), the same for both transports: the coordinator
 //! sees the session through a small trait (`SessionHandle`) that neither form of the
-//! client has to block a runtime for. Application calls run in the caller's thread
-//! or task through the transport's `send`.
+//! client has to block a runtime for, and sees the broker's machine through another
+//! (`Broker`, in `broker.rs`), so one coordinator serves both brokers. Application
+//! calls run in the caller's thread or task through the transport's `send`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -262,7 +264,7 @@ enum LeaseChange {
 /// What the coordinator needs of a session client: the blocking client offers it as
 /// is; the async one through [`AsyncHandle`]. No method waits on a runtime, so the
 /// coordinator never blocks one.
-trait SessionHandle<M: Machine>: Send + 'static {
+pub(crate) trait SessionHandle<M: Machine>: Send + 'static {
     fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T;
     fn submit(&self, intent: M::Intent) -> Result<(), TransportError>;
     fn service(&self);
@@ -424,7 +426,7 @@ where
 
 /// A process's part in the fleet, whatever the transport: the threads and what they
 /// share with the handle.
-struct Fleet<M: Machine> {
+pub(crate) struct Fleet<M: Machine> {
     shared: Arc<Shared<M>>,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
 }
@@ -439,7 +441,7 @@ where
     /// Joins the fleet of `config.namespace` with `client` (see
     /// [`SharedIgSession::start`]); blocks for the takeover when no process owns the
     /// session.
-    fn join<C: SessionHandle<M>>(
+    pub(crate) fn join<C: SessionHandle<M>>(
         client: C,
         redis: &Redis,
         config: SharedConfig,
@@ -529,7 +531,7 @@ where
         Ok(fleet)
     }
 
-    fn drain_events(&self) -> Vec<FleetEvent<M>> {
+    pub(crate) fn drain_events(&self) -> Vec<FleetEvent<M>> {
         self.shared
             .events
             .lock()
@@ -539,7 +541,7 @@ where
     }
 
     /// Stops the threads, waits for them, then makes the session a follower.
-    fn stop<C: SessionHandle<M>>(&self, client: &C) {
+    pub(crate) fn stop<C: SessionHandle<M>>(&self, client: &C) {
         self.signal_stop();
         let threads =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
