@@ -28,6 +28,8 @@ use broker_session_redis::{
 use broker_session_ureq::{Config, HttpClient, IbkrConfig, Tls, http};
 
 type Res<T = ()> = Result<T, Box<dyn Error>>;
+/// The fleet's processes; `None` once one has left.
+type Fleet = [Option<Arc<SharedIbkrSession>>];
 
 const PROCESSES: usize = 4;
 
@@ -84,7 +86,7 @@ fn run(url: &str) -> Res {
 
     let calls = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
-    let call_all = |fleet: &[Option<Arc<SharedIbkrSession>>]| {
+    let call_all = |fleet: &Fleet| {
         for s in fleet.iter().flatten() {
             let request = http::Request::get("/iserver/accounts")
                 .body(Vec::new())
@@ -126,11 +128,7 @@ fn run(url: &str) -> Res {
 }
 
 /// Calls from every process and prints their fleet events for `d`.
-fn watch(
-    fleet: &[Option<Arc<SharedIbkrSession>>],
-    d: Duration,
-    call_all: &dyn Fn(&[Option<Arc<SharedIbkrSession>>]),
-) {
+fn watch(fleet: &Fleet, d: Duration, call_all: &dyn Fn(&Fleet)) {
     let end = Instant::now() + d;
     while Instant::now() < end {
         call_all(fleet);

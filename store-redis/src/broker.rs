@@ -56,7 +56,7 @@ impl Broker for IgSession {
     }
 
     fn generation(&self) -> u64 {
-        IgSession::generation(self)
+        Self::generation(self)
     }
 
     fn holds(&self) -> bool {
@@ -110,7 +110,7 @@ impl Broker for IbkrSession {
     }
 
     fn generation(&self) -> u64 {
-        IbkrSession::generation(self)
+        Self::generation(self)
     }
 
     fn holds(&self) -> bool {
