@@ -74,6 +74,8 @@ pub use seal::{Sealing, SealingKey};
 #[cfg(feature = "async")]
 pub use shared::AsyncSharedIgSession;
 pub use shared::{FleetEvent, SharedConfig, SharedIgSession};
+#[cfg(feature = "async")]
+pub use shared_ibkr::AsyncSharedIbkrSession;
 pub use shared_ibkr::SharedIbkrSession;
 
 /// The highest generation number: Redis compares generations in Lua, whose numbers are

@@ -326,7 +326,7 @@ where
 /// sets no tokio timer, so it works on any runtime flavour and cannot panic when
 /// the runtime shuts down first.
 #[cfg(feature = "async")]
-struct AsyncHandle<M: Machine> {
+pub(crate) struct AsyncHandle<M: Machine> {
     client: AsyncClient<M>,
     /// Events drained from the client but not yet handed out.
     pending: Mutex<VecDeque<SessionEvent<M>>>,
@@ -345,7 +345,7 @@ where
     M::State: Send,
     M::Outcome: Send,
 {
-    fn new(client: AsyncClient<M>) -> Self {
+    pub(crate) fn new(client: AsyncClient<M>) -> Self {
         Self {
             client,
             pending: Mutex::new(VecDeque::new()),
@@ -556,7 +556,7 @@ where
 
 impl<M: Machine> Fleet<M> {
     /// Tells the threads to stop (the lease thread gives the lease up as it ends).
-    fn signal_stop(&self) {
+    pub(crate) fn signal_stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
     }
 }

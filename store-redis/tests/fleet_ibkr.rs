@@ -528,3 +528,88 @@ fn a_gateway_fleet_tickles_from_one_process_and_recovers_once_without_competing(
     );
     assert!(tickles >= 2, "the fleet was kept alive: {tickles}");
 }
+
+#[cfg(feature = "async")]
+#[test]
+fn a_refused_async_ibkr_follower_gets_a_newer_token_and_replays_once() {
+    use broker_session_redis::AsyncSharedIbkrSession;
+
+    let Some(url) = redis_url("a_refused_async_ibkr_follower_gets_a_newer_token_and_replays_once")
+    else {
+        return;
+    };
+    let redis = Redis::open(url.as_str()).unwrap();
+    let broker = Broker::start(true);
+    let plan = Plan {
+        namespace: namespace("async-refused"),
+        threads: 0,
+        call_for: Duration::from_millis(4000),
+        lease_ttl: Duration::from_secs(5),
+    };
+    // A blocking owner process, an async follower in this one.
+    let mut owner = Worker::spawn(&broker, &url, &plan);
+    assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let follower = rt
+        .block_on(async {
+            let mut transport = Config::default();
+            transport.tls = Tls::Pem(broker.server.trust_pem().as_bytes().to_vec());
+            let http_client = broker_session_hyper::HttpClient::new(&transport).unwrap();
+            let mut ibkr = IbkrConfig::oauth(FakeIbkr::oauth(false).1);
+            ibkr.base_url = broker.base_url();
+            let mut config = SharedConfig::new(
+                plan.namespace.as_str(),
+                Sealing::Sealed(SealingKey::from_bytes(KEY)),
+            );
+            config.lease_ttl = plan.lease_ttl;
+            config.poll_interval = Duration::from_millis(500);
+            AsyncSharedIbkrSession::start(ibkr, &http_client, &redis, config).await
+        })
+        .unwrap();
+    assert!(!follower.is_owner());
+    assert_eq!(follower.generation(), 1);
+    let accounts = || {
+        http::Request::get("/iserver/accounts")
+            .body(Vec::new())
+            .unwrap()
+    };
+    let before = rt.block_on(follower.send(accounts())).unwrap();
+    assert_eq!(before.status(), 200);
+    let calls_before = broker.count("/iserver/accounts");
+    // IBKR forgets the token the follower holds.
+    broker.fake.lock().unwrap().oauth_server().unwrap().revoke();
+    let after = rt.block_on(follower.send(accounts())).unwrap();
+    assert_eq!(after.status(), 200, "replayed with the newer token");
+    assert_eq!(follower.generation(), 2);
+    assert_eq!(broker.token_requests(), 2, "one renewal for the fleet");
+    // The refused call and one replay.
+    assert_eq!(broker.count("/iserver/accounts") - calls_before, 2);
+    let events: Vec<String> = follower
+        .drain_events()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        events.contains(&"asked for a recovery of generation 1".to_owned()),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&"adopted generation 2".to_owned()),
+        "{events:?}"
+    );
+    rt.block_on(follower.shutdown());
+    let (_, err) = owner.done();
+    assert_eq!(err, 0);
+    assert!(
+        owner
+            .seen
+            .iter()
+            .any(|l| l.starts_with("EVENT recovering generation 1")),
+        "the blocking owner ran the recovery: {:#?}",
+        owner.seen
+    );
+}
