@@ -22,9 +22,10 @@
 //! recovery when theirs is refused ([`RecoveryRequests`]); a follower takes over a dead
 //! owner's session by resuming it, without a new login. [`AsyncSharedIgSession`] (the
 //! `async` feature, on by default) is the same on the async hyper transport, for
-//! tokio programs. [`SharedIbkrSession`] shares one IBKR session the same way (blocking):
-//! the OAuth live session token, or a gateway's brokerage session, with one process
-//! tickling and none ever competing for the brokerage session by itself.
+//! tokio programs. [`SharedIbkrSession`] and [`AsyncSharedIbkrSession`] share one IBKR
+//! session the same way: the OAuth live session token, or a gateway's brokerage
+//! session, with one process tickling and none ever competing for the brokerage
+//! session by itself.
 //!
 //! Redis is reached through the `redis` crate's synchronous connection, from the
 //! caller's thread or the shared session's own threads.
