@@ -153,7 +153,7 @@ impl Broker for IbkrSession {
         matches!(outcome, IbkrOutcome::Adopted { .. })
     }
 
-    fn set_lease_deadline(&mut self, _until: Option<Instant>) {
-        // Not bounded yet: the IBKR machine has no lease deadline of its own.
+    fn set_lease_deadline(&mut self, until: Option<Instant>) {
+        Self::set_lease_deadline(self, until);
     }
 }

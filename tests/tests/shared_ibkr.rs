@@ -746,6 +746,42 @@ fn an_owner_that_lost_its_ownership_stops_acting_at_once() {
 }
 
 #[test]
+fn an_owner_driven_after_its_lease_ended_steps_down_before_renewing() {
+    let mut fleet = Fleet::start_with(Fleet::with_lifetime(
+        Mode::OAuth,
+        1,
+        Duration::from_secs(20 * 60),
+    ));
+    // The brokerage session outlives the pause (IBKR drops it after ~5 idle minutes).
+    fleet.fake.idle_timeout = Duration::from_secs(3600);
+    let start = fleet.clock.now().mono;
+    fleet.nodes[0].set_lease_deadline(Some(start + Duration::from_secs(60)));
+    let sent = fleet.session_requests[0];
+    // The process is paused past its lease and past its token's renewal time.
+    fleet.clock.advance(Duration::from_secs(16 * 60));
+    fleet.pump(0);
+    assert_eq!(fleet.nodes[0].role(), IbkrRole::Follower);
+    assert_eq!(fleet.session_requests[0], sent, "no tickle, no renewal");
+    assert_eq!(fleet.token_requests(), 1);
+    // The token it holds still serves its calls until it expires.
+    assert_eq!(fleet.call(0).unwrap(), (200, 1));
+    // Renewed with each lease renewal, the bound lets a live owner act.
+    let now = fleet.clock.now().mono;
+    fleet.nodes[1].set_lease_deadline(Some(now + Duration::from_secs(3600)));
+    fleet
+        .run(
+            1,
+            IbkrIntent::Lead {
+                generation_floor: 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(fleet.nodes[1].role(), IbkrRole::Owner);
+    fleet.advance(Duration::from_secs(60));
+    assert_eq!(fleet.nodes[1].role(), IbkrRole::Owner);
+}
+
+#[test]
 fn a_gateway_fleet_tickles_from_one_process_and_followers_only_send_calls() {
     let mut fleet = Fleet::start(Mode::Gateway, 3);
     assert_eq!(fleet.published, vec![1]);

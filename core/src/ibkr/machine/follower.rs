@@ -267,8 +267,64 @@ impl IbkrSession {
     /// Becomes a follower: nothing queued or running goes on, no timer is left, and
     /// the token is forgotten until the next adoption.
     fn follow(&mut self, generation: u64) -> OpId {
+        self.stop_leading();
+        self.lst = None;
+        self.adopted = false;
+        self.generation = generation;
+        self.announced = generation;
+        if !matches!(self.state, IbkrState::BackingOff { .. } | IbkrState::Closed) {
+            self.set_state(IbkrState::Disconnected);
+        }
+        self.complete_now(Ok(IbkrOutcome::Following))
+    }
+
+    /// Bounds the owner's authority by time: from `until` on (the end of the lease
+    /// that makes this process the owner, as the sharing layer measures it, erring
+    /// early) the session steps down to [`IbkrRole::Follower`] by itself, before it
+    /// would renew its token, tickle, initialise or recover. It keeps the live
+    /// session token for application calls; a refusal then waits for a newer
+    /// generation like any follower's. This covers a process paused past its lease
+    /// whose overdue timers would otherwise fire, once it runs again, before its lease
+    /// keeper notices the lease is gone (a token request that replaces the new owner's
+    /// token). Renew it with each lease renewal; `None` (the default) sets no bound.
+    ///
+    /// ```
+    /// use broker_session::ibkr::{IbkrConfig, IbkrIntent, IbkrRole, IbkrSession};
+    /// use broker_session::{Machine, Now, RngSeed};
+    /// use std::time::{Duration, Instant, SystemTime};
+    ///
+    /// let start = Instant::now();
+    /// let now = Now::new(start, SystemTime::UNIX_EPOCH);
+    /// let mut session =
+    ///     IbkrSession::follower(IbkrConfig::gateway(), RngSeed::from_u64(1), now).unwrap();
+    /// session.set_lease_deadline(Some(start + Duration::from_secs(15)));
+    /// let _ = session.submit(IbkrIntent::Lead { generation_floor: 0 }, now);
+    /// assert_eq!(session.role(), IbkrRole::Owner);
+    /// // Driven again after the lease's end: it follows.
+    /// let later = Now::new(start + Duration::from_secs(16), SystemTime::UNIX_EPOCH);
+    /// let _ = session.poll_output(later);
+    /// assert_eq!(session.role(), IbkrRole::Follower);
+    /// ```
+    pub fn set_lease_deadline(&mut self, until: Option<Instant>) {
+        self.lease_until = until;
+    }
+
+    /// Steps down by itself once the owner's lease has ended (see
+    /// [`IbkrSession::set_lease_deadline`]). The token stays for application calls.
+    pub(super) fn lapse_lead(&mut self, now: Now) {
+        if self.role == IbkrRole::Owner && self.lease_until.is_some_and(|t| t <= now.mono) {
+            self.stop_leading();
+            self.adopted = true;
+            self.announced = self.generation;
+        }
+    }
+
+    /// Takes the follower role: nothing queued or running goes on and no timer is
+    /// left. The token stays.
+    fn stop_leading(&mut self) {
         self.role = IbkrRole::Follower;
         self.shared = true;
+        self.lease_until = None;
         while let Some(op) = self.queue.pop_front() {
             self.complete(op, Err(Error::Cancelled));
         }
@@ -281,17 +337,9 @@ impl IbkrSession {
         } else if self.current.is_some() {
             self.finish(Err(Error::Cancelled));
         }
-        self.lst = None;
         self.lst_refresh_at = None;
         self.next_tickle = None;
         self.reactive_generation = None;
-        self.adopted = false;
-        self.generation = generation;
-        self.announced = generation;
-        if !matches!(self.state, IbkrState::BackingOff { .. } | IbkrState::Closed) {
-            self.set_state(IbkrState::Disconnected);
-        }
-        self.complete_now(Ok(IbkrOutcome::Following))
     }
 
     /// One recovery of `refused` for a follower, unless a newer generation exists or

@@ -181,6 +181,9 @@ pub struct IbkrSession {
     shared: bool,
     /// Follower role: a generation was adopted (and not forgotten by `Follow`).
     adopted: bool,
+    /// Owner of a shared session: the end of its lease, after which it steps down by
+    /// itself (see [`IbkrSession::set_lease_deadline`]).
+    lease_until: Option<Instant>,
 }
 
 impl fmt::Debug for IbkrSession {
@@ -295,6 +298,7 @@ impl IbkrSession {
             awaiting: None,
             shared: false,
             adopted: false,
+            lease_until: None,
         })
     }
 
@@ -431,6 +435,7 @@ impl Machine for IbkrSession {
         if self.queue.len() >= MAX_QUEUE {
             return Err(UsageError::QueueFull);
         }
+        self.lapse_lead(now);
         let intent = match self.submit_shared(intent, now)? {
             Ok(id) => {
                 self.drive(now);
@@ -572,6 +577,7 @@ impl Machine for IbkrSession {
         if let Some(until) = self.backoff_until.filter(|u| *u > now.mono) {
             return Err(AuthorizeError::BackingOff { until });
         }
+        self.lapse_lead(now);
         let stamp = AuthStamp {
             generation: self.generation,
         };
@@ -633,6 +639,7 @@ impl Machine for IbkrSession {
             let until = self.enter_backoff(now);
             return Observation::BackOff { until };
         }
+        self.lapse_lead(now);
         if self.role == IbkrRole::Follower
             && (policy::is_no_session(response) || policy::is_no_bridge(response))
         {

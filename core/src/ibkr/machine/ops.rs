@@ -260,6 +260,7 @@ impl IbkrSession {
     /// ([`IbkrConfig::request_deadline`](crate::ibkr::IbkrConfig::request_deadline)).
     /// So there is no step budget that could stop the machine short of quiescence.
     pub(super) fn drive(&mut self, now: Now) {
+        self.lapse_lead(now);
         self.expire_awaiting(now);
         while self.step_once(now) {}
         self.announce_credentials();
