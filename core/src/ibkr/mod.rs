@@ -36,6 +36,17 @@
 //! | `ssodh/init` failing | retried [`IbkrConfig::init_attempts`] times with back-off, then [`Error::Unavailable`](crate::Error::Unavailable) |
 //! | a failed keep-alive tickle | that tickle's operation fails; the keep-alive goes on |
 //!
+//! One login shared by several processes, as for IG: one session owns it (asks for the
+//! live session token, tickles, initialises, recovers) and reports each new generation
+//! ([`Event::CredentialsChanged`](crate::Event)); the others are built with
+//! [`IbkrSession::follower`], install each generation with [`IbkrIntent::Adopt`]
+//! (OAuth: the owner's token, [`IbkrSnapshot`]), and when a request is refused ask for
+//! a newer one ([`Event::CredentialsWanted`](crate::Event)) instead of recovering by
+//! themselves. [`IbkrIntent::Lead`] (a status check with the adopted token, never
+//! `compete=true`) and [`IbkrIntent::Follow`] move the ownership;
+//! [`IbkrIntent::Recover`] is the owner's side of a follower's request. The sharing
+//! itself is `broker-session-redis`'s.
+//!
 //! ```
 //! use std::time::{Duration, Instant, SystemTime};
 //! use broker_session::ibkr::{IbkrConfig, IbkrIntent, IbkrSession};
