@@ -1257,8 +1257,14 @@ where
 
     /// Stops acting as the owner: the session follows the stored generation again.
     fn step_down(&mut self, reason: &'static str) {
-        self.leading = false;
+        let was_leading = std::mem::take(&mut self.leading);
         if !self.is_owner() {
+            if was_leading {
+                // The session stepped down by itself at its lease deadline (driven by
+                // an application call) between this thread's look and now: report it.
+                self.shared.push(FleetEvent::Following { reason });
+                self.adopt_latest();
+            }
             return;
         }
         let generation = match self.store.current_generation(&mut self.conn) {

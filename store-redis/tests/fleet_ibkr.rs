@@ -644,3 +644,44 @@ fn a_refused_async_ibkr_follower_gets_a_newer_token_and_replays_once() {
         owner.seen
     );
 }
+
+#[test]
+fn a_paused_oauth_owner_steps_down_without_asking_for_a_token() {
+    let Some(url) = redis_url("a_paused_oauth_owner_steps_down_without_asking_for_a_token") else {
+        return;
+    };
+    let broker = Broker::start(true);
+    let plan = Plan {
+        namespace: namespace("paused"),
+        threads: 1,
+        call_for: Duration::from_millis(4500),
+        lease_ttl: Duration::from_millis(600),
+    };
+    let mut fleet = spawn_fleet(&broker, &url, &plan, 1);
+    let mut follower = fleet.pop().unwrap();
+    let mut owner = fleet.pop().unwrap();
+    let signal = |w: &Worker, signal: &str| {
+        let status = Command::new("kill")
+            .args([signal, &w.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal(&owner, "-STOP");
+    // The follower owns once the lease lapsed, with the stored token.
+    follower.expect("EVENT owner");
+    thread::sleep(Duration::from_millis(500));
+    signal(&owner, "-CONT");
+    // The paused owner, running again, follows: its overdue timers asked for nothing.
+    owner.expect("EVENT following");
+    let scan = broker.secrets();
+    for w in [&mut follower, &mut owner] {
+        let (_, err) = w.done();
+        assert_eq!(err, 0, "a call failed: {:#?}", w.seen);
+        for line in &w.seen {
+            scan.assert_clean("a worker's output", line);
+        }
+    }
+    assert_eq!(broker.token_requests(), 1, "one token for the fleet, ever");
+    assert_eq!(broker.count("/iserver/auth/ssodh/init"), 1);
+}
