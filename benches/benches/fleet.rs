@@ -15,6 +15,12 @@
 //!   the shared fleet once blocking and once async.
 //! - idle cost (needs `BROKER_SESSION_REDIS_URL`): CPU of the sharing threads of 4
 //!   sessions making no calls for 10 s.
+//! - IBKR broker load (needs `BROKER_SESSION_REDIS_URL`): 16 `SharedIbkrSession`s
+//!   against 16 independent IBKR sessions (OAuth 1.0a, then the gateway), each
+//!   calling 10 times a second for `BENCH_FLEET_SECS`, with the keep-alive compressed
+//!   to a tickle a second (IBKR's pacing floor; 60 s by default); tickles, live
+//!   session token requests and `ssodh/init`s counted by the fake IBKR and
+//!   extrapolated to the default interval. `BENCH_FLEET_ONLY=ibkr` runs these alone.
 //!
 //! Run: `cargo bench -p broker-session-benches --bench fleet`.
 
@@ -24,16 +30,21 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use broker_session::ibkr::IbkrSession;
 use broker_session::ig::{IgIntent, IgSession, LoginFlow};
 use broker_session::{Machine, Now, RngSeed};
 use broker_session_benches::sys;
 use broker_session_redis::{
-    AsyncSharedIgSession, Redis, Sealing, SealingKey, SharedConfig, SharedIgSession,
+    AsyncSharedIgSession, Redis, Sealing, SealingKey, SharedConfig, SharedIbkrSession,
+    SharedIgSession,
 };
+use broker_session_testkit::ibkr::{BASE_PATH, FakeIbkr};
 use broker_session_testkit::ig::{FakeIg, FakeIgConfig, accounts_request, session_config};
 use broker_session_testkit::server::{Server, ServerOptions};
 use broker_session_testkit::sim::{Sim, VirtualClock};
-use broker_session_ureq::{Client, Config, HttpClient, IgConfig, IgEnvironment, Tls, http};
+use broker_session_ureq::{
+    Client, Config, HttpClient, IbkrConfig, IgConfig, IgEnvironment, Tls, http,
+};
 use divan::Bencher;
 
 const URL_VAR: &str = "BROKER_SESSION_REDIS_URL";
@@ -423,6 +434,141 @@ fn broker_load(url: &str, n: usize, secs: u64) {
     );
 }
 
+/// Session requests the fake IBKR gets from `n` processes sharing one login through
+/// Redis, then from `n` independent sessions of the same login, each calling
+/// `GET /iserver/accounts` 10 times a second for `secs`, tickling every second.
+fn broker_load_ibkr(url: &str, n: usize, secs: u64, oauth: bool) {
+    let run = Duration::from_secs(secs);
+    let start_fake = || {
+        let fake = if oauth {
+            FakeIbkr::oauth(false).0
+        } else {
+            FakeIbkr::gateway()
+        };
+        let fake = Arc::new(Mutex::new(fake));
+        let server = Server::start_shared(Arc::clone(&fake), ServerOptions::default())
+            .expect("fake IBKR on loopback");
+        let base = format!("{}{BASE_PATH}", server.https_url());
+        (server, fake, base)
+    };
+    let config = |base: &str| {
+        let mut c = if oauth {
+            IbkrConfig::oauth(FakeIbkr::oauth(false).1)
+        } else {
+            IbkrConfig::gateway()
+        };
+        c.base_url = base.to_owned();
+        c.tickle_interval = Duration::from_secs(1);
+        c
+    };
+    let counts = |fake: &Arc<Mutex<FakeIbkr>>| {
+        let f = fake.lock().expect("fake");
+        (
+            f.requests_to("/tickle").count(),
+            f.requests_to("/oauth/live_session_token").count(),
+            f.requests_to("/iserver/auth/ssodh/init").count(),
+            f.requests_to("/iserver/accounts").count(),
+        )
+    };
+    let accounts = || {
+        http::Request::get("/iserver/accounts")
+            .body(Vec::new())
+            .expect("a valid request")
+    };
+    let drive = |send: &(dyn Fn() -> bool + Sync)| {
+        let end = Instant::now() + run;
+        let failed = std::sync::atomic::AtomicUsize::new(0);
+        thread::scope(|s| {
+            for _ in 0..n {
+                s.spawn(|| {
+                    while Instant::now() < end {
+                        if !send() {
+                            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+        });
+        failed.into_inner()
+    };
+    // A fleet.
+    let (server, fake, base) = start_fake();
+    let redis = Redis::open(url).expect("Redis URL");
+    let ns = namespace(if oauth { "ibkr-oauth" } else { "ibkr-gw" }, n);
+    let fleet: Vec<SharedIbkrSession> = (0..n)
+        .map(|_| {
+            let http = HttpClient::new(&transport(server.trust_pem().as_bytes())).expect("http");
+            SharedIbkrSession::start(
+                config(&base),
+                &http,
+                &redis,
+                shared_config(&ns, Duration::from_secs(5)),
+            )
+            .expect("joins")
+        })
+        .collect();
+    let started = counts(&fake);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let shared_failed = drive(&|| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+        fleet[i].send(accounts()).is_ok_and(|r| r.status() == 200)
+    });
+    let shared = counts(&fake);
+    drop(fleet);
+    drop(server);
+    // As many independent sessions of the same login.
+    let (server, fake, base) = start_fake();
+    let clients: Vec<Client<IbkrSession>> = (0..n)
+        .map(|_| {
+            let c = Client::ibkr(config(&base), &transport(server.trust_pem().as_bytes()))
+                .expect("client");
+            let _ = c.connect();
+            c
+        })
+        .collect();
+    let keep: Vec<_> = clients
+        .iter()
+        .map(|c| c.keep_alive().expect("keep alive"))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let independent_failed = drive(&|| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+        clients[i].send(accounts()).is_ok_and(|r| r.status() == 200)
+    });
+    drop(keep);
+    let independent = counts(&fake);
+    drop(server);
+    // At IBKR's default keep-alive a tickle comes every 60 s instead of every 1 s.
+    let per_hour = |tickles: usize| tickles as f64 / secs as f64 * 60.0;
+    let mode = if oauth { "OAuth 1.0a" } else { "gateway" };
+    println!(
+        "IBKR {mode} broker load, {n} processes calling 10/s each for {secs} s, a tickle a \
+         second (tickles / live session token requests / ssodh inits / app calls / failed calls):"
+    );
+    println!(
+        "  shared:      {} / {} / {} / {} / {shared_failed} (at start: {} / {} / {})  → at the \
+         default 60 s keep-alive about {:.0} tickles an hour",
+        shared.0,
+        shared.1,
+        shared.2,
+        shared.3,
+        started.0,
+        started.1,
+        started.2,
+        per_hour(shared.0)
+    );
+    println!(
+        "  independent: {} / {} / {} / {} / {independent_failed}  → at the default 60 s \
+         keep-alive about {:.0} tickles an hour",
+        independent.0,
+        independent.1,
+        independent.2,
+        independent.3,
+        per_hour(independent.0)
+    );
+}
+
 /// CPU the sharing threads (coordinator, lease, subscribers) of idle sessions use.
 fn idle_cpu(url: &str, sessions: usize, secs: u64) {
     let (server, _fake, base) = fake_ig(Duration::from_secs(3600));
@@ -461,15 +607,23 @@ fn main() {
     println!("machine: {}", sys::machine_line());
     match std::env::var(URL_VAR) {
         Ok(url) if !url.is_empty() => {
-            for on_tokio in [false, true] {
-                failover(&url, Duration::from_secs(1), 7, on_tokio);
-                failover(&url, Duration::from_secs(3), 7, on_tokio);
-            }
             let secs = std::env::var("BENCH_FLEET_SECS")
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(6);
+            if std::env::var("BENCH_FLEET_ONLY").as_deref() == Ok("ibkr") {
+                // The IBKR broker-load figures alone.
+                broker_load_ibkr(&url, 16, secs, true);
+                broker_load_ibkr(&url, 16, secs, false);
+                return;
+            }
+            for on_tokio in [false, true] {
+                failover(&url, Duration::from_secs(1), 7, on_tokio);
+                failover(&url, Duration::from_secs(3), 7, on_tokio);
+            }
             broker_load(&url, 16, secs);
+            broker_load_ibkr(&url, 16, secs, true);
+            broker_load_ibkr(&url, 16, secs, false);
             idle_cpu(&url, 4, 10);
         }
         _ => println!("failover and broker load: SKIPPED (set {URL_VAR})"),

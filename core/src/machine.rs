@@ -162,10 +162,11 @@ pub enum Event<S, O> {
         reason: Error,
     },
     /// The session obtained new credentials by itself (a login, a refresh, a
-    /// re-login, an account switch, a resume) and they are ready to use. A layer that
+    /// re-login, an account switch, a resume; IBKR: a live session token, or a
+    /// recovered gateway session) and they are ready to use. A layer that
     /// shares one session between processes publishes the session's snapshot under
     /// this generation. Only the owner of credentials shared with other processes
-    /// emits it (an IG session built as a follower that took the lead); credentials
+    /// emits it (a session built as a follower that took the lead); credentials
     /// adopted from another process are not reported again, and a session that shares
     /// nothing never emits it.
     CredentialsChanged {

@@ -22,7 +22,10 @@
 //! recovery when theirs is refused ([`RecoveryRequests`]); a follower takes over a dead
 //! owner's session by resuming it, without a new login. [`AsyncSharedIgSession`] (the
 //! `async` feature, on by default) is the same on the async hyper transport, for
-//! tokio programs. Not yet: IBKR fleets.
+//! tokio programs. [`SharedIbkrSession`] and [`AsyncSharedIbkrSession`] share one IBKR
+//! session the same way: the OAuth live session token, or a gateway's brokerage
+//! session, with one process tickling and none ever competing for the brokerage
+//! session by itself.
 //!
 //! Redis is reached through the `redis` crate's synchronous connection, from the
 //! caller's thread or the shared session's own threads.
@@ -52,6 +55,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod broker;
 mod connection;
 mod error;
 mod generation;
@@ -60,6 +64,7 @@ mod lease;
 mod recovery;
 mod seal;
 mod shared;
+mod shared_ibkr;
 
 pub use connection::{Connection, Redis, RedisUrl};
 pub use error::Error;
@@ -70,6 +75,9 @@ pub use seal::{Sealing, SealingKey};
 #[cfg(feature = "async")]
 pub use shared::AsyncSharedIgSession;
 pub use shared::{FleetEvent, SharedConfig, SharedIgSession};
+#[cfg(feature = "async")]
+pub use shared_ibkr::AsyncSharedIbkrSession;
+pub use shared_ibkr::SharedIbkrSession;
 
 /// The highest generation number: Redis compares generations in Lua, whose numbers are
 /// doubles, exact up to 2^53 − 1.

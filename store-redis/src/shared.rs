@@ -1,5 +1,6 @@
 //! One IG session shared by a fleet of processes: [`SharedIgSession`] (blocking, on
-//! the ureq transport) and `AsyncSharedIgSession` (on the hyper transport).
+//! the ureq transport) and `AsyncSharedIgSession` (on the hyper transport); the
+//! coordination itself, which `shared_ibkr.rs` reuses for IBKR.
 //!
 //! Every process runs an [`IgSession`], built as a follower. At most one process holds the [`Lease`] and is the owner: it leads its
 //! session (resuming from the stored snapshot, else logging in) and publishes every
@@ -11,8 +12,9 @@
 //! the TTL, notice the loss) and the coordinator (publish, adopt, forward recovery
 //! requests, take over and step down), the same for both transports: the coordinator
 //! sees the session through a small trait (`SessionHandle`) that neither form of the
-//! client has to block a runtime for. Application calls run in the caller's thread
-//! or task through the transport's `send`.
+//! client has to block a runtime for, and sees the broker's machine through another
+//! (`Broker`, in `broker.rs`), so one coordinator serves both brokers. Application
+//! calls run in the caller's thread or task through the transport's `send`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -22,24 +24,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::broker::Broker;
+use crate::{
+    Connection, Error, FencingToken, GenerationStore, Lease, RecoveryRequests, Redis, Sealing,
+    Subscriber,
+};
 #[cfg(feature = "async")]
 use broker_session_hyper::{Client as AsyncClient, HttpClient as AsyncHttpClient};
-use broker_session_ureq::broker_session::Event;
 use broker_session_ureq::broker_session::driver::SessionEvent;
-use broker_session_ureq::broker_session::ig::{
-    IgIntent, IgOutcome, IgRole, PersistedSession, SessionSnapshot,
-};
+use broker_session_ureq::broker_session::ig::IgRole;
+use broker_session_ureq::broker_session::{Event, Machine};
 use broker_session_ureq::{
     Client, Error as TransportError, HttpClient, IgConfig, IgSession, http, now, os_seed,
 };
 #[cfg(feature = "async")]
 use tokio::runtime::Handle;
-use zeroize::Zeroizing;
-
-use crate::{
-    Connection, Error, FencingToken, GenerationStore, Lease, RecoveryRequests, Redis, Sealing,
-    Subscriber,
-};
 
 /// How long the coordinator waits for a session event before it looks at its other
 /// sources (announcements, lease changes, timers): the extra latency of an adoption
@@ -95,10 +94,11 @@ impl SharedConfig {
     }
 }
 
-/// What a [`SharedIgSession`] did, for logs and metrics. No variant holds a secret.
-#[derive(Debug)]
+/// What a shared session ([`SharedIgSession`], `SharedIbkrSession`) did, for logs and
+/// metrics. No variant holds a secret. `M` is the broker's session machine: IG's by
+/// default, `FleetEvent<IbkrSession>` for an IBKR fleet.
 #[non_exhaustive]
-pub enum FleetEvent {
+pub enum FleetEvent<M: Machine = IgSession> {
     /// This process took the lease and now owns the session.
     Owning {
         /// The lease's fencing token.
@@ -110,7 +110,8 @@ pub enum FleetEvent {
         /// The generation resumed.
         generation: u64,
     },
-    /// As the owner, this process logged in (nothing usable was stored).
+    /// As the owner, this process logged in (IBKR: connected, with a new live session
+    /// token) because nothing usable was stored.
     LoggedIn,
     /// The owner published a credential generation.
     Published {
@@ -141,11 +142,50 @@ pub enum FleetEvent {
     },
     /// Something failed; the session goes on (retrying where it can).
     Failed(Error),
-    /// An event of the IG session itself (state changes, completions, loss).
-    Session(SessionEvent<IgSession>),
+    /// An event of the session itself (state changes, completions, loss).
+    Session(SessionEvent<M>),
 }
 
-impl fmt::Display for FleetEvent {
+impl<M: Machine> fmt::Debug for FleetEvent<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Owning { token } => f.debug_struct("Owning").field("token", token).finish(),
+            Self::Resumed { generation } => f
+                .debug_struct("Resumed")
+                .field("generation", generation)
+                .finish(),
+            Self::LoggedIn => f.write_str("LoggedIn"),
+            Self::Published { generation } => f
+                .debug_struct("Published")
+                .field("generation", generation)
+                .finish(),
+            Self::Adopted { generation } => f
+                .debug_struct("Adopted")
+                .field("generation", generation)
+                .finish(),
+            Self::RecoveryRequested { refused, first } => f
+                .debug_struct("RecoveryRequested")
+                .field("refused", refused)
+                .field("first", first)
+                .finish(),
+            Self::Recovering { refused } => f
+                .debug_struct("Recovering")
+                .field("refused", refused)
+                .finish(),
+            Self::Following { reason } => {
+                f.debug_struct("Following").field("reason", reason).finish()
+            }
+            Self::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+            Self::Session(e) => f.debug_tuple("Session").field(e).finish(),
+        }
+    }
+}
+
+impl<M: Machine> fmt::Display for FleetEvent<M>
+where
+    M::State: fmt::Display,
+    M::Outcome: fmt::Display,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Owning { token } => write!(f, "owner (fencing token {token})"),
@@ -169,18 +209,18 @@ impl fmt::Display for FleetEvent {
 }
 
 /// What the handle and the threads share.
-struct Shared {
+struct Shared<M: Machine> {
     stop: AtomicBool,
     /// Set when the coordinator has ended: the lease is given up only then, so that
     /// credentials the owner obtained just before it stopped are still published.
     coordinator_done: AtomicBool,
-    events: Mutex<VecDeque<FleetEvent>>,
+    events: Mutex<VecDeque<FleetEvent<M>>>,
     /// The lease while this process holds it.
     lease: Mutex<Option<Lease>>,
 }
 
-impl Shared {
-    fn push(&self, event: FleetEvent) {
+impl<M: Machine> Shared<M> {
+    fn push(&self, event: FleetEvent<M>) {
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         if events.len() >= EVENT_CAPACITY {
             events.pop_front();
@@ -207,9 +247,9 @@ impl Shared {
 }
 
 /// Marks the coordinator ended when dropped, even by a panic.
-struct Done(Arc<Shared>);
+struct Done<M: Machine>(Arc<Shared<M>>);
 
-impl Drop for Done {
+impl<M: Machine> Drop for Done<M> {
     fn drop(&mut self) {
         self.0.coordinator_done.store(true, Ordering::Release);
     }
@@ -224,30 +264,36 @@ enum LeaseChange {
 /// What the coordinator needs of a session client: the blocking client offers it as
 /// is; the async one through [`AsyncHandle`]. No method waits on a runtime, so the
 /// coordinator never blocks one.
-trait SessionHandle: Send + 'static {
-    fn with_machine<T>(&self, f: impl FnOnce(&mut IgSession) -> T) -> T;
-    fn submit(&self, intent: IgIntent) -> Result<(), TransportError>;
+pub(crate) trait SessionHandle<M: Machine>: Send + 'static {
+    fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T;
+    fn submit(&self, intent: M::Intent) -> Result<(), TransportError>;
     fn service(&self);
     /// Waits up to `timeout` for the next event, running the session's timers.
-    fn next_event(&self, timeout: Duration) -> Option<SessionEvent<IgSession>>;
+    fn next_event(&self, timeout: Duration) -> Option<SessionEvent<M>>;
     /// Runs `intent` to its end.
-    fn run(&self, intent: IgIntent) -> Result<IgOutcome, TransportError>;
+    fn run(&self, intent: M::Intent) -> Result<M::Outcome, TransportError>;
     /// Takes the buffered events without driving the machine (no timer runs).
-    fn take_events(&self) -> Vec<SessionEvent<IgSession>>;
+    fn take_events(&self) -> Vec<SessionEvent<M>>;
     /// A way for the lease thread to bound the owner's authority by the lease's end
-    /// ([`IgSession::set_lease_deadline`]) without waiting for the coordinator.
+    /// (`set_lease_deadline` of the session) without waiting for the coordinator.
     fn lease_deadline_setter(&self) -> LeaseDeadline;
 }
 
 /// Sets the session's lease deadline (see [`SessionHandle::lease_deadline_setter`]).
 type LeaseDeadline = Box<dyn Fn(Instant) + Send>;
 
-impl SessionHandle for Client<IgSession> {
-    fn with_machine<T>(&self, f: impl FnOnce(&mut IgSession) -> T) -> T {
+impl<M> SessionHandle<M> for Client<M>
+where
+    M: Broker,
+    M::Intent: Send,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
         Self::with_machine(self, f)
     }
 
-    fn submit(&self, intent: IgIntent) -> Result<(), TransportError> {
+    fn submit(&self, intent: M::Intent) -> Result<(), TransportError> {
         Self::submit(self, intent).map(drop)
     }
 
@@ -255,15 +301,15 @@ impl SessionHandle for Client<IgSession> {
         let _ = Self::service(self);
     }
 
-    fn next_event(&self, timeout: Duration) -> Option<SessionEvent<IgSession>> {
+    fn next_event(&self, timeout: Duration) -> Option<SessionEvent<M>> {
         Self::next_event(self, timeout)
     }
 
-    fn run(&self, intent: IgIntent) -> Result<IgOutcome, TransportError> {
+    fn run(&self, intent: M::Intent) -> Result<M::Outcome, TransportError> {
         Self::run(self, intent)
     }
 
-    fn take_events(&self) -> Vec<SessionEvent<IgSession>> {
+    fn take_events(&self) -> Vec<SessionEvent<M>> {
         Self::drain_events(self)
     }
 
@@ -280,10 +326,10 @@ impl SessionHandle for Client<IgSession> {
 /// sets no tokio timer, so it works on any runtime flavour and cannot panic when
 /// the runtime shuts down first.
 #[cfg(feature = "async")]
-struct AsyncHandle {
-    client: AsyncClient<IgSession>,
+pub(crate) struct AsyncHandle<M: Machine> {
+    client: AsyncClient<M>,
     /// Events drained from the client but not yet handed out.
-    pending: Mutex<VecDeque<SessionEvent<IgSession>>>,
+    pending: Mutex<VecDeque<SessionEvent<M>>>,
 }
 
 /// How long [`AsyncHandle`] sleeps between looks at the session while it runs an
@@ -292,20 +338,26 @@ struct AsyncHandle {
 const RUN_POLL: Duration = Duration::from_millis(2);
 
 #[cfg(feature = "async")]
-impl AsyncHandle {
-    fn new(client: AsyncClient<IgSession>) -> Self {
+impl<M> AsyncHandle<M>
+where
+    M: Broker,
+    M::Intent: Send,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    pub(crate) fn new(client: AsyncClient<M>) -> Self {
         Self {
             client,
             pending: Mutex::new(VecDeque::new()),
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<SessionEvent<IgSession>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<SessionEvent<M>>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Drives the machine, then takes one event.
-    fn poll_event(&self) -> Option<SessionEvent<IgSession>> {
+    fn poll_event(&self) -> Option<SessionEvent<M>> {
         let _ = self.client.service();
         let mut pending = self.pending();
         pending.extend(self.client.drain_events());
@@ -314,12 +366,18 @@ impl AsyncHandle {
 }
 
 #[cfg(feature = "async")]
-impl SessionHandle for AsyncHandle {
-    fn with_machine<T>(&self, f: impl FnOnce(&mut IgSession) -> T) -> T {
+impl<M> SessionHandle<M> for AsyncHandle<M>
+where
+    M: Broker,
+    M::Intent: Send,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn with_machine<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
         self.client.with_machine(f)
     }
 
-    fn submit(&self, intent: IgIntent) -> Result<(), TransportError> {
+    fn submit(&self, intent: M::Intent) -> Result<(), TransportError> {
         self.client.submit(intent).map(drop)
     }
 
@@ -327,7 +385,7 @@ impl SessionHandle for AsyncHandle {
         let _ = self.client.service();
     }
 
-    fn next_event(&self, timeout: Duration) -> Option<SessionEvent<IgSession>> {
+    fn next_event(&self, timeout: Duration) -> Option<SessionEvent<M>> {
         if let Some(event) = self.poll_event() {
             return Some(event);
         }
@@ -335,7 +393,7 @@ impl SessionHandle for AsyncHandle {
         self.poll_event()
     }
 
-    fn run(&self, intent: IgIntent) -> Result<IgOutcome, TransportError> {
+    fn run(&self, intent: M::Intent) -> Result<M::Outcome, TransportError> {
         let op = self.client.submit(intent)?;
         loop {
             let _ = self.client.service();
@@ -354,7 +412,7 @@ impl SessionHandle for AsyncHandle {
         }
     }
 
-    fn take_events(&self) -> Vec<SessionEvent<IgSession>> {
+    fn take_events(&self) -> Vec<SessionEvent<M>> {
         let mut pending = self.pending();
         pending.extend(self.client.drain_events());
         pending.drain(..).collect()
@@ -368,16 +426,22 @@ impl SessionHandle for AsyncHandle {
 
 /// A process's part in the fleet, whatever the transport: the threads and what they
 /// share with the handle.
-struct Fleet {
-    shared: Arc<Shared>,
+pub(crate) struct Fleet<M: Machine> {
+    shared: Arc<Shared<M>>,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
-impl Fleet {
+impl<M> Fleet<M>
+where
+    M: Broker,
+    M::Intent: Send,
+    M::State: Send,
+    M::Outcome: Send,
+{
     /// Joins the fleet of `config.namespace` with `client` (see
     /// [`SharedIgSession::start`]); blocks for the takeover when no process owns the
     /// session.
-    fn join<C: SessionHandle>(
+    pub(crate) fn join<C: SessionHandle<M>>(
         client: C,
         redis: &Redis,
         config: SharedConfig,
@@ -467,7 +531,7 @@ impl Fleet {
         Ok(fleet)
     }
 
-    fn drain_events(&self) -> Vec<FleetEvent> {
+    pub(crate) fn drain_events(&self) -> Vec<FleetEvent<M>> {
         self.shared
             .events
             .lock()
@@ -476,13 +540,8 @@ impl Fleet {
             .collect()
     }
 
-    /// Tells the threads to stop (the lease thread gives the lease up as it ends).
-    fn signal_stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-    }
-
     /// Stops the threads, waits for them, then makes the session a follower.
-    fn stop<C: SessionHandle>(&self, client: &C) {
+    pub(crate) fn stop<C: SessionHandle<M>>(&self, client: &C) {
         self.signal_stop();
         let threads =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
@@ -490,12 +549,19 @@ impl Fleet {
             let _ = t.join();
         }
         let generation = client.with_machine(|m| m.generation());
-        let _ = client.submit(IgIntent::Follow { generation });
+        let _ = client.submit(M::follow(generation));
         client.service();
     }
 }
 
-impl Drop for Fleet {
+impl<M: Machine> Fleet<M> {
+    /// Tells the threads to stop (the lease thread gives the lease up as it ends).
+    pub(crate) fn signal_stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+    }
+}
+
+impl<M: Machine> Drop for Fleet<M> {
     /// A fleet member dropped without `stop` (an async start whose future was
     /// dropped, an error half-way through a start) still leaves: its threads end
     /// and the lease is given up.
@@ -538,7 +604,7 @@ fn follower(ig: IgConfig) -> Result<IgSession, Error> {
 /// ```
 pub struct SharedIgSession {
     client: Client<IgSession>,
-    fleet: Fleet,
+    fleet: Fleet<IgSession>,
 }
 
 impl SharedIgSession {
@@ -596,7 +662,7 @@ impl SharedIgSession {
     }
 
     /// Takes what happened since the last call, oldest first (at most the last 256).
-    pub fn drain_events(&self) -> Vec<FleetEvent> {
+    pub fn drain_events(&self) -> Vec<FleetEvent<IgSession>> {
         self.fleet.drain_events()
     }
 
@@ -656,7 +722,7 @@ impl fmt::Debug for SharedIgSession {
 #[cfg(feature = "async")]
 pub struct AsyncSharedIgSession {
     client: AsyncClient<IgSession>,
-    fleet: Arc<Fleet>,
+    fleet: Arc<Fleet<IgSession>>,
     runtime: Handle,
 }
 
@@ -776,7 +842,7 @@ impl AsyncSharedIgSession {
     /// }
     /// # }
     /// ```
-    pub fn drain_events(&self) -> Vec<FleetEvent> {
+    pub fn drain_events(&self) -> Vec<FleetEvent<IgSession>> {
         self.fleet.drain_events()
     }
 
@@ -827,7 +893,7 @@ impl fmt::Debug for AsyncSharedIgSession {
 }
 
 /// Acquires, renews and gives up the lease; tells the coordinator of each change.
-struct LeaseThread {
+struct LeaseThread<M: Machine> {
     conn: Connection,
     namespace: String,
     process: String,
@@ -837,10 +903,10 @@ struct LeaseThread {
     /// Bounds the session's authority by the lease's end, at each acquisition and
     /// renewal: a session driven after that end steps down by itself.
     set_deadline: LeaseDeadline,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<M>>,
 }
 
-impl LeaseThread {
+impl<M: Machine> LeaseThread<M> {
     fn run(mut self) {
         let mut next = Instant::now();
         while !self.shared.stopped() {
@@ -916,7 +982,7 @@ impl LeaseThread {
 
 /// Publishes, adopts, forwards recovery requests, takes over and steps down; the
 /// same logic whichever transport the session runs on.
-struct Coordinator<C: SessionHandle> {
+struct Coordinator<M: Machine, C: SessionHandle<M>> {
     client: C,
     conn: Connection,
     store: GenerationStore,
@@ -924,7 +990,7 @@ struct Coordinator<C: SessionHandle> {
     generations: Subscriber,
     recoveries: Subscriber,
     changes: mpsc::Receiver<LeaseChange>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<M>>,
     poll_interval: Duration,
     next_poll: Instant,
     /// The highest refused generation handed to the session as a recovery.
@@ -937,7 +1003,14 @@ struct Coordinator<C: SessionHandle> {
     leading: bool,
 }
 
-impl<C: SessionHandle> Coordinator<C> {
+impl<M, C> Coordinator<M, C>
+where
+    M: Broker,
+    M::Intent: Send,
+    M::State: Send,
+    M::Outcome: Send,
+    C: SessionHandle<M>,
+{
     fn run(mut self) {
         let _done = Done(Arc::clone(&self.shared));
         self.coordinate();
@@ -1015,7 +1088,7 @@ impl<C: SessionHandle> Coordinator<C> {
     }
 
     fn is_owner(&self) -> bool {
-        self.client.with_machine(|m| m.role()) == IgRole::Owner
+        self.client.with_machine(|m| m.is_owner())
     }
 
     fn lease_held(&self) -> bool {
@@ -1027,7 +1100,7 @@ impl<C: SessionHandle> Coordinator<C> {
             .is_some_and(|l| l.expires_by() > Instant::now())
     }
 
-    fn on_event(&mut self, event: SessionEvent<IgSession>) {
+    fn on_event(&mut self, event: SessionEvent<M>) {
         match event {
             Event::CredentialsChanged { generation } => self.publish(generation),
             Event::CredentialsWanted { refused } => {
@@ -1042,9 +1115,9 @@ impl<C: SessionHandle> Coordinator<C> {
             }
             // The coordinator's own adoptions: reported as `Adopted`.
             Event::Completed {
-                result: Ok(IgOutcome::Adopted { .. }),
+                result: Ok(outcome),
                 ..
-            } => {}
+            } if M::is_adoption(&outcome) => {}
             other => self.shared.push(FleetEvent::Session(other)),
         }
     }
@@ -1052,12 +1125,8 @@ impl<C: SessionHandle> Coordinator<C> {
     /// Publishes the session's snapshot as `generation`, if this process owns the
     /// session; steps down when fenced off.
     fn publish(&mut self, generation: u64) {
-        let Some(snapshot) = self.client.with_machine(|m| m.snapshot()) else {
+        let Some(bytes) = self.client.with_machine(|m| m.snapshot_bytes()) else {
             return;
-        };
-        let bytes = match serde_json::to_vec(&snapshot.expose_secrets()) {
-            Ok(bytes) => Zeroizing::new(bytes),
-            Err(_) => return,
         };
         let result = {
             let slot = self
@@ -1096,9 +1165,7 @@ impl<C: SessionHandle> Coordinator<C> {
     /// Adopts the stored generation if it is newer than the session's (or the session
     /// holds nothing).
     fn adopt_latest(&mut self) {
-        let (generation, holding) = self
-            .client
-            .with_machine(|m| (m.generation(), m.account_id().is_some()));
+        let (generation, holding) = self.client.with_machine(|m| (m.generation(), m.holds()));
         let seen = if holding {
             generation
         } else {
@@ -1112,19 +1179,12 @@ impl<C: SessionHandle> Coordinator<C> {
                 return;
             }
         };
-        let persisted: PersistedSession = match serde_json::from_slice(stored.bytes()) {
-            Ok(p) => p,
-            Err(_) => {
-                self.shared
-                    .push(FleetEvent::Failed(Error::SnapshotMalformed {
-                        namespace: self.store.namespace().to_owned(),
-                    }));
-                return;
-            }
-        };
-        let intent = IgIntent::Adopt {
-            generation: stored.generation(),
-            snapshot: SessionSnapshot::from_persisted(persisted),
+        let Some(intent) = M::adopt(stored.generation(), stored.bytes()) else {
+            self.shared
+                .push(FleetEvent::Failed(Error::SnapshotMalformed {
+                    namespace: self.store.namespace().to_owned(),
+                }));
+            return;
         };
         // Refused only if this process became the owner meanwhile: owners do not adopt.
         if self.client.submit(intent).is_ok() {
@@ -1143,7 +1203,7 @@ impl<C: SessionHandle> Coordinator<C> {
             return;
         }
         self.handled_recovery = refused;
-        if self.client.submit(IgIntent::Recover { refused }).is_ok() {
+        if self.client.submit(M::recover(refused)).is_ok() {
             self.shared.push(FleetEvent::Recovering { refused });
         }
     }
@@ -1165,9 +1225,7 @@ impl<C: SessionHandle> Coordinator<C> {
         self.handled_recovery = 0;
         self.next_poll = Instant::now();
         self.leading = true;
-        match self.client.run(IgIntent::Lead {
-            generation_floor: floor,
-        }) {
+        match self.client.run(M::lead(floor)) {
             Ok(_) => {
                 let generation = self.client.with_machine(|m| m.generation());
                 self.shared.push(FleetEvent::Resumed { generation });
@@ -1182,7 +1240,7 @@ impl<C: SessionHandle> Coordinator<C> {
                 }
                 Ok(())
             }
-            Err(_) => match self.client.run(IgIntent::Login) {
+            Err(_) => match self.client.run(M::obtain()) {
                 Ok(_) => {
                     self.shared.push(FleetEvent::LoggedIn);
                     Ok(())
@@ -1199,15 +1257,21 @@ impl<C: SessionHandle> Coordinator<C> {
 
     /// Stops acting as the owner: the session follows the stored generation again.
     fn step_down(&mut self, reason: &'static str) {
-        self.leading = false;
+        let was_leading = std::mem::take(&mut self.leading);
         if !self.is_owner() {
+            if was_leading {
+                // The session stepped down by itself at its lease deadline (driven by
+                // an application call) between this thread's look and now: report it.
+                self.shared.push(FleetEvent::Following { reason });
+                self.adopt_latest();
+            }
             return;
         }
         let generation = match self.store.current_generation(&mut self.conn) {
             Ok(g) => g,
             Err(_) => self.client.with_machine(|m| m.generation()),
         };
-        let _ = self.client.submit(IgIntent::Follow { generation });
+        let _ = self.client.submit(M::follow(generation));
         self.shared.push(FleetEvent::Following { reason });
         self.client.service();
         self.adopt_latest();

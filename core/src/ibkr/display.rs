@@ -198,6 +198,15 @@ impl fmt::Display for IbkrOutcome {
                 status: Some(false),
             } => f.write_str("logged out (IBKR answered status false)"),
             Self::LoggedOut { .. } => f.write_str("logged out"),
+            Self::Recovered { generation } => write!(f, "recovered: generation {generation}"),
+            Self::Adopted {
+                generation,
+                installed: true,
+            } => write!(f, "adopted generation {generation}"),
+            Self::Adopted { generation, .. } => {
+                write!(f, "generation {generation} already held")
+            }
+            Self::Following => f.write_str("following"),
         }
     }
 }

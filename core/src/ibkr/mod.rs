@@ -36,6 +36,17 @@
 //! | `ssodh/init` failing | retried [`IbkrConfig::init_attempts`] times with back-off, then [`Error::Unavailable`](crate::Error::Unavailable) |
 //! | a failed keep-alive tickle | that tickle's operation fails; the keep-alive goes on |
 //!
+//! One login shared by several processes, as for IG: one session owns it (asks for the
+//! live session token, tickles, initialises, recovers) and reports each new generation
+//! ([`Event::CredentialsChanged`](crate::Event)); the others are built with
+//! [`IbkrSession::follower`], install each generation with [`IbkrIntent::Adopt`]
+//! (OAuth: the owner's token, [`IbkrSnapshot`]), and when a request is refused ask for
+//! a newer one ([`Event::CredentialsWanted`](crate::Event)) instead of recovering by
+//! themselves. [`IbkrIntent::Lead`] (a status check with the adopted token, never
+//! `compete=true`) and [`IbkrIntent::Follow`] move the ownership;
+//! [`IbkrIntent::Recover`] is the owner's side of a follower's request. The sharing
+//! itself is `broker-session-redis`'s.
+//!
 //! ```
 //! use std::time::{Duration, Instant, SystemTime};
 //! use broker_session::ibkr::{IbkrConfig, IbkrIntent, IbkrSession};
@@ -66,6 +77,7 @@ mod machine;
 pub mod oauth;
 mod policy;
 mod readiness;
+mod snapshot;
 
 use std::time::Instant;
 
@@ -77,6 +89,7 @@ pub use decode::{AuthStatus, Pacing, TickleInfo, ValidateInfo};
 pub use endpoint::Endpoint;
 pub use machine::IbkrSession;
 pub use policy::{SessionClass, is_no_bridge, is_no_session, is_sso_redirect, session_class};
+pub use snapshot::{IbkrSnapshot, PersistedIbkrSession};
 
 /// Pure request builders for IBKR's session endpoints (for tests, fuzzing and custom
 /// drivers; the machine uses them itself).
@@ -132,6 +145,67 @@ pub enum IbkrIntent {
     /// (or [`RenewToken`](Self::RenewToken)); other intents until then fail with
     /// [`UsageError::NotLoggedIn`](crate::UsageError::NotLoggedIn).
     Logout,
+
+    /// Follower role only: use what another process (the owner) published as
+    /// `generation` (OAuth: its live session token). Installed only when `generation`
+    /// is newer than the session's own; nothing is sent. Calls waiting for a newer
+    /// generation go on with it. Completes at once with [`IbkrOutcome::Adopted`].
+    Adopt {
+        /// The generation the owner published the snapshot under.
+        generation: u64,
+        /// The owner's snapshot.
+        snapshot: IbkrSnapshot,
+    },
+    /// Become the owner ([`IbkrRole::Owner`]): from now on the session tickles, renews
+    /// its live session token and recovers by itself. It takes over with a status
+    /// check signed with the adopted live session token while that token is valid (no
+    /// new token request), initialising the brokerage session if needed with
+    /// `compete=false`, never taking it over; the token is renewed ahead of its expiry
+    /// as after the session's own request. Completes with [`IbkrOutcome::Connected`]
+    /// or [`IbkrOutcome::Status`]; an OAuth session without a valid adopted token
+    /// completes with [`UsageError::NotLoggedIn`](crate::UsageError::NotLoggedIn):
+    /// connect.
+    Lead {
+        /// The highest generation the fleet has used. What this session obtains from
+        /// now on gets generations above it.
+        generation_floor: u64,
+    },
+    /// Become a follower ([`IbkrRole::Follower`]), e.g. after losing the ownership:
+    /// every queued operation completes as [`Error::Cancelled`](crate::Error::Cancelled),
+    /// the running one once its request (if any) is answered, no timer is left (no
+    /// tickle, no renewal), and the live session token is forgotten until the next
+    /// [`IbkrIntent::Adopt`]. Completes at once with [`IbkrOutcome::Following`].
+    Follow {
+        /// The generation the fleet holds now: only newer ones are adopted.
+        generation: u64,
+    },
+    /// Owner role only: another process (a follower) had a request refused (no
+    /// session, no bridge) with generation `refused`. Recovers once: OAuth, a new live
+    /// session token (then the status); gateway, a status check and `ssodh/init` with
+    /// `compete=false` if needed. Nothing is done when a newer generation exists
+    /// already, and a recovery under way is joined (its operation id is returned).
+    /// Completes with [`IbkrOutcome::Recovered`].
+    Recover {
+        /// The generation the follower saw refused.
+        refused: u64,
+    },
+}
+
+/// Who acts on an IBKR session.
+///
+/// One login shared by several processes has one owner, which obtains the live
+/// session token, tickles, initialises and recovers the brokerage session and logs
+/// out, and any number of followers, which send application requests (OAuth: signed
+/// with the token the owner publishes) and, when those are refused, wait for a newer
+/// generation instead of recovering by themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IbkrRole {
+    /// The session acts by itself (every session built with [`IbkrSession::new`]).
+    Owner,
+    /// The session uses what [`IbkrIntent::Adopt`] gives it; it never requests a live
+    /// session token, tickles, initialises, validates, reauthenticates or logs out.
+    Follower,
 }
 
 /// The externally visible state of an [`IbkrSession`].
@@ -186,4 +260,21 @@ pub enum IbkrOutcome {
         /// What IBKR said, if anything.
         status: Option<bool>,
     },
+    /// A recovery for a follower ([`IbkrIntent::Recover`]) succeeded, or a follower's
+    /// wait for a newer generation ended with one: requests stamped with older
+    /// generations can be replayed.
+    Recovered {
+        /// The new generation.
+        generation: u64,
+    },
+    /// [`IbkrIntent::Adopt`] completed.
+    Adopted {
+        /// The generation offered.
+        generation: u64,
+        /// Whether it was installed (`false`: the session already had that generation
+        /// or a newer one).
+        installed: bool,
+    },
+    /// [`IbkrIntent::Follow`] completed: the session is a follower.
+    Following,
 }

@@ -116,7 +116,7 @@ impl IbkrSession {
                             Some(SessionClass::NotAuthenticated | SessionClass::NotConnected) => {
                                 true
                             }
-                            Some(SessionClass::Competing) => self.cfg.compete,
+                            Some(SessionClass::Competing) => self.cfg.compete && !self.shared,
                             _ => false,
                         };
                         if recover
@@ -242,10 +242,16 @@ impl IbkrSession {
         }
         let result = self
             .derive_lst(resp.body(), dh)
-            .and_then(|(token, expiration)| Ok((token, self.lst_expiry(expiration, now)?)));
+            .and_then(|(token, expiration)| {
+                Ok((token, self.lst_expiry(expiration, now)?, expiration))
+            });
         match result {
-            Ok((token, expires_at)) => {
-                self.lst = Some(Lst { token, expires_at });
+            Ok((token, expires_at, expires_epoch_ms)) => {
+                self.lst = Some(Lst {
+                    token,
+                    expires_at,
+                    expires_epoch_ms: expires_at.and(expires_epoch_ms),
+                });
                 self.generation += 1;
                 self.lst_refresh_at = expires_at.map(|e| self.refresh_instant(e, now));
                 let reactive = self.current.as_ref().is_some_and(|o| o.reactive);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::config::{IbkrAuth, IbkrConfig};
 use super::encode::{Base, Signer};
 use super::policy;
-use super::{IbkrIntent, IbkrOutcome, IbkrState};
+use super::{IbkrIntent, IbkrOutcome, IbkrRole, IbkrState};
 use crate::error::{ActionRequired, Error, UsageError};
 use crate::machine::{
     AuthStamp, AuthorizeError, Event, Input, Machine, Observation, OpId, Output, RequestId,
@@ -34,6 +34,7 @@ pub(super) const ABANDONED_LST_MEMORY: usize = 8;
 pub(super) const MAX_LST_REFRESH_MARGIN: Duration = Duration::from_secs(12 * 3600);
 
 mod answers;
+mod follower;
 mod ops;
 
 /// The configuration's durations and counts, and their bounds.
@@ -112,6 +113,7 @@ impl Limits {
 }
 
 use answers::api_error;
+use follower::Awaiting;
 use ops::{InFlight, Kind, Op};
 
 type Out = Output<IbkrState, IbkrOutcome>;
@@ -119,6 +121,8 @@ type Out = Output<IbkrState, IbkrOutcome>;
 struct Lst {
     token: LiveSessionToken,
     expires_at: Option<Instant>,
+    /// The expiry as IBKR gave it (wall-clock epoch milliseconds), for a snapshot.
+    expires_epoch_ms: Option<i64>,
 }
 
 /// One Interactive Brokers session (gateway or OAuth 1.0a), driven through
@@ -166,6 +170,20 @@ pub struct IbkrSession {
     /// Ids of live session token requests abandoned at the machine's deadline (the
     /// last few), so that a late credentials rejection still closes the session.
     abandoned_lst: VecDeque<RequestId>,
+    /// Whether the session acts by itself or follows another process.
+    role: IbkrRole,
+    /// The last generation reported as [`Event::CredentialsChanged`] (or adopted).
+    announced: u64,
+    /// Follower role: calls waiting for a generation newer than a refused one.
+    awaiting: Option<Awaiting>,
+    /// The session is shared with other processes (built as a follower, or led,
+    /// followed or recovered for one): new generations are announced.
+    shared: bool,
+    /// Follower role: a generation was adopted (and not forgotten by `Follow`).
+    adopted: bool,
+    /// Owner of a shared session: the end of its lease, after which it steps down by
+    /// itself (see [`IbkrSession::set_lease_deadline`]).
+    lease_until: Option<Instant>,
 }
 
 impl fmt::Debug for IbkrSession {
@@ -182,6 +200,7 @@ impl fmt::Debug for IbkrSession {
             .field("base_url", &self.base.url)
             .field("state", &self.state)
             .field("generation", &self.generation)
+            .field("role", &self.role)
             .field("has_lst", &self.lst.is_some())
             .field("queued", &self.queue.len())
             .field("next_tickle", &self.next_tickle)
@@ -274,6 +293,12 @@ impl IbkrSession {
             logged_out: false,
             lst_hold: None,
             abandoned_lst: VecDeque::new(),
+            role: IbkrRole::Owner,
+            announced: 0,
+            awaiting: None,
+            shared: false,
+            adopted: false,
+            lease_until: None,
         })
     }
 
@@ -410,6 +435,14 @@ impl Machine for IbkrSession {
         if self.queue.len() >= MAX_QUEUE {
             return Err(UsageError::QueueFull);
         }
+        self.lapse_lead(now);
+        let intent = match self.submit_shared(intent, now)? {
+            Ok(id) => {
+                self.drive(now);
+                return Ok(id);
+            }
+            Err(intent) => intent,
+        };
         let kind = match intent {
             IbkrIntent::Connect => Kind::Connect { force_lst: false },
             IbkrIntent::CheckStatus => Kind::CheckStatus,
@@ -437,6 +470,16 @@ impl Machine for IbkrSession {
             IbkrIntent::Logout => {
                 self.begin_logout();
                 Kind::Logout
+            }
+            // Handled by `submit_shared`.
+            IbkrIntent::Adopt { .. }
+            | IbkrIntent::Lead { .. }
+            | IbkrIntent::Follow { .. }
+            | IbkrIntent::Recover { .. } => {
+                return Err(UsageError::InvalidArgument {
+                    what: "intent",
+                    reason: "not an intent of this role",
+                });
             }
         };
         let mut op = self.new_op(kind, false);
@@ -512,6 +555,7 @@ impl Machine for IbkrSession {
             consider(self.next_tickle);
             consider(self.lst_refresh_at);
         }
+        consider(self.awaiting.as_ref().map(|a| a.deadline));
         // Everything due has run in `drive`; keep the contract even so.
         Output::Wait(next.map(|t| t.max(now.after(Duration::from_millis(1)))))
     }
@@ -533,10 +577,20 @@ impl Machine for IbkrSession {
         if let Some(until) = self.backoff_until.filter(|u| *u > now.mono) {
             return Err(AuthorizeError::BackingOff { until });
         }
+        self.lapse_lead(now);
         let stamp = AuthStamp {
             generation: self.generation,
         };
-        if self.signer.is_none() {
+        if self.role == IbkrRole::Follower {
+            if !self.holds_credentials() || (self.signer.is_some() && !self.lst_valid(now)) {
+                // The owner obtains the session: wait for a newer generation.
+                let op = self.await_newer(self.generation, now);
+                return Err(AuthorizeError::Pending { op });
+            }
+            if self.signer.is_none() {
+                return Ok(stamp);
+            }
+        } else if self.signer.is_none() {
             if self.logged_out {
                 return Err(AuthorizeError::NotLoggedIn);
             }
@@ -584,6 +638,12 @@ impl Machine for IbkrSession {
         if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
             let until = self.enter_backoff(now);
             return Observation::BackOff { until };
+        }
+        self.lapse_lead(now);
+        if self.role == IbkrRole::Follower
+            && (policy::is_no_session(response) || policy::is_no_bridge(response))
+        {
+            return self.observe_as_follower(stamp, now);
         }
         if self.logged_out && (policy::is_no_session(response) || policy::is_no_bridge(response)) {
             // Logged out by the user: nothing is recovered, nothing changes.

@@ -80,6 +80,9 @@ pub(super) struct Op {
     pub(super) delayed_by: Option<Duration>,
     /// The ready status, kept while the accounts preflight runs.
     pub(super) ready: Option<AuthStatus>,
+    /// A recovery asked for by a follower (another process) whose request was refused
+    /// with this generation.
+    pub(super) for_follower: Option<u64>,
 }
 
 /// The one request in flight: the step it serves, and its Diffie-Hellman secret when
@@ -137,6 +140,7 @@ impl IbkrSession {
             held_since: None,
             delayed_by: None,
             ready: None,
+            for_follower: None,
         }
     }
 
@@ -161,7 +165,12 @@ impl IbkrSession {
     /// [`Self::may_start_work`] first: after a logout the machine starts nothing.
     pub(super) fn machine_op(&mut self, kind: Kind, reactive: bool, front: bool) -> OpId {
         debug_assert!(!self.logged_out, "machine operation after a logout");
-        let op = self.new_op(kind, reactive);
+        let mut op = self.new_op(kind, reactive);
+        if self.shared {
+            // A session shared by a fleet never takes the brokerage session over by
+            // itself: another member may hold it (only a user's connect may compete).
+            op.compete = false;
+        }
         let id = op.id;
         if front {
             self.queue.push_front(op);
@@ -233,6 +242,7 @@ impl IbkrSession {
             self.before_backoff = Some(IbkrState::Disconnected);
         }
         if let Some(op) = self.current.take() {
+            let result = self.shared_result(&op, result);
             self.complete(op, result);
         }
     }
@@ -250,7 +260,10 @@ impl IbkrSession {
     /// ([`IbkrConfig::request_deadline`](crate::ibkr::IbkrConfig::request_deadline)).
     /// So there is no step budget that could stop the machine short of quiescence.
     pub(super) fn drive(&mut self, now: Now) {
+        self.lapse_lead(now);
+        self.expire_awaiting(now);
         while self.step_once(now) {}
+        self.announce_credentials();
     }
 
     /// One unit of progress; `false` when nothing more can happen at `now`.
