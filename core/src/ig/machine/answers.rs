@@ -266,13 +266,8 @@ impl IgSession {
                     return Next::Done(Err(Error::Unauthorized(api)));
                 }
                 op.recovered = true;
-                let mut steps = self.recovery_steps();
-                steps.push(Step::Call(call));
-                if let Some(op) = self.current.as_mut() {
-                    for s in steps.into_iter().rev() {
-                        op.steps.push_front(s);
-                    }
-                }
+                self.plan.push_front(Step::Call(call));
+                self.plan_recovery_first();
                 Next::Continue
             }
             Action::BackOff { error, retry_after } => {
@@ -303,13 +298,10 @@ impl IgSession {
     /// A refused refresh falls back to one full login (not for a resume, where the
     /// caller decides).
     pub(super) fn refresh_failed(&mut self, e: Error) -> Next {
-        let steps = self.login_steps();
         match self.current.as_mut() {
             Some(op) if !op.fell_back => {
                 op.fell_back = true;
-                for s in steps.into_iter().rev() {
-                    op.steps.push_front(s);
-                }
+                self.plan_first(self.login_steps());
                 Next::Continue
             }
             _ => Next::Done(Err(e)),
@@ -334,9 +326,9 @@ impl IgSession {
         }
         let factor = 1u32 << (op.attempts - 1).min(10);
         op.retry_at = Some(now.after(delay.saturating_mul(factor).max(Duration::from_millis(1))));
-        op.steps.push_front(Step::Call(call));
+        self.plan.push_front(Step::Call(call));
         if fresh_key {
-            op.steps.push_front(Step::send(Endpoint::EncryptionKey));
+            self.plan.push_front(Step::send(Endpoint::EncryptionKey));
         }
         Next::Continue
     }

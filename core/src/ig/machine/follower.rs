@@ -159,6 +159,7 @@ impl IgSession {
             // Its answer is no longer applied, but a late rejection still counts.
             self.abandon_login(f.id);
         }
+        self.plan.clear();
         for op in std::mem::take(&mut self.queue)
             .into_iter()
             .chain(self.current.take())

@@ -95,6 +95,9 @@ pub struct IgSession {
     lost: Option<Error>,
     queue: VecDeque<Op>,
     current: Option<Op>,
+    /// The running operation's remaining steps, the next first (empty when none
+    /// runs). One buffer for every operation: see `ops.rs`.
+    plan: VecDeque<Step>,
     in_flight: Option<InFlight>,
     outbox: VecDeque<Output<IgState, IgOutcome>>,
     last_state: IgState,
@@ -194,6 +197,7 @@ impl IgSession {
             lost: None,
             queue: VecDeque::with_capacity(1),
             current: None,
+            plan: VecDeque::new(),
             in_flight: None,
             // Sized for a typical exchange (a state change and a request, or a
             // completion and a state change): the first push would otherwise
