@@ -5,12 +5,15 @@
 //! epoch milliseconds). Epoch milliseconds are `i64` and accepted as numbers or
 //! strings. Errors never quote the body.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use super::config::ReauthenticateMethod;
 use super::endpoint::Endpoint;
+use super::policy::{SessionClass, session_class};
 use crate::error::ProtocolError;
 use crate::secret::SessionId;
 use crate::wire::{opt_int_or_string, parse_json};
@@ -55,9 +58,67 @@ pub struct ServerInfo {
 }
 
 /// A successful `/tickle` answer.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// The keep-alive acts on one thing in it, what `iserver.authStatus` says of the
+/// brokerage session ([`session_class`](Self::session_class)), so only that is read
+/// when the answer arrives; the rest of the body is kept and read when asked for
+/// ([`details`](Self::details)). A keep-alive every minute for hours need not parse
+/// a session id, six status strings and the server's name each time for nobody.
+///
+/// `Debug` shows the class, the pacing and the body's length, never the body (it
+/// holds the session id). The kept body is zeroized on drop.
+///
+/// ```
+/// use broker_session::ibkr::SessionClass;
+/// use broker_session::ibkr::responses::{tickle, TickleResponse};
+/// let body = br#"{"session":"0123456789abcdef","ssoExpires":570000,
+///   "iserver":{"authStatus":{"authenticated":true,"connected":true,"competing":false}}}"#;
+/// let TickleResponse::Ok(t) = tickle(body).unwrap() else { panic!() };
+/// assert_eq!(t.session_class, Some(SessionClass::Ready));
+/// let details = t.details().unwrap();
+/// assert_eq!(details.sso_expires, Some(570_000));
+/// assert_eq!(details.session.unwrap().expose_secret(), "0123456789abcdef");
+/// ```
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct TickleInfo {
+    /// What `iserver.authStatus` says of the brokerage session; `None` when the
+    /// answer has no status.
+    pub session_class: Option<SessionClass>,
+    /// Whether the session held this tickle back to keep IBKR's pacing
+    /// ([`IbkrConfig::tickle_min_interval`](super::IbkrConfig::tickle_min_interval)).
+    /// Not part of IBKR's answer: the parser leaves it at "not delayed".
+    pub pacing: Pacing,
+    /// The answer as IBKR sent it, read by [`details`](Self::details).
+    body: Zeroizing<Vec<u8>>,
+}
+
+impl TickleInfo {
+    /// Everything else the answer says, read from the kept body.
+    ///
+    /// # Errors
+    /// [`ProtocolError::MalformedBody`] when a field other than the status flags
+    /// has the wrong type (the flags and the JSON itself were checked when the
+    /// answer arrived).
+    pub fn details(&self) -> Result<TickleDetails, ProtocolError> {
+        tickle_details(&self.body)
+    }
+}
+
+impl fmt::Debug for TickleInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TickleInfo")
+            .field("session_class", &self.session_class)
+            .field("pacing", &self.pacing)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// The fields of a `/tickle` answer ([`TickleInfo::details`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TickleDetails {
     /// Session id; the WebSocket needs it as cookie `api=<session>`.
     pub session: Option<SessionId>,
     /// Milliseconds until the SSO session expires.
@@ -70,10 +131,6 @@ pub struct TickleInfo {
     pub auth_status: Option<AuthStatus>,
     /// `hmds.error` (typically `no bridge`), if any.
     pub hmds_error: Option<String>,
-    /// Whether the session held this tickle back to keep IBKR's pacing
-    /// ([`IbkrConfig::tickle_min_interval`](super::IbkrConfig::tickle_min_interval)).
-    /// Not part of IBKR's answer: the parser leaves it at "not delayed".
-    pub pacing: Pacing,
 }
 
 /// How the session's pacing treated a request: whether it was held back, and how
@@ -115,7 +172,7 @@ impl Pacing {
 #[non_exhaustive]
 pub enum TickleResponse {
     /// The session answered.
-    Ok(Box<TickleInfo>),
+    Ok(TickleInfo),
     /// `{"error": "…"}`: e.g. `no session`, or `failed to process request`.
     Failed {
         /// The error text.
@@ -194,10 +251,55 @@ pub fn ssodh_init(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
 
 /// Parses a `/tickle` body, detecting the `{"error": …}` variant first.
 ///
+/// Reads what the keep-alive acts on (the failure shape's `error`, the status
+/// flags) and keeps the body for [`TickleInfo::details`]; the rest is checked to be
+/// JSON, not read.
+///
 /// # Errors
 /// As [`auth_status`].
 pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
-    const EP: &str = Endpoint::Tickle.name();
+    #[derive(Deserialize)]
+    struct Flags {
+        authenticated: Option<bool>,
+        competing: Option<bool>,
+        connected: Option<bool>,
+        established: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    struct Iserver {
+        #[serde(rename = "authStatus")]
+        auth_status: Option<Flags>,
+    }
+    #[derive(Deserialize)]
+    struct KeepAlive {
+        error: Option<serde_json::Value>,
+        iserver: Option<Iserver>,
+    }
+    let k: KeepAlive = parse_json(Endpoint::Tickle.name(), body)?;
+    if let Some(err) = k.error {
+        // Only the failure shape has a top-level `error`.
+        return Ok(TickleResponse::Failed {
+            error: value_text(err),
+        });
+    }
+    let session_class = k.iserver.and_then(|i| i.auth_status).map(|f| {
+        session_class(&AuthStatus {
+            authenticated: f.authenticated,
+            competing: f.competing,
+            connected: f.connected,
+            established: f.established,
+            ..AuthStatus::default()
+        })
+    });
+    Ok(TickleResponse::Ok(TickleInfo {
+        session_class,
+        pacing: Pacing::default(),
+        body: Zeroizing::new(body.to_vec()),
+    }))
+}
+
+/// Every field of a successful `/tickle` body ([`TickleInfo::details`]).
+fn tickle_details(body: &[u8]) -> Result<TickleDetails, ProtocolError> {
     #[derive(Deserialize)]
     struct Hmds {
         error: Option<serde_json::Value>,
@@ -209,7 +311,6 @@ pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
     }
     #[derive(Deserialize)]
     struct Raw {
-        error: Option<serde_json::Value>,
         session: Option<String>,
         #[serde(rename = "ssoExpires", default, deserialize_with = "opt_int_or_string")]
         sso_expires: Option<i64>,
@@ -219,22 +320,15 @@ pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
         hmds: Option<Hmds>,
         iserver: Option<Iserver>,
     }
-    let raw: Raw = parse_json(EP, body)?;
-    if let Some(err) = raw.error {
-        // Only the failure shape has a top-level `error`.
-        return Ok(TickleResponse::Failed {
-            error: value_text(err),
-        });
-    }
-    Ok(TickleResponse::Ok(Box::new(TickleInfo {
+    let raw: Raw = parse_json(Endpoint::Tickle.name(), body)?;
+    Ok(TickleDetails {
         session: raw.session.map(SessionId::new),
         sso_expires: raw.sso_expires,
         collision: raw.collission,
         user_id: raw.user_id,
         auth_status: raw.iserver.and_then(|i| i.auth_status),
         hmds_error: raw.hmds.and_then(|h| h.error).map(value_text),
-        pacing: Pacing::default(),
-    })))
+    })
 }
 
 /// Parses a `/sso/validate` body.
@@ -414,10 +508,13 @@ mod tests {
         let TickleResponse::Ok(info) = t else {
             panic!()
         };
-        assert_eq!(info.sso_expires, Some(460_311));
-        assert_eq!(info.hmds_error.as_deref(), Some("no bridge"));
-        assert_eq!(info.auth_status.unwrap().authenticated, Some(true));
-        assert!(!format!("{:?}", info.session).contains("bb665d0f"));
+        assert_eq!(info.session_class, Some(SessionClass::Ready));
+        assert!(!format!("{info:?}").contains("bb665d0f"));
+        let details = info.details().unwrap();
+        assert_eq!(details.sso_expires, Some(460_311));
+        assert_eq!(details.hmds_error.as_deref(), Some("no bridge"));
+        assert_eq!(details.auth_status.unwrap().authenticated, Some(true));
+        assert!(!format!("{:?}", details.session).contains("bb665d0f"));
         assert_eq!(
             tickle(br#"{"error":"no session"}"#).unwrap(),
             TickleResponse::Failed {

@@ -94,12 +94,12 @@ impl IbkrSession {
                 }
             }
             Step::Tickle => match decode::tickle(body) {
-                Ok(TickleResponse::Ok(info)) => {
+                Ok(TickleResponse::Ok(mut info)) => {
                     let keepalive = matches!(
                         self.current.as_ref().map(|o| o.kind),
                         Some(Kind::Tickle { keepalive: true })
                     );
-                    let class = info.auth_status.as_ref().map(policy::session_class);
+                    let class = info.session_class;
                     if let Some(c) = class {
                         self.apply_class(c);
                     }
@@ -108,7 +108,6 @@ impl IbkrSession {
                         // alive, so it did not schedule the next one: do it now.
                         self.start_keepalive(now);
                     }
-                    let mut info = *info;
                     info.pacing = self.pacing();
                     self.finish(Ok(IbkrOutcome::Tickled(info)));
                     if keepalive && self.cfg.auto_init {
@@ -257,8 +256,8 @@ impl IbkrSession {
                     op.lst_renewed = true;
                     // The plan goes on with the step the token was obtained for (every
                     // plan holds one); a status check if none were left.
-                    if op.steps.is_empty() {
-                        op.steps.push_back(Step::Status);
+                    if self.plan.is_empty() {
+                        self.plan.push_back(Step::Status);
                     }
                     op.wake = None;
                 }
@@ -384,12 +383,12 @@ impl IbkrSession {
                 self.lst = None;
                 if let Some(op) = self.current.as_mut() {
                     // The step again (a poll as a plain status), a new token first.
-                    op.steps.push_front(if step == Step::Poll {
+                    self.plan.push_front(if step == Step::Poll {
                         Step::Status
                     } else {
                         step
                     });
-                    op.steps.push_front(Step::Lst);
+                    self.plan.push_front(Step::Lst);
                     op.wake = None;
                 }
             }
@@ -426,7 +425,7 @@ impl IbkrSession {
             if self.cfg.preflight_accounts && !self.preflight_done {
                 if let Some(op) = self.current.as_mut() {
                     op.ready = Some(s);
-                    op.steps.push_front(Step::Accounts);
+                    self.plan.push_front(Step::Accounts);
                     op.wake = None;
                 }
                 return;
@@ -439,9 +438,7 @@ impl IbkrSession {
             (Kind::Connect { .. }, Step::Status) => {
                 let init = self.cfg.auto_init && (class != SessionClass::Competing || compete);
                 if init {
-                    if let Some(op) = self.current.as_mut() {
-                        op.steps.push_front(Step::Init);
-                    }
+                    self.plan.push_front(Step::Init);
                 } else {
                     self.finish(Ok(IbkrOutcome::Status(s)));
                 }
@@ -454,7 +451,7 @@ impl IbkrSession {
         let interval = self.cfg.status_poll_interval;
         let deadline = now.after(self.cfg.ready_timeout);
         if let Some(op) = self.current.as_mut() {
-            op.steps.push_front(Step::Poll);
+            self.plan.push_front(Step::Poll);
             op.poll_deadline = Some(deadline);
             op.wake = Some(now.after(interval));
         }
@@ -481,7 +478,7 @@ impl IbkrSession {
             };
             return self.finish(Err(Error::Unavailable(ApiError::new(200, Some(why)))));
         }
-        op.steps.push_front(Step::Poll);
+        self.plan.push_front(Step::Poll);
         op.wake = Some(now.after(interval));
     }
 
@@ -518,7 +515,7 @@ impl IbkrSession {
             Step::Init => {
                 op.init_attempts += 1;
                 if op.init_attempts < attempts {
-                    op.steps.push_front(Step::Init);
+                    self.plan.push_front(Step::Init);
                     let factor = 1u32 << (op.init_attempts - 1).min(16);
                     op.wake = Some(now.after(backoff.saturating_mul(factor)));
                 } else {
@@ -527,7 +524,7 @@ impl IbkrSession {
             }
             Step::Poll => {
                 if op.poll_deadline.is_some_and(|d| now.after(interval) <= d) {
-                    op.steps.push_front(Step::Poll);
+                    self.plan.push_front(Step::Poll);
                     op.wake = Some(now.after(interval));
                 } else {
                     self.finish(Err(err));

@@ -145,6 +145,9 @@ pub struct IbkrSession {
     reactive_generation: Option<u64>,
     queue: VecDeque<Op>,
     current: Option<Op>,
+    /// The running operation's remaining steps, the next first (empty when none
+    /// runs). One buffer for every operation: see `ops.rs`.
+    plan: VecDeque<ops::Step>,
     in_flight: Option<InFlight>,
     out: VecDeque<Out>,
     next_tickle: Option<Instant>,
@@ -260,6 +263,7 @@ impl IbkrSession {
             reactive_generation: None,
             queue: VecDeque::with_capacity(1),
             current: None,
+            plan: VecDeque::new(),
             in_flight: None,
             // Sized for a typical exchange (a state change and a request, or a
             // completion and a state change): the first push would otherwise

@@ -275,7 +275,10 @@ impl IgSession {
         };
         // The plan is written into the session's buffer, emptied when the last
         // operation finished.
-        debug_assert!(self.plan.is_empty(), "a plan left over from a finished operation");
+        debug_assert!(
+            self.plan.is_empty(),
+            "a plan left over from a finished operation"
+        );
         self.plan.clear();
         let ready: Result<(), Error> = match op.kind {
             Kind::Login => {
