@@ -414,13 +414,13 @@ impl IbkrSession {
             Ok((request, dh)) => {
                 let id = self.ids.request();
                 self.plan.pop_front();
-                if let Some(op) = self.current.as_mut() {
-                    if matches!(step, Step::Tickle | Step::Validate) {
-                        op.delayed_by = op
-                            .held_since
-                            .take()
-                            .map(|h| now.mono.saturating_duration_since(h));
-                    }
+                if matches!(step, Step::Tickle | Step::Validate)
+                    && let Some(op) = self.current.as_mut()
+                {
+                    op.delayed_by = op
+                        .held_since
+                        .take()
+                        .map(|h| now.mono.saturating_duration_since(h));
                 }
                 match step {
                     Step::Tickle => {
