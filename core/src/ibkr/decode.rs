@@ -15,8 +15,9 @@ use super::config::ReauthenticateMethod;
 use super::endpoint::Endpoint;
 use super::policy::{SessionClass, session_class};
 use crate::error::ProtocolError;
+use crate::plain_json::{Plain, first};
 use crate::secret::SessionId;
-use crate::wire::{opt_int_or_string, parse_json};
+use crate::wire::{check_body, opt_int_or_string, parse_json};
 
 /// Brokerage session status, from `/iserver/auth/status`, `ssodh/init` and the tickle's
 /// `iserver.authStatus`.
@@ -258,44 +259,112 @@ pub fn ssodh_init(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
 /// # Errors
 /// As [`auth_status`].
 pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
-    #[derive(Deserialize)]
-    struct Flags {
-        authenticated: Option<bool>,
-        competing: Option<bool>,
-        connected: Option<bool>,
-        established: Option<bool>,
-    }
-    #[derive(Deserialize)]
-    struct Iserver {
-        #[serde(rename = "authStatus")]
-        auth_status: Option<Flags>,
-    }
-    #[derive(Deserialize)]
-    struct KeepAlive {
-        error: Option<serde_json::Value>,
-        iserver: Option<Iserver>,
-    }
-    let k: KeepAlive = parse_json(Endpoint::Tickle.name(), body)?;
-    if let Some(err) = k.error {
-        // Only the failure shape has a top-level `error`.
-        return Ok(TickleResponse::Failed {
-            error: value_text(err),
-        });
-    }
-    let session_class = k.iserver.and_then(|i| i.auth_status).map(|f| {
-        session_class(&AuthStatus {
-            authenticated: f.authenticated,
-            competing: f.competing,
-            connected: f.connected,
-            established: f.established,
-            ..AuthStatus::default()
-        })
-    });
+    const EP: &str = Endpoint::Tickle.name();
+    check_body(EP, body)?;
+    let flags = match Flags::read_plain_tickle(body) {
+        Some(flags) => flags,
+        None => {
+            let k: KeepAlive = parse_json(EP, body)?;
+            if let Some(err) = k.error {
+                // Only the failure shape has a top-level `error`.
+                return Ok(TickleResponse::Failed {
+                    error: value_text(err),
+                });
+            }
+            k.iserver.and_then(|i| i.auth_status)
+        }
+    };
     Ok(TickleResponse::Ok(TickleInfo {
-        session_class,
+        session_class: flags.map(|f| f.session_class()),
         pacing: Pacing::default(),
         body: Zeroizing::new(body.to_vec()),
     }))
+}
+
+/// What the keep-alive reads of a `/tickle` answer (serde_json's reading; see
+/// `Flags::read_plain_tickle` for the fast one).
+#[derive(Deserialize)]
+struct KeepAlive {
+    error: Option<serde_json::Value>,
+    iserver: Option<KeepAliveIserver>,
+}
+
+#[derive(Deserialize)]
+struct KeepAliveIserver {
+    #[serde(rename = "authStatus")]
+    auth_status: Option<Flags>,
+}
+
+/// The flags of a tickle's `iserver.authStatus`: what the keep-alive acts on.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+struct Flags {
+    authenticated: Option<bool>,
+    competing: Option<bool>,
+    connected: Option<bool>,
+    established: Option<bool>,
+}
+
+impl Flags {
+    fn session_class(self) -> SessionClass {
+        session_class(&AuthStatus {
+            authenticated: self.authenticated,
+            competing: self.competing,
+            connected: self.connected,
+            established: self.established,
+            ..AuthStatus::default()
+        })
+    }
+
+    /// `iserver.authStatus` of a successful tickle, read by hand when the body is
+    /// plain JSON (every keep-alive answer); `None` hands the body to serde_json,
+    /// as does the failure shape (see `crate::plain_json`).
+    fn read_plain_tickle(body: &[u8]) -> Option<Option<Self>> {
+        let mut r = Plain::new(body)?;
+        let mut flags = None;
+        let mut seen_iserver = false;
+        r.object(0, |r, key| match key {
+            "error" => None,
+            "iserver" => {
+                first(&mut seen_iserver)?;
+                if r.null()? {
+                    return Some(());
+                }
+                let mut seen_status = false;
+                r.object(1, |r, key| match key {
+                    "authStatus" => {
+                        first(&mut seen_status)?;
+                        if r.null()? {
+                            return Some(());
+                        }
+                        flags = Some(Self::read_plain(r)?);
+                        Some(())
+                    }
+                    _ => r.skip(2),
+                })
+            }
+            _ => r.skip(1),
+        })?;
+        r.end()?;
+        Some(flags)
+    }
+
+    fn read_plain(r: &mut Plain<'_>) -> Option<Self> {
+        let mut f = Self::default();
+        let mut seen = [false; 4];
+        r.object(2, |r, key| {
+            let (slot, seen) = match key {
+                "authenticated" => (&mut f.authenticated, &mut seen[0]),
+                "competing" => (&mut f.competing, &mut seen[1]),
+                "connected" => (&mut f.connected, &mut seen[2]),
+                "established" => (&mut f.established, &mut seen[3]),
+                _ => return r.skip(3),
+            };
+            first(seen)?;
+            *slot = r.bool_or_null()?;
+            Some(())
+        })?;
+        Some(f)
+    }
 }
 
 /// Every field of a successful `/tickle` body ([`TickleInfo::details`]).
@@ -521,6 +590,41 @@ mod tests {
                 error: "no session".into()
             }
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_tickle_fast_path_agrees_with_serde(body in crate::plain_json::mutated(vec![
+            br#"{"session":"bb665d0f55b6289d70bc8ba97ee6d2fd","ssoExpires":460311,"collission":false,"userId":123456789,"hmds":{"error":"no bridge"},"iserver":{"authStatus":{"authenticated":true,"competing":false,"connected":true,"message":"","MAC":"98:F2:B3:23:BF:A0","serverInfo":{"serverName":"JifN19053","serverVersion":"Build"}},"tickle":true}}"#.to_vec(),
+            br#"{"iserver":{"authStatus":{"authenticated":false,"established":null,"connected":true,"fail":"","hardware_info":"3b|98"}}, "x": [1, -2.5, null, {"y": []}]}"#.to_vec(),
+            br#"{"error":"no session"}"#.to_vec(),
+        ])) {
+            if let Some(fast) = Flags::read_plain_tickle(&body) {
+                let slow: KeepAlive = serde_json::from_slice(&body)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
+                proptest::prop_assert!(slow.error.is_none());
+                proptest::prop_assert_eq!(fast, slow.iserver.and_then(|i| i.auth_status));
+            }
+        }
+    }
+
+    #[test]
+    fn the_tickle_fast_path_reads_the_usual_answer() {
+        let body = br#"{"session":"s","iserver":{"authStatus":{"authenticated":true,"competing":false,"connected":true}}}"#;
+        assert_eq!(
+            Flags::read_plain_tickle(body),
+            Some(Some(Flags {
+                authenticated: Some(true),
+                competing: Some(false),
+                connected: Some(true),
+                established: None,
+            }))
+        );
+        assert_eq!(Flags::read_plain_tickle(br#"{"session":"s"}"#), Some(None));
+        // The failure shape and escapes go to serde_json.
+        assert_eq!(Flags::read_plain_tickle(br#"{"error":"no session"}"#), None);
+        assert_eq!(Flags::read_plain_tickle(br#"{"session":"\u0073"}"#), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::endpoint::Endpoint;
 use crate::error::{ActionRequired, ProtocolError};
+use crate::plain_json::{Plain, first};
 use crate::secret::{AccessToken, Cst, RefreshToken, SecurityToken};
 use crate::wire::{check_body, header_str, int_or_string, parse_json};
 
@@ -295,12 +296,42 @@ pub fn web_platform_login(
     cst_login(Endpoint::WebPlatformLogin, headers, body)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 struct TokenBody {
     access_token: Option<String>,
     refresh_token: Option<String>,
     #[serde(default, deserialize_with = "crate::wire::opt_int_or_string")]
     expires_in: Option<i64>,
+}
+
+impl TokenBody {
+    /// A token object read by hand when it is plain JSON (the answer to every
+    /// refresh); `None` hands the body to serde_json (see `crate::plain_json`).
+    fn read_plain(body: &[u8]) -> Option<Self> {
+        let mut r = Plain::new(body)?;
+        let mut t = Self::default();
+        let mut seen = [false; 3];
+        r.object(0, |r, key| {
+            match key {
+                "access_token" => {
+                    first(&mut seen[0])?;
+                    t.access_token = r.string_or_null()?.map(str::to_owned);
+                }
+                "refresh_token" => {
+                    first(&mut seen[1])?;
+                    t.refresh_token = r.string_or_null()?.map(str::to_owned);
+                }
+                "expires_in" => {
+                    first(&mut seen[2])?;
+                    t.expires_in = r.int_or_string_or_null()?;
+                }
+                _ => r.skip(1)?,
+            }
+            Some(())
+        })?;
+        r.end()?;
+        Some(t)
+    }
 }
 
 fn tokens(endpoint: &'static str, t: TokenBody) -> Result<OAuthTokens, ProtocolError> {
@@ -378,7 +409,11 @@ pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
 /// A refresh answer ([`Endpoint::Refresh`]): the bare token object.
 pub fn refresh(body: &[u8]) -> Result<OAuthTokens, ProtocolError> {
     let endpoint = Endpoint::Refresh.name();
-    let t: TokenBody = parse_json(endpoint, body)?;
+    check_body(endpoint, body)?;
+    let t = match TokenBody::read_plain(body) {
+        Some(t) => t,
+        None => parse_json(endpoint, body)?,
+    };
     tokens(endpoint, t)
 }
 
@@ -624,6 +659,44 @@ mod tests {
             assert!(matches!(e, Error::Protocol(_)), "{bad}: {e:?}");
             assert!(!e.to_string().contains("sixty"));
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_token_fast_path_agrees_with_serde(body in crate::plain_json::mutated(vec![
+            br#"{"access_token":"fakeig-access-00002-secret","refresh_token":"fakeig-refresh-00003-secret","scope":"profile","token_type":"Bearer","expires_in":"60"}"#.to_vec(),
+            br#"{ "access_token" : "a", "refresh_token" : null, "expires_in" : 60, "x" : [ 1 , { } , -0.5 ] }"#.to_vec(),
+            br#"{"expires_in":" 61 ","access_token":"","other":{"a":[true,false,null]}}"#.to_vec(),
+        ])) {
+            if let Some(fast) = TokenBody::read_plain(&body) {
+                let slow: TokenBody = serde_json::from_slice(&body)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
+                proptest::prop_assert_eq!(fast, slow);
+            }
+        }
+    }
+
+    #[test]
+    fn the_token_fast_path_reads_the_usual_answer() {
+        let body = br#"{"access_token":"a","refresh_token":"r","scope":"profile","token_type":"Bearer","expires_in":"60"}"#;
+        let t = TokenBody::read_plain(body).unwrap();
+        assert_eq!(
+            (
+                t.access_token.as_deref(),
+                t.refresh_token.as_deref(),
+                t.expires_in
+            ),
+            (Some("a"), Some("r"), Some(60))
+        );
+        // Given twice: serde_json refuses, so the fast path leaves it to serde_json.
+        assert!(TokenBody::read_plain(br#"{"access_token":"a","access_token":"b"}"#).is_none());
+        assert!(
+            refresh(
+                br#"{"access_token":"a","access_token":"b","refresh_token":"r","expires_in":60}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]
