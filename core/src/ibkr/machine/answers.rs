@@ -424,7 +424,7 @@ impl IbkrSession {
         if class == SessionClass::Ready && kind != Kind::CheckStatus {
             if self.cfg.preflight_accounts && !self.preflight_done {
                 if let Some(op) = self.current.as_mut() {
-                    op.ready = Some(s);
+                    op.ready = Some(Box::new(s));
                     self.plan.push_front(Step::Accounts);
                     op.wake = None;
                 }
@@ -539,6 +539,7 @@ impl IbkrSession {
             .current
             .as_mut()
             .and_then(|o| o.ready.take())
+            .map(|s| *s)
             .unwrap_or_default();
         self.finish(Ok(IbkrOutcome::Connected(status)));
     }

@@ -128,7 +128,9 @@ struct Lst {
 pub struct IbkrSession {
     cfg: Arc<IbkrConfig>,
     base: Base,
-    signer: Option<Signer>,
+    /// Boxed: only OAuth sessions have one, and it is large (keys, the
+    /// Diffie-Hellman group, the decrypted secret's prepend).
+    signer: Option<Box<Signer>>,
     /// DH secrets, nonces, RSA blinding (created when first needed: never for the
     /// gateway).
     rng: LazyRng,
@@ -238,7 +240,7 @@ impl IbkrSession {
         let jitter = JitterRng::new(&seed);
         let signer = match &config.auth {
             IbkrAuth::Gateway => None,
-            IbkrAuth::OAuth(o) => Some(Signer::new(o, rng.get())?),
+            IbkrAuth::OAuth(o) => Some(Box::new(Signer::new(o, rng.get())?)),
         };
         // Bounded durations keep every `Instant + Duration` below overflow. A shared
         // configuration is copied only when a bound changes something.

@@ -77,8 +77,9 @@ pub(super) struct Op {
     pub(super) held_since: Option<Instant>,
     /// How long pacing held the request that was sent, reported in its answer.
     pub(super) delayed_by: Option<Duration>,
-    /// The ready status, kept while the accounts preflight runs.
-    pub(super) ready: Option<AuthStatus>,
+    /// The ready status, kept while the accounts preflight runs (boxed: every
+    /// queued operation would carry its room).
+    pub(super) ready: Option<Box<AuthStatus>>,
 }
 
 /// The one request in flight: the step it serves, and its Diffie-Hellman secret when
