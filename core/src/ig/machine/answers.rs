@@ -411,8 +411,7 @@ impl IgSession {
     pub(super) fn lose(&mut self, reason: Error) {
         self.forget_tokens();
         self.lost = Some(reason.clone());
-        self.outbox
-            .push_back(Output::Event(Event::SessionLost { reason }));
+        self.emit(Event::SessionLost { reason });
     }
 
     pub(super) fn close(&mut self, reason: Error) {
@@ -429,12 +428,11 @@ impl IgSession {
             .map(|o| o.id)
             .chain(awaiting)
         {
-            self.outbox.push_back(Output::Event(Event::Completed {
+            self.emit(Event::Completed {
                 op,
                 result: Err(Error::Cancelled),
-            }));
+            });
         }
-        self.outbox
-            .push_back(Output::Event(Event::SessionLost { reason }));
+        self.emit(Event::SessionLost { reason });
     }
 }

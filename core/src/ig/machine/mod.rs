@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::follower::Awaiting;
-use self::ops::{Call, InFlight, Kind, Next, Op, Step};
+use self::ops::{Call, InFlight, Kind, Next, Op, Queued, Step};
 use super::config::{BaseUrl, IgConfig, LoginFlow};
 use super::decode::{self, CstLoginAnswer, IgAccount};
 use super::encode::{self, AuthHeaders, AuthValues, Prepared};
@@ -99,7 +99,7 @@ pub struct IgSession {
     /// runs). One buffer for every operation: see `ops.rs`.
     plan: VecDeque<Step>,
     in_flight: Option<InFlight>,
-    outbox: VecDeque<Output<IgState, IgOutcome>>,
+    outbox: VecDeque<Queued>,
     last_state: IgState,
     /// Login requests (they carry the password) given up on before their answer came.
     /// A late answer to one of them still counts if it rejects the credentials.
@@ -201,7 +201,7 @@ impl IgSession {
             in_flight: None,
             // Sized for a typical exchange (a state change and a request, or a
             // completion and a state change): the first push would otherwise
-            // reserve four of these large values, kept for the session's life.
+            // reserve four events, kept for the session's life.
             outbox: VecDeque::with_capacity(2),
             last_state: IgState::LoggedOut,
             abandoned_logins: VecDeque::new(),
@@ -380,7 +380,7 @@ impl IgSession {
         }
         let s = view.to_state();
         self.last_state = s.clone();
-        self.outbox.push_back(Output::Event(Event::StateChanged(s)));
+        self.emit(Event::StateChanged(s));
     }
 }
 
@@ -531,9 +531,19 @@ impl Machine for IgSession {
         self.run_timers(now);
         self.start_next(now);
         self.sync_state();
-        if let Some(o) = self.outbox.pop_front() {
-            crate::machine::trace_output("ig", &o);
-            return o;
+        while let Some(queued) = self.outbox.pop_front() {
+            let out = match queued {
+                Queued::Event(e) => Output::Event(e),
+                Queued::Send(id) => match self.transmit(id, now) {
+                    Some(t) => Output::Send(t),
+                    None => {
+                        self.sync_state();
+                        continue;
+                    }
+                },
+            };
+            crate::machine::trace_output("ig", &out);
+            return out;
         }
         Output::Wait(self.next_deadline(now.mono))
     }

@@ -96,6 +96,14 @@ pub(super) struct InFlight {
     pub(super) deadline: Instant,
 }
 
+/// What `poll_output` hands out next, in order. A request waits as its id: it is
+/// built when its turn comes (`IgSession::transmit`), so the outbox holds no room for
+/// a whole `http::Request` (it keeps its capacity for the session's life).
+pub(super) enum Queued {
+    Event(Event<IgState, IgOutcome>),
+    Send(RequestId),
+}
+
 /// What an answer leaves the running operation to do.
 pub(super) enum Next {
     Continue,
@@ -385,24 +393,40 @@ impl IgSession {
                 }
                 Step::Call(call) => call,
             };
-            match self.request_for(&call) {
-                Ok(request) => {
-                    let id = self.ids.request();
-                    let deadline = now.after(self.cfg.request_deadline);
-                    self.in_flight = Some(InFlight { id, call, deadline });
-                    self.outbox.push_back(Output::Send(Transmit {
-                        id,
-                        request,
-                        deadline,
-                    }));
-                    return;
-                }
-                Err(e) => {
-                    self.finish(Err(e), now);
-                    return;
-                }
+            // The request itself is built when `poll_output` hands it out
+            // (`transmit`).
+            let id = self.ids.request();
+            let deadline = now.after(self.cfg.request_deadline);
+            self.in_flight = Some(InFlight { id, call, deadline });
+            self.outbox.push_back(Queued::Send(id));
+            return;
+        }
+    }
+
+    /// The request `id`, built for `poll_output` from the call in flight; `None` when
+    /// that request was given up before it left (its deadline passed, the session
+    /// closed), or could not be built (the operation then fails).
+    pub(super) fn transmit(&mut self, id: RequestId, now: Now) -> Option<Transmit> {
+        let f = self.in_flight.take_if(|f| f.id == id)?;
+        let built = self.request_for(&f.call);
+        let deadline = f.deadline;
+        self.in_flight = Some(f);
+        match built {
+            Ok(request) => Some(Transmit {
+                id,
+                request,
+                deadline,
+            }),
+            Err(e) => {
+                self.finish(Err(e), now);
+                None
             }
         }
+    }
+
+    /// Queues an event for `poll_output`.
+    pub(super) fn emit(&mut self, event: Event<IgState, IgOutcome>) {
+        self.outbox.push_back(Queued::Event(event));
     }
 
     /// The local part of selecting an account; returns the `PUT /session` a CST
@@ -524,10 +548,10 @@ impl IgSession {
     /// retry timer is left.
     pub(super) fn cancel_for_logout(&mut self, now: Now) {
         for op in std::mem::take(&mut self.queue) {
-            self.outbox.push_back(Output::Event(Event::Completed {
+            self.emit(Event::Completed {
                 op: op.id,
                 result: Err(Error::Cancelled),
-            }));
+            });
         }
         self.refresh_at = None;
         let in_flight = self.in_flight.is_some();
@@ -562,10 +586,10 @@ impl IgSession {
         if op.cancelled {
             // Cancelled by a logout: whatever the operation reached, it reports
             // `Cancelled` and leaves the session to the logout (no loss, no retry).
-            self.outbox.push_back(Output::Event(Event::Completed {
+            self.emit(Event::Completed {
                 op: op.id,
                 result: Err(Error::Cancelled),
-            }));
+            });
             return;
         }
         let not_logged_in = || Error::Usage(UsageError::NotLoggedIn);
@@ -615,8 +639,7 @@ impl IgSession {
                 Err(e)
             }
         };
-        self.outbox
-            .push_back(Output::Event(Event::Completed { op: op.id, result }));
+        self.emit(Event::Completed { op: op.id, result });
     }
 
     pub(super) fn after_failure(&mut self, kind: Kind, e: &Error, now: Now) {
