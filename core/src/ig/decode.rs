@@ -6,6 +6,7 @@
 //! statuses with [`action_for`](super::action_for). Parsers never panic on any input
 //! and never put a body or header value into an error.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -296,18 +297,21 @@ pub fn web_platform_login(
     cst_login(Endpoint::WebPlatformLogin, headers, body)
 }
 
+/// A token object as sent, its strings borrowed from the body where they can be.
 #[derive(Debug, Default, PartialEq, Deserialize)]
-struct TokenBody {
-    access_token: Option<String>,
-    refresh_token: Option<String>,
+struct TokenBody<'a> {
+    #[serde(borrow)]
+    access_token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    refresh_token: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "crate::wire::opt_int_or_string")]
     expires_in: Option<i64>,
 }
 
-impl TokenBody {
+impl<'a> TokenBody<'a> {
     /// A token object read by hand when it is plain JSON (the answer to every
     /// refresh); `None` hands the body to serde_json (see `crate::plain_json`).
-    fn read_plain(body: &[u8]) -> Option<Self> {
+    fn read_plain(body: &'a [u8]) -> Option<Self> {
         let mut r = Plain::new(body)?;
         let mut t = Self::default();
         let mut seen = [false; 3];
@@ -315,11 +319,11 @@ impl TokenBody {
             match key {
                 "access_token" => {
                     first(&mut seen[0])?;
-                    t.access_token = r.string_or_null()?.map(str::to_owned);
+                    t.access_token = r.string_or_null()?.map(Cow::Borrowed);
                 }
                 "refresh_token" => {
                     first(&mut seen[1])?;
-                    t.refresh_token = r.string_or_null()?.map(str::to_owned);
+                    t.refresh_token = r.string_or_null()?.map(Cow::Borrowed);
                 }
                 "expires_in" => {
                     first(&mut seen[2])?;
@@ -334,7 +338,25 @@ impl TokenBody {
     }
 }
 
-fn tokens(endpoint: &'static str, t: TokenBody) -> Result<OAuthTokens, ProtocolError> {
+/// New OAuth tokens, checked, borrowed from the answer: the session copies them
+/// into the buffers of the tokens they replace (`refresh_tokens`).
+pub(crate) struct FreshTokens<'a> {
+    pub(crate) access: Cow<'a, str>,
+    pub(crate) refresh: Cow<'a, str>,
+    pub(crate) expires_in: Duration,
+}
+
+impl FreshTokens<'_> {
+    fn into_owned(self) -> OAuthTokens {
+        OAuthTokens {
+            access_token: AccessToken::new(self.access.into_owned()),
+            refresh_token: RefreshToken::new(self.refresh.into_owned()),
+            expires_in: self.expires_in,
+        }
+    }
+}
+
+fn tokens<'a>(endpoint: &'static str, t: TokenBody<'a>) -> Result<FreshTokens<'a>, ProtocolError> {
     let access = t
         .access_token
         .filter(|s| !s.is_empty())
@@ -361,9 +383,9 @@ fn tokens(endpoint: &'static str, t: TokenBody) -> Result<OAuthTokens, ProtocolE
             reason: "not a positive number of seconds below a year",
         });
     }
-    Ok(OAuthTokens {
-        access_token: AccessToken::new(access),
-        refresh_token: RefreshToken::new(refresh),
+    Ok(FreshTokens {
+        access,
+        refresh,
         expires_in: Duration::from_secs(secs.unsigned_abs()),
     })
 }
@@ -371,7 +393,7 @@ fn tokens(endpoint: &'static str, t: TokenBody) -> Result<OAuthTokens, ProtocolE
 /// A v3 login answer ([`Endpoint::LoginV3`]).
 pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
     #[derive(Deserialize)]
-    struct Body {
+    struct Body<'a> {
         #[serde(rename = "accountId", default)]
         account_id: Option<String>,
         #[serde(rename = "currentAccountId", default)]
@@ -380,16 +402,16 @@ pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
         client_id: Option<serde_json::Value>,
         #[serde(rename = "lightstreamerEndpoint", default)]
         lightstreamer_endpoint: Option<String>,
-        #[serde(rename = "oauthToken")]
-        oauth_token: Option<TokenBody>,
+        #[serde(rename = "oauthToken", borrow)]
+        oauth_token: Option<TokenBody<'a>>,
     }
     let endpoint = Endpoint::LoginV3.name();
-    let b: Body = parse_json(endpoint, body)?;
+    let b: Body<'_> = parse_json(endpoint, body)?;
     let t = b.oauth_token.ok_or(ProtocolError::MissingField {
         endpoint,
         field: "oauthToken",
     })?;
-    let tokens = tokens(endpoint, t)?;
+    let tokens = tokens(endpoint, t)?.into_owned();
     let account_id = b
         .account_id
         .or(b.current_account_id)
@@ -408,6 +430,11 @@ pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
 
 /// A refresh answer ([`Endpoint::Refresh`]): the bare token object.
 pub fn refresh(body: &[u8]) -> Result<OAuthTokens, ProtocolError> {
+    refresh_tokens(body).map(FreshTokens::into_owned)
+}
+
+/// [`refresh`], borrowing the tokens from the body.
+pub(crate) fn refresh_tokens(body: &[u8]) -> Result<FreshTokens<'_>, ProtocolError> {
     let endpoint = Endpoint::Refresh.name();
     check_body(endpoint, body)?;
     let t = match TokenBody::read_plain(body) {
@@ -670,7 +697,7 @@ mod tests {
             br#"{"expires_in":" 61 ","access_token":"","other":{"a":[true,false,null]}}"#.to_vec(),
         ])) {
             if let Some(fast) = TokenBody::read_plain(&body) {
-                let slow: TokenBody = serde_json::from_slice(&body)
+                let slow: TokenBody<'_> = serde_json::from_slice(&body)
                     .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
                 proptest::prop_assert_eq!(fast, slow);
             }

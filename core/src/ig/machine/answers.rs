@@ -132,8 +132,8 @@ impl IgSession {
                 self.generation += 1;
             }
             Endpoint::Refresh => {
-                let t = decode::refresh(body)?;
-                self.set_oauth(t, now);
+                let t = decode::refresh_tokens(body)?;
+                self.refreshed(&t, now);
                 self.generation += 1;
             }
             Endpoint::ReadSession { .. } => {
@@ -169,16 +169,50 @@ impl IgSession {
     }
 
     pub(super) fn set_oauth(&mut self, t: decode::OAuthTokens, now: Now) {
-        let expires_at = now.after(t.expires_in);
-        self.refresh_at = Some(self.refresh_due(expires_at, t.expires_in, now));
+        let (expires_at, expires_epoch_ms) = self.schedule_refresh(t.expires_in, now);
         self.tokens = Some(Tokens::OAuth {
             access: t.access_token,
             refresh: t.refresh_token,
             expires_at,
-            expires_epoch_ms: now
-                .unix_millis()
-                .saturating_add(i64::try_from(t.expires_in.as_millis()).unwrap_or(i64::MAX)),
+            expires_epoch_ms,
         });
+    }
+
+    /// Installs a refresh's tokens, in the buffers of the tokens they replace.
+    pub(super) fn refreshed(&mut self, t: &decode::FreshTokens<'_>, now: Now) {
+        let (at, epoch_ms) = self.schedule_refresh(t.expires_in, now);
+        match &mut self.tokens {
+            Some(Tokens::OAuth {
+                access,
+                refresh,
+                expires_at,
+                expires_epoch_ms,
+            }) => {
+                access.overwrite(&t.access);
+                refresh.overwrite(&t.refresh);
+                *expires_at = at;
+                *expires_epoch_ms = epoch_ms;
+            }
+            _ => {
+                self.tokens = Some(Tokens::OAuth {
+                    access: AccessToken::new(t.access.as_ref()),
+                    refresh: RefreshToken::new(t.refresh.as_ref()),
+                    expires_at: at,
+                    expires_epoch_ms: epoch_ms,
+                });
+            }
+        }
+    }
+
+    /// Schedules the refresh of a token that lives `lifetime` from now; its expiry
+    /// as an instant and in Unix milliseconds.
+    fn schedule_refresh(&mut self, lifetime: Duration, now: Now) -> (Instant, i64) {
+        let expires_at = now.after(lifetime);
+        self.refresh_at = Some(self.refresh_due(expires_at, lifetime, now));
+        let epoch_ms = now
+            .unix_millis()
+            .saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
+        (expires_at, epoch_ms)
     }
 
     /// When to refresh a token that expires at `expires_at`, `lifetime` from now:
