@@ -284,6 +284,11 @@ const UNDER_BASE: [Endpoint; 4] = [
     Endpoint::Refresh,
 ];
 
+/// Where the refresh, the keep-alive of a v3 session, is in [`UNDER_BASE`]: its path
+/// is kept parsed.
+const REFRESH: usize = 3;
+const _: () = assert!(matches!(UNDER_BASE[REFRESH], Endpoint::Refresh));
+
 /// The parts of a session's requests that never change: each endpoint's URI and the
 /// API key's header value. Built once when the session starts.
 #[derive(Debug)]
@@ -307,6 +312,7 @@ impl Prepared {
             base.authority.clone(),
             &base.prefix,
             UNDER_BASE.map(|e| e.path().unwrap_or_default()),
+            REFRESH,
         )
         .ok_or_else(bad_url)?;
         let web_platform = web_platform_url
@@ -341,7 +347,7 @@ impl Prepared {
             | Endpoint::Logout => 0,
             Endpoint::ReadSession { fetch_tokens: true } => 1,
             Endpoint::EncryptionKey => 2,
-            Endpoint::Refresh => 3,
+            Endpoint::Refresh => REFRESH,
             Endpoint::Application => return Err(not_a_session_request()),
         };
         self.uris.get(i).ok_or_else(bad_url)
