@@ -121,19 +121,7 @@ impl<'a> Plain<'a> {
     pub(crate) fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        // Strings here are short (keys, flags, tokens): a plain loop beats a
-        // vectorised search's set-up.
-        let mut end = start;
-        for &c in &self.b[start..] {
-            match c {
-                b'"' => break,
-                0..0x20 => return None,
-                _ => end += 1,
-            }
-        }
-        if end == self.b.len() {
-            return None;
-        }
+        let end = start + string_len(&self.b[start..])?;
         self.i = end + 1;
         // Cut at two ASCII quotes: always on character boundaries.
         self.text.get(start..end)
@@ -224,6 +212,44 @@ impl<'a> Plain<'a> {
         self.skip_ws();
         (self.i == self.b.len()).then_some(())
     }
+}
+
+/// The length of a string's content at the start of `rest`: the bytes before its
+/// closing quote; `None` when there is none or a control character (which JSON
+/// requires escaped) comes first.
+///
+/// Eight bytes are tested at a time (the strings are keys, flags and tokens, too
+/// short for a vectorised search's set-up to pay): with `L` = 0x01 in every byte and
+/// `H` = 0x80 in every byte, `(x - L) & !x & H` flags the bytes of `x` that are zero,
+/// exactly so up to the first one (a borrow may flag bytes after it). A quote is a
+/// zero byte of `w ^ (L * b'"')`, a control character a byte below 0x20, that is one
+/// that `w - L * 0x20` borrows through. The word is read little-endian, so the lowest
+/// flag is the first such byte.
+fn string_len(rest: &[u8]) -> Option<usize> {
+    const L: u64 = u64::from_le_bytes([0x01; 8]);
+    const H: u64 = u64::from_le_bytes([0x80; 8]);
+    let mut n = 0;
+    while let Some(chunk) = rest.get(n..n + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let quote = w ^ (L * u64::from(b'"'));
+        let found = (quote.wrapping_sub(L) & !quote | w.wrapping_sub(L * 0x20) & !w) & H;
+        if found != 0 {
+            let at = n + found.trailing_zeros() as usize / 8;
+            return (rest[at] == b'"').then_some(at);
+        }
+        n += 8;
+    }
+    // The last bytes, fewer than eight.
+    for &c in &rest[n..] {
+        match c {
+            b'"' => return Some(n),
+            0..0x20 => return None,
+            _ => n += 1,
+        }
+    }
+    None
 }
 
 /// For a field read once: `Some` the first time, `None` (give up) when the body
@@ -345,6 +371,32 @@ mod tests {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(20), "]".repeat(20));
         assert_eq!(read_flat(&deep), None);
         assert!(Plain::new(b"{\"a\":\"\xff\"}").is_none());
+    }
+
+    #[test]
+    fn a_string_ends_at_its_quote_in_any_chunk() {
+        for len in 0..40 {
+            let text = "x".repeat(len);
+            let quoted = format!("{text}\"tail");
+            assert_eq!(string_len(quoted.as_bytes()), Some(len), "{len}");
+            assert_eq!(string_len(text.as_bytes()), None, "{len}: unterminated");
+            for at in 0..len {
+                let mut bytes = quoted.clone().into_bytes();
+                bytes[at] = b'\n';
+                assert_eq!(string_len(&bytes), None, "{len}: control at {at}");
+                bytes[at] = 0xC3; // the first byte of a two-byte character: not special
+                assert_eq!(string_len(&bytes), Some(len), "{len}: high byte at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_special_byte_of_a_chunk_decides() {
+        assert_eq!(string_len(b"ab\"\x01\x01\"xyz"), Some(2));
+        assert_eq!(string_len(b"a\x00\"bcdefgh"), None);
+        assert_eq!(string_len(b"\x1f\"abcdefgh"), None);
+        assert_eq!(string_len(b"\"\x00abcdefgh"), Some(0));
+        assert_eq!(string_len(b"\xff\xfe\xe0\x80!#~ \"12345678"), Some(8));
     }
 
     #[test]
