@@ -493,7 +493,7 @@ impl IbkrSession {
                 _ => true,
             };
             if !retry_safe {
-                self.lst_hold = Some(err.clone());
+                self.lst_hold = Some(Box::new(err.clone()));
             }
             self.restore_after_lst_failure(now, retry_safe);
             return self.finish(Err(err));

@@ -156,7 +156,8 @@ pub struct IbkrSession {
     last_tickle: Option<Instant>,
     last_validate: Option<Instant>,
     backoff_until: Option<Instant>,
-    closed: Option<Error>,
+    /// Boxed, as `lst_hold`: rare, and every session would carry the room.
+    closed: Option<Box<Error>>,
     /// `/iserver/accounts` was queried since the session last became ready.
     preflight_done: bool,
     /// A logout was submitted and no Connect (or RenewToken) submitted by the user
@@ -167,7 +168,7 @@ pub struct IbkrSession {
     /// connection broke after it may have been sent): the machine asks for no other
     /// token by itself until the user submits Connect or RenewToken. The error says
     /// what happened.
-    lst_hold: Option<Error>,
+    lst_hold: Option<Box<Error>>,
     /// Ids of live session token requests abandoned at the machine's deadline (the
     /// last few), so that a late credentials rejection still closes the session.
     abandoned_lst: VecDeque<RequestId>,
@@ -361,7 +362,7 @@ impl IbkrSession {
 
     /// The session will not send again: credentials rejected or keys wrong.
     fn close(&mut self, err: Error) {
-        self.closed = Some(err.clone());
+        self.closed = Some(Box::new(err.clone()));
         self.lst = None;
         self.lst_refresh_at = None;
         self.next_tickle = None;
@@ -533,7 +534,7 @@ impl Machine for IbkrSession {
                 reason: "not on the session's base URL scheme, host and port; credentials are never sent elsewhere",
             }));
         }
-        if let Some(e) = &self.closed {
+        if let Some(e) = self.closed.as_deref() {
             return Err(AuthorizeError::Lost(e.clone()));
         }
         if let Some(until) = self.backoff_until.filter(|u| *u > now.mono) {
@@ -564,7 +565,7 @@ impl Machine for IbkrSession {
             if self.state == IbkrState::Disconnected {
                 return Err(AuthorizeError::NotLoggedIn);
             }
-            if let Some(hold) = &self.lst_hold {
+            if let Some(hold) = self.lst_hold.as_deref() {
                 return Err(AuthorizeError::Lost(hold.clone()));
             }
             let op = self.machine_op(Kind::Connect { force_lst: true }, false, true);
@@ -603,13 +604,13 @@ impl Machine for IbkrSession {
             if stamp.generation < self.generation {
                 return Observation::Replay;
             }
-            if let Some(e) = &self.closed {
+            if let Some(e) = self.closed.as_deref() {
                 return Observation::Lost(e.clone());
             }
             if let Some(op) = self.token_op() {
                 return Observation::Recover { op };
             }
-            if let Some(hold) = &self.lst_hold {
+            if let Some(hold) = self.lst_hold.as_deref() {
                 return Observation::Lost(hold.clone());
             }
             if self.reactive_generation == Some(self.generation) {

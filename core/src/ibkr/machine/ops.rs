@@ -486,7 +486,7 @@ impl IbkrSession {
                 reason: "the token this operation obtained expired before it could be used; not asking again",
             }));
         }
-        let hold = self.lst_hold.clone()?;
+        let hold = self.lst_hold.as_deref().cloned()?;
         if self.session_alive() && !self.lst_valid(now) {
             self.lst = None;
             self.lst_refresh_at = None;

@@ -67,7 +67,7 @@ impl IgSession {
     ) -> Result<(), Error> {
         let (headers, body) = (response.headers(), response.body().as_slice());
         let endpoint = match call {
-            Call::Switch { account, .. } => {
+            Call::Switch(to) => {
                 let t = decode::switch_account(headers, body)?;
                 if let Some(Tokens::Cst { cst, xst }) = self.tokens.as_mut() {
                     if let Some(c) = t.cst {
@@ -77,7 +77,7 @@ impl IgSession {
                         *xst = x;
                     }
                 }
-                self.switched_to(account.clone());
+                self.switched_to(to.account.clone());
                 return Ok(());
             }
             Call::Send(endpoint) => *endpoint,
@@ -143,7 +143,7 @@ impl IgSession {
                     op.details = Some(Box::new(details.clone()));
                 }
                 if let Some(t) = tokens {
-                    self.streaming = Some((t.cst, t.xst));
+                    self.streaming = Some(Box::new((t.cst, t.xst)));
                 }
                 if details.lightstreamer_endpoint.is_some() {
                     self.lightstreamer_endpoint = details.lightstreamer_endpoint;
@@ -241,7 +241,7 @@ impl IgSession {
                 expires_at_epoch_ms,
                 streaming,
             } => {
-                self.streaming = streaming;
+                self.streaming = streaming.map(Box::new);
                 let expires_at = now.instant_at_epoch_millis(expires_at_epoch_ms);
                 let left = expires_at.saturating_duration_since(now.mono);
                 if !left.is_zero() {
@@ -316,13 +316,13 @@ impl IgSession {
             }
             Action::Retry(api) => self.retry(call, Error::Unavailable(api), now),
             Action::AlreadyDone(_) => {
-                if let Call::Switch { account, .. } = call {
+                if let Call::Switch(to) = call {
                     if let Some(op) = self.current.as_mut() {
                         op.already_active = true;
                     }
                     // IG keeps the current tokens: nothing to replace.
-                    self.session_account = Some(account.clone());
-                    self.selected_account = Some(account);
+                    self.session_account = Some(to.account.clone());
+                    self.selected_account = Some(to.account);
                 }
                 Next::Continue
             }
@@ -444,7 +444,7 @@ impl IgSession {
 
     pub(super) fn lose(&mut self, reason: Error) {
         self.forget_tokens();
-        self.lost = Some(reason.clone());
+        self.lost = Some(Box::new(reason.clone()));
         self.emit(Event::SessionLost { reason });
     }
 
@@ -455,7 +455,7 @@ impl IgSession {
         self.forget_tokens();
         self.in_flight = None;
         self.backoff_until = None;
-        self.closed = Some(reason.clone());
+        self.closed = Some(Box::new(reason.clone()));
         let awaiting = self.awaiting.take().map(|a| a.op);
         for op in std::mem::take(&mut self.queue)
             .into_iter()

@@ -84,15 +84,16 @@ pub struct IgSession {
     lightstreamer_endpoint: Option<String>,
     client_id: Option<String>,
     accounts: Vec<IgAccount>,
-    /// CST/XST fetched with `fetchSessionTokens=true`, apart from the OAuth tokens.
-    streaming: Option<(Cst, SecurityToken)>,
+    /// CST/XST fetched with `fetchSessionTokens=true`, apart from the OAuth tokens
+    /// (boxed, as the errors below: rare, and every session would carry the room).
+    streaming: Option<Box<(Cst, SecurityToken)>>,
     generation: u64,
     /// Generation produced by a reactive recovery and not yet accepted by IG.
     recovered_gen: Option<u64>,
     refresh_at: Option<Instant>,
     backoff_until: Option<Instant>,
-    closed: Option<Error>,
-    lost: Option<Error>,
+    closed: Option<Box<Error>>,
+    lost: Option<Box<Error>>,
     queue: VecDeque<Op>,
     current: Option<Op>,
     /// The running operation's remaining steps, the next first (empty when none
@@ -276,7 +277,7 @@ impl IgSession {
     /// after [`IgIntent::ReadSession`] with `fetch_tokens` (or
     /// [`IgConfig::fetch_streaming_tokens`]).
     pub fn lightstreamer_credentials(&self) -> Option<LightstreamerCredentials> {
-        let (cst, xst) = match (&self.tokens, &self.streaming) {
+        let (cst, xst) = match (&self.tokens, self.streaming.as_deref()) {
             (Some(Tokens::Cst { cst, xst }), _) => (cst, xst),
             (Some(Tokens::OAuth { .. }), Some((c, x))) => (c, x),
             _ => return None,
@@ -309,7 +310,7 @@ impl IgSession {
                 access: access.clone(),
                 refresh: refresh.clone(),
                 expires_at_epoch_ms: *expires_epoch_ms,
-                streaming: self.streaming.clone(),
+                streaming: self.streaming.as_deref().cloned(),
             },
         };
         Some(SessionSnapshot {
@@ -344,7 +345,7 @@ impl IgSession {
     /// every call and compares it with the last state emitted, so it copies nothing
     /// (the account id, an error) unless the state changed.
     fn state_view(&self) -> StateView<'_> {
-        if let Some(reason) = &self.closed {
+        if let Some(reason) = self.closed.as_deref() {
             return StateView::Closed(reason);
         }
         if let Some(until) = self.backoff_until {
@@ -362,7 +363,7 @@ impl IgSession {
         if let (Some(mode), Some(account_id)) = (self.mode(), self.account_id()) {
             return StateView::Active(account_id, mode);
         }
-        if let Some(reason) = &self.lost {
+        if let Some(reason) = self.lost.as_deref() {
             return StateView::Lost(reason);
         }
         StateView::LoggedOut
@@ -553,7 +554,7 @@ impl Machine for IgSession {
         request: &mut http::Request<B>,
         now: Now,
     ) -> Result<AuthStamp, AuthorizeError> {
-        if let Some(reason) = &self.closed {
+        if let Some(reason) = self.closed.as_deref() {
             return Err(AuthorizeError::Lost(reason.clone()));
         }
         if !self.base.covers(request.uri()) {
@@ -598,7 +599,7 @@ impl Machine for IgSession {
             if let Some(op) = self.credential_op() {
                 return Err(AuthorizeError::Pending { op });
             }
-            return Err(match &self.lost {
+            return Err(match self.lost.as_deref() {
                 Some(e) => AuthorizeError::Lost(e.clone()),
                 None => AuthorizeError::NotLoggedIn,
             });
@@ -648,7 +649,7 @@ impl Machine for IgSession {
             self.backoffs(),
         ) {
             Action::Relogin(_) | Action::Refresh(_) if self.role == IgRole::Follower => {
-                if let Some(reason) = &self.closed {
+                if let Some(reason) = self.closed.as_deref() {
                     Observation::Lost(reason.clone())
                 } else if stamp.generation < self.generation {
                     Observation::Replay
@@ -663,7 +664,12 @@ impl Machine for IgSession {
                 if self.closed.is_some()
                     || (self.tokens.is_none() && self.credential_op().is_none())
                 {
-                    Observation::Lost(self.closed.clone().unwrap_or(Error::Unauthorized(api)))
+                    Observation::Lost(
+                        self.closed
+                            .as_deref()
+                            .cloned()
+                            .unwrap_or(Error::Unauthorized(api)),
+                    )
                 } else if self.logout_pending() {
                     // Logout is final: a refused request starts no recovery after it.
                     Observation::Lost(Error::Cancelled)

@@ -45,16 +45,23 @@ impl Step {
 pub(super) enum Call {
     /// A request built from the endpoint and the session alone.
     Send(Endpoint),
-    /// `PUT /session` ([`Endpoint::Switch`]) to this account: the one request whose
-    /// inputs belong to the step.
-    Switch { account: String, make_default: bool },
+    /// `PUT /session` ([`Endpoint::Switch`]): the one request whose inputs belong to
+    /// the step (boxed: a plan step stays small).
+    Switch(Box<SwitchTo>),
+}
+
+/// The inputs of a [`Call::Switch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SwitchTo {
+    pub(super) account: String,
+    pub(super) make_default: bool,
 }
 
 impl Call {
     pub(super) fn endpoint(&self) -> Endpoint {
         match self {
             Self::Send(endpoint) => *endpoint,
-            Self::Switch { .. } => Endpoint::Switch,
+            Self::Switch(_) => Endpoint::Switch,
         }
     }
 }
@@ -324,10 +331,10 @@ impl IgSession {
                         reason: "a v3 session switches by header only; changing the default account needs a v2 session",
                     })),
                     (Some(Tokens::OAuth { .. }), false) => Step::SelectAccount,
-                    _ => Step::Call(Call::Switch {
+                    _ => Step::Call(Call::Switch(Box::new(SwitchTo {
                         account: op.target_account.clone().unwrap_or_default(),
                         make_default,
-                    }),
+                    }))),
                 };
                 self.plan.push_back(step);
                 Ok(())
@@ -456,10 +463,10 @@ impl IgSession {
                     self.selected_account = Some(wanted);
                     None
                 } else {
-                    Some(Call::Switch {
+                    Some(Call::Switch(Box::new(SwitchTo {
                         account: wanted,
                         make_default: false,
-                    })
+                    })))
                 }
             }
             None => None,
@@ -491,12 +498,9 @@ impl IgSession {
 
     pub(super) fn request_for(&mut self, call: &Call) -> Result<http::Request<Vec<u8>>, Error> {
         let endpoint = match call {
-            Call::Switch {
-                account,
-                make_default,
-            } => {
+            Call::Switch(to) => {
                 let auth = self.auth_values()?;
-                let body = encode::switch_body(account, *make_default);
+                let body = encode::switch_body(&to.account, to.make_default);
                 return self.prepared.request(Endpoint::Switch, Some(&auth), body);
             }
             Call::Send(endpoint) => *endpoint,
