@@ -239,7 +239,7 @@ pub struct LstResponse {
 /// [`ProtocolError::MalformedBody`] (or `BodyTooLarge`) for anything but a JSON object
 /// of the right field types.
 pub fn auth_status(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
-    parse_json(Endpoint::Status.name(), body)
+    status_answer(Endpoint::Status, body)
 }
 
 /// Parses an [`Endpoint::SsodhInit`] answer: a BrokerageSessionStatus.
@@ -247,7 +247,81 @@ pub fn auth_status(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
 /// # Errors
 /// As [`auth_status`].
 pub fn ssodh_init(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
-    parse_json(Endpoint::SsodhInit.name(), body)
+    status_answer(Endpoint::SsodhInit, body)
+}
+
+/// A BrokerageSessionStatus, read by hand when the body is plain JSON (a session
+/// polls for it while the brokerage session comes up), by serde_json otherwise.
+fn status_answer(endpoint: Endpoint, body: &[u8]) -> Result<AuthStatus, ProtocolError> {
+    check_body(endpoint.name(), body)?;
+    let plain = Plain::new(body).and_then(|mut r| {
+        let status = AuthStatus::read_plain(&mut r, 0)?;
+        r.end()?;
+        Some(status)
+    });
+    match plain {
+        Some(status) => Ok(status),
+        None => parse_json(endpoint.name(), body),
+    }
+}
+
+impl AuthStatus {
+    /// The object at `r` (see `crate::plain_json`), nested `depth` deep.
+    fn read_plain(r: &mut Plain<'_>, depth: u32) -> Option<Self> {
+        enum Slot<'s> {
+            Flag(&'s mut Option<bool>),
+            Text(&'s mut Option<String>),
+            Server(&'s mut Option<ServerInfo>),
+        }
+        let mut s = Self::default();
+        let mut seen = [false; 9];
+        r.object(depth, |r, key| {
+            let (slot, seen) = match key {
+                "authenticated" => (Slot::Flag(&mut s.authenticated), &mut seen[0]),
+                "competing" => (Slot::Flag(&mut s.competing), &mut seen[1]),
+                "connected" => (Slot::Flag(&mut s.connected), &mut seen[2]),
+                "established" => (Slot::Flag(&mut s.established), &mut seen[3]),
+                "message" => (Slot::Text(&mut s.message), &mut seen[4]),
+                "fail" => (Slot::Text(&mut s.fail), &mut seen[5]),
+                "MAC" => (Slot::Text(&mut s.mac), &mut seen[6]),
+                "hardware_info" => (Slot::Text(&mut s.hardware_info), &mut seen[7]),
+                "serverInfo" => (Slot::Server(&mut s.server_info), &mut seen[8]),
+                _ => return r.skip(depth + 1),
+            };
+            first(seen)?;
+            match slot {
+                Slot::Flag(v) => *v = r.bool_or_null()?,
+                Slot::Text(v) => *v = r.string_or_null()?.map(str::to_owned),
+                Slot::Server(v) => {
+                    *v = if r.null()? {
+                        None
+                    } else {
+                        Some(ServerInfo::read_plain(r, depth + 1)?)
+                    };
+                }
+            }
+            Some(())
+        })?;
+        Some(s)
+    }
+}
+
+impl ServerInfo {
+    fn read_plain(r: &mut Plain<'_>, depth: u32) -> Option<Self> {
+        let mut s = Self::default();
+        let mut seen = [false; 2];
+        r.object(depth, |r, key| {
+            let (slot, seen) = match key {
+                "serverName" => (&mut s.server_name, &mut seen[0]),
+                "serverVersion" => (&mut s.server_version, &mut seen[1]),
+                _ => return r.skip(depth + 1),
+            };
+            first(seen)?;
+            *slot = r.string_or_null()?.map(str::to_owned);
+            Some(())
+        })?;
+        Some(s)
+    }
 }
 
 /// Parses a `/tickle` body, detecting the `{"error": …}` variant first.
@@ -607,6 +681,40 @@ mod tests {
                 proptest::prop_assert_eq!(fast, slow.iserver.and_then(|i| i.auth_status));
             }
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_status_fast_path_agrees_with_serde(body in crate::plain_json::mutated(vec![
+            br#"{"authenticated":true,"competing":false,"connected":true,"message":"","MAC":"98:F2:B3:23:BF:A0","fail":"","hardware_info":"3b0679ee|98:F2:B3:23:BF:A0","serverInfo":{"serverName":"JifN19053","serverVersion":"Build 10.25.0p"}}"#.to_vec(),
+            br#"{"authenticated":false,"established":null,"connected":true,"message":null,"serverInfo":null,"other":[1,{"a":"b"}]}"#.to_vec(),
+        ])) {
+            let plain = Plain::new(&body).and_then(|mut r| {
+                let s = AuthStatus::read_plain(&mut r, 0)?;
+                r.end()?;
+                Some(s)
+            });
+            if let Some(fast) = plain {
+                let slow: AuthStatus = serde_json::from_slice(&body)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
+                proptest::prop_assert_eq!(fast, slow);
+            }
+        }
+    }
+
+    #[test]
+    fn the_status_fast_path_reads_the_usual_answer() {
+        let body = br#"{"authenticated":true,"competing":false,"connected":true,"message":"","MAC":"98:F2","serverInfo":{"serverName":"JifN19053","serverVersion":"Build"}}"#;
+        let mut r = Plain::new(body).unwrap();
+        let s = AuthStatus::read_plain(&mut r, 0).unwrap();
+        assert!(r.end().is_some());
+        assert_eq!(s, serde_json::from_slice::<AuthStatus>(body).unwrap());
+        assert_eq!(s.mac.as_deref(), Some("98:F2"));
+        assert_eq!(
+            s.server_info.and_then(|i| i.server_name).as_deref(),
+            Some("JifN19053")
+        );
     }
 
     #[test]
