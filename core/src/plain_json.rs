@@ -66,6 +66,7 @@ impl<'a> Plain<'a> {
     }
 
     /// An object: `member` is called with each key and must read its value.
+    #[inline]
     pub(crate) fn object(
         &mut self,
         depth: u32,
