@@ -10,10 +10,10 @@
 use std::sync::Arc;
 
 use broker_session::ibkr::IbkrConfig;
-use broker_session::ibkr::{IbkrIntent, IbkrSession};
+use broker_session::ibkr::{IbkrIntent, IbkrOutcome, IbkrSession, IbkrState};
 use broker_session::ig::IgConfig;
-use broker_session::ig::{IgIntent, IgSession, LoginFlow};
-use broker_session::{Machine, RngSeed};
+use broker_session::ig::{IgIntent, IgOutcome, IgSession, IgState, LoginFlow};
+use broker_session::{Event, Machine, Output, RngSeed, Transmit};
 use broker_session_benches::alloc::{self, AllocDelta, CountingAlloc};
 use broker_session_benches::replay::Script;
 use broker_session_benches::sys;
@@ -221,21 +221,29 @@ fn main() {
 }
 
 /// Machine state per session: `size_of` plus the heap it holds, averaged over 1,000
-/// sessions after an IG v3 login or an IBKR gateway connect: each built from its own
-/// copy of the configuration (separate users), then all from one shared `Arc` of it.
+/// sessions, once created and after an IG v3 login or an IBKR gateway connect: each
+/// built from its own copy of the configuration (separate users), then all from one
+/// shared `Arc` of it. Also the sizes of the values a machine keeps or hands out.
 fn machine_state(ig: &Ig, ibkr: &Ibkr) {
     const K: usize = 1000;
+    // Live heap per session (created, after login), `config` giving each its
+    // configuration.
     let ig_heap = |config: &dyn Fn() -> Arc<IgConfig>| {
         let mut igs = Vec::with_capacity(K);
         let before = alloc::snapshot();
         for _ in 0..K {
-            let mut m = IgSession::new(config(), RngSeed::from_u64(1), ig.clock.now())
-                .expect("valid config");
-            ig.script
-                .replay(&mut m, vec![IgIntent::Login], vec![ig.script.response(0)]);
-            igs.push(m);
+            igs.push(
+                IgSession::new(config(), RngSeed::from_u64(1), ig.clock.now())
+                    .expect("valid config"),
+            );
         }
-        alloc::snapshot().since(before).live as f64 / K as f64
+        let created = alloc::snapshot().since(before).live as f64 / K as f64;
+        for m in &mut igs {
+            ig.script
+                .replay(m, vec![IgIntent::Login], vec![ig.script.response(0)]);
+        }
+        let active = alloc::snapshot().since(before).live as f64 / K as f64;
+        (created, active)
     };
     let connect: Vec<usize> = (0..ibkr.script.requests.len())
         .filter(|i| !ibkr.script.requests[*i].ends_with("/tickle"))
@@ -244,14 +252,18 @@ fn machine_state(ig: &Ig, ibkr: &Ibkr) {
         let mut ibkrs = Vec::with_capacity(K);
         let before = alloc::snapshot();
         for _ in 0..K {
-            let mut m = IbkrSession::new(config(), RngSeed::from_u64(1), ibkr.clock.now())
-                .expect("valid config");
-            let answers = connect.iter().map(|i| ibkr.script.response(*i)).collect();
-            ibkr.script
-                .replay(&mut m, vec![IbkrIntent::Connect], answers);
-            ibkrs.push(m);
+            ibkrs.push(
+                IbkrSession::new(config(), RngSeed::from_u64(1), ibkr.clock.now())
+                    .expect("valid config"),
+            );
         }
-        alloc::snapshot().since(before).live as f64 / K as f64
+        let created = alloc::snapshot().since(before).live as f64 / K as f64;
+        for m in &mut ibkrs {
+            let answers = connect.iter().map(|i| ibkr.script.response(*i)).collect();
+            ibkr.script.replay(m, vec![IbkrIntent::Connect], answers);
+        }
+        let active = alloc::snapshot().since(before).live as f64 / K as f64;
+        (created, active)
     };
     let (ig_own, ibkr_own) = (
         ig_heap(&|| Arc::new(ig.config.clone())),
@@ -261,16 +273,45 @@ fn machine_state(ig: &Ig, ibkr: &Ibkr) {
         let (igc, ibkrc) = (Arc::new(ig.config.clone()), Arc::new(ibkr.config.clone()));
         (ig_heap(&|| igc.clone()), ibkr_heap(&|| ibkrc.clone()))
     };
+    println!("\nmachine state per session (size_of + live heap, mean of {K}):");
     println!(
-        "\nmachine state per session (size_of + heap; own config / shared Arc config): IgSession (v3, logged in) {} + {:.0} B / {} + {:.0} B; IbkrSession (gateway, connected) {} + {:.0} B / {} + {:.0} B",
+        "  {:<36} {:>8} {:>22} {:>22}",
+        "", "size_of", "heap created: own/shared", "heap active: own/shared"
+    );
+    let row = |name: &str, size: usize, own: (f64, f64), shared: (f64, f64)| {
+        println!(
+            "  {name:<36} {size:>8} {:>13.0} / {:>6.0} {:>13.0} / {:>6.0}   total active {:.0} / {:.0} B",
+            own.0,
+            shared.0,
+            own.1,
+            shared.1,
+            size as f64 + own.1,
+            size as f64 + shared.1
+        );
+    };
+    row(
+        "IgSession (v3, logged in)",
         size_of::<IgSession>(),
         ig_own,
-        size_of::<IgSession>(),
         ig_shared,
+    );
+    row(
+        "IbkrSession (gateway, connected)",
         size_of::<IbkrSession>(),
         ibkr_own,
-        size_of::<IbkrSession>(),
         ibkr_shared,
+    );
+    println!(
+        "  sizes: IG Output {} (Transmit {}, Event {}), IgOutcome {}, IgState {}; IBKR Event {}, IbkrOutcome {}; IgConfig {}, IbkrConfig {}",
+        size_of::<Output<IgState, IgOutcome>>(),
+        size_of::<Transmit>(),
+        size_of::<Event<IgState, IgOutcome>>(),
+        size_of::<IgOutcome>(),
+        size_of::<IgState>(),
+        size_of::<Event<IbkrState, IbkrOutcome>>(),
+        size_of::<IbkrOutcome>(),
+        size_of::<IgConfig>(),
+        size_of::<IbkrConfig>(),
     );
 }
 

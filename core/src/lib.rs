@@ -199,6 +199,7 @@
 mod error;
 mod failure;
 mod machine;
+mod plain_json;
 mod rng;
 pub mod secret;
 mod time;

@@ -163,6 +163,23 @@ pub fn sensitive_header(value: &str) -> Option<HeaderValue> {
     Some(v)
 }
 
+/// Secrets the session replaces in place, every keep-alive: an IG refresh brings a
+/// new access token and a new refresh token, usually as long as the old ones.
+macro_rules! overwritable {
+    ($($name:ident),*) => {$(
+        impl $name {
+            /// Replaces the value, wiping the old one first and reusing its buffer
+            /// when the new value fits.
+            pub(crate) fn overwrite(&mut self, value: &str) {
+                zeroize::Zeroize::zeroize(&mut *self.0);
+                self.0.push_str(value);
+            }
+        }
+    )*};
+}
+
+overwritable!(AccessToken, RefreshToken);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +207,18 @@ mod tests {
             assert!(!p.contains(v), "{p}");
             assert!(p.contains("***") || p.contains("bytes"), "{p}");
         }
+    }
+
+    #[test]
+    fn a_token_is_overwritten_in_its_own_buffer() {
+        let mut t = AccessToken::new("fakeig-access-00001-secret");
+        let buffer = t.expose_secret().as_ptr();
+        t.overwrite("fakeig-access-00002-secret");
+        assert_eq!(t.expose_secret(), "fakeig-access-00002-secret");
+        assert_eq!(t.expose_secret().as_ptr(), buffer);
+        let mut r = RefreshToken::new("short");
+        r.overwrite("a longer refresh token than before");
+        assert_eq!(r.expose_secret(), "a longer refresh token than before");
     }
 
     #[test]

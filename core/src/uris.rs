@@ -5,6 +5,12 @@
 //! host are parsed once, and every endpoint's full path (base path + endpoint path)
 //! is written once into one shared buffer. A request's URI is then put together from
 //! reference-counted parts: no allocation, and a few bytes of state per endpoint.
+//!
+//! A path taken from the buffer is checked again on each use (`PathAndQuery` has no
+//! unchecked constructor), a few hundred instructions. Only the endpoint a session
+//! calls over and over (its keep-alive) keeps its path parsed: keeping every path
+//! parsed would cost 40 bytes per endpoint per session for requests sent a few times
+//! in a session's life.
 
 use bytes::Bytes;
 use http::Uri;
@@ -20,17 +26,21 @@ pub(crate) struct EndpointUris<const N: usize> {
     paths: Bytes,
     /// Where each path ends in `paths` (each starts where the previous one ends).
     ends: [u16; N],
+    /// The keep-alive endpoint's index and its path, parsed.
+    hot: (usize, PathAndQuery),
 }
 
 impl<const N: usize> EndpointUris<N> {
     /// `prefix` is the base URL's path without a trailing slash (`/v1/api`, or empty);
-    /// `tails` are the endpoints' paths under it. `None` when a path does not form a
-    /// valid URI path or they do not fit in 64 KiB.
+    /// `tails` are the endpoints' paths under it; `hot` is the index of the one sent
+    /// most. `None` when a path does not form a valid URI path, they do not fit in
+    /// 64 KiB, or `hot` is out of range.
     pub(crate) fn new(
         scheme: Scheme,
         authority: Authority,
         prefix: &str,
         tails: [&str; N],
+        hot: usize,
     ) -> Option<Self> {
         let mut paths = String::with_capacity(tails.iter().map(|t| prefix.len() + t.len()).sum());
         let mut ends = [0u16; N];
@@ -41,21 +51,32 @@ impl<const N: usize> EndpointUris<N> {
             PathAndQuery::try_from(&paths[start..]).ok()?;
             *end = u16::try_from(paths.len()).ok()?;
         }
-        Some(Self {
+        let mut uris = Self {
             scheme,
             authority,
             paths: Bytes::from(paths),
             ends,
-        })
+            hot: (hot, PathAndQuery::from_static("/")),
+        };
+        uris.hot.1 = uris.path(hot)?;
+        Some(uris)
+    }
+
+    /// Endpoint `i`'s path, checked again (see the module's documentation).
+    fn path(&self, i: usize) -> Option<PathAndQuery> {
+        let end = usize::from(*self.ends.get(i)?);
+        let start = i.checked_sub(1).map_or(0, |p| usize::from(self.ends[p]));
+        // A slice of the shared buffer: a reference count, not a copy.
+        PathAndQuery::from_maybe_shared(self.paths.slice(start..end)).ok()
     }
 
     /// The URI of endpoint `i` (`None` only for an index out of range).
     pub(crate) fn get(&self, i: usize) -> Option<Uri> {
-        let end = usize::from(*self.ends.get(i)?);
-        let start = i.checked_sub(1).map_or(0, |p| usize::from(self.ends[p]));
-        // A slice of the shared buffer: a reference count, not a copy. It was checked
-        // to be a valid path in `new`.
-        let path = PathAndQuery::from_maybe_shared(self.paths.slice(start..end)).ok()?;
+        let path = if i == self.hot.0 {
+            self.hot.1.clone()
+        } else {
+            self.path(i)?
+        };
         let mut parts = Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
@@ -80,6 +101,7 @@ mod tests {
                 "/iserver/auth/status",
                 "/session?fetchSessionTokens=true",
             ],
+            0,
         )
         .unwrap();
         assert_eq!(uris.get(0).unwrap(), "https://localhost:5000/v1/api/tickle");
@@ -91,8 +113,11 @@ mod tests {
         assert_eq!(q.path(), "/v1/api/session");
         assert_eq!(q.query(), Some("fetchSessionTokens=true"));
         assert!(uris.get(3).is_none());
-        let root = EndpointUris::new(Scheme::HTTP, "h:1".parse().unwrap(), "", ["/x"]).unwrap();
+        let root =
+            EndpointUris::new(Scheme::HTTP, "h:1".parse().unwrap(), "", ["/x", "/y"], 1).unwrap();
         assert_eq!(root.get(0).unwrap(), "http://h:1/x");
-        assert!(EndpointUris::new(Scheme::HTTP, "h".parse().unwrap(), "", ["/a b"]).is_none());
+        assert_eq!(root.get(1).unwrap(), "http://h:1/y");
+        assert!(EndpointUris::new(Scheme::HTTP, "h".parse().unwrap(), "", ["/a b"], 0).is_none());
+        assert!(EndpointUris::new(Scheme::HTTP, "h".parse().unwrap(), "", ["/a"], 1).is_none());
     }
 }

@@ -1,8 +1,8 @@
 //! Helpers shared by the brokers' pure decoders: bounded JSON parsing, lenient
 //! number fields, header reads, id generation.
 
-use serde::Deserialize as _;
-use serde::de::{self, DeserializeOwned, Deserializer};
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
 
 use crate::error::ProtocolError;
 use crate::machine::{MAX_BODY, OpId, RequestId};
@@ -20,9 +20,9 @@ pub(crate) fn check_body(endpoint: &'static str, body: &[u8]) -> Result<(), Prot
 }
 
 /// Parses a JSON body after the size check; errors never echo the body.
-pub(crate) fn parse_json<T: DeserializeOwned>(
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(
     endpoint: &'static str,
-    body: &[u8],
+    body: &'a [u8],
 ) -> Result<T, ProtocolError> {
     check_body(endpoint, body)?;
     serde_json::from_slice(body).map_err(|e| ProtocolError::from_json(endpoint, &e))

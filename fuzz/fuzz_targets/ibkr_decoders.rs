@@ -9,7 +9,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let _ = decode::auth_status(data);
     let _ = decode::ssodh_init(data);
-    let _ = decode::tickle(data);
+    if let Ok(decode::TickleResponse::Ok(t)) = decode::tickle(data) {
+        // The rest of a tickle is read on demand.
+        let _ = t.details();
+    }
     let _ = decode::validate(data);
     let _ = decode::logout(data);
     let _ = decode::reauthenticate(data);

@@ -5,15 +5,19 @@
 //! epoch milliseconds). Epoch milliseconds are `i64` and accepted as numbers or
 //! strings. Errors never quote the body.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use super::config::ReauthenticateMethod;
 use super::endpoint::Endpoint;
+use super::policy::{SessionClass, session_class};
 use crate::error::ProtocolError;
+use crate::plain_json::{Plain, first};
 use crate::secret::SessionId;
-use crate::wire::{opt_int_or_string, parse_json};
+use crate::wire::{check_body, opt_int_or_string, parse_json};
 
 /// Brokerage session status, from `/iserver/auth/status`, `ssodh/init` and the tickle's
 /// `iserver.authStatus`.
@@ -55,9 +59,67 @@ pub struct ServerInfo {
 }
 
 /// A successful `/tickle` answer.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// The keep-alive acts on one thing in it, what `iserver.authStatus` says of the
+/// brokerage session ([`session_class`](Self::session_class)), so only that is read
+/// when the answer arrives; the rest of the body is kept and read when asked for
+/// ([`details`](Self::details)). A keep-alive every minute for hours need not parse
+/// a session id, six status strings and the server's name each time for nobody.
+///
+/// `Debug` shows the class, the pacing and the body's length, never the body (it
+/// holds the session id). The kept body is zeroized on drop.
+///
+/// ```
+/// use broker_session::ibkr::SessionClass;
+/// use broker_session::ibkr::responses::{tickle, TickleResponse};
+/// let body = br#"{"session":"0123456789abcdef","ssoExpires":570000,
+///   "iserver":{"authStatus":{"authenticated":true,"connected":true,"competing":false}}}"#;
+/// let TickleResponse::Ok(t) = tickle(body).unwrap() else { panic!() };
+/// assert_eq!(t.session_class, Some(SessionClass::Ready));
+/// let details = t.details().unwrap();
+/// assert_eq!(details.sso_expires, Some(570_000));
+/// assert_eq!(details.session.unwrap().expose_secret(), "0123456789abcdef");
+/// ```
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct TickleInfo {
+    /// What `iserver.authStatus` says of the brokerage session; `None` when the
+    /// answer has no status.
+    pub session_class: Option<SessionClass>,
+    /// Whether the session held this tickle back to keep IBKR's pacing
+    /// ([`IbkrConfig::tickle_min_interval`](super::IbkrConfig::tickle_min_interval)).
+    /// Not part of IBKR's answer: the parser leaves it at "not delayed".
+    pub pacing: Pacing,
+    /// The answer as IBKR sent it, read by [`details`](Self::details).
+    body: Zeroizing<Vec<u8>>,
+}
+
+impl TickleInfo {
+    /// Everything else the answer says, read from the kept body.
+    ///
+    /// # Errors
+    /// [`ProtocolError::MalformedBody`] when a field other than the status flags
+    /// has the wrong type (the flags and the JSON itself were checked when the
+    /// answer arrived).
+    pub fn details(&self) -> Result<TickleDetails, ProtocolError> {
+        tickle_details(&self.body)
+    }
+}
+
+impl fmt::Debug for TickleInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TickleInfo")
+            .field("session_class", &self.session_class)
+            .field("pacing", &self.pacing)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// The fields of a `/tickle` answer ([`TickleInfo::details`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TickleDetails {
     /// Session id; the WebSocket needs it as cookie `api=<session>`.
     pub session: Option<SessionId>,
     /// Milliseconds until the SSO session expires.
@@ -70,10 +132,6 @@ pub struct TickleInfo {
     pub auth_status: Option<AuthStatus>,
     /// `hmds.error` (typically `no bridge`), if any.
     pub hmds_error: Option<String>,
-    /// Whether the session held this tickle back to keep IBKR's pacing
-    /// ([`IbkrConfig::tickle_min_interval`](super::IbkrConfig::tickle_min_interval)).
-    /// Not part of IBKR's answer: the parser leaves it at "not delayed".
-    pub pacing: Pacing,
 }
 
 /// How the session's pacing treated a request: whether it was held back, and how
@@ -115,7 +173,7 @@ impl Pacing {
 #[non_exhaustive]
 pub enum TickleResponse {
     /// The session answered.
-    Ok(Box<TickleInfo>),
+    Ok(TickleInfo),
     /// `{"error": "…"}`: e.g. `no session`, or `failed to process request`.
     Failed {
         /// The error text.
@@ -181,7 +239,7 @@ pub struct LstResponse {
 /// [`ProtocolError::MalformedBody`] (or `BodyTooLarge`) for anything but a JSON object
 /// of the right field types.
 pub fn auth_status(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
-    parse_json(Endpoint::Status.name(), body)
+    status_answer(Endpoint::Status, body)
 }
 
 /// Parses an [`Endpoint::SsodhInit`] answer: a BrokerageSessionStatus.
@@ -189,15 +247,202 @@ pub fn auth_status(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
 /// # Errors
 /// As [`auth_status`].
 pub fn ssodh_init(body: &[u8]) -> Result<AuthStatus, ProtocolError> {
-    parse_json(Endpoint::SsodhInit.name(), body)
+    status_answer(Endpoint::SsodhInit, body)
+}
+
+/// A BrokerageSessionStatus, read by hand when the body is plain JSON (a session
+/// polls for it while the brokerage session comes up), by serde_json otherwise.
+fn status_answer(endpoint: Endpoint, body: &[u8]) -> Result<AuthStatus, ProtocolError> {
+    check_body(endpoint.name(), body)?;
+    let plain = Plain::new(body).and_then(|mut r| {
+        let status = AuthStatus::read_plain(&mut r, 0)?;
+        r.end()?;
+        Some(status)
+    });
+    match plain {
+        Some(status) => Ok(status),
+        None => parse_json(endpoint.name(), body),
+    }
+}
+
+impl AuthStatus {
+    /// The object at `r` (see `crate::plain_json`), nested `depth` deep.
+    fn read_plain(r: &mut Plain<'_>, depth: u32) -> Option<Self> {
+        enum Slot<'s> {
+            Flag(&'s mut Option<bool>),
+            Text(&'s mut Option<String>),
+            Server(&'s mut Option<ServerInfo>),
+        }
+        let mut s = Self::default();
+        let mut seen = [false; 9];
+        r.object(depth, |r, key| {
+            let (slot, seen) = match key {
+                "authenticated" => (Slot::Flag(&mut s.authenticated), &mut seen[0]),
+                "competing" => (Slot::Flag(&mut s.competing), &mut seen[1]),
+                "connected" => (Slot::Flag(&mut s.connected), &mut seen[2]),
+                "established" => (Slot::Flag(&mut s.established), &mut seen[3]),
+                "message" => (Slot::Text(&mut s.message), &mut seen[4]),
+                "fail" => (Slot::Text(&mut s.fail), &mut seen[5]),
+                "MAC" => (Slot::Text(&mut s.mac), &mut seen[6]),
+                "hardware_info" => (Slot::Text(&mut s.hardware_info), &mut seen[7]),
+                "serverInfo" => (Slot::Server(&mut s.server_info), &mut seen[8]),
+                _ => return r.skip(depth + 1),
+            };
+            first(seen)?;
+            match slot {
+                Slot::Flag(v) => *v = r.bool_or_null()?,
+                Slot::Text(v) => *v = r.string_or_null()?.map(str::to_owned),
+                Slot::Server(v) => {
+                    *v = if r.null()? {
+                        None
+                    } else {
+                        Some(ServerInfo::read_plain(r, depth + 1)?)
+                    };
+                }
+            }
+            Some(())
+        })?;
+        Some(s)
+    }
+}
+
+impl ServerInfo {
+    fn read_plain(r: &mut Plain<'_>, depth: u32) -> Option<Self> {
+        let mut s = Self::default();
+        let mut seen = [false; 2];
+        r.object(depth, |r, key| {
+            let (slot, seen) = match key {
+                "serverName" => (&mut s.server_name, &mut seen[0]),
+                "serverVersion" => (&mut s.server_version, &mut seen[1]),
+                _ => return r.skip(depth + 1),
+            };
+            first(seen)?;
+            *slot = r.string_or_null()?.map(str::to_owned);
+            Some(())
+        })?;
+        Some(s)
+    }
 }
 
 /// Parses a `/tickle` body, detecting the `{"error": …}` variant first.
+///
+/// Reads what the keep-alive acts on (the failure shape's `error`, the status
+/// flags) and keeps the body for [`TickleInfo::details`]; the rest is checked to be
+/// JSON, not read.
 ///
 /// # Errors
 /// As [`auth_status`].
 pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
     const EP: &str = Endpoint::Tickle.name();
+    check_body(EP, body)?;
+    let flags = match Flags::read_plain_tickle(body) {
+        Some(flags) => flags,
+        None => {
+            let k: KeepAlive = parse_json(EP, body)?;
+            if let Some(err) = k.error {
+                // Only the failure shape has a top-level `error`.
+                return Ok(TickleResponse::Failed {
+                    error: value_text(err),
+                });
+            }
+            k.iserver.and_then(|i| i.auth_status)
+        }
+    };
+    Ok(TickleResponse::Ok(TickleInfo {
+        session_class: flags.map(|f| f.session_class()),
+        pacing: Pacing::default(),
+        body: Zeroizing::new(body.to_vec()),
+    }))
+}
+
+/// What the keep-alive reads of a `/tickle` answer (serde_json's reading; see
+/// `Flags::read_plain_tickle` for the fast one).
+#[derive(Deserialize)]
+struct KeepAlive {
+    error: Option<serde_json::Value>,
+    iserver: Option<KeepAliveIserver>,
+}
+
+#[derive(Deserialize)]
+struct KeepAliveIserver {
+    #[serde(rename = "authStatus")]
+    auth_status: Option<Flags>,
+}
+
+/// The flags of a tickle's `iserver.authStatus`: what the keep-alive acts on.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+struct Flags {
+    authenticated: Option<bool>,
+    competing: Option<bool>,
+    connected: Option<bool>,
+    established: Option<bool>,
+}
+
+impl Flags {
+    fn session_class(self) -> SessionClass {
+        session_class(&AuthStatus {
+            authenticated: self.authenticated,
+            competing: self.competing,
+            connected: self.connected,
+            established: self.established,
+            ..AuthStatus::default()
+        })
+    }
+
+    /// `iserver.authStatus` of a successful tickle, read by hand when the body is
+    /// plain JSON (every keep-alive answer); `None` hands the body to serde_json,
+    /// as does the failure shape (see `crate::plain_json`).
+    fn read_plain_tickle(body: &[u8]) -> Option<Option<Self>> {
+        let mut r = Plain::new(body)?;
+        let mut flags = None;
+        let mut seen_iserver = false;
+        r.object(0, |r, key| match key {
+            "error" => None,
+            "iserver" => {
+                first(&mut seen_iserver)?;
+                if r.null()? {
+                    return Some(());
+                }
+                let mut seen_status = false;
+                r.object(1, |r, key| match key {
+                    "authStatus" => {
+                        first(&mut seen_status)?;
+                        if r.null()? {
+                            return Some(());
+                        }
+                        flags = Some(Self::read_plain(r)?);
+                        Some(())
+                    }
+                    _ => r.skip(2),
+                })
+            }
+            _ => r.skip(1),
+        })?;
+        r.end()?;
+        Some(flags)
+    }
+
+    fn read_plain(r: &mut Plain<'_>) -> Option<Self> {
+        let mut f = Self::default();
+        let mut seen = [false; 4];
+        r.object(2, |r, key| {
+            let (slot, seen) = match key {
+                "authenticated" => (&mut f.authenticated, &mut seen[0]),
+                "competing" => (&mut f.competing, &mut seen[1]),
+                "connected" => (&mut f.connected, &mut seen[2]),
+                "established" => (&mut f.established, &mut seen[3]),
+                _ => return r.skip(3),
+            };
+            first(seen)?;
+            *slot = r.bool_or_null()?;
+            Some(())
+        })?;
+        Some(f)
+    }
+}
+
+/// Every field of a successful `/tickle` body ([`TickleInfo::details`]).
+fn tickle_details(body: &[u8]) -> Result<TickleDetails, ProtocolError> {
     #[derive(Deserialize)]
     struct Hmds {
         error: Option<serde_json::Value>,
@@ -209,7 +454,6 @@ pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
     }
     #[derive(Deserialize)]
     struct Raw {
-        error: Option<serde_json::Value>,
         session: Option<String>,
         #[serde(rename = "ssoExpires", default, deserialize_with = "opt_int_or_string")]
         sso_expires: Option<i64>,
@@ -219,22 +463,15 @@ pub fn tickle(body: &[u8]) -> Result<TickleResponse, ProtocolError> {
         hmds: Option<Hmds>,
         iserver: Option<Iserver>,
     }
-    let raw: Raw = parse_json(EP, body)?;
-    if let Some(err) = raw.error {
-        // Only the failure shape has a top-level `error`.
-        return Ok(TickleResponse::Failed {
-            error: value_text(err),
-        });
-    }
-    Ok(TickleResponse::Ok(Box::new(TickleInfo {
+    let raw: Raw = parse_json(Endpoint::Tickle.name(), body)?;
+    Ok(TickleDetails {
         session: raw.session.map(SessionId::new),
         sso_expires: raw.sso_expires,
         collision: raw.collission,
         user_id: raw.user_id,
         auth_status: raw.iserver.and_then(|i| i.auth_status),
         hmds_error: raw.hmds.and_then(|h| h.error).map(value_text),
-        pacing: Pacing::default(),
-    })))
+    })
 }
 
 /// Parses a `/sso/validate` body.
@@ -414,16 +651,88 @@ mod tests {
         let TickleResponse::Ok(info) = t else {
             panic!()
         };
-        assert_eq!(info.sso_expires, Some(460_311));
-        assert_eq!(info.hmds_error.as_deref(), Some("no bridge"));
-        assert_eq!(info.auth_status.unwrap().authenticated, Some(true));
-        assert!(!format!("{:?}", info.session).contains("bb665d0f"));
+        assert_eq!(info.session_class, Some(SessionClass::Ready));
+        assert!(!format!("{info:?}").contains("bb665d0f"));
+        let details = info.details().unwrap();
+        assert_eq!(details.sso_expires, Some(460_311));
+        assert_eq!(details.hmds_error.as_deref(), Some("no bridge"));
+        assert_eq!(details.auth_status.unwrap().authenticated, Some(true));
+        assert!(!format!("{:?}", details.session).contains("bb665d0f"));
         assert_eq!(
             tickle(br#"{"error":"no session"}"#).unwrap(),
             TickleResponse::Failed {
                 error: "no session".into()
             }
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_tickle_fast_path_agrees_with_serde(body in crate::plain_json::mutated(vec![
+            br#"{"session":"bb665d0f55b6289d70bc8ba97ee6d2fd","ssoExpires":460311,"collission":false,"userId":123456789,"hmds":{"error":"no bridge"},"iserver":{"authStatus":{"authenticated":true,"competing":false,"connected":true,"message":"","MAC":"98:F2:B3:23:BF:A0","serverInfo":{"serverName":"JifN19053","serverVersion":"Build"}},"tickle":true}}"#.to_vec(),
+            br#"{"iserver":{"authStatus":{"authenticated":false,"established":null,"connected":true,"fail":"","hardware_info":"3b|98"}}, "x": [1, -2.5, null, {"y": []}]}"#.to_vec(),
+            br#"{"error":"no session"}"#.to_vec(),
+        ])) {
+            if let Some(fast) = Flags::read_plain_tickle(&body) {
+                let slow: KeepAlive = serde_json::from_slice(&body)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
+                proptest::prop_assert!(slow.error.is_none());
+                proptest::prop_assert_eq!(fast, slow.iserver.and_then(|i| i.auth_status));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_status_fast_path_agrees_with_serde(body in crate::plain_json::mutated(vec![
+            br#"{"authenticated":true,"competing":false,"connected":true,"message":"","MAC":"98:F2:B3:23:BF:A0","fail":"","hardware_info":"3b0679ee|98:F2:B3:23:BF:A0","serverInfo":{"serverName":"JifN19053","serverVersion":"Build 10.25.0p"}}"#.to_vec(),
+            br#"{"authenticated":false,"established":null,"connected":true,"message":null,"serverInfo":null,"other":[1,{"a":"b"}]}"#.to_vec(),
+        ])) {
+            let plain = Plain::new(&body).and_then(|mut r| {
+                let s = AuthStatus::read_plain(&mut r, 0)?;
+                r.end()?;
+                Some(s)
+            });
+            if let Some(fast) = plain {
+                let slow: AuthStatus = serde_json::from_slice(&body)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
+                proptest::prop_assert_eq!(fast, slow);
+            }
+        }
+    }
+
+    #[test]
+    fn the_status_fast_path_reads_the_usual_answer() {
+        let body = br#"{"authenticated":true,"competing":false,"connected":true,"message":"","MAC":"98:F2","serverInfo":{"serverName":"JifN19053","serverVersion":"Build"}}"#;
+        let mut r = Plain::new(body).unwrap();
+        let s = AuthStatus::read_plain(&mut r, 0).unwrap();
+        assert!(r.end().is_some());
+        assert_eq!(s, serde_json::from_slice::<AuthStatus>(body).unwrap());
+        assert_eq!(s.mac.as_deref(), Some("98:F2"));
+        assert_eq!(
+            s.server_info.and_then(|i| i.server_name).as_deref(),
+            Some("JifN19053")
+        );
+    }
+
+    #[test]
+    fn the_tickle_fast_path_reads_the_usual_answer() {
+        let body = br#"{"session":"s","iserver":{"authStatus":{"authenticated":true,"competing":false,"connected":true}}}"#;
+        assert_eq!(
+            Flags::read_plain_tickle(body),
+            Some(Some(Flags {
+                authenticated: Some(true),
+                competing: Some(false),
+                connected: Some(true),
+                established: None,
+            }))
+        );
+        assert_eq!(Flags::read_plain_tickle(br#"{"session":"s"}"#), Some(None));
+        // The failure shape and escapes go to serde_json.
+        assert_eq!(Flags::read_plain_tickle(br#"{"error":"no session"}"#), None);
+        assert_eq!(Flags::read_plain_tickle(br#"{"session":"\u0073"}"#), None);
     }
 
     #[test]

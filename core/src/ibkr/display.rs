@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::{AuthStatus, IbkrOutcome, IbkrState, Pacing, TickleInfo, ValidateInfo};
+use super::{AuthStatus, IbkrOutcome, IbkrState, Pacing, TickleDetails, TickleInfo, ValidateInfo};
 use crate::machine::Clipped;
 
 /// ```
@@ -97,6 +97,29 @@ fn flags(f: &mut fmt::Formatter<'_>, s: &AuthStatus) -> fmt::Result {
 /// ```
 impl fmt::Display for TickleInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.details() {
+            Ok(d) => write!(f, "{d}")?,
+            Err(_) => f.write_str("details unreadable")?,
+        }
+        paced_suffix(f, self.pacing)
+    }
+}
+
+/// The SSO expiry, the brokerage session's status and the `hmds` error, if any; never
+/// the session id.
+///
+/// ```
+/// use broker_session::ibkr::responses::{tickle, TickleResponse};
+/// let body = br#"{"ssoExpires":570000,"hmds":{"error":"no bridge"},
+///   "iserver":{"authStatus":{"authenticated":false,"connected":true,"competing":false}}}"#;
+/// let TickleResponse::Ok(t) = tickle(body).unwrap() else { panic!() };
+/// assert_eq!(
+///     t.details().unwrap().to_string(),
+///     "SSO expires in 570 s, brokerage not authenticated, connected, not competing, hmds: no bridge"
+/// );
+/// ```
+impl fmt::Display for TickleDetails {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.sso_expires.map(|ms| ms / 1000) {
             Some(secs @ 0..=99_999) => write!(f, "SSO expires in {secs} s")?,
             Some(secs) if secs < 0 => f.write_str("SSO expired")?,
@@ -114,7 +137,7 @@ impl fmt::Display for TickleInfo {
         if let Some(e) = self.hmds_error.as_deref().filter(|e| !e.trim().is_empty()) {
             write!(f, ", hmds: {}", Clipped(e, 12))?;
         }
-        paced_suffix(f, self.pacing)
+        Ok(())
     }
 }
 
@@ -214,7 +237,6 @@ impl fmt::Display for IbkrOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::SessionId;
 
     fn status(a: Option<bool>, c: Option<bool>, comp: Option<bool>) -> AuthStatus {
         AuthStatus {
@@ -227,19 +249,22 @@ mod tests {
 
     #[test]
     fn a_tickle_is_one_short_line_without_its_session_id() {
-        let t = TickleInfo {
-            session: Some(SessionId::new("deadbeefcafebabe0123456789")),
-            sso_expires: Some(i64::MAX),
-            collision: Some(true),
-            user_id: Some(i64::MAX),
-            auth_status: Some(AuthStatus {
-                message: Some("x".repeat(500)),
-                ..status(Some(false), Some(false), Some(true))
-            }),
-            hmds_error: Some("no bridge ".repeat(50)),
-            pacing: Pacing {
-                delayed_by: Some(std::time::Duration::MAX),
-            },
+        let body = format!(
+            r#"{{"session":"deadbeefcafebabe0123456789","ssoExpires":{},"collission":true,
+            "userId":{},"hmds":{{"error":"{}"}},"iserver":{{"authStatus":{{"authenticated":false,
+            "connected":false,"competing":true,"message":"{}"}}}}}}"#,
+            i64::MAX,
+            i64::MAX,
+            "no bridge ".repeat(50),
+            "x".repeat(500)
+        );
+        let crate::ibkr::decode::TickleResponse::Ok(mut t) =
+            crate::ibkr::decode::tickle(body.as_bytes()).unwrap()
+        else {
+            panic!("a tickle")
+        };
+        t.pacing = Pacing {
+            delayed_by: Some(std::time::Duration::MAX),
         };
         let s = t.to_string();
         assert!(s.chars().count() <= 120, "{} chars: {s}", s.chars().count());
@@ -249,6 +274,18 @@ mod tests {
             s.contains("not authenticated, not connected, competing"),
             "{s}"
         );
+        assert!(!format!("{t:?}").contains("deadbeef"));
+    }
+
+    #[test]
+    fn a_tickle_whose_details_do_not_parse_still_prints() {
+        let crate::ibkr::decode::TickleResponse::Ok(t) =
+            crate::ibkr::decode::tickle(br#"{"session":5,"ssoExpires":"soon"}"#).unwrap()
+        else {
+            panic!("a tickle")
+        };
+        assert!(t.details().is_err());
+        assert_eq!(t.to_string(), "details unreadable");
     }
 
     #[test]

@@ -85,6 +85,8 @@ impl Base {
             uri.authority().ok_or(BAD)?.clone(),
             uri.path().trim_end_matches('/'),
             ENDPOINTS.map(Endpoint::path),
+            // The keep-alive.
+            uri_index(Endpoint::Tickle),
         )
         .ok_or(BAD)?;
         Ok(Self {

@@ -85,7 +85,7 @@ pub use config::{
     GATEWAY_BASE_URL, IbkrAuth, IbkrConfig, OAUTH_BASE_URL, OAuthConfig, QuerySigning,
     ReauthenticateMethod,
 };
-pub use decode::{AuthStatus, Pacing, TickleInfo, ValidateInfo};
+pub use decode::{AuthStatus, Pacing, TickleDetails, TickleInfo, ValidateInfo};
 pub use endpoint::Endpoint;
 pub use machine::IbkrSession;
 pub use policy::{SessionClass, is_no_bridge, is_no_session, is_sso_redirect, session_class};
@@ -100,9 +100,9 @@ pub mod requests {
 /// Pure response parsers for IBKR's session endpoints (for tests and fuzzing).
 pub mod responses {
     pub use super::decode::{
-        AuthStatus, LstResponse, Pacing, ServerInfo, TickleInfo, TickleResponse, ValidateInfo,
-        auth_status, error_text, live_session_token, logout, reauthenticate, ssodh_init, tickle,
-        validate,
+        AuthStatus, LstResponse, Pacing, ServerInfo, TickleDetails, TickleInfo, TickleResponse,
+        ValidateInfo, auth_status, error_text, live_session_token, logout, reauthenticate,
+        ssodh_init, tickle, validate,
     };
 }
 

@@ -6,12 +6,14 @@
 //! statuses with [`action_for`](super::action_for). Parsers never panic on any input
 //! and never put a body or header value into an error.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::endpoint::Endpoint;
 use crate::error::{ActionRequired, ProtocolError};
+use crate::plain_json::{Plain, first};
 use crate::secret::{AccessToken, Cst, RefreshToken, SecurityToken};
 use crate::wire::{check_body, header_str, int_or_string, parse_json};
 
@@ -295,15 +297,66 @@ pub fn web_platform_login(
     cst_login(Endpoint::WebPlatformLogin, headers, body)
 }
 
-#[derive(Deserialize)]
-struct TokenBody {
-    access_token: Option<String>,
-    refresh_token: Option<String>,
+/// A token object as sent, its strings borrowed from the body where they can be.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+struct TokenBody<'a> {
+    #[serde(borrow)]
+    access_token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    refresh_token: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "crate::wire::opt_int_or_string")]
     expires_in: Option<i64>,
 }
 
-fn tokens(endpoint: &'static str, t: TokenBody) -> Result<OAuthTokens, ProtocolError> {
+impl<'a> TokenBody<'a> {
+    /// A token object read by hand when it is plain JSON (the answer to every
+    /// refresh); `None` hands the body to serde_json (see `crate::plain_json`).
+    fn read_plain(body: &'a [u8]) -> Option<Self> {
+        let mut r = Plain::new(body)?;
+        let mut t = Self::default();
+        let mut seen = [false; 3];
+        r.object(0, |r, key| {
+            match key {
+                "access_token" => {
+                    first(&mut seen[0])?;
+                    t.access_token = r.string_or_null()?.map(Cow::Borrowed);
+                }
+                "refresh_token" => {
+                    first(&mut seen[1])?;
+                    t.refresh_token = r.string_or_null()?.map(Cow::Borrowed);
+                }
+                "expires_in" => {
+                    first(&mut seen[2])?;
+                    t.expires_in = r.int_or_string_or_null()?;
+                }
+                _ => r.skip(1)?,
+            }
+            Some(())
+        })?;
+        r.end()?;
+        Some(t)
+    }
+}
+
+/// New OAuth tokens, checked, borrowed from the answer: the session copies them
+/// into the buffers of the tokens they replace (`refresh_tokens`).
+pub(crate) struct FreshTokens<'a> {
+    pub(crate) access: Cow<'a, str>,
+    pub(crate) refresh: Cow<'a, str>,
+    pub(crate) expires_in: Duration,
+}
+
+impl FreshTokens<'_> {
+    fn into_owned(self) -> OAuthTokens {
+        OAuthTokens {
+            access_token: AccessToken::new(self.access.into_owned()),
+            refresh_token: RefreshToken::new(self.refresh.into_owned()),
+            expires_in: self.expires_in,
+        }
+    }
+}
+
+fn tokens<'a>(endpoint: &'static str, t: TokenBody<'a>) -> Result<FreshTokens<'a>, ProtocolError> {
     let access = t
         .access_token
         .filter(|s| !s.is_empty())
@@ -330,9 +383,9 @@ fn tokens(endpoint: &'static str, t: TokenBody) -> Result<OAuthTokens, ProtocolE
             reason: "not a positive number of seconds below a year",
         });
     }
-    Ok(OAuthTokens {
-        access_token: AccessToken::new(access),
-        refresh_token: RefreshToken::new(refresh),
+    Ok(FreshTokens {
+        access,
+        refresh,
         expires_in: Duration::from_secs(secs.unsigned_abs()),
     })
 }
@@ -340,7 +393,7 @@ fn tokens(endpoint: &'static str, t: TokenBody) -> Result<OAuthTokens, ProtocolE
 /// A v3 login answer ([`Endpoint::LoginV3`]).
 pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
     #[derive(Deserialize)]
-    struct Body {
+    struct Body<'a> {
         #[serde(rename = "accountId", default)]
         account_id: Option<String>,
         #[serde(rename = "currentAccountId", default)]
@@ -349,16 +402,16 @@ pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
         client_id: Option<serde_json::Value>,
         #[serde(rename = "lightstreamerEndpoint", default)]
         lightstreamer_endpoint: Option<String>,
-        #[serde(rename = "oauthToken")]
-        oauth_token: Option<TokenBody>,
+        #[serde(rename = "oauthToken", borrow)]
+        oauth_token: Option<TokenBody<'a>>,
     }
     let endpoint = Endpoint::LoginV3.name();
-    let b: Body = parse_json(endpoint, body)?;
+    let b: Body<'_> = parse_json(endpoint, body)?;
     let t = b.oauth_token.ok_or(ProtocolError::MissingField {
         endpoint,
         field: "oauthToken",
     })?;
-    let tokens = tokens(endpoint, t)?;
+    let tokens = tokens(endpoint, t)?.into_owned();
     let account_id = b
         .account_id
         .or(b.current_account_id)
@@ -377,8 +430,17 @@ pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
 
 /// A refresh answer ([`Endpoint::Refresh`]): the bare token object.
 pub fn refresh(body: &[u8]) -> Result<OAuthTokens, ProtocolError> {
+    refresh_tokens(body).map(FreshTokens::into_owned)
+}
+
+/// [`refresh`], borrowing the tokens from the body.
+pub(crate) fn refresh_tokens(body: &[u8]) -> Result<FreshTokens<'_>, ProtocolError> {
     let endpoint = Endpoint::Refresh.name();
-    let t: TokenBody = parse_json(endpoint, body)?;
+    check_body(endpoint, body)?;
+    let t = match TokenBody::read_plain(body) {
+        Some(t) => t,
+        None => parse_json(endpoint, body)?,
+    };
     tokens(endpoint, t)
 }
 
@@ -624,6 +686,44 @@ mod tests {
             assert!(matches!(e, Error::Protocol(_)), "{bad}: {e:?}");
             assert!(!e.to_string().contains("sixty"));
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_token_fast_path_agrees_with_serde(body in crate::plain_json::mutated(vec![
+            br#"{"access_token":"fakeig-access-00002-secret","refresh_token":"fakeig-refresh-00003-secret","scope":"profile","token_type":"Bearer","expires_in":"60"}"#.to_vec(),
+            br#"{ "access_token" : "a", "refresh_token" : null, "expires_in" : 60, "x" : [ 1 , { } , -0.5 ] }"#.to_vec(),
+            br#"{"expires_in":" 61 ","access_token":"","other":{"a":[true,false,null]}}"#.to_vec(),
+        ])) {
+            if let Some(fast) = TokenBody::read_plain(&body) {
+                let slow: TokenBody<'_> = serde_json::from_slice(&body)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
+                proptest::prop_assert_eq!(fast, slow);
+            }
+        }
+    }
+
+    #[test]
+    fn the_token_fast_path_reads_the_usual_answer() {
+        let body = br#"{"access_token":"a","refresh_token":"r","scope":"profile","token_type":"Bearer","expires_in":"60"}"#;
+        let t = TokenBody::read_plain(body).unwrap();
+        assert_eq!(
+            (
+                t.access_token.as_deref(),
+                t.refresh_token.as_deref(),
+                t.expires_in
+            ),
+            (Some("a"), Some("r"), Some(60))
+        );
+        // Given twice: serde_json refuses, so the fast path leaves it to serde_json.
+        assert!(TokenBody::read_plain(br#"{"access_token":"a","access_token":"b"}"#).is_none());
+        assert!(
+            refresh(
+                br#"{"access_token":"a","access_token":"b","refresh_token":"r","expires_in":60}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

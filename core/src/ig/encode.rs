@@ -284,6 +284,11 @@ const UNDER_BASE: [Endpoint; 4] = [
     Endpoint::Refresh,
 ];
 
+/// Where the refresh, the keep-alive of a v3 session, is in [`UNDER_BASE`]: its path
+/// is kept parsed.
+const REFRESH: usize = 3;
+const _: () = assert!(matches!(UNDER_BASE[REFRESH], Endpoint::Refresh));
+
 /// The parts of a session's requests that never change: each endpoint's URI and the
 /// API key's header value. Built once when the session starts.
 #[derive(Debug)]
@@ -307,6 +312,7 @@ impl Prepared {
             base.authority.clone(),
             &base.prefix,
             UNDER_BASE.map(|e| e.path().unwrap_or_default()),
+            REFRESH,
         )
         .ok_or_else(bad_url)?;
         let web_platform = web_platform_url
@@ -341,7 +347,7 @@ impl Prepared {
             | Endpoint::Logout => 0,
             Endpoint::ReadSession { fetch_tokens: true } => 1,
             Endpoint::EncryptionKey => 2,
-            Endpoint::Refresh => 3,
+            Endpoint::Refresh => REFRESH,
             Endpoint::Application => return Err(not_a_session_request()),
         };
         self.uris.get(i).ok_or_else(bad_url)
@@ -426,13 +432,22 @@ pub fn encryption_key(base: &str, api_key: &ApiKey) -> Result<Request<Vec<u8>>, 
 
 /// The body of `POST /session/refresh-token`.
 pub(crate) fn refresh_body(refresh_token: &crate::secret::RefreshToken) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        refresh_token: &'a str,
+    // The body of every keep-alive, written directly rather than through a
+    // serialized struct: `{"refresh_token":"…"}`.
+    let token = refresh_token.expose_secret();
+    let mut body = Vec::with_capacity(token.len() + 20);
+    body.extend_from_slice(br#"{"refresh_token":"#);
+    if token.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        body.push(b'"');
+        body.extend_from_slice(token.as_bytes());
+        body.push(b'"');
+    } else {
+        // A token that needs escapes: serde_json writes them (writing a string to a
+        // vector cannot fail).
+        let _ = serde_json::to_writer(&mut body, token);
     }
-    json(&Body {
-        refresh_token: refresh_token.expose_secret(),
-    })
+    body.push(b'}');
+    body
 }
 
 /// `POST {base}/session/refresh-token`, Version 1, body `{"refresh_token": …}`. Only
@@ -539,6 +554,19 @@ pub fn web_platform_login(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refresh_bodies_are_json_whatever_the_token() {
+        for token in ["fakeig-refresh-00003-secret", "a\"b\\c\nd", "é"] {
+            let body = refresh_body(&crate::secret::RefreshToken::new(token));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v, serde_json::json!({ "refresh_token": token }));
+        }
+        assert_eq!(
+            refresh_body(&crate::secret::RefreshToken::new("abc")),
+            br#"{"refresh_token":"abc"}"#
+        );
+    }
     use http::Method;
 
     const BASE: &str = "https://demo-api.ig.com/gateway/deal";

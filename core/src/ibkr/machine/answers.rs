@@ -94,12 +94,12 @@ impl IbkrSession {
                 }
             }
             Step::Tickle => match decode::tickle(body) {
-                Ok(TickleResponse::Ok(info)) => {
+                Ok(TickleResponse::Ok(mut info)) => {
                     let keepalive = matches!(
                         self.current.as_ref().map(|o| o.kind),
                         Some(Kind::Tickle { keepalive: true })
                     );
-                    let class = info.auth_status.as_ref().map(policy::session_class);
+                    let class = info.session_class;
                     if let Some(c) = class {
                         self.apply_class(c);
                     }
@@ -108,7 +108,6 @@ impl IbkrSession {
                         // alive, so it did not schedule the next one: do it now.
                         self.start_keepalive(now);
                     }
-                    let mut info = *info;
                     info.pacing = self.pacing();
                     self.finish(Ok(IbkrOutcome::Tickled(info)));
                     if keepalive && self.cfg.auto_init {
@@ -263,8 +262,8 @@ impl IbkrSession {
                     op.lst_renewed = true;
                     // The plan goes on with the step the token was obtained for (every
                     // plan holds one); a status check if none were left.
-                    if op.steps.is_empty() {
-                        op.steps.push_back(Step::Status);
+                    if self.plan.is_empty() {
+                        self.plan.push_back(Step::Status);
                     }
                     op.wake = None;
                 }
@@ -390,12 +389,12 @@ impl IbkrSession {
                 self.lst = None;
                 if let Some(op) = self.current.as_mut() {
                     // The step again (a poll as a plain status), a new token first.
-                    op.steps.push_front(if step == Step::Poll {
+                    self.plan.push_front(if step == Step::Poll {
                         Step::Status
                     } else {
                         step
                     });
-                    op.steps.push_front(Step::Lst);
+                    self.plan.push_front(Step::Lst);
                     op.wake = None;
                 }
             }
@@ -431,8 +430,8 @@ impl IbkrSession {
         if class == SessionClass::Ready && kind != Kind::CheckStatus {
             if self.cfg.preflight_accounts && !self.preflight_done {
                 if let Some(op) = self.current.as_mut() {
-                    op.ready = Some(s);
-                    op.steps.push_front(Step::Accounts);
+                    op.ready = Some(Box::new(s));
+                    self.plan.push_front(Step::Accounts);
                     op.wake = None;
                 }
                 return;
@@ -445,9 +444,7 @@ impl IbkrSession {
             (Kind::Connect { .. }, Step::Status) => {
                 let init = self.cfg.auto_init && (class != SessionClass::Competing || compete);
                 if init {
-                    if let Some(op) = self.current.as_mut() {
-                        op.steps.push_front(Step::Init);
-                    }
+                    self.plan.push_front(Step::Init);
                 } else {
                     self.finish(Ok(IbkrOutcome::Status(s)));
                 }
@@ -460,7 +457,7 @@ impl IbkrSession {
         let interval = self.cfg.status_poll_interval;
         let deadline = now.after(self.cfg.ready_timeout);
         if let Some(op) = self.current.as_mut() {
-            op.steps.push_front(Step::Poll);
+            self.plan.push_front(Step::Poll);
             op.poll_deadline = Some(deadline);
             op.wake = Some(now.after(interval));
         }
@@ -487,7 +484,7 @@ impl IbkrSession {
             };
             return self.finish(Err(Error::Unavailable(ApiError::new(200, Some(why)))));
         }
-        op.steps.push_front(Step::Poll);
+        self.plan.push_front(Step::Poll);
         op.wake = Some(now.after(interval));
     }
 
@@ -502,7 +499,7 @@ impl IbkrSession {
                 _ => true,
             };
             if !retry_safe {
-                self.lst_hold = Some(err.clone());
+                self.lst_hold = Some(Box::new(err.clone()));
             }
             self.restore_after_lst_failure(now, retry_safe);
             return self.finish(Err(err));
@@ -524,7 +521,7 @@ impl IbkrSession {
             Step::Init => {
                 op.init_attempts += 1;
                 if op.init_attempts < attempts {
-                    op.steps.push_front(Step::Init);
+                    self.plan.push_front(Step::Init);
                     let factor = 1u32 << (op.init_attempts - 1).min(16);
                     op.wake = Some(now.after(backoff.saturating_mul(factor)));
                 } else {
@@ -533,7 +530,7 @@ impl IbkrSession {
             }
             Step::Poll => {
                 if op.poll_deadline.is_some_and(|d| now.after(interval) <= d) {
-                    op.steps.push_front(Step::Poll);
+                    self.plan.push_front(Step::Poll);
                     op.wake = Some(now.after(interval));
                 } else {
                     self.finish(Err(err));
@@ -548,6 +545,7 @@ impl IbkrSession {
             .current
             .as_mut()
             .and_then(|o| o.ready.take())
+            .map(|s| *s)
             .unwrap_or_default();
         self.finish(Ok(IbkrOutcome::Connected(status)));
     }

@@ -363,7 +363,7 @@ impl IbkrSession {
             return op.id;
         }
         if let Some(hold) = &self.lst_hold {
-            return self.complete_now(Err(hold.clone()));
+            return self.complete_now(Err((**hold).clone()));
         }
         let oauth = self.signer.is_some();
         let mut op = self.new_op(Kind::Connect { force_lst: oauth }, false);
@@ -406,7 +406,7 @@ impl IbkrSession {
     /// replay when a newer generation is held already, else wait for one.
     pub(super) fn observe_as_follower(&mut self, stamp: AuthStamp, now: Now) -> Observation {
         if let Some(e) = &self.closed {
-            return Observation::Lost(e.clone());
+            return Observation::Lost((**e).clone());
         }
         if stamp.generation < self.generation {
             return Observation::Replay;

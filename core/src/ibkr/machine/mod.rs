@@ -132,7 +132,9 @@ struct Lst {
 pub struct IbkrSession {
     cfg: Arc<IbkrConfig>,
     base: Base,
-    signer: Option<Signer>,
+    /// Boxed: only OAuth sessions have one, and it is large (keys, the
+    /// Diffie-Hellman group, the decrypted secret's prepend).
+    signer: Option<Box<Signer>>,
     /// DH secrets, nonces, RSA blinding (created when first needed: never for the
     /// gateway).
     rng: LazyRng,
@@ -149,13 +151,17 @@ pub struct IbkrSession {
     reactive_generation: Option<u64>,
     queue: VecDeque<Op>,
     current: Option<Op>,
+    /// The running operation's remaining steps, the next first (empty when none
+    /// runs). One buffer for every operation: see `ops.rs`.
+    plan: VecDeque<ops::Step>,
     in_flight: Option<InFlight>,
     out: VecDeque<Out>,
     next_tickle: Option<Instant>,
     last_tickle: Option<Instant>,
     last_validate: Option<Instant>,
     backoff_until: Option<Instant>,
-    closed: Option<Error>,
+    /// Boxed, as `lst_hold`: rare, and every session would carry the room.
+    closed: Option<Box<Error>>,
     /// `/iserver/accounts` was queried since the session last became ready.
     preflight_done: bool,
     /// A logout was submitted and no Connect (or RenewToken) submitted by the user
@@ -166,7 +172,7 @@ pub struct IbkrSession {
     /// connection broke after it may have been sent): the machine asks for no other
     /// token by itself until the user submits Connect or RenewToken. The error says
     /// what happened.
-    lst_hold: Option<Error>,
+    lst_hold: Option<Box<Error>>,
     /// Ids of live session token requests abandoned at the machine's deadline (the
     /// last few), so that a late credentials rejection still closes the session.
     abandoned_lst: VecDeque<RequestId>,
@@ -254,7 +260,7 @@ impl IbkrSession {
         let jitter = JitterRng::new(&seed);
         let signer = match &config.auth {
             IbkrAuth::Gateway => None,
-            IbkrAuth::OAuth(o) => Some(Signer::new(o, rng.get())?),
+            IbkrAuth::OAuth(o) => Some(Box::new(Signer::new(o, rng.get())?)),
         };
         // Bounded durations keep every `Instant + Duration` below overflow. A shared
         // configuration is copied only when a bound changes something.
@@ -279,6 +285,7 @@ impl IbkrSession {
             reactive_generation: None,
             queue: VecDeque::with_capacity(1),
             current: None,
+            plan: VecDeque::new(),
             in_flight: None,
             // Sized for a typical exchange (a state change and a request, or a
             // completion and a state change): the first push would otherwise
@@ -380,7 +387,7 @@ impl IbkrSession {
 
     /// The session will not send again: credentials rejected or keys wrong.
     fn close(&mut self, err: Error) {
-        self.closed = Some(err.clone());
+        self.closed = Some(Box::new(err.clone()));
         self.lst = None;
         self.lst_refresh_at = None;
         self.next_tickle = None;
@@ -571,7 +578,7 @@ impl Machine for IbkrSession {
                 reason: "not on the session's base URL scheme, host and port; credentials are never sent elsewhere",
             }));
         }
-        if let Some(e) = &self.closed {
+        if let Some(e) = self.closed.as_deref() {
             return Err(AuthorizeError::Lost(e.clone()));
         }
         if let Some(until) = self.backoff_until.filter(|u| *u > now.mono) {
@@ -612,7 +619,7 @@ impl Machine for IbkrSession {
             if self.state == IbkrState::Disconnected {
                 return Err(AuthorizeError::NotLoggedIn);
             }
-            if let Some(hold) = &self.lst_hold {
+            if let Some(hold) = self.lst_hold.as_deref() {
                 return Err(AuthorizeError::Lost(hold.clone()));
             }
             let op = self.machine_op(Kind::Connect { force_lst: true }, false, true);
@@ -657,13 +664,13 @@ impl Machine for IbkrSession {
             if stamp.generation < self.generation {
                 return Observation::Replay;
             }
-            if let Some(e) = &self.closed {
+            if let Some(e) = self.closed.as_deref() {
                 return Observation::Lost(e.clone());
             }
             if let Some(op) = self.token_op() {
                 return Observation::Recover { op };
             }
-            if let Some(hold) = &self.lst_hold {
+            if let Some(hold) = self.lst_hold.as_deref() {
                 return Observation::Lost(hold.clone());
             }
             if self.reactive_generation == Some(self.generation) {

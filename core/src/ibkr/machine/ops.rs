@@ -1,13 +1,14 @@
 //! Operations: their kinds, their plans of steps, the queue, sending (`try_send`,
 //! `request_for`) and completing (`finish`).
 //!
-//! An operation holds its remaining steps (`Op::steps`). A step leaves the plan when
+//! The running operation's remaining steps are the session's `plan` (one buffer for
+//! every operation, since one runs at a time: starting one allocates nothing). It is
+//! written when the operation starts (`first_steps`). A step leaves the plan when
 //! its request is sent; the answer (in `answers.rs`) then continues the plan, pushes
 //! steps to its front (a retry pushes the step again; a token renewal pushes `Lst`
 //! before it; an answer that says what comes next, such as "not authenticated" after
 //! a status, pushes that step), or finishes the operation.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{ABANDONED_LST_MEMORY, IbkrSession};
@@ -58,8 +59,6 @@ pub(super) struct Op {
     pub(super) id: OpId,
     pub(super) kind: Kind,
     pub(super) compete: bool,
-    /// The steps still to run, the next first.
-    pub(super) steps: VecDeque<Step>,
     pub(super) wake: Option<Instant>,
     pub(super) init_attempts: u32,
     pub(super) poll_deadline: Option<Instant>,
@@ -78,8 +77,9 @@ pub(super) struct Op {
     pub(super) held_since: Option<Instant>,
     /// How long pacing held the request that was sent, reported in its answer.
     pub(super) delayed_by: Option<Duration>,
-    /// The ready status, kept while the accounts preflight runs.
-    pub(super) ready: Option<AuthStatus>,
+    /// The ready status, kept while the accounts preflight runs (boxed: every
+    /// queued operation would carry its room).
+    pub(super) ready: Option<Box<AuthStatus>>,
     /// A recovery asked for by a follower (another process) whose request was refused
     /// with this generation.
     pub(super) for_follower: Option<u64>,
@@ -109,26 +109,29 @@ impl IbkrSession {
         }
     }
 
-    /// An operation of `kind` with its plan. The plan holds what is known when it
-    /// starts; answers push what they show is needed (`ssodh/init`, status polls, the
-    /// accounts preflight, a token renewal).
-    pub(super) fn new_op(&mut self, kind: Kind, reactive: bool) -> Op {
-        let steps = match kind {
+    /// The plan an operation of `kind` starts with. It holds what is known when the
+    /// operation starts; answers push what they show is needed (`ssodh/init`, status
+    /// polls, the accounts preflight, a token renewal).
+    pub(super) fn first_steps(&self, kind: Kind) -> &'static [Step] {
+        match kind {
             Kind::Connect { force_lst: true } if self.signer.is_some() => {
-                vec![Step::Lst, Step::Status]
+                &[Step::Lst, Step::Status]
             }
-            Kind::Connect { .. } | Kind::CheckStatus => vec![Step::Status],
-            Kind::Init => vec![Step::Init],
-            Kind::Tickle { .. } => vec![Step::Tickle],
-            Kind::Reauth => vec![Step::Reauth],
-            Kind::Validate => vec![Step::Validate],
-            Kind::Logout => vec![Step::Logout],
-        };
+            Kind::Connect { .. } | Kind::CheckStatus => &[Step::Status],
+            Kind::Init => &[Step::Init],
+            Kind::Tickle { .. } => &[Step::Tickle],
+            Kind::Reauth => &[Step::Reauth],
+            Kind::Validate => &[Step::Validate],
+            Kind::Logout => &[Step::Logout],
+        }
+    }
+
+    /// An operation of `kind`; its plan is written when it starts.
+    pub(super) fn new_op(&mut self, kind: Kind, reactive: bool) -> Op {
         Op {
             id: self.ids.op(),
             kind,
             compete: self.cfg.compete,
-            steps: steps.into(),
             wake: None,
             init_attempts: 0,
             poll_deadline: None,
@@ -150,7 +153,7 @@ impl IbkrSession {
         let lst_in_flight = self.in_flight.as_ref().is_some_and(|f| f.step == Step::Lst);
         let running = self.current.as_ref().filter(|o| {
             lst_in_flight
-                || o.steps.front() == Some(&Step::Lst)
+                || self.plan.front() == Some(&Step::Lst)
                 || matches!(o.kind, Kind::Connect { force_lst: true })
         });
         running.map(|o| o.id).or_else(|| {
@@ -242,6 +245,7 @@ impl IbkrSession {
             self.before_backoff = Some(IbkrState::Disconnected);
         }
         if let Some(op) = self.current.take() {
+            self.plan.clear();
             let result = self.shared_result(&op, result);
             self.complete(op, result);
         }
@@ -345,6 +349,12 @@ impl IbkrSession {
                         self.lst_hold = None;
                     }
                     let refused = self.logged_out && op.kind != Kind::Logout;
+                    debug_assert!(
+                        self.plan.is_empty(),
+                        "a plan left from a finished operation"
+                    );
+                    self.plan.clear();
+                    self.plan.extend(self.first_steps(op.kind));
                     self.current = Some(op);
                     if refused {
                         // After a logout only Connect brings the session back.
@@ -368,7 +378,7 @@ impl IbkrSession {
         if op.wake.is_some_and(|w| w > now.mono) {
             return false;
         }
-        let Some(mut step) = op.steps.front().copied() else {
+        let Some(mut step) = self.plan.front().copied() else {
             // Every answer either pushes a step or finishes the operation, so a plan
             // never runs dry here; should one, the operation ends rather than hangs.
             debug_assert!(false, "an operation ran out of steps without finishing");
@@ -400,9 +410,7 @@ impl IbkrSession {
                 self.after_logout();
                 return true;
             }
-            if let Some(op) = self.current.as_mut() {
-                op.steps.push_front(Step::Lst);
-            }
+            self.plan.push_front(Step::Lst);
             step = Step::Lst;
         }
         if step == Step::Lst
@@ -419,14 +427,14 @@ impl IbkrSession {
         match self.request_for(step, now) {
             Ok((request, dh)) => {
                 let id = self.ids.request();
-                if let Some(op) = self.current.as_mut() {
-                    op.steps.pop_front();
-                    if matches!(step, Step::Tickle | Step::Validate) {
-                        op.delayed_by = op
-                            .held_since
-                            .take()
-                            .map(|h| now.mono.saturating_duration_since(h));
-                    }
+                self.plan.pop_front();
+                if matches!(step, Step::Tickle | Step::Validate)
+                    && let Some(op) = self.current.as_mut()
+                {
+                    op.delayed_by = op
+                        .held_since
+                        .take()
+                        .map(|h| now.mono.saturating_duration_since(h));
                 }
                 match step {
                     Step::Tickle => {
@@ -491,7 +499,7 @@ impl IbkrSession {
                 reason: "the token this operation obtained expired before it could be used; not asking again",
             }));
         }
-        let hold = self.lst_hold.clone()?;
+        let hold = self.lst_hold.as_deref().cloned()?;
         if self.session_alive() && !self.lst_valid(now) {
             self.lst = None;
             self.lst_refresh_at = None;

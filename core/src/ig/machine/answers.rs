@@ -67,7 +67,7 @@ impl IgSession {
     ) -> Result<(), Error> {
         let (headers, body) = (response.headers(), response.body().as_slice());
         let endpoint = match call {
-            Call::Switch { account, .. } => {
+            Call::Switch(to) => {
                 let t = decode::switch_account(headers, body)?;
                 if let Some(Tokens::Cst { cst, xst }) = self.tokens.as_mut() {
                     if let Some(c) = t.cst {
@@ -77,7 +77,7 @@ impl IgSession {
                         *xst = x;
                     }
                 }
-                self.switched_to(account.clone());
+                self.switched_to(to.account.clone());
                 return Ok(());
             }
             Call::Send(endpoint) => *endpoint,
@@ -132,8 +132,8 @@ impl IgSession {
                 self.generation += 1;
             }
             Endpoint::Refresh => {
-                let t = decode::refresh(body)?;
-                self.set_oauth(t, now);
+                let t = decode::refresh_tokens(body)?;
+                self.refreshed(&t, now);
                 self.generation += 1;
             }
             Endpoint::ReadSession { .. } => {
@@ -143,7 +143,7 @@ impl IgSession {
                     op.details = Some(Box::new(details.clone()));
                 }
                 if let Some(t) = tokens {
-                    self.streaming = Some((t.cst, t.xst));
+                    self.streaming = Some(Box::new((t.cst, t.xst)));
                 }
                 if details.lightstreamer_endpoint.is_some() {
                     self.lightstreamer_endpoint = details.lightstreamer_endpoint;
@@ -169,16 +169,50 @@ impl IgSession {
     }
 
     pub(super) fn set_oauth(&mut self, t: decode::OAuthTokens, now: Now) {
-        let expires_at = now.after(t.expires_in);
-        self.refresh_at = Some(self.refresh_due(expires_at, t.expires_in, now));
+        let (expires_at, expires_epoch_ms) = self.schedule_refresh(t.expires_in, now);
         self.tokens = Some(Tokens::OAuth {
             access: t.access_token,
             refresh: t.refresh_token,
             expires_at,
-            expires_epoch_ms: now
-                .unix_millis()
-                .saturating_add(i64::try_from(t.expires_in.as_millis()).unwrap_or(i64::MAX)),
+            expires_epoch_ms,
         });
+    }
+
+    /// Installs a refresh's tokens, in the buffers of the tokens they replace.
+    pub(super) fn refreshed(&mut self, t: &decode::FreshTokens<'_>, now: Now) {
+        let (at, epoch_ms) = self.schedule_refresh(t.expires_in, now);
+        match &mut self.tokens {
+            Some(Tokens::OAuth {
+                access,
+                refresh,
+                expires_at,
+                expires_epoch_ms,
+            }) => {
+                access.overwrite(&t.access);
+                refresh.overwrite(&t.refresh);
+                *expires_at = at;
+                *expires_epoch_ms = epoch_ms;
+            }
+            _ => {
+                self.tokens = Some(Tokens::OAuth {
+                    access: AccessToken::new(t.access.as_ref()),
+                    refresh: RefreshToken::new(t.refresh.as_ref()),
+                    expires_at: at,
+                    expires_epoch_ms: epoch_ms,
+                });
+            }
+        }
+    }
+
+    /// Schedules the refresh of a token that lives `lifetime` from now; its expiry
+    /// as an instant and in Unix milliseconds.
+    fn schedule_refresh(&mut self, lifetime: Duration, now: Now) -> (Instant, i64) {
+        let expires_at = now.after(lifetime);
+        self.refresh_at = Some(self.refresh_due(expires_at, lifetime, now));
+        let epoch_ms = now
+            .unix_millis()
+            .saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
+        (expires_at, epoch_ms)
     }
 
     /// When to refresh a token that expires at `expires_at`, `lifetime` from now:
@@ -207,7 +241,7 @@ impl IgSession {
                 expires_at_epoch_ms,
                 streaming,
             } => {
-                self.streaming = streaming;
+                self.streaming = streaming.map(Box::new);
                 let expires_at = now.instant_at_epoch_millis(expires_at_epoch_ms);
                 let left = expires_at.saturating_duration_since(now.mono);
                 if !left.is_zero() {
@@ -266,13 +300,8 @@ impl IgSession {
                     return Next::Done(Err(Error::Unauthorized(api)));
                 }
                 op.recovered = true;
-                let mut steps = self.recovery_steps();
-                steps.push(Step::Call(call));
-                if let Some(op) = self.current.as_mut() {
-                    for s in steps.into_iter().rev() {
-                        op.steps.push_front(s);
-                    }
-                }
+                self.plan.push_front(Step::Call(call));
+                self.plan_recovery_first();
                 Next::Continue
             }
             Action::BackOff { error, retry_after } => {
@@ -287,13 +316,13 @@ impl IgSession {
             }
             Action::Retry(api) => self.retry(call, Error::Unavailable(api), now),
             Action::AlreadyDone(_) => {
-                if let Call::Switch { account, .. } = call {
+                if let Call::Switch(to) = call {
                     if let Some(op) = self.current.as_mut() {
                         op.already_active = true;
                     }
                     // IG keeps the current tokens: nothing to replace.
-                    self.session_account = Some(account.clone());
-                    self.selected_account = Some(account);
+                    self.session_account = Some(to.account.clone());
+                    self.selected_account = Some(to.account);
                 }
                 Next::Continue
             }
@@ -303,13 +332,10 @@ impl IgSession {
     /// A refused refresh falls back to one full login (not for a resume, where the
     /// caller decides).
     pub(super) fn refresh_failed(&mut self, e: Error) -> Next {
-        let steps = self.login_steps();
         match self.current.as_mut() {
             Some(op) if !op.fell_back => {
                 op.fell_back = true;
-                for s in steps.into_iter().rev() {
-                    op.steps.push_front(s);
-                }
+                self.plan_first(self.login_steps());
                 Next::Continue
             }
             _ => Next::Done(Err(e)),
@@ -334,9 +360,9 @@ impl IgSession {
         }
         let factor = 1u32 << (op.attempts - 1).min(10);
         op.retry_at = Some(now.after(delay.saturating_mul(factor).max(Duration::from_millis(1))));
-        op.steps.push_front(Step::Call(call));
+        self.plan.push_front(Step::Call(call));
         if fresh_key {
-            op.steps.push_front(Step::send(Endpoint::EncryptionKey));
+            self.plan.push_front(Step::send(Endpoint::EncryptionKey));
         }
         Next::Continue
     }
@@ -418,9 +444,8 @@ impl IgSession {
 
     pub(super) fn lose(&mut self, reason: Error) {
         self.forget_tokens();
-        self.lost = Some(reason.clone());
-        self.outbox
-            .push_back(Output::Event(Event::SessionLost { reason }));
+        self.lost = Some(Box::new(reason.clone()));
+        self.emit(Event::SessionLost { reason });
     }
 
     pub(super) fn close(&mut self, reason: Error) {
@@ -430,19 +455,18 @@ impl IgSession {
         self.forget_tokens();
         self.in_flight = None;
         self.backoff_until = None;
-        self.closed = Some(reason.clone());
+        self.closed = Some(Box::new(reason.clone()));
         let awaiting = self.awaiting.take().map(|a| a.op);
         for op in std::mem::take(&mut self.queue)
             .into_iter()
             .map(|o| o.id)
             .chain(awaiting)
         {
-            self.outbox.push_back(Output::Event(Event::Completed {
+            self.emit(Event::Completed {
                 op,
                 result: Err(Error::Cancelled),
-            }));
+            });
         }
-        self.outbox
-            .push_back(Output::Event(Event::SessionLost { reason }));
+        self.emit(Event::SessionLost { reason });
     }
 }

@@ -81,8 +81,7 @@ impl IgSession {
 
     fn complete_now(&mut self, result: Result<IgOutcome, Error>) -> OpId {
         let op = self.ids.op();
-        self.outbox
-            .push_back(Output::Event(Event::Completed { op, result }));
+        self.emit(Event::Completed { op, result });
         op
     }
 
@@ -100,10 +99,10 @@ impl IgSession {
             self.generation = generation;
             self.announced = generation;
             if let Some(a) = self.awaiting.take() {
-                self.outbox.push_back(Output::Event(Event::Completed {
+                self.emit(Event::Completed {
                     op: a.op,
                     result: Ok(IgOutcome::Recovered { generation }),
-                }));
+                });
             }
         }
         self.complete_now(Ok(IgOutcome::Adopted {
@@ -132,12 +131,12 @@ impl IgSession {
         if let Some(a) = self.awaiting.take() {
             // The waiting calls authorize again: the credentials are now this
             // session's own to validate or recover.
-            self.outbox.push_back(Output::Event(Event::Completed {
+            self.emit(Event::Completed {
                 op: a.op,
                 result: Ok(IgOutcome::Recovered {
                     generation: self.generation,
                 }),
-            }));
+            });
         }
         if self.tokens.is_none() {
             return self.complete_now(Err(Error::Usage(UsageError::NotLoggedIn)));
@@ -173,14 +172,15 @@ impl IgSession {
             // Its answer is no longer applied, but a late rejection still counts.
             self.abandon_login(f.id);
         }
+        self.plan.clear();
         for op in std::mem::take(&mut self.queue)
             .into_iter()
             .chain(self.current.take())
         {
-            self.outbox.push_back(Output::Event(Event::Completed {
+            self.emit(Event::Completed {
                 op: op.id,
                 result: Err(Error::Cancelled),
-            }));
+            });
         }
     }
 
@@ -232,18 +232,17 @@ impl IgSession {
             refused,
             deadline: now.after(self.cfg.request_deadline),
         });
-        self.outbox
-            .push_back(Output::Event(Event::CredentialsWanted { refused }));
+        self.emit(Event::CredentialsWanted { refused });
         op
     }
 
     /// Ends a wait for newer credentials whose deadline has passed.
     pub(super) fn expire_awaiting(&mut self, now: Now) {
         if let Some(a) = self.awaiting.take_if(|a| a.deadline <= now.mono) {
-            self.outbox.push_back(Output::Event(Event::Completed {
+            self.emit(Event::Completed {
                 op: a.op,
                 result: Err(Error::NoNewerCredentials { refused: a.refused }),
-            }));
+            });
         }
     }
 
@@ -267,9 +266,8 @@ impl IgSession {
             return;
         }
         self.announced = self.generation;
-        self.outbox
-            .push_back(Output::Event(Event::CredentialsChanged {
-                generation: self.generation,
-            }));
+        self.emit(Event::CredentialsChanged {
+            generation: self.generation,
+        });
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::follower::Awaiting;
-use self::ops::{Call, InFlight, Kind, Next, Op, Step};
+use self::ops::{Call, InFlight, Kind, Next, Op, Queued, Step};
 use super::config::{BaseUrl, IgConfig, LoginFlow};
 use super::decode::{self, CstLoginAnswer, IgAccount};
 use super::encode::{self, AuthHeaders, AuthValues, Prepared};
@@ -84,19 +84,23 @@ pub struct IgSession {
     lightstreamer_endpoint: Option<String>,
     client_id: Option<String>,
     accounts: Vec<IgAccount>,
-    /// CST/XST fetched with `fetchSessionTokens=true`, apart from the OAuth tokens.
-    streaming: Option<(Cst, SecurityToken)>,
+    /// CST/XST fetched with `fetchSessionTokens=true`, apart from the OAuth tokens
+    /// (boxed, as the errors below: rare, and every session would carry the room).
+    streaming: Option<Box<(Cst, SecurityToken)>>,
     generation: u64,
     /// Generation produced by a reactive recovery and not yet accepted by IG.
     recovered_gen: Option<u64>,
     refresh_at: Option<Instant>,
     backoff_until: Option<Instant>,
-    closed: Option<Error>,
-    lost: Option<Error>,
+    closed: Option<Box<Error>>,
+    lost: Option<Box<Error>>,
     queue: VecDeque<Op>,
     current: Option<Op>,
+    /// The running operation's remaining steps, the next first (empty when none
+    /// runs). One buffer for every operation: see `ops.rs`.
+    plan: VecDeque<Step>,
     in_flight: Option<InFlight>,
-    outbox: VecDeque<Output<IgState, IgOutcome>>,
+    outbox: VecDeque<Queued>,
     last_state: IgState,
     /// Login requests (they carry the password) given up on before their answer came.
     /// A late answer to one of them still counts if it rejects the credentials.
@@ -197,10 +201,11 @@ impl IgSession {
             lost: None,
             queue: VecDeque::with_capacity(1),
             current: None,
+            plan: VecDeque::new(),
             in_flight: None,
             // Sized for a typical exchange (a state change and a request, or a
             // completion and a state change): the first push would otherwise
-            // reserve four of these large values, kept for the session's life.
+            // reserve four events, kept for the session's life.
             outbox: VecDeque::with_capacity(2),
             last_state: IgState::LoggedOut,
             abandoned_logins: VecDeque::new(),
@@ -308,7 +313,7 @@ impl IgSession {
     /// after [`IgIntent::ReadSession`] with `fetch_tokens` (or
     /// [`IgConfig::fetch_streaming_tokens`]).
     pub fn lightstreamer_credentials(&self) -> Option<LightstreamerCredentials> {
-        let (cst, xst) = match (&self.tokens, &self.streaming) {
+        let (cst, xst) = match (&self.tokens, self.streaming.as_deref()) {
             (Some(Tokens::Cst { cst, xst }), _) => (cst, xst),
             (Some(Tokens::OAuth { .. }), Some((c, x))) => (c, x),
             _ => return None,
@@ -341,7 +346,7 @@ impl IgSession {
                 access: access.clone(),
                 refresh: refresh.clone(),
                 expires_at_epoch_ms: *expires_epoch_ms,
-                streaming: self.streaming.clone(),
+                streaming: self.streaming.as_deref().cloned(),
             },
         };
         Some(SessionSnapshot {
@@ -376,7 +381,7 @@ impl IgSession {
     /// every call and compares it with the last state emitted, so it copies nothing
     /// (the account id, an error) unless the state changed.
     fn state_view(&self) -> StateView<'_> {
-        if let Some(reason) = &self.closed {
+        if let Some(reason) = self.closed.as_deref() {
             return StateView::Closed(reason);
         }
         if let Some(until) = self.backoff_until {
@@ -394,7 +399,7 @@ impl IgSession {
         if let (Some(mode), Some(account_id)) = (self.mode(), self.account_id()) {
             return StateView::Active(account_id, mode);
         }
-        if let Some(reason) = &self.lost {
+        if let Some(reason) = self.lost.as_deref() {
             return StateView::Lost(reason);
         }
         StateView::LoggedOut
@@ -412,7 +417,7 @@ impl IgSession {
         }
         let s = view.to_state();
         self.last_state = s.clone();
-        self.outbox.push_back(Output::Event(Event::StateChanged(s)));
+        self.emit(Event::StateChanged(s));
     }
 }
 
@@ -564,9 +569,19 @@ impl Machine for IgSession {
         self.run_timers(now);
         self.start_next(now);
         self.sync_state();
-        if let Some(o) = self.outbox.pop_front() {
-            crate::machine::trace_output("ig", &o);
-            return o;
+        while let Some(queued) = self.outbox.pop_front() {
+            let out = match queued {
+                Queued::Event(e) => Output::Event(e),
+                Queued::Send(id) => match self.transmit(id, now) {
+                    Some(t) => Output::Send(t),
+                    None => {
+                        self.sync_state();
+                        continue;
+                    }
+                },
+            };
+            crate::machine::trace_output("ig", &out);
+            return out;
         }
         Output::Wait(self.next_deadline(now.mono))
     }
@@ -576,7 +591,7 @@ impl Machine for IgSession {
         request: &mut http::Request<B>,
         now: Now,
     ) -> Result<AuthStamp, AuthorizeError> {
-        if let Some(reason) = &self.closed {
+        if let Some(reason) = self.closed.as_deref() {
             return Err(AuthorizeError::Lost(reason.clone()));
         }
         self.lapse_lead(now);
@@ -622,7 +637,7 @@ impl Machine for IgSession {
             if let Some(op) = self.credential_op() {
                 return Err(AuthorizeError::Pending { op });
             }
-            return Err(match &self.lost {
+            return Err(match self.lost.as_deref() {
                 Some(e) => AuthorizeError::Lost(e.clone()),
                 None => AuthorizeError::NotLoggedIn,
             });
@@ -673,7 +688,7 @@ impl Machine for IgSession {
             self.backoffs(),
         ) {
             Action::Relogin(_) | Action::Refresh(_) if self.role == IgRole::Follower => {
-                if let Some(reason) = &self.closed {
+                if let Some(reason) = self.closed.as_deref() {
                     Observation::Lost(reason.clone())
                 } else if stamp.generation < self.generation {
                     Observation::Replay
@@ -688,7 +703,12 @@ impl Machine for IgSession {
                 if self.closed.is_some()
                     || (self.tokens.is_none() && self.credential_op().is_none())
                 {
-                    Observation::Lost(self.closed.clone().unwrap_or(Error::Unauthorized(api)))
+                    Observation::Lost(
+                        self.closed
+                            .as_deref()
+                            .cloned()
+                            .unwrap_or(Error::Unauthorized(api)),
+                    )
                 } else if self.logout_pending() {
                     // Logout is final: a refused request starts no recovery after it.
                     Observation::Lost(Error::Cancelled)

@@ -2,9 +2,11 @@
 //! each follows, the queue they wait in, sending their requests, and completing
 //! them.
 //!
-//! An operation holds its plan as data (`VecDeque<Step>`): the plan is built when
-//! it starts (from its kind and the configuration); a retry pushes the failed
-//! request back to the front, a recovery pushes a login (or a refresh) before it.
+//! The running operation's plan is data (`IgSession::plan`, a `VecDeque<Step>`): it
+//! is written when the operation starts (from its kind and the configuration); a
+//! retry pushes the failed request back to the front, a recovery pushes a login (or a
+//! refresh) before it. Only one operation runs at a time, so the session keeps one
+//! plan buffer for all of them: starting an operation allocates nothing.
 
 use super::*;
 
@@ -43,25 +45,32 @@ impl Step {
 pub(super) enum Call {
     /// A request built from the endpoint and the session alone.
     Send(Endpoint),
-    /// `PUT /session` ([`Endpoint::Switch`]) to this account: the one request whose
-    /// inputs belong to the step.
-    Switch { account: String, make_default: bool },
+    /// `PUT /session` ([`Endpoint::Switch`]): the one request whose inputs belong to
+    /// the step (boxed: a plan step stays small).
+    Switch(Box<SwitchTo>),
+}
+
+/// The inputs of a [`Call::Switch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SwitchTo {
+    pub(super) account: String,
+    pub(super) make_default: bool,
 }
 
 impl Call {
     pub(super) fn endpoint(&self) -> Endpoint {
         match self {
             Self::Send(endpoint) => *endpoint,
-            Self::Switch { .. } => Endpoint::Switch,
+            Self::Switch(_) => Endpoint::Switch,
         }
     }
 }
 
-/// An operation: its kind, its plan (the steps left), and what it has gathered.
+/// An operation: its kind and what it has gathered. Its plan (the steps left) is
+/// the session's `plan` while it runs.
 pub(super) struct Op {
     pub(super) id: OpId,
     pub(super) kind: Kind,
-    pub(super) steps: VecDeque<Step>,
     /// The one in-operation credential recovery has been used.
     pub(super) recovered: bool,
     /// A failed refresh already fell back to a login.
@@ -94,6 +103,14 @@ pub(super) struct InFlight {
     pub(super) deadline: Instant,
 }
 
+/// What `poll_output` hands out next, in order. A request waits as its id: it is
+/// built when its turn comes (`IgSession::transmit`), so the outbox holds no room for
+/// a whole `http::Request` (it keeps its capacity for the session's life).
+pub(super) enum Queued {
+    Event(Event<IgState, IgOutcome>),
+    Send(RequestId),
+}
+
 /// What an answer leaves the running operation to do.
 pub(super) enum Next {
     Continue,
@@ -105,7 +122,6 @@ impl IgSession {
         Op {
             id: self.ids.op(),
             kind,
-            steps: VecDeque::new(),
             recovered: false,
             fell_back: false,
             attempts: 0,
@@ -177,25 +193,38 @@ impl IgSession {
         }
     }
 
-    pub(super) fn login_steps(&self) -> Vec<Step> {
+    /// The steps of a login, in order.
+    pub(super) fn login_steps(&self) -> impl DoubleEndedIterator<Item = Step> + use<> {
         let login = Step::send(Endpoint::login(self.cfg.login_flow));
-        let mut s = match self.cfg.login_flow {
-            LoginFlow::EncryptedV2 => vec![Step::send(Endpoint::EncryptionKey), login],
-            LoginFlow::V3 if self.cfg.fetch_streaming_tokens => vec![
-                login,
-                Step::send(Endpoint::ReadSession { fetch_tokens: true }),
-            ],
-            _ => vec![login],
+        let (before, after) = match self.cfg.login_flow {
+            LoginFlow::EncryptedV2 => (Some(Step::send(Endpoint::EncryptionKey)), None),
+            LoginFlow::V3 if self.cfg.fetch_streaming_tokens => (
+                None,
+                Some(Step::send(Endpoint::ReadSession { fetch_tokens: true })),
+            ),
+            _ => (None, None),
         };
-        s.push(Step::SelectAccount);
-        s
+        before
+            .into_iter()
+            .chain([login])
+            .chain(after)
+            .chain([Step::SelectAccount])
     }
 
-    /// Steps that recover refused credentials: a refresh for v3, a login otherwise.
-    pub(super) fn recovery_steps(&self) -> Vec<Step> {
-        match self.tokens {
-            Some(Tokens::OAuth { .. }) => vec![Step::send(Endpoint::Refresh)],
-            _ => self.login_steps(),
+    /// Puts `steps` (in their order) before the rest of the running plan.
+    pub(super) fn plan_first(&mut self, steps: impl DoubleEndedIterator<Item = Step>) {
+        for s in steps.rev() {
+            self.plan.push_front(s);
+        }
+    }
+
+    /// Puts the steps that recover refused credentials before the rest of the plan:
+    /// a refresh for v3, a login otherwise.
+    pub(super) fn plan_recovery_first(&mut self) {
+        if matches!(self.tokens, Some(Tokens::OAuth { .. })) {
+            self.plan.push_front(Step::send(Endpoint::Refresh));
+        } else {
+            self.plan_first(self.login_steps());
         }
     }
 
@@ -260,14 +289,28 @@ impl IgSession {
         let Some(mut op) = self.queue.pop_front() else {
             return;
         };
-        let ready: Result<Vec<Step>, Error> = match op.kind {
+        // The plan is written into the session's buffer, emptied when the last
+        // operation finished.
+        debug_assert!(
+            self.plan.is_empty(),
+            "a plan left over from a finished operation"
+        );
+        self.plan.clear();
+        let ready: Result<(), Error> = match op.kind {
             Kind::Login => {
                 self.lost = None;
-                Ok(self.login_steps())
+                self.plan.extend(self.login_steps());
+                Ok(())
             }
-            Kind::Recover => Ok(self.recovery_steps()),
+            Kind::Recover => {
+                self.plan_recovery_first();
+                Ok(())
+            }
             Kind::Refresh => match self.tokens {
-                Some(Tokens::OAuth { .. }) => Ok(vec![Step::send(Endpoint::Refresh)]),
+                Some(Tokens::OAuth { .. }) => {
+                    self.plan.push_back(Step::send(Endpoint::Refresh));
+                    Ok(())
+                }
                 Some(_) => Err(Error::Usage(UsageError::Unsupported {
                     intent: "refresh",
                     reason: "only v3 sessions have refresh tokens",
@@ -275,52 +318,48 @@ impl IgSession {
                 None => Err(Error::Usage(UsageError::NotLoggedIn)),
             },
             Kind::Read { fetch } => self.need_tokens().map(|()| {
-                vec![Step::send(Endpoint::ReadSession {
+                self.plan.push_back(Step::send(Endpoint::ReadSession {
                     fetch_tokens: fetch,
-                })]
+                }));
             }),
             Kind::Logout => self
                 .need_tokens()
-                .map(|()| vec![Step::send(Endpoint::Logout)]),
+                .map(|()| self.plan.push_back(Step::send(Endpoint::Logout))),
             Kind::Switch { make_default } => self.need_tokens().and_then(|()| {
-                match (&self.tokens, make_default) {
-                    (Some(Tokens::OAuth { .. }), true) => Err(Error::Usage(UsageError::Unsupported {
+                let step = match (&self.tokens, make_default) {
+                    (Some(Tokens::OAuth { .. }), true) => return Err(Error::Usage(UsageError::Unsupported {
                         intent: "switch_account",
                         reason: "a v3 session switches by header only; changing the default account needs a v2 session",
                     })),
-                    (Some(Tokens::OAuth { .. }), false) => Ok(vec![Step::SelectAccount]),
-                    _ => Ok(vec![Step::Call(Call::Switch {
+                    (Some(Tokens::OAuth { .. }), false) => Step::SelectAccount,
+                    _ => Step::Call(Call::Switch(Box::new(SwitchTo {
                         account: op.target_account.clone().unwrap_or_default(),
                         make_default,
-                    })]),
-                }
+                    }))),
+                };
+                self.plan.push_back(step);
+                Ok(())
             }),
             Kind::Resume => {
-                // The snapshot's tokens were installed by `submit`. An expired v3 access token is refreshed first; a failed refresh does not
-                // fall back to a login (the caller decides).
+                // The snapshot's tokens were installed by `submit`. An expired v3
+                // access token is refreshed first; a failed refresh does not fall
+                // back to a login (the caller decides).
                 op.fell_back = true;
-                let mut s = Vec::new();
                 if let Some(Tokens::OAuth { expires_at, .. }) = &self.tokens
                     && *expires_at <= now.mono
                 {
-                    s.push(Step::send(Endpoint::Refresh));
+                    self.plan.push_back(Step::send(Endpoint::Refresh));
                 }
-                s.push(Step::send(Endpoint::ReadSession {
+                self.plan.push_back(Step::send(Endpoint::ReadSession {
                     fetch_tokens: false,
                 }));
-                Ok(s)
+                Ok(())
             }
         };
+        self.current = Some(op);
         match ready {
-            Ok(steps) => {
-                op.steps = steps.into();
-                self.current = Some(op);
-                self.advance(now);
-            }
-            Err(e) => {
-                self.current = Some(op);
-                self.finish(Err(e), now);
-            }
+            Ok(()) => self.advance(now),
+            Err(e) => self.finish(Err(e), now),
         }
     }
 
@@ -349,39 +388,53 @@ impl IgSession {
             if op.retry_at.is_some() {
                 return;
             }
-            let Some(step) = op.steps.pop_front() else {
+            let Some(step) = self.plan.pop_front() else {
                 self.finish(Ok(()), now);
                 return;
             };
             let call = match step {
                 Step::SelectAccount => {
-                    if let Some(put) = self.select_account()
-                        && let Some(op) = self.current.as_mut()
-                    {
-                        op.steps.push_front(Step::Call(put));
+                    if let Some(put) = self.select_account() {
+                        self.plan.push_front(Step::Call(put));
                     }
                     continue;
                 }
                 Step::Call(call) => call,
             };
-            match self.request_for(&call) {
-                Ok(request) => {
-                    let id = self.ids.request();
-                    let deadline = now.after(self.cfg.request_deadline);
-                    self.in_flight = Some(InFlight { id, call, deadline });
-                    self.outbox.push_back(Output::Send(Transmit {
-                        id,
-                        request,
-                        deadline,
-                    }));
-                    return;
-                }
-                Err(e) => {
-                    self.finish(Err(e), now);
-                    return;
-                }
+            // The request itself is built when `poll_output` hands it out
+            // (`transmit`).
+            let id = self.ids.request();
+            let deadline = now.after(self.cfg.request_deadline);
+            self.in_flight = Some(InFlight { id, call, deadline });
+            self.outbox.push_back(Queued::Send(id));
+            return;
+        }
+    }
+
+    /// The request `id`, built for `poll_output` from the call in flight; `None` when
+    /// that request was given up before it left (its deadline passed, the session
+    /// closed), or could not be built (the operation then fails).
+    pub(super) fn transmit(&mut self, id: RequestId, now: Now) -> Option<Transmit> {
+        let f = self.in_flight.take_if(|f| f.id == id)?;
+        let built = self.request_for(&f.call);
+        let deadline = f.deadline;
+        self.in_flight = Some(f);
+        match built {
+            Ok(request) => Some(Transmit {
+                id,
+                request,
+                deadline,
+            }),
+            Err(e) => {
+                self.finish(Err(e), now);
+                None
             }
         }
+    }
+
+    /// Queues an event for `poll_output`.
+    pub(super) fn emit(&mut self, event: Event<IgState, IgOutcome>) {
+        self.outbox.push_back(Queued::Event(event));
     }
 
     /// The local part of selecting an account; returns the `PUT /session` a CST
@@ -411,10 +464,10 @@ impl IgSession {
                     self.selected_account = Some(wanted);
                     None
                 } else {
-                    Some(Call::Switch {
+                    Some(Call::Switch(Box::new(SwitchTo {
                         account: wanted,
                         make_default: false,
-                    })
+                    })))
                 }
             }
             None => None,
@@ -446,12 +499,9 @@ impl IgSession {
 
     pub(super) fn request_for(&mut self, call: &Call) -> Result<http::Request<Vec<u8>>, Error> {
         let endpoint = match call {
-            Call::Switch {
-                account,
-                make_default,
-            } => {
+            Call::Switch(to) => {
                 let auth = self.auth_values()?;
-                let body = encode::switch_body(account, *make_default);
+                let body = encode::switch_body(&to.account, to.make_default);
                 return self.prepared.request(Endpoint::Switch, Some(&auth), body);
             }
             Call::Send(endpoint) => *endpoint,
@@ -503,10 +553,10 @@ impl IgSession {
     /// retry timer is left.
     pub(super) fn cancel_for_logout(&mut self, now: Now) {
         for op in std::mem::take(&mut self.queue) {
-            self.outbox.push_back(Output::Event(Event::Completed {
+            self.emit(Event::Completed {
                 op: op.id,
                 result: Err(Error::Cancelled),
-            }));
+            });
         }
         self.refresh_at = None;
         let in_flight = self.in_flight.is_some();
@@ -536,14 +586,15 @@ impl IgSession {
         let Some(op) = self.current.take() else {
             return;
         };
+        self.plan.clear();
         self.in_flight = None;
         if op.cancelled {
             // Cancelled by a logout: whatever the operation reached, it reports
             // `Cancelled` and leaves the session to the logout (no loss, no retry).
-            self.outbox.push_back(Output::Event(Event::Completed {
+            self.emit(Event::Completed {
                 op: op.id,
                 result: Err(Error::Cancelled),
-            }));
+            });
             return;
         }
         let not_logged_in = || Error::Usage(UsageError::NotLoggedIn);
@@ -593,8 +644,7 @@ impl IgSession {
                 Err(e)
             }
         };
-        self.outbox
-            .push_back(Output::Event(Event::Completed { op: op.id, result }));
+        self.emit(Event::Completed { op: op.id, result });
     }
 
     pub(super) fn after_failure(&mut self, kind: Kind, e: &Error, now: Now) {
