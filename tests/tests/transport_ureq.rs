@@ -223,6 +223,7 @@ fn keep_alive_runs_timers_until_dropped() {
     let mut m = TestMachine::new(&server.http_url());
     m.tick_every = Some(Duration::from_millis(40));
     let c = Client::new(m, &Config::default()).expect("client");
+    c.subscribe();
     c.run(Intent::Login).expect("login");
     let ticks = || {
         server
@@ -268,6 +269,7 @@ fn event_buffer_is_bounded() {
     let mut m = TestMachine::new(&server.http_url());
     m.tick_every = Some(Duration::from_millis(5));
     let c = Client::new(m, &config).expect("client");
+    c.subscribe();
     c.run(Intent::Login).expect("login");
     let start = Instant::now();
     while c.dropped_events() == 0 {

@@ -103,8 +103,15 @@ pub struct Config {
     /// proxy): it sees and could redirect everything. Default: `false`. Refused
     /// (a configuration error) when the proxy is not on a loopback address.
     pub trust_loopback_proxy: bool,
-    /// How many undelivered events a session keeps; when full, the oldest is
-    /// dropped and counted. Default: 256.
+    /// How many undelivered events a session keeps for its subscriber; when full,
+    /// the oldest is dropped and counted (`dropped_events`). Default: 256.
+    ///
+    /// Events are kept only once the application reads them: from the first call
+    /// to a client's `subscribe`, `drain_events` or `next_event` on. Before that no
+    /// event is kept (or counted as dropped), so a session whose events nobody reads
+    /// costs no buffer. Call `subscribe` right after creating the client to see
+    /// every event from its start. Results of the operations a call awaits (`login`,
+    /// `run` …) arrive whether or not anyone subscribed.
     pub event_capacity: usize,
     /// Most connections open at once to one origin (scheme, host and port), and
     /// most idle connections kept to it. An exchange that finds them all busy waits
