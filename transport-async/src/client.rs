@@ -226,13 +226,12 @@ where
 
     /// Runs timers forever; the keep-alive task's body.
     pub(crate) async fn keep_alive_loop(self: Arc<Self>) {
-        // Never ready and never stalled: runs until the task is aborted.
-        let mut never = |_: &mut Driver<M>| None::<()>;
-        let next = {
-            let mut g = self.lock();
-            self.next_locked(&mut g, None, now(), &mut never, false)
-        };
-        let _ = self.wait_until(next, never, false).await;
+        // Never ready and never stalled: runs until the task is aborted. Started as a
+        // wait, whose first look under the lock takes the first step (no step held
+        // beside the loop's: the task stays small, one per session).
+        let _ = self
+            .wait_until(Next::Wait(None), |_| None::<()>, false)
+            .await;
     }
 }
 
@@ -498,7 +497,8 @@ where
 
     /// Submits `intent` and drives the machine until its operation completes; returns
     /// the operation's typed result. If the future is dropped, the operation still
-    /// runs to its end (its result then goes to the event buffer).
+    /// runs to its end (its result then goes to the event buffer, if someone
+    /// subscribed to events).
     pub async fn run(&self, intent: M::Intent) -> Result<M::Outcome, Error> {
         Ok(self.run_op(intent).await??)
     }

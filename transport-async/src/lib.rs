@@ -55,7 +55,8 @@
 //! the session spawns, which hands the result to the machine (and, should the runtime
 //! drop that task too, reports
 //! [`FailureKind::Cancelled`](broker_session::FailureKind)); the operation runs to
-//! its end and its result goes to the event buffer. As with any future, keep polling
+//! its end and its result goes to the event buffer (for a subscriber, see
+//! [`Client::subscribe`]). As with any future, keep polling
 //! one you hold, or drop it: a future held but never polled holds up the session
 //! request it runs. Requests nobody awaits (those of [`Client::submit`] and
 //! [`Client::service`]) are exchanged on spawned tasks.

@@ -1,14 +1,14 @@
 //! The blocking session client: one machine behind a mutex, driven by whichever
 //! thread needs progress, never holding the lock during network IO.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use broker_session::driver::{Driver, SessionEvent};
 use broker_session::transport::ops::{Operation, SessionConfig, output_of};
 use broker_session::transport::{Call, CallInput, CallStep};
-use broker_session::{Input, Machine, Now, OpId, deadline_after};
+use broker_session::{Input, Machine, Now, OpId, Transmit, deadline_after};
 
 use crate::scheduler::{Hook, Timed};
 use crate::{Config, Error, HttpClient, now, os_seed};
@@ -41,6 +41,9 @@ pub(crate) struct Inner<M: Machine> {
     /// The [`Scheduler`](crate::Scheduler) to wake when the machine's deadline moves
     /// earlier than the one it knows, if the session is on one.
     scheduled: Mutex<Option<Hook>>,
+    /// Whether `scheduled` holds a hook; changed only with `shared` locked, so a
+    /// drive of a session on no scheduler takes no second lock.
+    hooked: AtomicBool,
 }
 
 impl<M: Machine> Inner<M> {
@@ -71,23 +74,26 @@ impl<M: Machine> Inner<M> {
                 self.notify();
             }
             if pump.transmits.is_empty() {
-                if let Some(hook) = self.hook().as_mut() {
+                if self.hooked.load(Ordering::Relaxed)
+                    && let Some(hook) = self.hook().as_mut()
+                {
                     hook.moved(g.deadline());
                 }
                 return g;
             }
             drop(g);
-            let inputs: Vec<Input> = pump
-                .transmits
-                .into_iter()
-                .map(|t| match self.http.execute_before(t.request, t.deadline) {
-                    Ok(response) => Input::Response { id: t.id, response },
-                    Err(failure) => Input::Failed { id: t.id, failure },
-                })
-                .collect();
+            let exchange = |t: Transmit| match self.http.execute_before(t.request, t.deadline) {
+                Ok(response) => Input::Response { id: t.id, response },
+                Err(failure) => Input::Failed { id: t.id, failure },
+            };
+            // The machine sends one request at a time: the first result needs no
+            // vector of its own.
+            let mut transmits = pump.transmits.into_iter();
+            let first = transmits.next().map(exchange);
+            let rest: Vec<Input> = transmits.map(exchange).collect();
             g = self.lock();
             now = crate::now();
-            for input in inputs {
+            for input in first.into_iter().chain(rest) {
                 g.handle_input(input, now);
             }
             // An exchange ended: waiters re-check even if the machine emits nothing.
@@ -171,6 +177,7 @@ where
 
     fn attach(&self, hook: Option<Hook>) {
         let _g = self.lock();
+        self.hooked.store(hook.is_some(), Ordering::Relaxed);
         *self.hook() = hook;
     }
 
@@ -179,6 +186,7 @@ where
         let mut hook = self.hook();
         if hook.as_ref().is_some_and(|h| h.id() == id) {
             *hook = None;
+            self.hooked.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -207,6 +215,7 @@ impl<M: Machine> Client<M> {
                 changed: Condvar::new(),
                 waiting: AtomicUsize::new(0),
                 scheduled: Mutex::new(None),
+                hooked: AtomicBool::new(false),
             }),
         }
     }
