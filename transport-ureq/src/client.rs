@@ -90,7 +90,13 @@ impl<M: Machine> Inner<M> {
             // vector of its own.
             let mut transmits = pump.transmits.into_iter();
             let first = transmits.next().map(exchange);
-            let rest: Vec<Input> = transmits.map(exchange).collect();
+            // Collected only if there are more (collecting an empty rest in place
+            // would still reallocate the transmits' buffer).
+            let rest: Vec<Input> = if transmits.len() == 0 {
+                Vec::new()
+            } else {
+                transmits.map(exchange).collect()
+            };
             g = self.lock();
             now = crate::now();
             for input in first.into_iter().chain(rest) {

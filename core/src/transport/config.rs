@@ -314,7 +314,11 @@ impl Policy {
                 http::Method::POST | http::Method::PUT | http::Method::PATCH
             );
         if needs_length {
-            let len = HeaderValue::from(request.body().len());
+            // An empty body (a bare POST, as IBKR's tickle) needs no formatting.
+            let len = match request.body().len() {
+                0 => HeaderValue::from_static("0"),
+                n => HeaderValue::from(n),
+            };
             request.headers_mut().insert(CONTENT_LENGTH, len);
         }
         Ok(budget)
