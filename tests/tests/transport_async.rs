@@ -487,3 +487,40 @@ fn a_future_dropped_mid_exchange_with_its_runtime_reports_cancelled() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn events_are_kept_only_once_the_application_reads_them() {
+    let (server, _) = start_server();
+    let mut m = TestMachine::new(&server.http_url());
+    m.tick_every = Some(Duration::from_millis(10));
+    let s = Client::new(m, &Config::default()).expect("session");
+    s.run(Intent::Login).await.expect("login");
+    let ticks = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/tick")
+            .count()
+    };
+    let keep_alive = s.keep_alive();
+    let start = Instant::now();
+    while ticks() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no ticks");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nobody read events yet: the ticks' completions were not kept, nor counted as
+    // dropped. The first wait for an event subscribes, and sees the next tick.
+    assert!(s.drain_events().is_empty());
+    assert_eq!(s.dropped_events(), 0);
+    let event = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let broker_session::Event::Completed { result, .. } = s.next_event().await {
+                break result;
+            }
+        }
+    })
+    .await
+    .expect("a tick after subscribing");
+    drop(keep_alive);
+    assert!(matches!(&event, Ok(out) if out.status == 200), "{event:?}");
+}
