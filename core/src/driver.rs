@@ -103,7 +103,8 @@ pub struct Driver<M: Machine> {
     /// The deadline of the machine's last `Wait`.
     deadline: Option<Instant>,
     /// Transmits handed out by `pump` whose response or failure has not come back:
-    /// one at a time per machine, so a vector searched in order, freed when empty.
+    /// a machine sends one at a time, so a vector searched in order, freed when
+    /// empty.
     in_flight: Vec<RequestId>,
     /// Operations a caller awaits, with their result once it arrives. A few at most
     /// (one per caller blocked in a typed method), so a vector searched in order; its
