@@ -91,6 +91,7 @@ fn blocking(config: IbkrConfig, trust: Trust, hold: Duration) -> Res {
     };
     let request = accounts(&config)?;
     let client = Client::ibkr(config, &transport)?;
+    client.subscribe(); // events are printed, the login's included
     let print_events = || {
         for event in client.drain_events() {
             println!("  {event}");
@@ -134,6 +135,7 @@ async fn nonblocking(config: IbkrConfig, trust: Trust, hold: Duration) -> Res {
     };
     let request = accounts(&config)?;
     let session = Client::ibkr(config, &transport)?;
+    session.subscribe(); // events are printed, the login's included
     let print_events = || {
         for event in session.drain_events() {
             println!("  {event}");

@@ -96,6 +96,7 @@ fn blocking(
     }
     let request = accounts(&config)?;
     let client = Client::ig(config, &transport)?;
+    client.subscribe(); // events are printed, the login's included
     let print_events = || {
         for event in client.drain_events() {
             println!("  {event}");
@@ -144,6 +145,7 @@ async fn nonblocking(
     }
     let request = accounts(&config)?;
     let session = Client::ig(config, &transport)?;
+    session.subscribe(); // events are printed, the login's included
     let print_events = || {
         for event in session.drain_events() {
             println!("  {event}");

@@ -158,6 +158,7 @@ mod blocking {
     pub(super) fn ig_v3(ig: &EmbeddedIg) -> Res {
         section("IG v3 login kept alive across token refreshes (ureq, blocking)");
         let client = Client::ig(ig_config(ig, LoginFlow::V3)?, &trusting(ig.trust_pem()))?;
+        client.subscribe(); // events are printed, the login's included
         let info = client.login()?;
         print_ig(&client);
         said("login", info);
@@ -180,6 +181,7 @@ mod blocking {
             ig_config(ig, LoginFlow::EncryptedV2)?,
             &trusting(ig.trust_pem()),
         )?;
+        client.subscribe(); // events are printed, the login's included
         let info = client.login()?;
         print_ig(&client);
         said("login", info);
@@ -202,6 +204,7 @@ mod blocking {
     pub(super) fn ibkr_gateway(gateway: &EmbeddedGateway) -> Res {
         section("IBKR Client Portal Gateway with tickles (ureq, blocking)");
         let client = Client::ibkr(gateway_config(gateway)?, &trusting(gateway.trust_pem()))?;
+        client.subscribe(); // events are printed, the login's included
         let status = client.connect()?;
         print_ibkr(&client);
         said("connect", format_args!("brokerage session {status}"));
@@ -221,6 +224,7 @@ mod blocking {
     pub(super) fn ibkr_oauth(oauth: &EmbeddedIbkrOAuth) -> Res {
         section("IBKR OAuth 1.0a: live session token, init, signed call (ureq, blocking)");
         let client = Client::ibkr(oauth_config(oauth)?, &trusting(oauth.trust_pem()))?;
+        client.subscribe(); // events are printed, the login's included
         let status = client.connect()?;
         print_ibkr(&client);
         said("connect", format_args!("brokerage session {status}"));
@@ -261,6 +265,7 @@ mod nonblocking {
     pub(super) async fn ig_v3(ig: &EmbeddedIg) -> Res {
         section("IG v3 login kept alive across token refreshes (hyper, async)");
         let session = Client::ig(ig_config(ig, LoginFlow::V3)?, &trusting(ig.trust_pem()))?;
+        session.subscribe(); // events are printed, the login's included
         let info = session.login().await?;
         print_ig(&session);
         said("login", info);
@@ -283,6 +288,7 @@ mod nonblocking {
             ig_config(ig, LoginFlow::EncryptedV2)?,
             &trusting(ig.trust_pem()),
         )?;
+        session.subscribe(); // events are printed, the login's included
         let info = session.login().await?;
         print_ig(&session);
         said("login", info);
@@ -309,6 +315,7 @@ mod nonblocking {
         println!("  (the user logs in again on the gateway's web page)");
         gateway.browser_login();
         let session = Client::ibkr(gateway_config(gateway)?, &trusting(gateway.trust_pem()))?;
+        session.subscribe(); // events are printed, the login's included
         let status = session.connect().await?;
         print_ibkr(&session);
         said("connect", format_args!("brokerage session {status}"));
@@ -328,6 +335,7 @@ mod nonblocking {
     pub(super) async fn ibkr_oauth(oauth: &EmbeddedIbkrOAuth) -> Res {
         section("IBKR OAuth 1.0a: live session token, init, signed call (hyper, async)");
         let session = Client::ibkr(oauth_config(oauth)?, &trusting(oauth.trust_pem()))?;
+        session.subscribe(); // events are printed, the login's included
         let status = session.connect().await?;
         print_ibkr(&session);
         said("connect", format_args!("brokerage session {status}"));

@@ -7,6 +7,12 @@
 //! the transport keeps only what is truly its own (locks, wake-ups, threads or
 //! tasks, HTTP) and calls [`Driver::pump`] whenever the machine may have work.
 //!
+//! A driver keeps nothing nobody asked for: events only once the application
+//! subscribed to them ([`Driver::subscribe`], or its first
+//! [`drain_events`](Driver::drain_events) / [`next_event`](Driver::next_event)), an
+//! operation's result only while a caller awaits or has joined it. An idle session
+//! whose events nobody reads holds no buffer at all.
+//!
 //! # Example: an IG login through a `Driver`
 //!
 //! Canned responses stand in for IG; a transport would send each transmit instead.
@@ -20,6 +26,8 @@
 //! let config = IgConfig::new(IgEnvironment::Demo, "api-key", "user", "password");
 //! let mut now = Now::new(Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
 //! let mut driver = Driver::new(IgSession::new(config, RngSeed::from_u64(1), now).unwrap(), 64);
+//! // Keep the events from now on (without a subscriber none are kept).
+//! driver.subscribe();
 //!
 //! // Submit the login and say that its result is awaited (it will not reach the
 //! // event buffer).
@@ -55,23 +63,15 @@
 //! }
 //! assert_eq!(driver.deadline(), None);
 //! assert!(!driver.drain_events().is_empty());
-//! assert_eq!(driver.finished(login), Some(Ok(())));
 //! ```
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Instant;
 
 use crate::error::{Error, UsageError};
 use crate::machine::{Event, Input, Machine, OpId, Output, RequestId, Transmit};
 use crate::time::Now;
-
-/// How many finished operations a [`Driver`] remembers (oldest forgotten first), for
-/// callers that join an operation late, such as a recovery another caller started.
-/// Waiters are woken as soon as anything finishes, so a few dozen entries cover them;
-/// more would only hold keep-alive results nobody asks for (measured in the scale
-/// benchmark).
-pub const FINISHED_MEMORY: usize = 32;
 
 /// An event of machine `M`.
 pub type SessionEvent<M> = Event<<M as Machine>::State, <M as Machine>::Outcome>;
@@ -92,8 +92,8 @@ pub struct Pump {
 }
 
 /// A [`Machine`] with the bookkeeping a transport needs around it: the deadline of
-/// its timer, the requests in flight, the results of awaited operations, the last
-/// finished operations and a bounded buffer of events.
+/// its timer, the requests in flight, the results of awaited and joined operations
+/// and, for a subscriber, a bounded buffer of events.
 ///
 /// Pure like the machine: no IO, no clock reads (every call that may run the
 /// machine takes [`Now`]), no panics. See the [module documentation](self) for an
@@ -102,19 +102,31 @@ pub struct Driver<M: Machine> {
     machine: M,
     /// The deadline of the machine's last `Wait`.
     deadline: Option<Instant>,
-    /// Transmits handed out by `pump` whose response or failure has not come back.
-    /// Ordered collections, not hashed ones: std's hasher seeds itself from the OS.
-    in_flight: BTreeSet<RequestId>,
+    /// Transmits handed out by `pump` whose response or failure has not come back:
+    /// a machine sends one at a time, so a vector searched in order, freed when
+    /// empty.
+    in_flight: Vec<RequestId>,
     /// Operations a caller awaits, with their result once it arrives. A few at most
     /// (one per caller blocked in a typed method), so a vector searched in order; its
     /// buffer is freed when it empties, so an idle session keeps none.
     awaited: Vec<(OpId, Option<OpResult<M>>)>,
-    /// The last operations to finish, oldest first: an error boxed, so a success (a
-    /// keep-alive, most of what finishes) costs 16 bytes and no allocation.
-    finished: VecDeque<(OpId, Option<Box<Error>>)>,
+    /// Operations joined by callers that wait for another party's operation (a
+    /// recovery), with how many joined and, once finished, whether it succeeded (an
+    /// error boxed). Freed when the last of them leaves.
+    joined: Vec<Joined>,
     events: VecDeque<SessionEvent<M>>,
     event_capacity: usize,
+    /// Whether events are kept: from [`subscribe`](Self::subscribe) or the first
+    /// read of the buffer on.
+    subscribed: bool,
     dropped_events: u64,
+}
+
+/// One joined operation: see [`Driver::join`].
+struct Joined {
+    op: OpId,
+    joiners: usize,
+    finished: Option<Result<(), Box<Error>>>,
 }
 
 impl<M: Machine> fmt::Debug for Driver<M> {
@@ -126,6 +138,8 @@ impl<M: Machine> fmt::Debug for Driver<M> {
             .field("deadline", &self.deadline)
             .field("in_flight", &self.in_flight.len())
             .field("awaited", &self.awaited.len())
+            .field("joined", &self.joined.len())
+            .field("subscribed", &self.subscribed)
             .field("events", &self.events.len())
             .field("dropped_events", &self.dropped_events)
             .finish_non_exhaustive()
@@ -133,20 +147,24 @@ impl<M: Machine> fmt::Debug for Driver<M> {
 }
 
 impl<M: Machine> Driver<M> {
-    /// Wraps `machine`. At most `event_capacity` events are buffered for
-    /// [`drain_events`](Self::drain_events) / [`next_event`](Self::next_event); when
-    /// the buffer is full the oldest event is dropped and counted in
-    /// [`dropped_events`](Self::dropped_events). With a capacity of 0 every event is
-    /// dropped (results of awaited operations still arrive).
+    /// Wraps `machine`. Events are kept only for a subscriber: from
+    /// [`subscribe`](Self::subscribe), or the first
+    /// [`drain_events`](Self::drain_events) / [`next_event`](Self::next_event), on;
+    /// before that they are not kept (nor counted as dropped). A subscriber's buffer
+    /// holds at most `event_capacity` events; when it is full the oldest event is
+    /// dropped and counted in [`dropped_events`](Self::dropped_events). With a
+    /// capacity of 0 every event is dropped. Results of awaited and joined operations
+    /// arrive either way.
     pub fn new(machine: M, event_capacity: usize) -> Self {
         Self {
             machine,
             deadline: None,
-            in_flight: BTreeSet::new(),
+            in_flight: Vec::new(),
             awaited: Vec::new(),
-            finished: VecDeque::new(),
+            joined: Vec::new(),
             events: VecDeque::new(),
             event_capacity,
+            subscribed: false,
             dropped_events: 0,
         }
     }
@@ -165,7 +183,7 @@ impl<M: Machine> Driver<M> {
         loop {
             match self.machine.poll_output(now) {
                 Output::Send(t) => {
-                    self.in_flight.insert(t.id);
+                    self.in_flight.push(t.id);
                     transmits.push(t);
                 }
                 Output::Event(e) => {
@@ -189,8 +207,13 @@ impl<M: Machine> Driver<M> {
     ///
     /// Timers are run by `pump`; there is no need to pass [`Input::Timeout`].
     pub fn handle_input(&mut self, input: Input, now: Now) {
-        if let Input::Response { id, .. } | Input::Failed { id, .. } = &input {
-            self.in_flight.remove(id);
+        if let Input::Response { id, .. } | Input::Failed { id, .. } = &input
+            && let Some(i) = self.in_flight.iter().position(|r| r == id)
+        {
+            self.in_flight.swap_remove(i);
+            if self.in_flight.is_empty() {
+                self.in_flight = Vec::new();
+            }
         }
         self.machine.handle_input(input, now);
     }
@@ -242,28 +265,73 @@ impl<M: Machine> Driver<M> {
         self.unawait(op);
     }
 
-    /// Whether operation `op` succeeded, if it is among the last [`FINISHED_MEMORY`]
-    /// operations to finish; `None` if it has not finished (or was forgotten). Any
-    /// number of callers can ask, e.g. every caller waiting for one recovery.
+    /// Joins operation `op`, which another party started (a recovery, a login
+    /// under way): whether it succeeded is kept for [`finished`](Self::finished)
+    /// until every joiner [`leave`](Self::leave)s. Any number of callers can join one
+    /// operation; each leaves once. Join under the same lock as the call that named
+    /// `op` (a [`Call`](crate::transport::Call)'s `WaitFor`), before the next
+    /// [`pump`](Self::pump), so its end cannot be missed: the driver keeps no record
+    /// of operations nobody joined.
+    pub fn join(&mut self, op: OpId) {
+        match self.joined.iter_mut().find(|j| j.op == op) {
+            Some(j) => j.joiners += 1,
+            None => self.joined.push(Joined {
+                op,
+                joiners: 1,
+                finished: None,
+            }),
+        }
+    }
+
+    /// Leaves joined operation `op` (once per [`join`](Self::join)); its record is
+    /// freed when the last joiner left.
+    pub fn leave(&mut self, op: OpId) {
+        let Some(i) = self.joined.iter().position(|j| j.op == op) else {
+            return;
+        };
+        self.joined[i].joiners -= 1;
+        if self.joined[i].joiners == 0 {
+            self.joined.swap_remove(i);
+            if self.joined.is_empty() {
+                self.joined = Vec::new();
+            }
+        }
+    }
+
+    /// Whether joined operation `op` succeeded, once it finished; `None` while it
+    /// runs, or if it is not joined. Every joiner can ask, any number of times.
     pub fn finished(&self, op: OpId) -> Option<Result<(), Error>> {
-        self.finished
-            .iter()
-            .rev()
-            .find(|(o, _)| *o == op)
-            .map(|(_, error)| match error {
-                None => Ok(()),
-                Some(e) => Err(Error::clone(e)),
-            })
+        let j = self.joined.iter().find(|j| j.op == op)?;
+        j.finished.as_ref().map(|r| match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(Error::clone(e)),
+        })
+    }
+
+    /// Keeps events from now on, for [`drain_events`](Self::drain_events) and
+    /// [`next_event`](Self::next_event) (which subscribe too, from their first
+    /// call). Until then, events are not kept: nobody would read them.
+    pub fn subscribe(&mut self) {
+        self.subscribed = true;
+    }
+
+    /// Whether events are kept (see [`subscribe`](Self::subscribe)).
+    pub fn subscribed(&self) -> bool {
+        self.subscribed
     }
 
     /// Takes every buffered event (state changes, session loss, completions of
-    /// operations nobody awaited), oldest first.
+    /// operations nobody awaited), oldest first. Subscribes: events from now on are
+    /// kept for the next call.
     pub fn drain_events(&mut self) -> Vec<SessionEvent<M>> {
+        self.subscribed = true;
         self.events.drain(..).collect()
     }
 
-    /// Takes the oldest buffered event.
+    /// Takes the oldest buffered event. Subscribes, like
+    /// [`drain_events`](Self::drain_events).
     pub fn next_event(&mut self) -> Option<SessionEvent<M>> {
+        self.subscribed = true;
         self.events.pop_front()
     }
 
@@ -298,11 +366,9 @@ impl<M: Machine> Driver<M> {
     fn record(&mut self, e: SessionEvent<M>) {
         let e = match e {
             Event::Completed { op, result } => {
-                if self.finished.len() >= FINISHED_MEMORY {
-                    self.finished.pop_front();
+                if let Some(j) = self.joined.iter_mut().find(|j| j.op == op) {
+                    j.finished = Some(result.as_ref().map(drop).map_err(|e| Box::new(e.clone())));
                 }
-                let error = result.as_ref().err().map(|e| Box::new(e.clone()));
-                self.finished.push_back((op, error));
                 match self.awaited.iter_mut().find(|(o, _)| *o == op) {
                     Some((_, slot)) => {
                         *slot = Some(result);
@@ -313,6 +379,9 @@ impl<M: Machine> Driver<M> {
             }
             other => other,
         };
+        if !self.subscribed {
+            return;
+        }
         if self.event_capacity == 0 {
             self.dropped_events += 1;
             return;

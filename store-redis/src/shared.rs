@@ -624,6 +624,8 @@ impl SharedIgSession {
         config: SharedConfig,
     ) -> Result<Self, Error> {
         let client = Client::with_http(follower(ig)?, http.clone());
+        // The coordinator reads the session's events from its start.
+        client.subscribe();
         let fleet = Fleet::join(client.clone(), redis, config)?;
         Ok(Self { client, fleet })
     }
@@ -757,6 +759,8 @@ impl AsyncSharedIgSession {
         let runtime =
             Handle::try_current().map_err(|_| Error::Session(TransportError::NoRuntime))?;
         let client = AsyncClient::with_http(follower(ig)?, http.clone()).map_err(Error::Session)?;
+        // The coordinator reads the session's events from its start.
+        client.subscribe();
         let handle = AsyncHandle::new(client.clone());
         let redis = redis.clone();
         let fleet = runtime

@@ -86,6 +86,8 @@ impl SharedIbkrSession {
         config: SharedConfig,
     ) -> Result<Self, Error> {
         let client = Client::with_http(follower(ibkr)?, http.clone());
+        // The coordinator reads the session's events from its start.
+        client.subscribe();
         let fleet = Fleet::join(client.clone(), redis, config)?;
         Ok(Self { client, fleet })
     }
@@ -209,6 +211,8 @@ impl AsyncSharedIbkrSession {
             Handle::try_current().map_err(|_| Error::Session(TransportError::NoRuntime))?;
         let client =
             AsyncClient::with_http(follower(ibkr)?, http.clone()).map_err(Error::Session)?;
+        // The coordinator reads the session's events from its start.
+        client.subscribe();
         let handle = AsyncHandle::new(client.clone());
         let redis = redis.clone();
         let fleet = runtime

@@ -56,7 +56,10 @@ fn sessions(n: usize) -> (Server, Vec<Client<IgSession>>) {
                 f.password.as_str(),
             );
             config.login_flow = LoginFlow::V3;
-            Client::open(config, &http).expect("client")
+            let c = Client::open(config, &http).expect("client");
+            // Refreshes are counted from the events: keep them from the start.
+            c.subscribe();
+            c
         })
         .collect();
     (server, clients)

@@ -173,8 +173,9 @@ async fn dropped_future_does_not_wedge_the_machine() {
     let mut config = Config::default();
     config.request_timeout = Duration::from_millis(500);
     let s = session(&server.http_url(), &config);
-    // The machine's own deadline (10 s) is far away: only the spawned exchange can
-    // unblock it in time.
+    s.subscribe();
+    // The machine's own deadline (10 s) is far away: only the exchange, handed to a
+    // task when the future was dropped, can unblock it in time.
     let dropped = tokio::time::timeout(
         Duration::from_millis(50),
         s.run(Intent::Get("/slow".into())),
@@ -285,6 +286,7 @@ fn exchange_dropped_with_its_runtime_reports_cancelled() {
         .expect("runtime");
     let s = runtime.block_on(async {
         let s = session(&server.http_url(), &Config::default());
+        s.subscribe();
         // Submitting on the machine, then servicing, spawns the exchange of /slow.
         s.with_machine(|m| {
             broker_session::Machine::submit(
@@ -372,4 +374,153 @@ async fn stalled_tls_handshake_times_out() {
         transport_kind(s.run(Intent::Get("/echo".into())).await),
         FailureKind::Timeout
     );
+}
+
+/// A plain HTTP/1.1 server on a loopback socket that answers every request `200 ok`,
+/// a request for `/late` only after `delay`. Counts the requests per path.
+fn late_ok_server(delay: Duration) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&paths);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                loop {
+                    // Request line and headers; the requests here have no body.
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => head.push(line),
+                        }
+                    }
+                    let path = head
+                        .first()
+                        .and_then(|l| l.split(' ').nth(1))
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.lock().expect("paths").push(path.clone());
+                    if path == "/late" {
+                        std::thread::sleep(delay);
+                    }
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, paths)
+}
+
+#[tokio::test]
+async fn a_future_dropped_mid_exchange_hands_the_exchange_on_and_the_session_goes_on() {
+    let (url, paths) = late_ok_server(Duration::from_millis(300));
+    let s = session(&url, &Config::default());
+    s.subscribe();
+    // The exchange of /late runs inside this future, which is dropped while the
+    // request is on the socket and its answer 250 ms away.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(50),
+        s.run(Intent::Get("/late".into())),
+    )
+    .await;
+    assert!(dropped.is_err(), "the late request should still be running");
+    // The session is usable at once; its next operation waits for the machine's
+    // request in flight, which the session completed on a task of its own.
+    let out = tokio::time::timeout(Duration::from_secs(5), s.run(Intent::Get("/echo".into())))
+        .await
+        .expect("the machine is not wedged")
+        .expect("echo");
+    assert_eq!(out.status, 200);
+    // The machine heard the real answer to the dropped future's request (not a
+    // cancellation), and nothing was sent twice.
+    let events = s.drain_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            broker_session::Event::Completed { result: Ok(out), .. } if out.status == 200
+        )),
+        "{events:?}"
+    );
+    assert_eq!(*paths.lock().expect("paths"), ["/late", "/echo"]);
+    // And again, inside a future that is not dropped.
+    let out = s.run(Intent::Get("/late".into())).await.expect("late");
+    assert_eq!(out.status, 200);
+}
+
+#[test]
+fn a_future_dropped_mid_exchange_with_its_runtime_reports_cancelled() {
+    let (url, paths) = late_ok_server(Duration::from_secs(2));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = runtime.block_on(async { session(&url, &Config::default()) });
+    s.subscribe();
+    let running = s.clone();
+    runtime.spawn(async move { running.run(Intent::Get("/late".into())).await });
+    // Let the task send the request, then drop the runtime with the exchange in the
+    // task's future: the task the exchange is handed to is dropped at once too.
+    runtime.block_on(async {
+        while paths.lock().expect("paths").is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    drop(runtime);
+    s.service();
+    let events = s.drain_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            broker_session::Event::Completed { result: Err(CoreError::Transport(f)), .. }
+                if f.kind == FailureKind::Cancelled
+        )),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn events_are_kept_only_once_the_application_reads_them() {
+    let (server, _) = start_server();
+    let mut m = TestMachine::new(&server.http_url());
+    m.tick_every = Some(Duration::from_millis(10));
+    let s = Client::new(m, &Config::default()).expect("session");
+    s.run(Intent::Login).await.expect("login");
+    let ticks = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/tick")
+            .count()
+    };
+    let keep_alive = s.keep_alive();
+    let start = Instant::now();
+    while ticks() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no ticks");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nobody read events yet: the ticks' completions were not kept, nor counted as
+    // dropped. The first wait for an event subscribes, and sees the next tick.
+    assert!(s.drain_events().is_empty());
+    assert_eq!(s.dropped_events(), 0);
+    let event = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let broker_session::Event::Completed { result, .. } = s.next_event().await {
+                break result;
+            }
+        }
+    })
+    .await
+    .expect("a tick after subscribing");
+    drop(keep_alive);
+    assert!(matches!(&event, Ok(out) if out.status == 200), "{event:?}");
 }

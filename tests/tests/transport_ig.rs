@@ -427,6 +427,8 @@ mod secrets {
             config.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
             assert_clean("config", &format!("{config:?}"));
             let c = Client::ig(ig_config(&server, &fake, flow), &config).expect("client");
+            // Every event from the start, the login's included, is checked below.
+            c.subscribe();
             c.login().expect("login");
             c.send(accounts(&base(&server, &fake))).expect("send");
             fake.lock().expect("f").revoke_access_tokens();
@@ -462,6 +464,7 @@ mod secrets {
         let mut config = Config::default();
         config.tls = Tls::Pem(server.trust_pem().as_bytes().to_vec());
         let s = Client::ig(ig_config(&server, &fake, LoginFlow::V3), &config).expect("session");
+        s.subscribe();
         s.login().await.expect("login");
         fake.lock().expect("f").revoke_access_tokens();
         s.send(accounts(&base(&server, &fake))).await.expect("send");

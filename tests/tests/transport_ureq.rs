@@ -223,6 +223,7 @@ fn keep_alive_runs_timers_until_dropped() {
     let mut m = TestMachine::new(&server.http_url());
     m.tick_every = Some(Duration::from_millis(40));
     let c = Client::new(m, &Config::default()).expect("client");
+    c.subscribe();
     c.run(Intent::Login).expect("login");
     let ticks = || {
         server
@@ -268,6 +269,7 @@ fn event_buffer_is_bounded() {
     let mut m = TestMachine::new(&server.http_url());
     m.tick_every = Some(Duration::from_millis(5));
     let c = Client::new(m, &config).expect("client");
+    c.subscribe();
     c.run(Intent::Login).expect("login");
     let start = Instant::now();
     while c.dropped_events() == 0 {
@@ -437,5 +439,42 @@ fn stalled_tls_handshake_hits_the_connect_timeout() {
             assert!(f.detail.to_lowercase().contains("connect"), "{}", f.detail);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn events_are_kept_only_once_the_application_reads_them() {
+    let (server, _) = start_server();
+    let mut m = TestMachine::new(&server.http_url());
+    m.tick_every = Some(Duration::from_millis(10));
+    let c = Client::new(m, &Config::default()).expect("client");
+    c.run(Intent::Login).expect("login");
+    let ticks = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/tick")
+            .count()
+    };
+    let start = Instant::now();
+    while ticks() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no ticks");
+        c.service();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Nobody read events yet: the ticks' completions were not kept, nor counted as
+    // dropped. This first read subscribes.
+    assert!(c.drain_events().is_empty());
+    assert_eq!(c.dropped_events(), 0);
+    let start = Instant::now();
+    let mut events = Vec::new();
+    while !events
+        .iter()
+        .any(|e| matches!(e, broker_session::Event::Completed { result: Ok(_), .. }))
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "{events:?}");
+        c.service();
+        std::thread::sleep(Duration::from_millis(5));
+        events.extend(c.drain_events());
     }
 }

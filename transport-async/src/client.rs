@@ -1,15 +1,22 @@
 //! The async session: one machine behind a mutex that is never held across an
-//! `.await`. Session requests are exchanged by spawned tasks that always feed their
-//! result back, so dropping a caller's future never leaves the machine waiting.
+//! `.await`. A session request is exchanged inside the future that awaits the
+//! machine (no task, no wake-up per exchange); if that future is dropped half-way,
+//! the exchange goes on in a spawned task that feeds its result back, so dropping a
+//! caller's future never leaves the machine waiting. Requests nobody awaits (from
+//! `submit` or `service`) are exchanged by spawned tasks.
 
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use broker_session::driver::{Driver, OpResult, SessionEvent};
 use broker_session::transport::ops::{Operation, SessionConfig, output_of};
 use broker_session::transport::{Call, CallInput, CallStep};
-use broker_session::{FailureKind, Input, Machine, OpId, RequestId, TransportFailure};
+use broker_session::{
+    FailureKind, Input, Machine, Now, OpId, RequestId, Transmit, TransportFailure,
+};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
@@ -20,9 +27,12 @@ broker_session::__client_handle! {
     ///
     /// Cheap to clone; clones share the session. Methods can be called from many tasks
     /// at once. Every future is cancellation-safe: dropping one never loses a response
-    /// the machine waits for, because session requests are exchanged by tasks the
-    /// session spawns. Those tasks (and the [`keep_alive`](Client::keep_alive) task) run
-    /// on the tokio runtime the session was created in.
+    /// the machine waits for. A session request is exchanged inside the future that
+    /// awaits it (so, as with any future, keep polling it or drop it); dropped
+    /// half-way, its exchange goes on in a task the session spawns and still feeds
+    /// the machine. Those tasks, the exchanges of [`submit`](Client::submit) and
+    /// [`service`](Client::service), and the [`keep_alive`](Client::keep_alive) task
+    /// run on the tokio runtime the session was created in.
     Client
 }
 
@@ -36,7 +46,33 @@ pub(crate) struct Inner<M: Machine> {
     /// because a task can be dropped while `shared` is locked (spawning on a runtime
     /// that is shutting down drops the task at once); the next drive feeds them.
     orphaned: Mutex<Vec<Input>>,
+    /// Whether `orphaned` may hold inputs: set after a push, so a drive looks at the
+    /// list (a second lock) only then.
+    has_orphans: AtomicBool,
 }
+
+/// What a waiting future does next, decided under the lock.
+enum Next<T, M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    /// Its wait is over.
+    Ready(Result<T, Error>),
+    /// Run this exchange here, then feed its result.
+    Exchange(Exchange<M>),
+    /// Sleep until something changes, or until the machine's deadline.
+    Wait(Option<Instant>),
+}
+
+/// The result of a session exchange.
+type Exchanged = Result<http::Response<Vec<u8>>, TransportFailure>;
+
+/// A session exchange in flight, boxed so that it can be moved to a task when the
+/// future running it is dropped (and so that the futures awaiting the machine, the
+/// keep-alive task's among them, stay small).
+type ExchangeFuture = Pin<Box<dyn Future<Output = Exchanged> + Send>>;
 
 impl<M: Machine> Inner<M> {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Driver<M>> {
@@ -59,24 +95,42 @@ where
 
     /// [`drive_locked`](Self::drive_locked) at `now`, read once by the caller for
     /// the whole step.
-    fn drive_locked_at(self: &Arc<Self>, g: &mut Driver<M>, now: broker_session::Now) {
-        let orphaned =
-            std::mem::take(&mut *self.orphaned.lock().unwrap_or_else(PoisonError::into_inner));
-        for input in orphaned {
-            g.handle_input(input, now);
+    fn drive_locked_at(self: &Arc<Self>, g: &mut Driver<M>, now: Now) {
+        if let Some(t) = self.pump_locked(g, now) {
+            self.spawn_exchange(t);
+        }
+    }
+
+    /// Feeds the orphaned inputs, polls the machine until it waits and wakes the
+    /// waiters if anything changed. Returns the first transmit (the machine sends
+    /// one at a time) for the caller to exchange; any others go to spawned tasks.
+    fn pump_locked(self: &Arc<Self>, g: &mut Driver<M>, now: Now) -> Option<Transmit> {
+        if self.has_orphans.swap(false, Ordering::Acquire) {
+            let orphaned =
+                std::mem::take(&mut *self.orphaned.lock().unwrap_or_else(PoisonError::into_inner));
+            for input in orphaned {
+                g.handle_input(input, now);
+            }
         }
         let pump = g.pump(now);
-        for t in pump.transmits {
-            let feed = FeedBack {
-                inner: Arc::clone(self),
-                id: t.id,
-                done: false,
-            };
-            self.runtime.spawn(feed.exchange(t.request, t.deadline));
-        }
         if pump.changed {
             self.changed.notify_waiters();
         }
+        let mut transmits = pump.transmits.into_iter();
+        let first = transmits.next();
+        for t in transmits {
+            self.spawn_exchange(t);
+        }
+        first
+    }
+
+    fn spawn_exchange(self: &Arc<Self>, t: Transmit) {
+        let feed = FeedBack {
+            inner: Arc::clone(self),
+            id: t.id,
+            done: false,
+        };
+        self.runtime.spawn(feed.exchange(t.request, t.deadline));
     }
 
     fn feed(self: &Arc<Self>, input: Input) {
@@ -88,48 +142,178 @@ where
         self.changed.notify_waiters();
     }
 
-    /// Drives until `ready` yields, sleeping until the machine's next deadline or
-    /// until something changed. When nothing can change any more (no timer, nothing
-    /// in flight), fails with [`Error::Stalled`] if `stalls`, or sleeps until another
-    /// call changes the machine.
+    /// One step of a waiting future, under the lock: feeds `fed` (the result of the
+    /// exchange it ran), polls the machine and decides. A transmit is kept for the
+    /// caller to exchange unless its wait is over, then a task takes it.
+    fn next_locked<T>(
+        self: &Arc<Self>,
+        g: &mut Driver<M>,
+        fed: Option<Input>,
+        now: Now,
+        ready: &mut impl FnMut(&mut Driver<M>) -> Option<T>,
+        stalls: bool,
+    ) -> Next<T, M> {
+        let ended = fed.is_some();
+        if let Some(input) = fed {
+            g.handle_input(input, now);
+        }
+        let transmit = self.pump_locked(g, now);
+        if ended {
+            // The exchange ended: others waiting for it re-check even if the machine
+            // emitted nothing.
+            self.changed.notify_waiters();
+        }
+        if let Some(v) = ready(g) {
+            if let Some(t) = transmit {
+                self.spawn_exchange(t);
+            }
+            return Next::Ready(Ok(v));
+        }
+        if let Some(t) = transmit {
+            return Next::Exchange(Exchange::new(self, t));
+        }
+        if stalls && g.deadline().is_none() && g.in_flight() == 0 {
+            return Next::Ready(Err(Error::Stalled));
+        }
+        Next::Wait(g.deadline())
+    }
+
+    /// Drives until `ready` yields, from `next` (the first step, taken by the caller
+    /// under the lock it made its change under): exchanges the machine's requests
+    /// here, and sleeps until the machine's next deadline or until something changed
+    /// while another party has the request in flight. When nothing can change any
+    /// more (no timer, nothing in flight), fails with [`Error::Stalled`] if `stalls`,
+    /// or sleeps until another call changes the machine.
     async fn wait_until<T>(
         self: &Arc<Self>,
+        mut next: Next<T, M>,
         mut ready: impl FnMut(&mut Driver<M>) -> Option<T>,
         stalls: bool,
     ) -> Result<T, Error> {
         loop {
-            let mut notified = pin!(self.changed.notified());
-            notified.as_mut().enable();
-            let deadline = {
-                let mut g = self.lock();
-                self.drive_locked(&mut g);
-                if let Some(v) = ready(&mut g) {
-                    return Ok(v);
+            next = match next {
+                Next::Ready(result) => return result,
+                Next::Exchange(exchange) => {
+                    let input = exchange.run().await;
+                    let mut g = self.lock();
+                    self.next_locked(&mut g, Some(input), now(), &mut ready, stalls)
                 }
-                if stalls && g.deadline().is_none() && g.in_flight() == 0 {
-                    return Err(Error::Stalled);
+                Next::Wait(_) => {
+                    let mut notified = pin!(self.changed.notified());
+                    notified.as_mut().enable();
+                    // Looked at again once listening: a change made since the last
+                    // look (an orphaned exchange's failure among them) is not missed.
+                    let rechecked = {
+                        let mut g = self.lock();
+                        self.next_locked(&mut g, None, now(), &mut ready, stalls)
+                    };
+                    let Next::Wait(deadline) = rechecked else {
+                        next = rechecked;
+                        continue;
+                    };
+                    match deadline {
+                        Some(d) => {
+                            let _ = tokio::time::timeout_at(d.into(), notified).await;
+                        }
+                        None => notified.await,
+                    }
+                    let mut g = self.lock();
+                    self.next_locked(&mut g, None, now(), &mut ready, stalls)
                 }
-                g.deadline()
             };
-            match deadline {
-                Some(d) => {
-                    let _ = tokio::time::timeout_at(d.into(), notified).await;
-                }
-                None => notified.await,
-            }
         }
     }
 
     /// Runs timers forever; the keep-alive task's body.
     pub(crate) async fn keep_alive_loop(self: Arc<Self>) {
-        // Never ready and never stalled: runs until the task is aborted.
-        let _ = self.wait_until(|_| None::<()>, false).await;
+        // Never ready and never stalled: runs until the task is aborted. Started as a
+        // wait, whose first look under the lock takes the first step (no step held
+        // beside the loop's: the task stays small, one per session).
+        let _ = self
+            .wait_until(Next::Wait(None), |_| None::<()>, false)
+            .await;
     }
 }
 
-/// Exchanges one transmit and feeds the result to the machine, even if the task is
-/// dropped half-way (the runtime shutting down): then the machine hears
-/// [`FailureKind::Cancelled`] at once instead of waiting for its own deadline.
+/// A session exchange run inside the future that awaits the machine. Dropped before
+/// it completed (or before it ran), it hands the exchange to a spawned task, which
+/// feeds the result to the machine (or, if the runtime drops that task too,
+/// [`FailureKind::Cancelled`]).
+struct Exchange<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    inner: Arc<Inner<M>>,
+    id: RequestId,
+    /// `None` once completed.
+    exchange: Option<ExchangeFuture>,
+}
+
+impl<M> Exchange<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn new(inner: &Arc<Inner<M>>, t: Transmit) -> Self {
+        let owner = Arc::clone(inner);
+        let (request, deadline) = (t.request, t.deadline);
+        Self {
+            inner: Arc::clone(inner),
+            id: t.id,
+            exchange: Some(Box::pin(async move {
+                owner.http.execute_before(request, deadline).await
+            })),
+        }
+    }
+
+    /// The exchange's result as the machine's input.
+    async fn run(mut self) -> Input {
+        let exchanged = match self.exchange.as_mut() {
+            Some(exchange) => exchange.await,
+            None => Err(TransportFailure::new(
+                FailureKind::Cancelled,
+                "the exchange was already taken",
+            )),
+        };
+        self.exchange = None;
+        input_of(self.id, exchanged)
+    }
+}
+
+impl<M> Drop for Exchange<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn drop(&mut self) {
+        if let Some(exchange) = self.exchange.take() {
+            let feed = FeedBack {
+                inner: Arc::clone(&self.inner),
+                id: self.id,
+                done: false,
+            };
+            // On a runtime that is shutting down the task is dropped at once, and
+            // `FeedBack`'s drop reports the exchange as cancelled.
+            self.inner.runtime.spawn(feed.finish(exchange));
+        }
+    }
+}
+
+fn input_of(id: RequestId, exchanged: Exchanged) -> Input {
+    match exchanged {
+        Ok(response) => Input::Response { id, response },
+        Err(failure) => Input::Failed { id, failure },
+    }
+}
+
+/// Exchanges one transmit on a task of its own and feeds the result to the machine,
+/// even if the task is dropped half-way (the runtime shutting down): then the
+/// machine hears [`FailureKind::Cancelled`] at once instead of waiting for its own
+/// deadline.
 struct FeedBack<M>
 where
     M: Machine + Send + 'static,
@@ -147,18 +331,20 @@ where
     M::State: Send,
     M::Outcome: Send,
 {
-    async fn exchange(mut self, request: http::Request<Vec<u8>>, deadline: Instant) {
-        let input = match self.inner.http.execute_before(request, deadline).await {
-            Ok(response) => Input::Response {
-                id: self.id,
-                response,
-            },
-            Err(failure) => Input::Failed {
-                id: self.id,
-                failure,
-            },
-        };
+    async fn exchange(self, request: http::Request<Vec<u8>>, deadline: Instant) {
+        let exchanged = self.inner.http.execute_before(request, deadline).await;
+        self.complete(exchanged);
+    }
+
+    /// Completes an exchange started elsewhere (in a future since dropped).
+    async fn finish(self, exchange: ExchangeFuture) {
+        let exchanged = exchange.await;
+        self.complete(exchanged);
+    }
+
+    fn complete(mut self, exchanged: Exchanged) {
         self.done = true;
+        let input = input_of(self.id, exchanged);
         self.inner.feed(input);
     }
 }
@@ -183,13 +369,14 @@ where
                     id: self.id,
                     failure,
                 });
+            self.inner.has_orphans.store(true, Ordering::Release);
             // The next drive (any call on the session, or a woken waiter) feeds it.
             self.inner.changed.notify_waiters();
         }
     }
 }
 
-/// Removes a `run` caller's slot when its future ends or is dropped.
+/// Removes a `run` caller's slot when its future is dropped or its wait failed.
 struct AwaitSlot<'a, M>
 where
     M: Machine + Send + 'static,
@@ -198,6 +385,8 @@ where
 {
     inner: &'a Inner<M>,
     op: OpId,
+    /// The result was taken, which removed the slot.
+    taken: bool,
 }
 
 impl<M> Drop for AwaitSlot<'_, M>
@@ -207,7 +396,31 @@ where
     M::Outcome: Send,
 {
     fn drop(&mut self) {
-        self.inner.lock().forget_op(self.op);
+        if !self.taken {
+            self.inner.lock().forget_op(self.op);
+        }
+    }
+}
+
+/// Leaves an operation a `send` call joined when its wait ends or is dropped.
+struct JoinSlot<'a, M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    inner: &'a Inner<M>,
+    op: OpId,
+}
+
+impl<M> Drop for JoinSlot<'_, M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn drop(&mut self) {
+        self.inner.lock().leave(self.op);
     }
 }
 
@@ -247,6 +460,7 @@ where
                 shared: Mutex::new(Driver::new(machine, capacity)),
                 changed: Notify::new(),
                 orphaned: Mutex::new(Vec::new()),
+                has_orphans: AtomicBool::new(false),
             }),
         })
     }
@@ -283,7 +497,8 @@ where
 
     /// Submits `intent` and drives the machine until its operation completes; returns
     /// the operation's typed result. If the future is dropped, the operation still
-    /// runs to its end (its result then goes to the event buffer).
+    /// runs to its end (its result then goes to the event buffer, if someone
+    /// subscribed to events).
     pub async fn run(&self, intent: M::Intent) -> Result<M::Outcome, Error> {
         Ok(self.run_op(intent).await??)
     }
@@ -295,29 +510,43 @@ where
     }
 
     async fn run_op(&self, intent: M::Intent) -> Result<OpResult<M>, Error> {
-        let op = {
+        let (op, next) = {
             let mut g = self.inner.lock();
-            let op = g.submit(intent, now())?;
+            let now = now();
+            let op = g.submit(intent, now)?;
             g.await_op(op);
-            op
+            let next = self
+                .inner
+                .next_locked(&mut g, None, now, &mut |d| d.take_result(op), true);
+            (op, next)
         };
-        let _slot = AwaitSlot {
+        let mut slot = AwaitSlot {
             inner: &self.inner,
             op,
+            taken: false,
         };
-        self.inner.wait_until(|d| d.take_result(op), true).await
+        let result = self
+            .inner
+            .wait_until(next, |d| d.take_result(op), true)
+            .await;
+        // Taking the result ended the wait for it: nothing left to forget.
+        slot.taken = result.is_ok();
+        result
     }
 
     /// Queues `intent` and starts it if the machine is idle, without waiting; returns
     /// its operation id. Its result arrives as an
     /// [`Event::Completed`](broker_session::Event::Completed) in the event buffer (see
-    /// [`next_event`](Self::next_event)). Timers still need a driver:
-    /// [`keep_alive`](Self::keep_alive), [`service`](Self::service) or any awaiting
-    /// call.
+    /// [`next_event`](Self::next_event)), so this subscribes to events (see
+    /// [`subscribe`](Self::subscribe)). Its requests are exchanged by spawned tasks.
+    /// Timers still need a driver: [`keep_alive`](Self::keep_alive),
+    /// [`service`](Self::service) or any awaiting call.
     pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
         let mut g = self.inner.lock();
-        let op = g.submit(intent, now())?;
-        self.inner.drive_locked(&mut g);
+        let now = now();
+        let op = g.submit(intent, now)?;
+        g.subscribe();
+        self.inner.drive_locked_at(&mut g, now);
         Ok(op)
     }
 
@@ -346,20 +575,42 @@ where
         let mut call = Call::new(request, self.inner.base_url.as_deref());
         let mut input = CallInput::Start;
         loop {
-            let step = {
+            let (step, next) = {
                 let mut g = self.inner.lock();
-                let step = call.next(g.machine_mut(), input, now());
-                if !matches!(step, CallStep::Send(_)) {
-                    self.inner.drive_locked(&mut g);
-                }
-                step
+                let now = now();
+                let step = call.next(g.machine_mut(), input, now);
+                let next = match step {
+                    CallStep::Send(_) => None,
+                    CallStep::WaitFor(op) => {
+                        // Joined under the lock `next` ran under: its end cannot be
+                        // missed. Awaited here, so its requests are exchanged here.
+                        g.join(op);
+                        let mut finished = |d: &mut Driver<M>| d.finished(op);
+                        Some(
+                            self.inner
+                                .next_locked(&mut g, None, now, &mut finished, true),
+                        )
+                    }
+                    _ => {
+                        self.inner.drive_locked_at(&mut g, now);
+                        None
+                    }
+                };
+                (step, next)
             };
-            input = match step {
-                CallStep::Send(request) => CallInput::Sent(self.inner.http.execute(request).await),
-                CallStep::WaitFor(op) => {
-                    CallInput::Finished(self.inner.wait_until(|d| d.finished(op), true).await?)
+            input = match (step, next) {
+                (CallStep::Send(request), _) => {
+                    CallInput::Sent(self.inner.http.execute(request).await)
                 }
-                CallStep::Done(result) => return result,
+                (CallStep::WaitFor(op), Some(next)) => {
+                    let _joined = JoinSlot {
+                        inner: &self.inner,
+                        op,
+                    };
+                    let finished = self.inner.wait_until(next, |d| d.finished(op), true).await;
+                    CallInput::Finished(finished?)
+                }
+                (CallStep::Done(result), _) => return result,
                 _ => unreachable!("a call step this client does not know"),
             };
         }
@@ -375,9 +626,16 @@ where
     }
 
     /// Waits for the next event, driving the machine meanwhile. Wrap it in
-    /// `tokio::time::timeout` to bound the wait.
+    /// `tokio::time::timeout` to bound the wait. Subscribes to events (see
+    /// [`subscribe`](Self::subscribe)).
     pub async fn next_event(&self) -> SessionEvent<M> {
-        match self.inner.wait_until(Driver::next_event, false).await {
+        let next = {
+            let mut g = self.inner.lock();
+            g.subscribe();
+            self.inner
+                .next_locked(&mut g, None, now(), &mut Driver::next_event, false)
+        };
+        match self.inner.wait_until(next, Driver::next_event, false).await {
             Ok(event) => event,
             // Without the stall check nothing fails; wait for ever, as documented.
             Err(_) => std::future::pending().await,

@@ -37,9 +37,17 @@ type Pool = LegacyClient<HttpsConnector<Route>, Full<Bytes>>;
 /// wait in line (first come, first served), within their deadline.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
+    /// One allocation shared by every clone: a session holds a pointer, not its own
+    /// copy of the pool's handle (which is several hundred bytes).
+    inner: Arc<Shared>,
+}
+
+/// What the clones of one [`HttpClient`] share.
+#[derive(Debug)]
+struct Shared {
     pool: Pool,
-    policy: Arc<Policy>,
-    gates: Arc<Gates>,
+    policy: Policy,
+    gates: Gates,
 }
 
 /// One counting semaphore per origin, created on its first use, with `cap` permits.
@@ -109,15 +117,17 @@ impl HttpClient {
             .pool_max_idle_per_host(policy.max_connections_per_host)
             .build(connector);
         Ok(Self {
-            pool,
-            gates: Arc::new(Gates::new(policy.max_connections_per_host)),
-            policy: Arc::new(policy),
+            inner: Arc::new(Shared {
+                pool,
+                gates: Gates::new(policy.max_connections_per_host),
+                policy,
+            }),
         })
     }
 
     /// The checked settings this client was built with.
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.inner.policy
     }
 
     /// Sends `request` as it is (no redirect followed, status codes passed through)
@@ -150,14 +160,14 @@ impl HttpClient {
         deadline: Option<Instant>,
     ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
         let now = Instant::now();
-        let budget = self.policy.prepare(&mut request, now, deadline)?;
+        let budget = self.inner.policy.prepare(&mut request, now, deadline)?;
         let uri = request.uri().clone();
         let request = request.map(|b| Full::new(Bytes::from(b)));
-        let max_body = self.policy.max_body;
+        let max_body = self.inner.policy.max_body;
         let give_up = deadline_after(now, budget);
         // Waiting for a connection slot spends the exchange's one budget.
-        let cap = self.policy.max_connections_per_host;
-        let gate = self.gates.of(&uri);
+        let cap = self.inner.policy.max_connections_per_host;
+        let gate = self.inner.gates.of(&uri);
         let _slot: OwnedSemaphorePermit =
             match tokio::time::timeout_at(give_up.into(), gate.acquire_owned()).await {
                 Ok(Ok(permit)) => permit,
@@ -166,7 +176,12 @@ impl HttpClient {
             };
         // One deadline around connect, send and the whole body.
         let exchange = async {
-            let response = self.pool.request(request).await.map_err(classify_client)?;
+            let response = self
+                .inner
+                .pool
+                .request(request)
+                .await
+                .map_err(classify_client)?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, max_body)
                 .collect()

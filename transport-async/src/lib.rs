@@ -48,9 +48,18 @@
 //!
 //! # Cancellation
 //!
-//! Every future is cancellation-safe. Session requests are exchanged on tasks the
-//! session spawns, which always hand the result to the machine (and, should the
-//! runtime drop them, report [`FailureKind::Cancelled`](broker_session::FailureKind)).
+//! Every future is cancellation-safe. A session request is exchanged inside the
+//! future that awaits the machine (a `login`, `run`, a `send` waiting for a
+//! recovery, the keep-alive task): no task is spawned and no wake-up passes between
+//! tasks per exchange. Such a future, dropped half-way, hands its exchange to a task
+//! the session spawns, which hands the result to the machine (and, should the runtime
+//! drop that task too, reports
+//! [`FailureKind::Cancelled`](broker_session::FailureKind)); the operation runs to
+//! its end and its result goes to the event buffer (for a subscriber, see
+//! [`Client::subscribe`]). As with any future, keep polling
+//! one you hold, or drop it: a future held but never polled holds up the session
+//! request it runs. Requests nobody awaits (those of [`Client::submit`] and
+//! [`Client::service`]) are exchanged on spawned tasks.
 //!
 //! # TLS
 //!

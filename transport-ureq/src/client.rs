@@ -1,13 +1,14 @@
 //! The blocking session client: one machine behind a mutex, driven by whichever
 //! thread needs progress, never holding the lock during network IO.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use broker_session::driver::{Driver, SessionEvent};
 use broker_session::transport::ops::{Operation, SessionConfig, output_of};
 use broker_session::transport::{Call, CallInput, CallStep};
-use broker_session::{Input, Machine, OpId, deadline_after};
+use broker_session::{Input, Machine, Now, OpId, Transmit, deadline_after};
 
 use crate::scheduler::{Hook, Timed};
 use crate::{Config, Error, HttpClient, now, os_seed};
@@ -33,9 +34,16 @@ pub(crate) struct Inner<M: Machine> {
     base_url: Option<String>,
     shared: Mutex<Driver<M>>,
     changed: Condvar,
+    /// How many threads sleep on `changed`; changed only with `shared` locked. A
+    /// notification with nobody waiting is a system call saved (several per
+    /// exchange).
+    waiting: AtomicUsize,
     /// The [`Scheduler`](crate::Scheduler) to wake when the machine's deadline moves
     /// earlier than the one it knows, if the session is on one.
     scheduled: Mutex<Option<Hook>>,
+    /// Whether `scheduled` holds a hook; changed only with `shared` locked, so a
+    /// drive of a session on no scheduler takes no second lock.
+    hooked: AtomicBool,
 }
 
 impl<M: Machine> Inner<M> {
@@ -47,40 +55,55 @@ impl<M: Machine> Inner<M> {
 
     /// Drives the machine until it waits: exchanges its transmits on this thread,
     /// with the lock released, and feeds the results back.
-    pub(crate) fn drive<'a>(
+    pub(crate) fn drive<'a>(&'a self, g: MutexGuard<'a, Driver<M>>) -> MutexGuard<'a, Driver<M>> {
+        self.drive_at(g, now())
+    }
+
+    /// [`drive`](Self::drive), the first step at `now` (read by the caller for the
+    /// call that gave the machine work).
+    fn drive_at<'a>(
         &'a self,
         mut g: MutexGuard<'a, Driver<M>>,
+        mut now: Now,
     ) -> MutexGuard<'a, Driver<M>> {
         // One clock read per step: the instant the results were fed in is the one
         // the machine is then polled at.
-        let mut now = now();
         loop {
             let pump = g.pump(now);
             if pump.changed {
-                self.changed.notify_all();
+                self.notify();
             }
             if pump.transmits.is_empty() {
-                if let Some(hook) = self.hook().as_mut() {
+                if self.hooked.load(Ordering::Relaxed)
+                    && let Some(hook) = self.hook().as_mut()
+                {
                     hook.moved(g.deadline());
                 }
                 return g;
             }
             drop(g);
-            let inputs: Vec<Input> = pump
-                .transmits
-                .into_iter()
-                .map(|t| match self.http.execute_before(t.request, t.deadline) {
-                    Ok(response) => Input::Response { id: t.id, response },
-                    Err(failure) => Input::Failed { id: t.id, failure },
-                })
-                .collect();
+            let exchange = |t: Transmit| match self.http.execute_before(t.request, t.deadline) {
+                Ok(response) => Input::Response { id: t.id, response },
+                Err(failure) => Input::Failed { id: t.id, failure },
+            };
+            // The machine sends one request at a time: the first result needs no
+            // vector of its own.
+            let mut transmits = pump.transmits.into_iter();
+            let first = transmits.next().map(exchange);
+            // Collected only if there are more (collecting an empty rest in place
+            // would still reallocate the transmits' buffer).
+            let rest: Vec<Input> = if transmits.len() == 0 {
+                Vec::new()
+            } else {
+                transmits.map(exchange).collect()
+            };
             g = self.lock();
             now = crate::now();
-            for input in inputs {
+            for input in first.into_iter().chain(rest) {
                 g.handle_input(input, now);
             }
             // An exchange ended: waiters re-check even if the machine emits nothing.
-            self.changed.notify_all();
+            self.notify();
         }
     }
 
@@ -89,10 +112,11 @@ impl<M: Machine> Inner<M> {
     fn wait_until<'a, T>(
         &'a self,
         mut g: MutexGuard<'a, Driver<M>>,
+        now: Now,
         mut ready: impl FnMut(&mut Driver<M>) -> Option<T>,
     ) -> (MutexGuard<'a, Driver<M>>, Result<T, Error>) {
+        g = self.drive_at(g, now);
         loop {
-            g = self.drive(g);
             if let Some(v) = ready(&mut g) {
                 return (g, Ok(v));
             }
@@ -102,28 +126,35 @@ impl<M: Machine> Inner<M> {
                 None => return (g, Err(Error::Stalled)),
             };
             if !sleep.is_zero() {
-                g = self
-                    .changed
-                    .wait_timeout(g, sleep)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+                g = self.wait_changed(g, sleep);
             }
+            g = self.drive(g);
         }
     }
 
+    /// Sleeps on the condition variable up to `timeout`, the lock released meanwhile.
     pub(crate) fn wait_changed<'a>(
         &'a self,
         g: MutexGuard<'a, Driver<M>>,
         timeout: Duration,
     ) -> MutexGuard<'a, Driver<M>> {
-        self.changed
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let g = self
+            .changed
             .wait_timeout(g, timeout)
             .unwrap_or_else(PoisonError::into_inner)
-            .0
+            .0;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        g
     }
 
+    /// Wakes the threads sleeping in [`wait_changed`](Self::wait_changed), if any.
+    /// Called with the machine's lock held, or after releasing the lock a change was
+    /// made under (a sleeper counted itself under that lock, before the change).
     pub(crate) fn notify(&self) {
-        self.changed.notify_all();
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Taken with the machine's lock held (never the other way round).
@@ -152,6 +183,7 @@ where
 
     fn attach(&self, hook: Option<Hook>) {
         let _g = self.lock();
+        self.hooked.store(hook.is_some(), Ordering::Relaxed);
         *self.hook() = hook;
     }
 
@@ -160,6 +192,7 @@ where
         let mut hook = self.hook();
         if hook.as_ref().is_some_and(|h| h.id() == id) {
             *hook = None;
+            self.hooked.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -186,7 +219,9 @@ impl<M: Machine> Client<M> {
                 base_url,
                 shared: Mutex::new(Driver::new(machine, capacity)),
                 changed: Condvar::new(),
+                waiting: AtomicUsize::new(0),
                 scheduled: Mutex::new(None),
+                hooked: AtomicBool::new(false),
             }),
         }
     }
@@ -219,10 +254,11 @@ impl<M: Machine> Client<M> {
     /// Submits `intent` and drives the machine until its operation completes; returns
     /// the operation's typed result.
     pub fn run(&self, intent: M::Intent) -> Result<M::Outcome, Error> {
+        let now = now();
         let mut g = self.inner.lock();
-        let op = g.submit(intent, now())?;
+        let op = g.submit(intent, now)?;
         g.await_op(op);
-        let (mut g, r) = self.inner.wait_until(g, |d| d.take_result(op));
+        let (mut g, r) = self.inner.wait_until(g, now, |d| d.take_result(op));
         g.forget_op(op);
         Ok(r??)
     }
@@ -230,10 +266,11 @@ impl<M: Machine> Client<M> {
     /// Runs the typed operation `op` (what `login`, `connect` … do) and returns its
     /// typed output.
     pub fn call<O: Operation<Machine = M>>(&self, op: O) -> Result<O::Output, Error> {
+        let now = now();
         let mut g = self.inner.lock();
-        let id = g.submit(op.intent(), now())?;
+        let id = g.submit(op.intent(), now)?;
         g.await_op(id);
-        let (mut g, r) = self.inner.wait_until(g, |d| d.take_result(id));
+        let (mut g, r) = self.inner.wait_until(g, now, |d| d.take_result(id));
         g.forget_op(id);
         output_of::<O>(r?)
     }
@@ -242,11 +279,12 @@ impl<M: Machine> Client<M> {
     /// operation runs when the machine is next driven (by [`service`](Self::service),
     /// the [`keep_alive`](Self::keep_alive) thread or any other call), and its result
     /// arrives as an [`Event::Completed`](broker_session::Event::Completed) in the
-    /// event buffer.
+    /// event buffer, so this subscribes to events (see [`subscribe`](Self::subscribe)).
     pub fn submit(&self, intent: M::Intent) -> Result<OpId, Error> {
         let now = now();
         let mut g = self.inner.lock();
         let op = g.submit(intent, now)?;
+        g.subscribe();
         // Whoever runs the session's timers runs the new operation now.
         if let Some(hook) = self.inner.hook().as_mut() {
             hook.moved(Some(now.mono));
@@ -281,7 +319,8 @@ impl<M: Machine> Client<M> {
         let mut input = CallInput::Start;
         let mut g = self.inner.lock();
         loop {
-            let step = call.next(g.machine_mut(), input, now());
+            let now = now();
+            let step = call.next(g.machine_mut(), input, now);
             input = match step {
                 CallStep::Send(request) => {
                     drop(g);
@@ -290,12 +329,15 @@ impl<M: Machine> Client<M> {
                     CallInput::Sent(sent)
                 }
                 CallStep::WaitFor(op) => {
-                    let (g2, finished) = self.inner.wait_until(g, |d| d.finished(op));
+                    // Joined under the lock `next` ran under: its end cannot be missed.
+                    g.join(op);
+                    let (g2, finished) = self.inner.wait_until(g, now, |d| d.finished(op));
                     g = g2;
+                    g.leave(op);
                     CallInput::Finished(finished?)
                 }
                 CallStep::Done(result) => {
-                    drop(self.inner.drive(g));
+                    drop(self.inner.drive_at(g, now));
                     return result;
                 }
                 _ => unreachable!("a call step this client does not know"),
@@ -316,10 +358,12 @@ impl<M: Machine> Client<M> {
     }
 
     /// Waits up to `timeout` for the next event, driving the machine meanwhile. Any
-    /// duration is accepted: `Duration::MAX` waits as long as it takes.
+    /// duration is accepted: `Duration::MAX` waits as long as it takes. Subscribes to
+    /// events (see [`subscribe`](Self::subscribe)).
     pub fn next_event(&self, timeout: Duration) -> Option<SessionEvent<M>> {
         let end = deadline_after(Instant::now(), timeout);
         let mut g = self.inner.lock();
+        g.subscribe();
         loop {
             g = self.inner.drive(g);
             if let Some(e) = g.next_event() {

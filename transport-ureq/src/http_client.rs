@@ -20,9 +20,16 @@ use crate::{Config, Error, Tls};
 /// deadline.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
+    /// One allocation shared by every clone: a session holds a pointer.
+    inner: Arc<Shared>,
+}
+
+/// What the clones of one [`HttpClient`] share.
+#[derive(Debug)]
+struct Shared {
     agent: ureq::Agent,
-    policy: Arc<Policy>,
-    gate: Arc<HostGate>,
+    policy: Policy,
+    gate: HostGate,
 }
 
 /// How many origins' worth of idle connections the pool keeps in all: a client
@@ -91,15 +98,17 @@ impl HttpClient {
             CachingResolver::default(),
         );
         Ok(Self {
-            agent,
-            gate: Arc::new(HostGate::new(policy.max_connections_per_host)),
-            policy: Arc::new(policy),
+            inner: Arc::new(Shared {
+                agent,
+                gate: HostGate::new(policy.max_connections_per_host),
+                policy,
+            }),
         })
     }
 
     /// The checked settings this client was built with.
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.inner.policy
     }
 
     /// Sends `request` as it is (no redirect followed, status codes passed through)
@@ -132,12 +141,12 @@ impl HttpClient {
         deadline: Option<Instant>,
     ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
         let start = Instant::now();
-        let budget = self.policy.prepare(&mut request, start, deadline)?;
+        let budget = self.inner.policy.prepare(&mut request, start, deadline)?;
         let uri = request.uri().clone();
         // Waiting for a connection slot spends the exchange's one budget.
         let give_up = deadline_after(start, budget);
-        let no_slot = || no_connection_slot(&uri, self.policy.max_connections_per_host);
-        let slot = self.gate.enter(&uri, give_up).ok_or_else(no_slot)?;
+        let no_slot = || no_connection_slot(&uri, self.inner.policy.max_connections_per_host);
+        let slot = self.inner.gate.enter(&uri, give_up).ok_or_else(no_slot)?;
         // Only time spent waiting for the slot shortens the budget (and costs a
         // clock read).
         let budget = if slot.waited() {
@@ -150,20 +159,22 @@ impl HttpClient {
         }
         // The agent's per-call timeout is the configured one; only a shorter budget
         // (the machine's deadline comes first) costs a per-request configuration.
-        if budget < self.policy.request_timeout {
+        if budget < self.inner.policy.request_timeout {
             request = self
+                .inner
                 .agent
                 .configure_request(request)
                 .timeout_per_call(Some(budget))
                 .build();
         }
-        let limit = u64::try_from(self.policy.max_body).unwrap_or(u64::MAX);
+        let limit = u64::try_from(self.inner.policy.max_body).unwrap_or(u64::MAX);
         let read = |response: http::Response<ureq::Body>| {
             let (parts, body) = response.into_parts();
             let body = body.into_with_config().limit(limit).read_to_vec()?;
             Ok(http::Response::from_parts(parts, body))
         };
-        self.agent
+        self.inner
+            .agent
             .run(request)
             .and_then(read)
             .map_err(|e| explain(classify(e), &uri))

@@ -34,7 +34,7 @@ where
     /// Starts a thread that drives the machine whenever one of its timers falls due
     /// (and whenever a call moved its next deadline earlier or queued an operation),
     /// so the session stays alive while the application makes no calls. Events it
-    /// produces are buffered like any others (see
+    /// produces are buffered like any others for a subscriber (see
     /// [`drain_events`](Client::drain_events)).
     ///
     /// One thread per session: for many sessions, put them on one [`Scheduler`]

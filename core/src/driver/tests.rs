@@ -20,13 +20,6 @@ impl Fake {
     fn emit(&mut self, e: Event<u32, u32>) {
         self.queue.push_back(Output::Event(e));
     }
-
-    fn complete(&mut self, op: u64, outcome: u32) {
-        self.emit(Event::Completed {
-            op: OpId(op),
-            result: Ok(outcome),
-        });
-    }
 }
 
 impl Machine for Fake {
@@ -123,6 +116,7 @@ fn ok(id: RequestId) -> Input {
 fn event_buffer_keeps_the_newest_and_counts_the_dropped() {
     let now = start();
     let mut d = Driver::new(Fake::default(), 3);
+    d.subscribe();
     for i in 1..=5 {
         d.machine_mut().emit(Event::StateChanged(i));
     }
@@ -137,6 +131,7 @@ fn event_buffer_keeps_the_newest_and_counts_the_dropped() {
 
     // With no room at all every event is dropped, but awaited results still arrive.
     let mut d = Driver::new(Fake::default(), 0);
+    d.subscribe();
     let op = d.submit(7, now).unwrap();
     d.await_op(op);
     let t = d.pump(now).transmits;
@@ -152,6 +147,7 @@ fn event_buffer_keeps_the_newest_and_counts_the_dropped() {
 fn awaited_results_go_to_their_caller_others_to_the_buffer() {
     let now = start();
     let mut d = Driver::new(Fake::default(), 16);
+    d.subscribe();
     let mine = d.submit(10, now).unwrap();
     let theirs = d.submit(20, now).unwrap();
     d.await_op(mine);
@@ -199,6 +195,7 @@ fn awaiting_twice_keeps_one_slot_and_forgetting_frees_it() {
 fn a_forgotten_operation_reports_to_the_buffer() {
     let now = start();
     let mut d = Driver::new(Fake::default(), 16);
+    d.subscribe();
     let op = d.submit(5, now).unwrap();
     d.await_op(op);
     let t = d.pump(now).transmits;
@@ -213,12 +210,46 @@ fn a_forgotten_operation_reports_to_the_buffer() {
 }
 
 #[test]
-fn finished_operations_are_remembered_for_every_asker_up_to_the_limit() {
+fn events_are_kept_only_from_the_first_read_or_subscribe_on() {
+    let now = start();
+    let mut d = Driver::new(Fake::default(), 16);
+    assert!(!d.subscribed());
+    // Nobody reads events yet: a finished operation nobody awaited and a state
+    // change are not kept, and not counted as dropped either.
+    d.submit(1, now).unwrap();
+    let t = d.pump(now).transmits;
+    d.handle_input(ok(t[0].id), now);
+    d.machine_mut().emit(Event::StateChanged(1));
+    assert!(d.pump(now).changed, "still a change for waiters");
+    assert_eq!(d.events.capacity(), 0, "no buffer allocated");
+    assert_eq!(d.dropped_events(), 0);
+
+    // The first read subscribes: it finds nothing, the next one what came since.
+    assert_eq!(d.next_event(), None);
+    assert!(d.subscribed());
+    d.machine_mut().emit(Event::StateChanged(2));
+    let _ = d.pump(now);
+    assert_eq!(d.drain_events(), vec![Event::StateChanged(2)]);
+
+    // `subscribe` keeps them before any read.
+    let mut d = Driver::new(Fake::default(), 16);
+    d.subscribe();
+    d.machine_mut().emit(Event::StateChanged(3));
+    let _ = d.pump(now);
+    assert_eq!(d.drain_events(), vec![Event::StateChanged(3)]);
+}
+
+#[test]
+fn joined_operations_report_to_every_joiner_until_the_last_leaves() {
     let now = start();
     let mut d = Driver::new(Fake::default(), 0);
     let op = d.submit(1, now).unwrap();
     let failing = d.submit(2, now).unwrap();
-    assert_eq!(d.finished(op), None);
+    let unjoined = d.submit(3, now).unwrap();
+    d.join(op);
+    d.join(op);
+    d.join(failing);
+    assert_eq!(d.finished(op), None, "still running");
     let t = d.pump(now).transmits;
     d.handle_input(ok(t[0].id), now);
     let failure = TransportFailure::new(FailureKind::Other, "reset");
@@ -229,22 +260,24 @@ fn finished_operations_are_remembered_for_every_asker_up_to_the_limit() {
         },
         now,
     );
+    d.handle_input(ok(t[2].id), now);
     let _ = d.pump(now);
     assert_eq!(d.finished(op), Some(Ok(())));
     assert_eq!(d.finished(op), Some(Ok(())), "asked twice");
     assert_eq!(d.finished(failing), Some(Err(Error::Transport(failure))));
+    // Nobody joined it: nothing kept.
+    assert_eq!(d.finished(unjoined), None);
+    assert_eq!(d.joined.len(), 2);
 
-    // Only the last FINISHED_MEMORY operations are remembered.
-    for i in 0..FINISHED_MEMORY as u64 - 1 {
-        d.machine_mut().complete(1000 + i, 0);
-    }
-    let _ = d.pump(now);
+    // The first joiner leaves; the second still sees the result.
+    d.leave(op);
+    assert_eq!(d.finished(op), Some(Ok(())));
+    d.leave(op);
     assert_eq!(d.finished(op), None);
-    assert!(d.finished(failing).is_some());
-    assert!(
-        d.finished(OpId(1000 + FINISHED_MEMORY as u64 - 2))
-            .is_some()
-    );
+    d.leave(failing);
+    // Leaving what is not joined changes nothing; nothing joined, no buffer kept.
+    d.leave(op);
+    assert_eq!(d.joined.capacity(), 0);
 }
 
 #[test]
@@ -272,6 +305,7 @@ fn in_flight_counts_only_transmits_handed_out_and_not_yet_answered() {
         now,
     );
     assert_eq!(d.in_flight(), 0);
+    assert_eq!(d.in_flight.capacity(), 0, "freed when empty");
 }
 
 #[test]
@@ -279,6 +313,7 @@ fn the_timer_runs_once_its_deadline_has_passed() {
     let now = start();
     let due = now.mono + Duration::from_secs(10);
     let mut d = Driver::new(Fake::default(), 16);
+    d.subscribe();
     assert!(!d.pump(now).changed, "nothing happened");
     assert_eq!(d.deadline(), None);
 

@@ -75,6 +75,10 @@ pub enum CallStep {
     Send(http::Request<Vec<u8>>),
     /// Drive the machine until this operation finished (a login, refresh or
     /// recovery another party may also wait for), then feed [`CallInput::Finished`].
+    /// With a [`Driver`](crate::driver::Driver), [`join`](crate::driver::Driver::join)
+    /// it under the lock this step was decided under, wait for
+    /// [`finished`](crate::driver::Driver::finished), then
+    /// [`leave`](crate::driver::Driver::leave) it.
     WaitFor(OpId),
     /// The call is over: the broker's response (whatever its status) or why not.
     Done(Result<http::Response<Vec<u8>>, Error>),

@@ -103,8 +103,15 @@ pub struct Config {
     /// proxy): it sees and could redirect everything. Default: `false`. Refused
     /// (a configuration error) when the proxy is not on a loopback address.
     pub trust_loopback_proxy: bool,
-    /// How many undelivered events a session keeps; when full, the oldest is
-    /// dropped and counted. Default: 256.
+    /// How many undelivered events a session keeps for its subscriber; when full,
+    /// the oldest is dropped and counted (`dropped_events`). Default: 256.
+    ///
+    /// Events are kept only once the application reads them: from the first call
+    /// to a client's `subscribe`, `drain_events` or `next_event` on. Before that no
+    /// event is kept (or counted as dropped), so a session whose events nobody reads
+    /// costs no buffer. Call `subscribe` right after creating the client to see
+    /// every event from its start. Results of the operations a call awaits (`login`,
+    /// `run` …) arrive whether or not anyone subscribed.
     pub event_capacity: usize,
     /// Most connections open at once to one origin (scheme, host and port), and
     /// most idle connections kept to it. An exchange that finds them all busy waits
@@ -307,7 +314,11 @@ impl Policy {
                 http::Method::POST | http::Method::PUT | http::Method::PATCH
             );
         if needs_length {
-            let len = HeaderValue::from(request.body().len());
+            // An empty body (a bare POST, as IBKR's tickle) needs no formatting.
+            let len = match request.body().len() {
+                0 => HeaderValue::from_static("0"),
+                n => HeaderValue::from(n),
+            };
             request.headers_mut().insert(CONTENT_LENGTH, len);
         }
         Ok(budget)
@@ -329,6 +340,11 @@ impl Policy {
     /// or disabled certificate verification to a host that is not (or, through a
     /// proxy, may not be) this machine, or a URI that is neither http nor https.
     pub fn refusal(&self, uri: &http::Uri) -> Option<TransportFailure> {
+        // Verified TLS goes anywhere: no need to look at the host (every request
+        // to a broker passes here).
+        if !self.insecure && uri.scheme_str() == Some("https") {
+            return None;
+        }
         let host_is_loopback = is_loopback(uri.host().unwrap_or(""));
         let loopback = host_is_loopback && (self.proxy.is_none() || self.loopback_through_proxy);
         match uri.scheme_str() {

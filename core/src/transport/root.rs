@@ -124,9 +124,22 @@ macro_rules! __client_handle {
                 f(self.inner.lock().machine_mut())
             }
 
+            /// Keeps the session's events from now on, for
+            /// [`drain_events`](Self::drain_events) and `next_event`. Until the
+            /// first call to one of these three, events are not kept (nobody would
+            /// read them); call it right after creating the client to see every
+            /// event, the first login's included.
+            pub fn subscribe(&self) {
+                self.inner.lock().subscribe();
+            }
+
             /// Takes every buffered event (state changes, session loss, and
             /// completions of operations no `run` call was waiting for, such as
             /// proactive refreshes and keep-alive ticks), oldest first.
+            ///
+            /// Events are kept from the first call to this,
+            /// [`subscribe`](Self::subscribe) or `next_event` on: the first call
+            /// finds only what came after an earlier `subscribe`.
             pub fn drain_events(&self) -> Vec<$crate::driver::SessionEvent<M>> {
                 self.inner.lock().drain_events()
             }
