@@ -85,6 +85,11 @@ fn one_thread_keeps_fifty_sessions_refreshed_until_their_registrations_drop() {
         c.login().expect("login");
     }
     assert_eq!(scheduler.len(), SESSIONS);
+    // A new thread names itself once it runs: wait for that, then count.
+    eventually(
+        || threads_named("bs-scheduler") > before,
+        "the scheduler thread runs",
+    );
     assert_eq!(
         threads_named("bs-scheduler"),
         before + 1,
