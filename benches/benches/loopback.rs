@@ -356,6 +356,28 @@ fn main() {
         });
     };
 
+    // For a profiler: `BENCH_LOOPBACK_ONLY=<client> BENCH_LOOPBACK_CYCLES=n` runs one
+    // client's cycle n times and nothing else (clients: ureq-bare, ureq-exec,
+    // ureq-session, hyper-bare, hyper-exec, hyper-session; IG cycles).
+    if let Ok(only) = std::env::var("BENCH_LOOPBACK_ONLY") {
+        let cycles: usize = std::env::var("BENCH_LOOPBACK_CYCLES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20_000);
+        for _ in 0..cycles {
+            match only.as_str() {
+                "ureq-bare" => ureq_bare(&ig_wire),
+                "ureq-exec" => ureq_exec(&ig_wire),
+                "ureq-session" => ureq_ig_session(),
+                "hyper-bare" => hyper_bare_run(&ig_wire),
+                "hyper-exec" => hyper_exec(&ig_wire),
+                "hyper-session" => hyper_ig_session(),
+                other => panic!("BENCH_LOOPBACK_ONLY: no client {other:?}"),
+            }
+        }
+        return;
+    }
+
     // Warm up every path once (connections, pools, lazy statics), then interleave.
     ureq_bare(&ig_wire);
     ureq_exec(&ig_wire);
