@@ -578,6 +578,86 @@ impl Peaks {
     }
 }
 
+/// What a fleet phase measures over its window of refresh waves.
+struct Window {
+    wall: Duration,
+    cpu: Duration,
+    server_cpu: Duration,
+    refreshes: u64,
+    live: usize,
+    rss_kib: u64,
+    active: usize,
+}
+
+impl Window {
+    /// Lets `secs` pass with the sessions running, from fresh lateness and peaks.
+    fn measure(
+        secs: u64,
+        peaks: &Peaks,
+        refreshed: &AtomicU64,
+        active: impl Fn() -> usize,
+    ) -> Self {
+        reset_lateness();
+        peaks.reset();
+        let (cpu0, srv0, ref0, w0) = (
+            sys::cpu_time(),
+            sys::threads_cpu_time("fake-broker-ser"),
+            refreshed.load(Relaxed),
+            Instant::now(),
+        );
+        std::thread::sleep(Duration::from_secs(secs));
+        Self {
+            wall: w0.elapsed(),
+            cpu: sys::cpu_time().saturating_sub(cpu0),
+            server_cpu: sys::threads_cpu_time("fake-broker-ser").saturating_sub(srv0),
+            refreshes: refreshed.load(Relaxed) - ref0,
+            live: alloc::snapshot().live,
+            rss_kib: sys::status_kib("VmRSS"),
+            active: active(),
+        }
+    }
+
+    /// Prints the window's figures for `n` sessions; `before` is the live heap and
+    /// the RSS (KiB) from before the sessions were created.
+    fn print(
+        &self,
+        n: usize,
+        peaks: &Peaks,
+        connections: &str,
+        heap_has: &str,
+        before: (usize, u64),
+    ) {
+        let (live0, rss0) = before;
+        let per = |bytes: usize| (bytes.saturating_sub(live0)) as f64 / n as f64;
+        let (wall, cpu, srv, refreshes) = (self.wall, self.cpu, self.server_cpu, self.refreshes);
+        let (count, p50, p99, max) = lateness_stats();
+        println!(
+            "window {wall:.1?}: {refreshes} refreshes ({:.0}/s, {:.2} per session); {} of {n} sessions active at its end",
+            refreshes as f64 / wall.as_secs_f64(),
+            refreshes as f64 / n as f64,
+            self.active,
+        );
+        println!("{connections}");
+        println!(
+            "CPU {:.0}% of one core ({:.0}% client, {:.0}% server thread); {:.1} µs client CPU per refresh",
+            cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
+            cpu.saturating_sub(srv).as_secs_f64() / wall.as_secs_f64() * 100.0,
+            srv.as_secs_f64() / wall.as_secs_f64() * 100.0,
+            cpu.saturating_sub(srv).as_secs_f64() * 1e6 / refreshes.max(1) as f64,
+        );
+        println!(
+            "timer lateness over {count} deadlines: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?} (100 µs buckets)"
+        );
+        println!(
+            "heap per session, all in ({heap_has}): {:.0} B now, {:.0} B at the highest sample; RSS {} MiB (+{:.0} B per session)",
+            per(self.live),
+            per((peaks.heap.load(Relaxed) as usize).max(self.live)),
+            self.rss_kib / 1024,
+            (self.rss_kib.saturating_sub(rss0) * 1024) as f64 / n as f64,
+        );
+    }
+}
+
 /// The fleet: `n` IG v3 sessions only, tokens of `token` (a refresh `margin` before
 /// expiry, at most half-way), one `HttpClient` with the default per-host cap (256),
 /// the default fd limit; logins with at most 1,024 in flight, then keep-alive tasks
@@ -718,53 +798,23 @@ fn fleet(n: usize, token: Duration, secs: u64) {
     );
 
     let secs = secs.max(3 * period.as_secs() + 5);
-    reset_lateness();
-    peaks.reset();
-    let (cpu0, srv0, ref0, w0) = (
-        sys::cpu_time(),
-        sys::threads_cpu_time("fake-broker-ser"),
-        refreshed.load(Relaxed),
-        Instant::now(),
-    );
-    std::thread::sleep(Duration::from_secs(secs));
-    let wall = w0.elapsed();
-    let cpu = sys::cpu_time().saturating_sub(cpu0);
-    let srv = sys::threads_cpu_time("fake-broker-ser").saturating_sub(srv0);
-    let refreshes = refreshed.load(Relaxed) - ref0;
-    let live1 = alloc::snapshot().live;
-    let rss = sys::status_kib("VmRSS");
-    let (count, p50, p99, max) = lateness_stats();
-    let active = sessions
-        .iter()
-        .filter(|s| matches!(s.state(), broker_session::ig::IgState::Active { .. }))
-        .count();
-    println!(
-        "window {wall:.1?}: {refreshes} refreshes ({:.0}/s, {:.2} per session); {active} of {n} sessions active at its end",
-        refreshes as f64 / wall.as_secs_f64(),
-        refreshes as f64 / n as f64
-    );
-    println!(
-        "connections to the broker: at most {} (cap {}); open files at most {}",
-        peaks.connections.load(Relaxed),
-        http.policy().max_connections_per_host,
-        peaks.fds.load(Relaxed),
-    );
-    println!(
-        "CPU {:.0}% of one core ({:.0}% client, {:.0}% server thread); {:.1} µs client CPU per refresh",
-        cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
-        cpu.saturating_sub(srv).as_secs_f64() / wall.as_secs_f64() * 100.0,
-        srv.as_secs_f64() / wall.as_secs_f64() * 100.0,
-        cpu.saturating_sub(srv).as_secs_f64() * 1e6 / refreshes.max(1) as f64,
-    );
-    println!(
-        "timer lateness over {count} deadlines: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?} (100 µs buckets)"
-    );
-    println!(
-        "heap per session, all in (pool, runtime tasks, server buffers included): {:.0} B now, {:.0} B at the highest sample; RSS {} MiB (+{:.0} B per session)",
-        per(live1),
-        per((peaks.heap.load(Relaxed) as usize).max(live1)),
-        rss / 1024,
-        (rss.saturating_sub(rss0) * 1024) as f64 / n as f64,
+    let window = Window::measure(secs, &peaks, &refreshed, || {
+        sessions
+            .iter()
+            .filter(|s| matches!(s.state(), broker_session::ig::IgState::Active { .. }))
+            .count()
+    });
+    window.print(
+        n,
+        &peaks,
+        &format!(
+            "connections to the broker: at most {} (cap {}); open files at most {}",
+            peaks.connections.load(Relaxed),
+            http.policy().max_connections_per_host,
+            peaks.fds.load(Relaxed),
+        ),
+        "pool, runtime tasks, server buffers included",
+        (live0, rss0),
     );
     peaks.stop.store(true, Relaxed);
     let _ = sampler.join();
@@ -863,53 +913,23 @@ fn fleet_blocking(n: usize, token: Duration, secs: u64) {
         per(alloc::snapshot().live)
     );
     let secs = secs.max(3 * period.as_secs() + 5);
-    reset_lateness();
-    peaks.reset();
-    let (cpu0, srv0, ref0, w0) = (
-        sys::cpu_time(),
-        sys::threads_cpu_time("fake-broker-ser"),
-        refreshed.load(Relaxed),
-        Instant::now(),
-    );
-    std::thread::sleep(Duration::from_secs(secs));
-    let wall = w0.elapsed();
-    let cpu = sys::cpu_time().saturating_sub(cpu0);
-    let srv = sys::threads_cpu_time("fake-broker-ser").saturating_sub(srv0);
-    let refreshes = refreshed.load(Relaxed) - ref0;
-    let live1 = alloc::snapshot().live;
-    let rss = sys::status_kib("VmRSS");
-    let (count, p50, p99, max) = lateness_stats();
-    let active = sessions
-        .iter()
-        .filter(|s| matches!(s.state(), broker_session::ig::IgState::Active { .. }))
-        .count();
-    println!(
-        "window {wall:.1?}: {refreshes} refreshes ({:.0}/s, {:.2} per session); {active} of {n} sessions active at its end",
-        refreshes as f64 / wall.as_secs_f64(),
-        refreshes as f64 / n as f64
-    );
-    println!(
-        "connections to the broker: at most {}; open files at most {}; threads {}",
-        peaks.connections.load(Relaxed),
-        peaks.fds.load(Relaxed),
-        std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count),
-    );
-    println!(
-        "CPU {:.0}% of one core ({:.0}% client, {:.0}% server thread); {:.1} µs client CPU per refresh",
-        cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
-        cpu.saturating_sub(srv).as_secs_f64() / wall.as_secs_f64() * 100.0,
-        srv.as_secs_f64() / wall.as_secs_f64() * 100.0,
-        cpu.saturating_sub(srv).as_secs_f64() * 1e6 / refreshes.max(1) as f64,
-    );
-    println!(
-        "timer lateness over {count} deadlines: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?} (100 µs buckets)"
-    );
-    println!(
-        "heap per session, all in (pool, scheduler, server buffers included): {:.0} B now, {:.0} B at the highest sample; RSS {} MiB (+{:.0} B per session)",
-        per(live1),
-        per((peaks.heap.load(Relaxed) as usize).max(live1)),
-        rss / 1024,
-        (rss.saturating_sub(rss0) * 1024) as f64 / n as f64,
+    let window = Window::measure(secs, &peaks, &refreshed, || {
+        sessions
+            .iter()
+            .filter(|s| matches!(s.state(), broker_session::ig::IgState::Active { .. }))
+            .count()
+    });
+    window.print(
+        n,
+        &peaks,
+        &format!(
+            "connections to the broker: at most {}; open files at most {}; threads {}",
+            peaks.connections.load(Relaxed),
+            peaks.fds.load(Relaxed),
+            std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count),
+        ),
+        "pool, scheduler, server buffers included",
+        (live0, rss0),
     );
     peaks.stop.store(true, Relaxed);
     let _ = sampler.join();
