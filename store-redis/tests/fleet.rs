@@ -8,8 +8,7 @@
 //! reports on stdout (`READY`, one `EVENT` line per fleet event, `DONE ok=… err=…`).
 //! The fake counts what IG saw. Token lifetimes are compressed to a second or two.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -25,6 +24,9 @@ use broker_session_ureq::{Config, HttpClient, IgConfig, IgEnvironment, LoginFlow
 
 mod own_server;
 use own_server::OwnServer;
+
+mod workers;
+use workers::Worker;
 
 const URL_VAR: &str = "BROKER_SESSION_REDIS_URL";
 const SERVER_VAR: &str = "BROKER_SESSION_REDIS_SERVER";
@@ -137,98 +139,21 @@ struct Plan {
     lease_ttl: Duration,
 }
 
-/// A worker process and the lines it printed.
-struct Worker {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Worker {
-    fn spawn(broker: &Broker, redis: &str, plan: &Plan) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "worker_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(WORKER_VAR, "1")
-            .env(URL_VAR, redis)
-            .env("FLEET_BASE_URL", broker.base_url())
-            .env("FLEET_CA", &broker.pem_path)
-            .env("FLEET_NAMESPACE", &plan.namespace)
-            .env("FLEET_THREADS", plan.threads.to_string())
-            .env("FLEET_CALL_MS", plan.call_for.as_millis().to_string())
-            .env("FLEET_LEASE_MS", plan.lease_ttl.as_millis().to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line starting with `prefix`; returns it.
-    fn expect(&mut self, prefix: &str) -> String {
-        let end = Instant::now() + PATIENCE;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {prefix:?} line from the worker; it said {:#?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// The `ok` and `err` counts of the `DONE` line.
-    fn done(&mut self) -> (usize, usize) {
-        let line = self.expect("DONE");
-        let field = |name: &str| -> usize {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-                .unwrap()
-        };
-        let counts = (field("ok="), field("err="));
-        let _ = self.child.wait();
-        counts
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts a worker process for `plan` against `broker` and the Redis at `redis`.
+fn spawn_worker(broker: &Broker, redis: &str, plan: &Plan) -> Worker {
+    Worker::spawn(
+        "worker_process",
+        &[
+            (WORKER_VAR, "1".to_owned()),
+            (URL_VAR, redis.to_owned()),
+            ("FLEET_BASE_URL", broker.base_url()),
+            ("FLEET_CA", broker.pem_path.display().to_string()),
+            ("FLEET_NAMESPACE", plan.namespace.clone()),
+            ("FLEET_THREADS", plan.threads.to_string()),
+            ("FLEET_CALL_MS", plan.call_for.as_millis().to_string()),
+            ("FLEET_LEASE_MS", plan.lease_ttl.as_millis().to_string()),
+        ],
+    )
 }
 
 /// Every generation announced on the namespace's channel, in order.
@@ -384,11 +309,9 @@ fn a_fleet_logs_in_once_and_refreshes_once_per_token_lifetime() {
         lease_ttl: Duration::from_secs(5),
     };
     let announced = watch_generations(&redis, &plan.namespace);
-    let mut owner = Worker::spawn(&broker, &url, &plan);
+    let mut owner = spawn_worker(&broker, &url, &plan);
     assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
-    let mut fleet: Vec<Worker> = (0..7)
-        .map(|_| Worker::spawn(&broker, &url, &plan))
-        .collect();
+    let mut fleet: Vec<Worker> = (0..7).map(|_| spawn_worker(&broker, &url, &plan)).collect();
     for w in &mut fleet {
         assert!(w.expect("READY").starts_with("READY owner=0"));
     }
@@ -418,11 +341,9 @@ fn followers_refused_together_cost_one_refresh() {
         call_for: Duration::from_millis(2000),
         lease_ttl: Duration::from_secs(5),
     };
-    let mut owner = Worker::spawn(&broker, &url, &plan);
+    let mut owner = spawn_worker(&broker, &url, &plan);
     assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
-    let mut fleet: Vec<Worker> = (0..4)
-        .map(|_| Worker::spawn(&broker, &url, &plan))
-        .collect();
+    let mut fleet: Vec<Worker> = (0..4).map(|_| spawn_worker(&broker, &url, &plan)).collect();
     for w in &mut fleet {
         assert!(w.expect("READY").starts_with("READY owner=0"));
     }
@@ -473,11 +394,9 @@ fn killing_the_owner_hands_the_session_over_without_a_login() {
         call_for: Duration::from_millis(4000),
         lease_ttl,
     };
-    let mut owner = Worker::spawn(&broker, &url, &plan);
+    let mut owner = spawn_worker(&broker, &url, &plan);
     assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
-    let mut followers: Vec<Worker> = (0..3)
-        .map(|_| Worker::spawn(&broker, &url, &plan))
-        .collect();
+    let mut followers: Vec<Worker> = (0..3).map(|_| spawn_worker(&broker, &url, &plan)).collect();
     for w in &mut followers {
         assert!(w.expect("READY").starts_with("READY owner=0"));
     }
@@ -542,9 +461,9 @@ fn a_paused_owner_cannot_publish_an_older_generation() {
         lease_ttl: Duration::from_millis(600),
     };
     let announced = watch_generations(&redis, &plan.namespace);
-    let mut owner = Worker::spawn(&broker, &url, &plan);
+    let mut owner = spawn_worker(&broker, &url, &plan);
     assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
-    let mut follower = Worker::spawn(&broker, &url, &plan);
+    let mut follower = spawn_worker(&broker, &url, &plan);
     assert!(follower.expect("READY").starts_with("READY owner=0"));
     owner.signal("-STOP");
     // The follower owns once the lease lapsed, and refreshes past the paused
@@ -623,11 +542,9 @@ fn a_fleet_rides_out_a_redis_restart_and_syncs_again() {
         call_for: Duration::from_millis(7000),
         lease_ttl: Duration::from_secs(3),
     };
-    let mut owner = Worker::spawn(&broker, &url, &plan);
+    let mut owner = spawn_worker(&broker, &url, &plan);
     assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
-    let mut followers: Vec<Worker> = (0..2)
-        .map(|_| Worker::spawn(&broker, &url, &plan))
-        .collect();
+    let mut followers: Vec<Worker> = (0..2).map(|_| spawn_worker(&broker, &url, &plan)).collect();
     for w in &mut followers {
         assert!(w.expect("READY").starts_with("READY owner=0"));
     }
@@ -975,7 +892,7 @@ mod on_tokio {
             .unwrap();
         assert!(owner.is_owner(), "the first session leads");
         assert_eq!(owner.generation(), 1);
-        let mut worker = Worker::spawn(&broker, &url, &plan);
+        let mut worker = spawn_worker(&broker, &url, &plan);
         assert_eq!(worker.expect("READY"), "READY owner=0 gen=1");
         let follower = rt
             .block_on(AsyncSharedIgSession::start(
@@ -1031,7 +948,7 @@ mod on_tokio {
             call_for: Duration::from_millis(4000),
             lease_ttl: Duration::from_secs(5),
         };
-        let mut owner = Worker::spawn(&broker, &url, &plan);
+        let mut owner = spawn_worker(&broker, &url, &plan);
         assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
         let rt = runtime();
         let follower = rt.block_on(async {

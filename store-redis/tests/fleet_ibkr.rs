@@ -10,8 +10,7 @@
 //! `DONE ok=… err=…`). The fake records every request it answered, so the tests count
 //! what IBKR saw: live session token requests, tickles, `ssodh/init`s.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -24,6 +23,9 @@ use broker_session_testkit::ibkr::{BASE_PATH, FakeIbkr};
 use broker_session_testkit::secret_scan::SecretScan;
 use broker_session_testkit::server::{Server, ServerOptions};
 use broker_session_ureq::{Config, HttpClient, IbkrConfig, Tls, http};
+
+mod workers;
+use workers::Worker;
 
 const URL_VAR: &str = "BROKER_SESSION_REDIS_URL";
 const WORKER_VAR: &str = "FLEET_IBKR_WORKER";
@@ -126,112 +128,22 @@ struct Plan {
     lease_ttl: Duration,
 }
 
-/// A worker process and the lines it printed.
-struct Worker {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Worker {
-    fn spawn(broker: &Broker, redis: &str, plan: &Plan) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "ibkr_worker_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(WORKER_VAR, "1")
-            .env(URL_VAR, redis)
-            .env("FLEET_BASE_URL", broker.base_url())
-            .env("FLEET_OAUTH", u8::from(broker.oauth).to_string())
-            .env("FLEET_CA", &broker.pem_path)
-            .env("FLEET_NAMESPACE", &plan.namespace)
-            .env("FLEET_THREADS", plan.threads.to_string())
-            .env("FLEET_CALL_MS", plan.call_for.as_millis().to_string())
-            .env("FLEET_LEASE_MS", plan.lease_ttl.as_millis().to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        // Both streams are read: the secrets scan covers what a worker logs too.
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let err_tx = tx.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if err_tx.send(format!("STDERR {line}")).is_err() {
-                    return;
-                }
-            }
-        });
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line starting with `prefix`; returns it.
-    fn expect(&mut self, prefix: &str) -> String {
-        let end = Instant::now() + PATIENCE;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {prefix:?} line from the worker; it said {:#?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// The `ok` and `err` counts of the `DONE` line; then everything else it printed.
-    fn done(&mut self) -> (usize, usize) {
-        let line = self.expect("DONE");
-        let field = |name: &str| -> usize {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-                .unwrap()
-        };
-        let counts = (field("ok="), field("err="));
-        let _ = self.child.wait();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-            self.seen.push(line);
-        }
-        counts
-    }
-
-    fn kill(&self) {
-        let status = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts a worker process for `plan` against `broker` and the Redis at `redis`.
+fn spawn_worker(broker: &Broker, redis: &str, plan: &Plan) -> Worker {
+    Worker::spawn(
+        "ibkr_worker_process",
+        &[
+            (WORKER_VAR, "1".to_owned()),
+            (URL_VAR, redis.to_owned()),
+            ("FLEET_BASE_URL", broker.base_url()),
+            ("FLEET_OAUTH", u8::from(broker.oauth).to_string()),
+            ("FLEET_CA", broker.pem_path.display().to_string()),
+            ("FLEET_NAMESPACE", plan.namespace.clone()),
+            ("FLEET_THREADS", plan.threads.to_string()),
+            ("FLEET_CALL_MS", plan.call_for.as_millis().to_string()),
+            ("FLEET_LEASE_MS", plan.lease_ttl.as_millis().to_string()),
+        ],
+    )
 }
 
 /// The worker: joins the fleet, calls from several threads, reports.
@@ -344,11 +256,11 @@ fn finish(broker: &Broker, workers: &mut [Worker]) -> usize {
 }
 
 fn spawn_fleet(broker: &Broker, url: &str, plan: &Plan, followers: usize) -> Vec<Worker> {
-    let mut owner = Worker::spawn(broker, url, plan);
+    let mut owner = spawn_worker(broker, url, plan);
     assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
     let mut fleet = vec![owner];
     for _ in 0..followers {
-        let mut w = Worker::spawn(broker, url, plan);
+        let mut w = spawn_worker(broker, url, plan);
         assert_eq!(w.expect("READY"), "READY owner=0 gen=1");
         fleet.push(w);
     }
@@ -437,7 +349,7 @@ fn killing_the_oauth_owner_hands_the_session_over_without_a_token_request() {
     let owner = fleet.remove(0);
     thread::sleep(Duration::from_millis(500));
     let tickles_before = broker.count("/tickle");
-    owner.kill();
+    owner.signal("-KILL");
     let killed = Instant::now();
     let (tx, rx) = mpsc::channel();
     let mut waiting = Vec::new();
@@ -512,7 +424,7 @@ fn a_gateway_fleet_tickles_from_one_process_and_recovers_once_without_competing(
     thread::sleep(Duration::from_millis(800));
     // The owner dies; another platform holds the username meanwhile.
     let owner = fleet.remove(0);
-    owner.kill();
+    owner.signal("-KILL");
     let killed_at = {
         let mut fake = broker.fake.lock().unwrap();
         fake.competing = true;
@@ -578,7 +490,7 @@ fn a_refused_async_ibkr_follower_gets_a_newer_token_and_replays_once() {
         lease_ttl: Duration::from_secs(5),
     };
     // A blocking owner process, an async follower in this one.
-    let mut owner = Worker::spawn(&broker, &url, &plan);
+    let mut owner = spawn_worker(&broker, &url, &plan);
     assert_eq!(owner.expect("READY"), "READY owner=1 gen=1");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -660,18 +572,11 @@ fn a_paused_oauth_owner_steps_down_without_asking_for_a_token() {
     let mut fleet = spawn_fleet(&broker, &url, &plan, 1);
     let mut follower = fleet.pop().unwrap();
     let mut owner = fleet.pop().unwrap();
-    let signal = |w: &Worker, signal: &str| {
-        let status = Command::new("kill")
-            .args([signal, &w.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    signal(&owner, "-STOP");
+    owner.signal("-STOP");
     // The follower owns once the lease lapsed, with the stored token.
     follower.expect("EVENT owner");
     thread::sleep(Duration::from_millis(500));
-    signal(&owner, "-CONT");
+    owner.signal("-CONT");
     // The paused owner, running again, follows: its overdue timers asked for nothing.
     owner.expect("EVENT following");
     let scan = broker.secrets();
