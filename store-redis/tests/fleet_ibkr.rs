@@ -531,11 +531,14 @@ fn a_refused_async_ibkr_follower_gets_a_newer_token_and_replays_once() {
     assert_eq!(broker.token_requests(), 2, "one renewal for the fleet");
     // The refused call and one replay.
     assert_eq!(broker.count("/iserver/accounts") - calls_before, 2);
-    let events: Vec<String> = follower
-        .drain_events()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    // The coordinator reports the adoption once it has handed it to the session,
+    // which may be after the replayed call it let through.
+    let mut events: Vec<String> = Vec::new();
+    let end = Instant::now() + PATIENCE;
+    while !events.iter().any(|e| e == "adopted generation 2") && Instant::now() < end {
+        events.extend(follower.drain_events().iter().map(ToString::to_string));
+        thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         events.contains(&"asked for a recovery of generation 1".to_owned()),
         "{events:?}"
