@@ -976,11 +976,14 @@ mod on_tokio {
             .filter(|(path, status, _)| path == "GET /accounts" && *status == 401)
             .count();
         assert_eq!(refused, 1, "{stats:?}");
-        let events: Vec<String> = follower
-            .drain_events()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        // The adoption is reported once the coordinator has handed it to the session,
+        // which may be after the replayed call it let through.
+        let mut events: Vec<String> = Vec::new();
+        let end = Instant::now() + PATIENCE;
+        while !events.iter().any(|e| e == "adopted generation 2") && Instant::now() < end {
+            events.extend(follower.drain_events().iter().map(ToString::to_string));
+            thread::sleep(Duration::from_millis(10));
+        }
         assert!(
             events.contains(&"asked for a recovery of generation 1".to_owned()),
             "{events:?}"
