@@ -578,6 +578,32 @@ impl Peaks {
     }
 }
 
+/// The canned server of a fleet phase (IG answers recorded with tokens of `token`,
+/// no request record): the server, its base URL and port, and its count of refreshes.
+fn fleet_server(name: &'static str, token: Duration) -> (Server, String, u16, Arc<AtomicU64>) {
+    let t = Timing {
+        name,
+        tickle: Duration::from_secs(60),
+        token,
+    };
+    let refreshed = Arc::new(AtomicU64::new(0));
+    let canned = Arc::new(Mutex::new(Canned {
+        answers: HashMap::new(),
+        served: Arc::new(AtomicU64::new(0)),
+        refreshed: Arc::clone(&refreshed),
+    }));
+    let server = Server::start_shared(Arc::clone(&canned), unrecorded()).expect("server");
+    let base = server.http_url();
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let (answers, _, _) = record_answers(&base, &t);
+    canned.lock().expect("not poisoned").answers = answers;
+    (server, base, port, refreshed)
+}
+
 /// What a fleet phase measures over its window of refresh waves.
 struct Window {
     wall: Duration,
@@ -688,27 +714,7 @@ fn fleet(n: usize, token: Duration, secs: u64) {
         size_of::<(OpId, Option<Box<broker_session::Error>>)>(),
         size_of::<(OpId, Option<broker_session::driver::OpResult<IgSession>>)>(),
     );
-    let t = Timing {
-        name: "fleet",
-        tickle: Duration::from_secs(60),
-        token,
-    };
-    let served = Arc::new(AtomicU64::new(0));
-    let refreshed = Arc::new(AtomicU64::new(0));
-    let canned = Arc::new(Mutex::new(Canned {
-        answers: HashMap::new(),
-        served: Arc::clone(&served),
-        refreshed: Arc::clone(&refreshed),
-    }));
-    let server = Server::start_shared(Arc::clone(&canned), unrecorded()).expect("server");
-    let base = server.http_url();
-    let port: u16 = base
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    let (answers, _, _) = record_answers(&base, &t);
-    canned.lock().expect("not poisoned").answers = answers;
+    let (server, base, port, refreshed) = fleet_server("fleet", token);
 
     println!(
         "size_of: IgSession {} B, Driver<IgSession> {} B, Client<IgSession> {} B (an Arc), KeepAlive {} B",
@@ -839,27 +845,7 @@ fn fleet_blocking(n: usize, token: Duration, secs: u64) {
         "\n== fleet, blocking: {n} IG v3 sessions, tokens of {token:?}, one Scheduler with {threads} thread(s), fd limit {}",
         fd_limit()
     );
-    let t = Timing {
-        name: "fleet, blocking",
-        tickle: Duration::from_secs(60),
-        token,
-    };
-    let served = Arc::new(AtomicU64::new(0));
-    let refreshed = Arc::new(AtomicU64::new(0));
-    let canned = Arc::new(Mutex::new(Canned {
-        answers: HashMap::new(),
-        served: Arc::clone(&served),
-        refreshed: Arc::clone(&refreshed),
-    }));
-    let server = Server::start_shared(Arc::clone(&canned), unrecorded()).expect("server");
-    let base = server.http_url();
-    let port: u16 = base
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    let (answers, _, _) = record_answers(&base, &t);
-    canned.lock().expect("not poisoned").answers = answers;
+    let (server, base, port, refreshed) = fleet_server("fleet, blocking", token);
     println!(
         "size_of: broker_session_ureq::Client<IgSession> {} B (an Arc)",
         size_of::<BlockingClient<IgSession>>()
