@@ -127,6 +127,9 @@ fn content_length(head: &str) -> usize {
 const REJECTED_LATE: &str = "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
     content-length: 47\r\nconnection: close\r\n\r\n{\"errorCode\":\"error.security.invalid-details\"}";
 
+/// A complete answer with no body.
+const NO_CONTENT: &str = "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n";
+
 /// The server answers this long after the request: well after the machine's deadline
 /// below, so a client that returns before the answer gave up on its own.
 const LATE: Duration = Duration::from_secs(8);
@@ -219,6 +222,46 @@ async fn hyper_reports_an_abandoned_exchange_as_a_timeout() {
         Err(Error::Session(CoreError::Transport(f))) => assert_eq!(f.kind, FailureKind::Timeout),
         other => panic!("expected a transport timeout, got {other:?}"),
     }
+}
+
+/// The blocking transport hands the socket its exchange's time left rounded down to
+/// whole seconds (so the socket's timeout is set once per connection, not before each
+/// read). An answer that comes after the rounded time but before the deadline is
+/// still read: 2.4 s into a 2.9 s budget, the socket's 2 s has run out.
+#[test]
+fn ureq_reads_an_answer_that_comes_after_the_rounded_socket_timeout() {
+    use broker_session_ureq::{Config, HttpClient};
+    let server = LateServer::start(Duration::from_millis(2_400), NO_CONTENT);
+    let mut config = Config::default();
+    config.request_timeout = Duration::from_millis(2_900);
+    let http = HttpClient::new(&config).expect("client");
+    let request = http::Request::post(format!("{}/session", server.url))
+        .body(b"{}".to_vec())
+        .expect("request");
+    let started = std::time::Instant::now();
+    let response = http.execute(request).expect("answered within the budget");
+    assert_eq!(response.status(), 204);
+    assert!(started.elapsed() >= Duration::from_millis(2_400));
+    assert!(server.answered());
+}
+
+/// ... and one that comes after the deadline is not waited for (the rounding never
+/// lengthens a read).
+#[test]
+fn ureq_gives_up_at_the_deadline_not_the_next_whole_second() {
+    use broker_session_ureq::{Config, HttpClient};
+    let server = LateServer::start(Duration::from_millis(3_800), REJECTED_LATE);
+    let mut config = Config::default();
+    config.request_timeout = Duration::from_millis(2_900);
+    let http = HttpClient::new(&config).expect("client");
+    let request = http::Request::post(format!("{}/session", server.url))
+        .body(b"{}".to_vec())
+        .expect("request");
+    let failure = http
+        .execute(request)
+        .expect_err("the answer comes too late");
+    assert_eq!(failure.kind, FailureKind::Timeout, "{failure:?}");
+    assert!(server.client_hung_up_first());
 }
 
 // ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ use broker_session::{FailureKind, TransportFailure, deadline_after};
 
 use crate::gate::HostGate;
 use crate::resolve::CachingResolver;
+use crate::steady::SteadyTimeouts;
 use crate::{Config, Error, Tls};
 
 /// A configured HTTP client: connection pool, TLS trust, timeouts, limits.
@@ -92,11 +93,7 @@ impl HttpClient {
             .output_buffer_size(OUTPUT_BUFFER)
             .tls_config(tls.build())
             .build();
-        let agent = ureq::Agent::with_parts(
-            agent_config,
-            ureq::unversioned::transport::DefaultConnector::new(),
-            CachingResolver::default(),
-        );
+        let agent = ureq::Agent::with_parts(agent_config, connector(), CachingResolver::default());
         Ok(Self {
             inner: Arc::new(Shared {
                 agent,
@@ -179,6 +176,20 @@ impl HttpClient {
             .and_then(read)
             .map_err(|e| explain(classify(e), &uri))
     }
+}
+
+/// ureq's default chain of connectors for this build (an HTTP `CONNECT` proxy if
+/// one is configured, TCP, rustls: SOCKS proxies are refused by the configuration's
+/// checks), with socket timeouts that stay put between reads ([`SteadyTimeouts`],
+/// right above the socket, so TLS and proxied connections get it too).
+fn connector() -> impl ureq::unversioned::transport::Connector {
+    use ureq::unversioned::transport::{
+        ConnectProxyConnector, Connector, RustlsConnector, TcpConnector,
+    };
+    ().chain(ConnectProxyConnector::default())
+        .chain(TcpConnector::default())
+        .chain(SteadyTimeouts)
+        .chain(RustlsConnector::default())
 }
 
 fn parse_pem(pem: &[u8]) -> Result<ureq::tls::RootCerts, Error> {

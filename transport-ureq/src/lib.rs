@@ -92,6 +92,7 @@ mod http_client;
 mod keep_alive;
 mod resolve;
 mod scheduler;
+mod steady;
 
 pub use client::Client;
 pub use http_client::HttpClient;
