@@ -502,12 +502,15 @@ impl IgSession {
             Call::Switch(to) => {
                 let auth = self.auth_values()?;
                 let body = encode::switch_body(&to.account, to.make_default);
-                return self.prepared.request(Endpoint::Switch, Some(&auth), body);
+                return self
+                    .parts
+                    .requests
+                    .request(Endpoint::Switch, Some(&auth), body);
             }
             Call::Send(endpoint) => *endpoint,
         };
         match endpoint {
-            Endpoint::EncryptionKey => self.prepared.request(endpoint, None, Vec::new()),
+            Endpoint::EncryptionKey => self.parts.requests.request(endpoint, None, Vec::new()),
             Endpoint::LoginV1 | Endpoint::LoginV2 | Endpoint::LoginV3 => {
                 let encrypted = self.cfg.login_flow == LoginFlow::EncryptedV2;
                 let enc = self.current.as_mut().and_then(|o| o.enc_password.take());
@@ -522,22 +525,24 @@ impl IgSession {
                     _ => &self.cfg.password,
                 };
                 let body = encode::login_body(&self.cfg.identifier, password, encrypted);
-                self.prepared.request(endpoint, None, body)
+                self.parts.requests.request(endpoint, None, body)
             }
             Endpoint::WebPlatformLogin => {
                 let body = encode::web_platform_body(&self.cfg.identifier, &self.cfg.password);
-                self.prepared.request(endpoint, None, body)
+                self.parts.requests.request(endpoint, None, body)
             }
             Endpoint::Refresh => match &self.tokens {
                 Some(Tokens::OAuth { refresh, .. }) => {
                     let body = encode::refresh_body(refresh);
-                    self.prepared.request(endpoint, None, body)
+                    self.parts.requests.request(endpoint, None, body)
                 }
                 _ => Err(Error::Usage(UsageError::NotLoggedIn)),
             },
             Endpoint::ReadSession { .. } | Endpoint::Logout => {
                 let auth = self.auth_values()?;
-                self.prepared.request(endpoint, Some(&auth), Vec::new())
+                self.parts
+                    .requests
+                    .request(endpoint, Some(&auth), Vec::new())
             }
             Endpoint::Switch | Endpoint::Application => {
                 Err(Error::Usage(UsageError::InvalidArgument {
