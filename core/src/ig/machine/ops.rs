@@ -613,11 +613,11 @@ impl IgSession {
             }
             (Kind::Login, Ok(())) => self
                 .session_info()
-                .map(IgOutcome::LoggedIn)
+                .map(|info| IgOutcome::LoggedIn(Box::new(info)))
                 .ok_or_else(not_logged_in),
             (Kind::Resume, Ok(())) => self
                 .session_info()
-                .map(IgOutcome::Resumed)
+                .map(|info| IgOutcome::Resumed(Box::new(info)))
                 .ok_or_else(not_logged_in),
             (Kind::Refresh, Ok(())) => match &self.tokens {
                 Some(Tokens::OAuth { expires_at, .. }) => Ok(IgOutcome::Refreshed {
@@ -635,7 +635,7 @@ impl IgSession {
             }
             (Kind::Read { .. }, Ok(())) => match op.details {
                 Some(details) => Ok(IgOutcome::Session {
-                    details: *details,
+                    details,
                     streaming_tokens: op.streaming_tokens,
                 }),
                 None => Err(not_logged_in()),
