@@ -422,6 +422,7 @@ mod tests {
     /// The same through sessions: a clone of a configuration already used, pointed
     /// elsewhere, logs in there with its own API key.
     #[test]
+    #[allow(clippy::disallowed_methods)] // a test needs some instant to start from
     fn a_changed_clone_sends_to_its_own_base_url() {
         use crate::{Machine, Now, Output, RngSeed};
         let now = Now::new(std::time::Instant::now(), std::time::SystemTime::UNIX_EPOCH);
