@@ -4,6 +4,9 @@
 //! - IG v3: login → 10 refreshes → logout (12 requests).
 //! - IBKR gateway: status → init (→ status poll, accounts) → 10 tickles → logout.
 //!
+//! - IG answers alone: decoding the v3 login answer and the `GET /session` answer the
+//!   fake broker gave (`responses::login_v3`, `responses::read_session`).
+//!
 //! Before the timings it prints the allocations of one cycle, request by request.
 //! Run: `cargo bench -p broker-session-benches --bench core_cycle`.
 
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use broker_session::ibkr::IbkrConfig;
 use broker_session::ibkr::{IbkrIntent, IbkrOutcome, IbkrSession, IbkrState};
 use broker_session::ig::IgConfig;
-use broker_session::ig::{IgIntent, IgOutcome, IgSession, IgState, LoginFlow};
+use broker_session::ig::{IgIntent, IgOutcome, IgSession, IgState, LoginFlow, responses};
 use broker_session::{Event, Machine, Output, RngSeed, Transmit};
 use broker_session_benches::alloc::{self, AllocDelta, CountingAlloc};
 use broker_session_benches::replay::Script;
@@ -69,6 +72,44 @@ impl Ig {
     fn machine(&self) -> IgSession {
         IgSession::new(self.config.clone(), RngSeed::from_u64(1), self.clock.now())
             .expect("valid config")
+    }
+}
+
+/// The bodies of a v3 login answer and a session-read answer, as the fake broker
+/// gives them.
+struct IgAnswers {
+    login: http::Response<Vec<u8>>,
+    read: http::Response<Vec<u8>>,
+}
+
+impl IgAnswers {
+    fn new() -> Self {
+        let mut fake = FakeIg::default();
+        let config = session_config(&fake, LoginFlow::V3);
+        let clock = VirtualClock::new();
+        let mut m =
+            IgSession::new(config, RngSeed::from_u64(1), clock.now()).expect("valid config");
+        let intents = vec![
+            IgIntent::Login,
+            IgIntent::ReadSession {
+                fetch_tokens: false,
+            },
+        ];
+        let script = Script::record(&mut m, &mut fake, clock.now(), intents);
+        Self {
+            login: script.response(0),
+            read: script.response(1),
+        }
+    }
+
+    /// Decodes both once; `false` if either fails.
+    fn decode(&self) -> bool {
+        let login = responses::login_v3(divan::black_box(self.login.body()));
+        let read = responses::read_session(
+            divan::black_box(self.read.headers()),
+            divan::black_box(self.read.body()),
+        );
+        login.is_ok() && read.is_ok()
     }
 }
 
@@ -162,7 +203,20 @@ fn cycles_only() -> bool {
                 std::hint::black_box((b.machine(), ibkr_intents(), b.script.responses()));
             }
         }
-        other => panic!("BENCH_ONLY={other}: ig, ibkr, ig-setup or ibkr-setup"),
+        // The v3 login and session-read answers decoded alone.
+        "ig-answers" => {
+            let a = IgAnswers::new();
+            for _ in 0..iters {
+                ok += usize::from(a.decode());
+            }
+        }
+        "ig-answers-setup" => {
+            let a = IgAnswers::new();
+            std::hint::black_box(&a);
+        }
+        other => panic!(
+            "BENCH_ONLY={other}: ig, ibkr, ig-answers, ig-setup, ibkr-setup or ig-answers-setup"
+        ),
     }
     println!("{ok} operations");
     true
@@ -202,6 +256,28 @@ fn main() {
         "\nIG v3 authorize (stamp Authorization, IG-ACCOUNT-ID, X-IG-API-KEY on an app request): {} allocations, {} bytes",
         d.allocs, d.bytes
     );
+
+    // Decoding the v3 login and session-read answers alone.
+    let answers = IgAnswers::new();
+    for (name, r) in [
+        ("v3 login", &answers.login),
+        ("session read", &answers.read),
+    ] {
+        let before = alloc::snapshot();
+        let ok = if std::ptr::eq(r, &answers.login) {
+            responses::login_v3(r.body()).is_ok()
+        } else {
+            responses::read_session(r.headers(), r.body()).is_ok()
+        };
+        let d = alloc::snapshot().since(before);
+        assert!(ok, "the {name} answer decodes");
+        println!(
+            "IG {name} answer ({} B body) decoded: {} allocations, {} bytes",
+            r.body().len(),
+            d.allocs,
+            d.bytes
+        );
+    }
 
     // What one canned answer costs to copy (the input side, outside the timed loop).
     let before = alloc::snapshot();
@@ -358,6 +434,14 @@ fn ig_v3_authorize(bencher: Bencher<'_, '_>) {
     let mut req = app_request();
     let now = ig.clock.now();
     bencher.bench_local(|| m.authorize(divan::black_box(&mut req), now));
+}
+
+/// Decoding an IG v3 login answer and a session-read answer (both, one after the
+/// other).
+#[divan::bench(max_time = 1)]
+fn ig_decode_login_and_read(bencher: Bencher<'_, '_>) {
+    let a = IgAnswers::new();
+    bencher.bench_local(|| assert!(a.decode()));
 }
 
 /// Building an IG session (config validation), for scale.

@@ -197,6 +197,26 @@ impl<'a> Plain<'a> {
         text.parse::<i64>().ok().map(Some)
     }
 
+    /// A loosely typed value (a field the answer's serde_json form reads as a
+    /// `serde_json::Value`): a string, an integer, `null`, or any other value, skipped.
+    /// `depth` is the depth of the value (its enclosing object's plus one). A number
+    /// with a fraction, `-0` (which serde_json reads as a float) and an integer
+    /// outside `i64` give up: their `Value` form is not simply their text.
+    pub(crate) fn loose(&mut self, depth: u32) -> Option<Loose<'a>> {
+        match self.peek()? {
+            b'"' => self.string().map(Loose::Str),
+            b'n' => self.literal(b"null").map(|()| Loose::Null),
+            b'-' | b'0'..=b'9' => {
+                let text = self.number()?;
+                if text.contains('.') || text.starts_with("-0") {
+                    return None;
+                }
+                Some(Loose::Int(text, text.parse().ok()?))
+            }
+            _ => self.skip(depth).map(|()| Loose::Other),
+        }
+    }
+
     /// Skips one value of any type.
     pub(crate) fn skip(&mut self, depth: u32) -> Option<()> {
         match self.peek()? {
@@ -213,6 +233,18 @@ impl<'a> Plain<'a> {
         self.skip_ws();
         (self.i == self.b.len()).then_some(())
     }
+}
+
+/// A loosely typed value, as [`Plain::loose`] reads it.
+pub(crate) enum Loose<'a> {
+    /// A string's content.
+    Str(&'a str),
+    /// An integer: its text (as serde_json would print it back) and its value.
+    Int(&'a str, i64),
+    /// `null`.
+    Null,
+    /// `true`, `false`, an array or an object.
+    Other,
 }
 
 /// The length of a string's content at the start of `rest`: the bytes before its
@@ -293,6 +325,10 @@ pub(crate) fn mutated(bodies: Vec<Vec<u8>>) -> impl proptest::strategy::Strategy
         b"\"expires_in\":1,",
         b"1.5",
         b"[]",
+        b"\"clientId\":-0,",
+        b"\"oauthToken\":{},",
+        b"\"accountId\":null,",
+        b"9223372036854775808",
     ];
     let edit = (
         any::<prop::sample::Index>(),

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::endpoint::Endpoint;
 use crate::error::{ActionRequired, ProtocolError};
-use crate::plain_json::{Plain, first};
+use crate::plain_json::{Loose, Plain, first};
 use crate::secret::{AccessToken, Cst, RefreshToken, SecurityToken};
 use crate::wire::{check_body, header_str, int_or_string, parse_json};
 
@@ -313,9 +313,16 @@ impl<'a> TokenBody<'a> {
     /// refresh); `None` hands the body to serde_json (see `crate::plain_json`).
     fn read_plain(body: &'a [u8]) -> Option<Self> {
         let mut r = Plain::new(body)?;
+        let t = Self::read(&mut r, 0)?;
+        r.end()?;
+        Some(t)
+    }
+
+    /// The token object at `depth` (0 at the top of the body).
+    fn read(r: &mut Plain<'a>, depth: u32) -> Option<Self> {
         let mut t = Self::default();
         let mut seen = [false; 3];
-        r.object(0, |r, key| {
+        r.object(depth, |r, key| {
             match key {
                 "access_token" => {
                     first(&mut seen[0])?;
@@ -329,12 +336,194 @@ impl<'a> TokenBody<'a> {
                     first(&mut seen[2])?;
                     t.expires_in = r.int_or_string_or_null()?;
                 }
+                _ => r.skip(depth + 1)?,
+            }
+            Some(())
+        })?;
+        Some(t)
+    }
+}
+
+/// `clientId` as IG sends it, a string or a number (read as a `serde_json::Value`):
+/// the string, or the number's text.
+fn client_id_plain(v: Loose<'_>) -> Option<Cow<'_, str>> {
+    match v {
+        Loose::Str(s) | Loose::Int(s, _) => Some(Cow::Borrowed(s)),
+        Loose::Null | Loose::Other => None,
+    }
+}
+
+/// A string or `null` field, borrowed.
+fn opt_str<'a>(r: &mut Plain<'a>) -> Option<Option<Cow<'a, str>>> {
+    r.string_or_null().map(|s| s.map(Cow::Borrowed))
+}
+
+/// The fields of a v3 login answer that the session keeps, borrowed from the body
+/// when it is plain JSON (the fast path: `read_plain`), owned when serde_json read
+/// it (`read_json`). Both give the same value for every body the fast path reads
+/// (`tests::the_v3_login_fast_path_agrees_with_serde`).
+#[derive(Debug, Default, PartialEq)]
+struct LoginV3Body<'a> {
+    account_id: Option<Cow<'a, str>>,
+    current_account_id: Option<Cow<'a, str>>,
+    client_id: Option<Cow<'a, str>>,
+    lightstreamer_endpoint: Option<Cow<'a, str>>,
+    oauth_token: Option<TokenBody<'a>>,
+}
+
+impl<'a> LoginV3Body<'a> {
+    fn read_plain(body: &'a [u8]) -> Option<Self> {
+        let mut r = Plain::new(body)?;
+        let mut b = Self::default();
+        let mut seen = [false; 5];
+        r.object(0, |r, key| {
+            match key {
+                "accountId" => {
+                    first(&mut seen[0])?;
+                    b.account_id = opt_str(r)?;
+                }
+                "currentAccountId" => {
+                    first(&mut seen[1])?;
+                    b.current_account_id = opt_str(r)?;
+                }
+                "clientId" => {
+                    first(&mut seen[2])?;
+                    b.client_id = client_id_plain(r.loose(1)?);
+                }
+                "lightstreamerEndpoint" => {
+                    first(&mut seen[3])?;
+                    b.lightstreamer_endpoint = opt_str(r)?;
+                }
+                "oauthToken" => {
+                    first(&mut seen[4])?;
+                    b.oauth_token = if r.null()? {
+                        None
+                    } else {
+                        Some(TokenBody::read(r, 1)?)
+                    };
+                }
                 _ => r.skip(1)?,
             }
             Some(())
         })?;
         r.end()?;
-        Some(t)
+        Some(b)
+    }
+
+    fn read_json(endpoint: &'static str, body: &'a [u8]) -> Result<Self, ProtocolError> {
+        #[derive(Deserialize)]
+        struct Body<'a> {
+            #[serde(rename = "accountId", default)]
+            account_id: Option<String>,
+            #[serde(rename = "currentAccountId", default)]
+            current_account_id: Option<String>,
+            #[serde(rename = "clientId", default)]
+            client_id: Option<serde_json::Value>,
+            #[serde(rename = "lightstreamerEndpoint", default)]
+            lightstreamer_endpoint: Option<String>,
+            #[serde(rename = "oauthToken", borrow)]
+            oauth_token: Option<TokenBody<'a>>,
+        }
+        let b: Body<'a> = parse_json(endpoint, body)?;
+        Ok(Self {
+            account_id: b.account_id.map(Cow::Owned),
+            current_account_id: b.current_account_id.map(Cow::Owned),
+            client_id: client_id(b.client_id).map(Cow::Owned),
+            lightstreamer_endpoint: b.lightstreamer_endpoint.map(Cow::Owned),
+            oauth_token: b.oauth_token,
+        })
+    }
+}
+
+/// The fields of a session-read answer, as [`LoginV3Body`] for a login
+/// (`tests::the_session_read_fast_path_agrees_with_serde`).
+#[derive(Debug, Default, PartialEq)]
+struct SessionBody<'a> {
+    account_id: Option<Cow<'a, str>>,
+    current_account_id: Option<Cow<'a, str>>,
+    client_id: Option<Cow<'a, str>>,
+    currency: Option<Cow<'a, str>>,
+    locale: Option<Cow<'a, str>>,
+    lightstreamer_endpoint: Option<Cow<'a, str>>,
+    timezone_offset: Option<i64>,
+}
+
+impl<'a> SessionBody<'a> {
+    fn read_plain(body: &'a [u8]) -> Option<Self> {
+        let mut r = Plain::new(body)?;
+        let mut b = Self::default();
+        let mut seen = [false; 7];
+        r.object(0, |r, key| {
+            match key {
+                "accountId" => {
+                    first(&mut seen[0])?;
+                    b.account_id = opt_str(r)?;
+                }
+                "currentAccountId" => {
+                    first(&mut seen[1])?;
+                    b.current_account_id = opt_str(r)?;
+                }
+                "clientId" => {
+                    first(&mut seen[2])?;
+                    b.client_id = client_id_plain(r.loose(1)?);
+                }
+                "currency" => {
+                    first(&mut seen[3])?;
+                    b.currency = opt_str(r)?;
+                }
+                "locale" => {
+                    first(&mut seen[4])?;
+                    b.locale = opt_str(r)?;
+                }
+                "lightstreamerEndpoint" => {
+                    first(&mut seen[5])?;
+                    b.lightstreamer_endpoint = opt_str(r)?;
+                }
+                "timezoneOffset" => {
+                    first(&mut seen[6])?;
+                    // A `serde_json::Value` read with `as_i64`: anything but an
+                    // integer is no offset.
+                    b.timezone_offset = match r.loose(1)? {
+                        Loose::Int(_, n) => Some(n),
+                        Loose::Str(_) | Loose::Null | Loose::Other => None,
+                    };
+                }
+                _ => r.skip(1)?,
+            }
+            Some(())
+        })?;
+        r.end()?;
+        Some(b)
+    }
+
+    fn read_json(endpoint: &'static str, body: &'a [u8]) -> Result<Self, ProtocolError> {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(rename = "accountId", default)]
+            account_id: Option<String>,
+            #[serde(rename = "currentAccountId", default)]
+            current_account_id: Option<String>,
+            #[serde(rename = "clientId", default)]
+            client_id: Option<serde_json::Value>,
+            #[serde(default)]
+            currency: Option<String>,
+            #[serde(default)]
+            locale: Option<String>,
+            #[serde(rename = "lightstreamerEndpoint", default)]
+            lightstreamer_endpoint: Option<String>,
+            #[serde(rename = "timezoneOffset", default)]
+            timezone_offset: Option<serde_json::Value>,
+        }
+        let b: Body = parse_json(endpoint, body)?;
+        Ok(Self {
+            account_id: b.account_id.map(Cow::Owned),
+            current_account_id: b.current_account_id.map(Cow::Owned),
+            client_id: client_id(b.client_id).map(Cow::Owned),
+            currency: b.currency.map(Cow::Owned),
+            locale: b.locale.map(Cow::Owned),
+            lightstreamer_endpoint: b.lightstreamer_endpoint.map(Cow::Owned),
+            timezone_offset: b.timezone_offset.and_then(|v| v.as_i64()),
+        })
     }
 }
 
@@ -392,21 +581,12 @@ fn tokens<'a>(endpoint: &'static str, t: TokenBody<'a>) -> Result<FreshTokens<'a
 
 /// A v3 login answer ([`Endpoint::LoginV3`]).
 pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
-    #[derive(Deserialize)]
-    struct Body<'a> {
-        #[serde(rename = "accountId", default)]
-        account_id: Option<String>,
-        #[serde(rename = "currentAccountId", default)]
-        current_account_id: Option<String>,
-        #[serde(rename = "clientId", default)]
-        client_id: Option<serde_json::Value>,
-        #[serde(rename = "lightstreamerEndpoint", default)]
-        lightstreamer_endpoint: Option<String>,
-        #[serde(rename = "oauthToken", borrow)]
-        oauth_token: Option<TokenBody<'a>>,
-    }
     let endpoint = Endpoint::LoginV3.name();
-    let b: Body<'_> = parse_json(endpoint, body)?;
+    check_body(endpoint, body)?;
+    let b = match LoginV3Body::read_plain(body) {
+        Some(b) => b,
+        None => LoginV3Body::read_json(endpoint, body)?,
+    };
     let t = b.oauth_token.ok_or(ProtocolError::MissingField {
         endpoint,
         field: "oauthToken",
@@ -419,12 +599,13 @@ pub fn login_v3(body: &[u8]) -> Result<OAuthLogin, ProtocolError> {
         .ok_or(ProtocolError::MissingField {
             endpoint,
             field: "accountId",
-        })?;
+        })?
+        .into_owned();
     Ok(OAuthLogin {
         tokens,
         account_id,
-        client_id: client_id(b.client_id),
-        lightstreamer_endpoint: b.lightstreamer_endpoint,
+        client_id: b.client_id.map(Cow::into_owned),
+        lightstreamer_endpoint: b.lightstreamer_endpoint.map(Cow::into_owned),
     })
 }
 
@@ -450,28 +631,15 @@ pub fn read_session(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<(SessionDetails, Option<StreamingTokens>), ProtocolError> {
-    #[derive(Deserialize)]
-    struct Body {
-        #[serde(rename = "accountId", default)]
-        account_id: Option<String>,
-        #[serde(rename = "currentAccountId", default)]
-        current_account_id: Option<String>,
-        #[serde(rename = "clientId", default)]
-        client_id: Option<serde_json::Value>,
-        #[serde(default)]
-        currency: Option<String>,
-        #[serde(default)]
-        locale: Option<String>,
-        #[serde(rename = "lightstreamerEndpoint", default)]
-        lightstreamer_endpoint: Option<String>,
-        #[serde(rename = "timezoneOffset", default)]
-        timezone_offset: Option<serde_json::Value>,
-    }
     let endpoint = Endpoint::ReadSession {
         fetch_tokens: false,
     }
     .name();
-    let b: Body = parse_json(endpoint, body)?;
+    check_body(endpoint, body)?;
+    let b = match SessionBody::read_plain(body) {
+        Some(b) => b,
+        None => SessionBody::read_json(endpoint, body)?,
+    };
     let account_id = b
         .account_id
         .or(b.current_account_id)
@@ -479,7 +647,8 @@ pub fn read_session(
         .ok_or(ProtocolError::MissingField {
             endpoint,
             field: "accountId",
-        })?;
+        })?
+        .into_owned();
     let cst: Option<Cst> = opt_header(endpoint, headers, "CST")?;
     let xst: Option<SecurityToken> = opt_header(endpoint, headers, "X-SECURITY-TOKEN")?;
     let tokens = match (cst, xst) {
@@ -488,11 +657,11 @@ pub fn read_session(
     };
     let details = SessionDetails {
         account_id,
-        client_id: client_id(b.client_id),
-        currency: b.currency,
-        locale: b.locale,
-        lightstreamer_endpoint: b.lightstreamer_endpoint,
-        timezone_offset: b.timezone_offset.and_then(|v| v.as_i64()),
+        client_id: b.client_id.map(Cow::into_owned),
+        currency: b.currency.map(Cow::into_owned),
+        locale: b.locale.map(Cow::into_owned),
+        lightstreamer_endpoint: b.lightstreamer_endpoint.map(Cow::into_owned),
+        timezone_offset: b.timezone_offset,
     };
     Ok((details, tokens))
 }
@@ -702,6 +871,79 @@ mod tests {
                 proptest::prop_assert_eq!(fast, slow);
             }
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_v3_login_fast_path_agrees_with_serde(body in crate::plain_json::mutated(vec![
+            br#"{"clientId":"101","accountId":"ACC3","timezoneOffset":1,"lightstreamerEndpoint":"https://ls","oauthToken":{"access_token":"AT","refresh_token":"RT","scope":"profile","token_type":"Bearer","expires_in":"60"}}"#.to_vec(),
+            br#"{ "clientId" : 101 , "currentAccountId" : "C1", "accountId" : null, "oauthToken" : null, "x" : [ { "y" : -1.5 } ] }"#.to_vec(),
+            br#"{"clientId":{"a":[1]},"lightstreamerEndpoint":null,"oauthToken":{"expires_in":60,"other":{}},"accountId":""}"#.to_vec(),
+        ])) {
+            if let Some(fast) = LoginV3Body::read_plain(&body) {
+                let slow = LoginV3Body::read_json("test", &body)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
+                proptest::prop_assert_eq!(fast, slow);
+            }
+        }
+
+        #[test]
+        fn the_session_read_fast_path_agrees_with_serde(body in crate::plain_json::mutated(vec![
+            br#"{"clientId":"1","accountId":"A1","timezoneOffset":0,"locale":"en_GB","currency":"GBP","lightstreamerEndpoint":"https://ls"}"#.to_vec(),
+            br#"{ "clientId" : -42 , "currentAccountId" : "C1", "timezoneOffset" : "1", "currency" : null, "z" : [ true, { } ] }"#.to_vec(),
+            br#"{"timezoneOffset":-3,"clientId":true,"locale":"fr","accountId":"A","extra":{"n":[null,12]}}"#.to_vec(),
+        ])) {
+            if let Some(fast) = SessionBody::read_plain(&body) {
+                let slow = SessionBody::read_json("test", &body)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
+                proptest::prop_assert_eq!(fast, slow);
+            }
+        }
+    }
+
+    /// The answers IG documents are read by the fast path, and it gives up where
+    /// serde_json has to decide (an escape, a number serde_json keeps as a float, a
+    /// field given twice), with the same result through serde_json.
+    #[test]
+    fn the_login_and_session_fast_paths_read_the_usual_answers() {
+        let login = v3_body("\"60\"");
+        let b = LoginV3Body::read_plain(login.as_bytes()).unwrap();
+        assert_eq!(b.account_id.as_deref(), Some("ACC3"));
+        assert_eq!(b.client_id.as_deref(), Some("101"));
+        assert!(matches!(b.client_id, Some(Cow::Borrowed(_))));
+        assert_eq!(b.oauth_token.unwrap().expires_in, Some(60));
+        let session = br#"{"clientId":101,"accountId":"A1","timezoneOffset":-5,"locale":"en_GB","currency":"GBP","lightstreamerEndpoint":"https://ls"}"#;
+        let s = SessionBody::read_plain(session).unwrap();
+        assert_eq!(
+            (
+                s.client_id.as_deref(),
+                s.timezone_offset,
+                s.currency.as_deref()
+            ),
+            (Some("101"), Some(-5), Some("GBP"))
+        );
+        for given_up in [
+            &br#"{"accountId":"A\u0031"}"#[..],
+            br#"{"accountId":"A1","clientId":-0}"#,
+            br#"{"accountId":"A1","timezoneOffset":1.0}"#,
+            br#"{"accountId":"A1","accountId":"A2"}"#,
+        ] {
+            assert!(SessionBody::read_plain(given_up).is_none());
+        }
+        let (d, _) = read_session(
+            &http::HeaderMap::new(),
+            br#"{"accountId":"A\u0031","timezoneOffset":1.0}"#,
+        )
+        .unwrap();
+        assert_eq!((d.account_id.as_str(), d.timezone_offset), ("A1", None));
+        assert!(
+            read_session(
+                &http::HeaderMap::new(),
+                br#"{"accountId":"A1","accountId":"A2"}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

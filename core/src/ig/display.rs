@@ -196,11 +196,11 @@ mod tests {
     #[test]
     fn outcomes_read_as_sentences() {
         assert_eq!(
-            IgOutcome::LoggedIn(info(2)).to_string(),
+            IgOutcome::LoggedIn(Box::new(info(2))).to_string(),
             "logged in: account ABC123 (CST tokens), 2 accounts"
         );
         assert_eq!(
-            IgOutcome::Resumed(info(0)).to_string(),
+            IgOutcome::Resumed(Box::new(info(0))).to_string(),
             "resumed: account ABC123 (CST tokens)"
         );
         let d = SessionDetails {
@@ -213,7 +213,7 @@ mod tests {
         };
         assert_eq!(
             IgOutcome::Session {
-                details: d,
+                details: Box::new(d),
                 streaming_tokens: true
             }
             .to_string(),

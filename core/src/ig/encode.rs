@@ -325,6 +325,11 @@ impl Prepared {
         })
     }
 
+    /// Whether the prepared API key header is `api_key`'s value.
+    pub(crate) fn has_api_key(&self, api_key: &ApiKey) -> bool {
+        self.api_key.as_bytes() == api_key.expose_secret().as_bytes()
+    }
+
     /// Stamps an application request: the API key and the credentials, as
     /// [`apply_auth`] does.
     pub(crate) fn stamp(&self, headers: &mut HeaderMap, auth: &AuthValues) {

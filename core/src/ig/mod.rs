@@ -234,10 +234,12 @@ pub struct SessionInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IgOutcome {
-    /// [`IgIntent::Login`] succeeded.
-    LoggedIn(SessionInfo),
+    /// [`IgIntent::Login`] succeeded. (Boxed, as [`Session`](Self::Session)'s
+    /// details: a login comes once in a session's life, a refresh every minute, and
+    /// every event the session queues has the room of the largest outcome.)
+    LoggedIn(Box<SessionInfo>),
     /// [`IgIntent::Resume`] succeeded: the tokens are valid.
-    Resumed(SessionInfo),
+    Resumed(Box<SessionInfo>),
     /// The v3 access token was refreshed (by [`IgIntent::Refresh`], or by the session
     /// itself before expiry); it now expires at `expires_at`.
     Refreshed {
@@ -253,7 +255,7 @@ pub enum IgOutcome {
     /// [`IgIntent::ReadSession`] answered.
     Session {
         /// The details IG returned.
-        details: SessionDetails,
+        details: Box<SessionDetails>,
         /// Whether CST/X-SECURITY-TOKEN came with it (and were stored for streaming).
         streaming_tokens: bool,
     },

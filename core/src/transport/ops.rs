@@ -141,14 +141,14 @@ pub mod ig {
     }
 
     operation!(IgSession, Login, SessionInfo, |_| IgIntent::Login,
-        IgOutcome::LoggedIn(info) => info);
+        IgOutcome::LoggedIn(info) => *info);
     operation!(IgSession, Resume, SessionInfo, |Resume(s)| IgIntent::Resume(s),
-        IgOutcome::Resumed(info) => info);
+        IgOutcome::Resumed(info) => *info);
     operation!(IgSession, Refresh, Instant, |_| IgIntent::Refresh,
         IgOutcome::Refreshed { expires_at } => expires_at);
     operation!(IgSession, ReadSession, SessionDetails,
         |ReadSession { fetch_tokens }| IgIntent::ReadSession { fetch_tokens },
-        IgOutcome::Session { details, .. } => details);
+        IgOutcome::Session { details, .. } => *details);
     operation!(IgSession, SwitchAccount, SwitchOutcome,
         |SwitchAccount { account_id, make_default }| IgIntent::SwitchAccount { account_id, make_default },
         IgOutcome::Switched { account_id, already_active } => SwitchOutcome { account_id, already_active });

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use self::follower::Awaiting;
 use self::ops::{Call, InFlight, Kind, Next, Op, Queued, Step};
-use super::config::{BaseUrl, IgConfig, LoginFlow};
+use super::config::{IgConfig, LoginFlow, SessionParts};
 use super::decode::{self, CstLoginAnswer, IgAccount};
-use super::encode::{self, AuthHeaders, AuthValues, Prepared};
+use super::encode::{self, AuthHeaders, AuthValues};
 use super::endpoint::Endpoint;
 use super::policy::{Action, BackOffs, action_for};
 use super::snapshot::{SessionSnapshot, SnapTokens};
@@ -64,9 +64,9 @@ const MAX_ABANDONED: usize = 4;
 /// ```
 pub struct IgSession {
     cfg: Arc<IgConfig>,
-    base: BaseUrl,
-    /// The fixed parts of the session's requests (URLs, API key), parsed once.
-    prepared: Prepared,
+    /// The fixed parts of the session's requests (base URL, endpoint URIs, API key),
+    /// parsed once per configuration and shared by the sessions built from it.
+    parts: Arc<SessionParts>,
     /// The credentials' header values, built when first needed after a change of
     /// tokens or account and checked against the current ones before every use.
     auth_values: Option<AuthValues>,
@@ -171,18 +171,14 @@ impl IgSession {
     /// deadline.
     pub fn new(config: impl Into<Arc<IgConfig>>, seed: RngSeed, _now: Now) -> Result<Self, Error> {
         let mut config: Arc<IgConfig> = config.into();
-        let base = config.validate().map_err(Error::Usage)?;
         if !config.is_clamped() {
             Arc::make_mut(&mut config).clamp();
         }
-        let web_platform_url = (config.login_flow == LoginFlow::WebPlatform)
-            .then_some(config.web_platform_url.as_str());
-        let prepared = Prepared::new(&base, &config.api_key, web_platform_url)?;
+        let parts = SessionParts::of(&mut config)?;
         Ok(Self {
             rng: LazyRng::new(&seed),
             jitter: JitterRng::new(&seed),
-            base,
-            prepared,
+            parts,
             auth_values: None,
             cfg: config,
             ids: Ids::default(),
@@ -595,7 +591,7 @@ impl Machine for IgSession {
             return Err(AuthorizeError::Lost(reason.clone()));
         }
         self.lapse_lead(now);
-        if !self.base.covers(request.uri()) {
+        if !self.parts.base.covers(request.uri()) {
             return Err(AuthorizeError::Refused(UsageError::InvalidArgument {
                 what: "request URI",
                 reason: "not under the session's base URL: credentials go only to IG",
@@ -660,7 +656,7 @@ impl Machine for IgSession {
                 }));
             }
         };
-        self.prepared.stamp(request.headers_mut(), &auth);
+        self.parts.requests.stamp(request.headers_mut(), &auth);
         Ok(AuthStamp {
             generation: self.generation,
         })

@@ -502,12 +502,15 @@ impl IgSession {
             Call::Switch(to) => {
                 let auth = self.auth_values()?;
                 let body = encode::switch_body(&to.account, to.make_default);
-                return self.prepared.request(Endpoint::Switch, Some(&auth), body);
+                return self
+                    .parts
+                    .requests
+                    .request(Endpoint::Switch, Some(&auth), body);
             }
             Call::Send(endpoint) => *endpoint,
         };
         match endpoint {
-            Endpoint::EncryptionKey => self.prepared.request(endpoint, None, Vec::new()),
+            Endpoint::EncryptionKey => self.parts.requests.request(endpoint, None, Vec::new()),
             Endpoint::LoginV1 | Endpoint::LoginV2 | Endpoint::LoginV3 => {
                 let encrypted = self.cfg.login_flow == LoginFlow::EncryptedV2;
                 let enc = self.current.as_mut().and_then(|o| o.enc_password.take());
@@ -522,22 +525,24 @@ impl IgSession {
                     _ => &self.cfg.password,
                 };
                 let body = encode::login_body(&self.cfg.identifier, password, encrypted);
-                self.prepared.request(endpoint, None, body)
+                self.parts.requests.request(endpoint, None, body)
             }
             Endpoint::WebPlatformLogin => {
                 let body = encode::web_platform_body(&self.cfg.identifier, &self.cfg.password);
-                self.prepared.request(endpoint, None, body)
+                self.parts.requests.request(endpoint, None, body)
             }
             Endpoint::Refresh => match &self.tokens {
                 Some(Tokens::OAuth { refresh, .. }) => {
                     let body = encode::refresh_body(refresh);
-                    self.prepared.request(endpoint, None, body)
+                    self.parts.requests.request(endpoint, None, body)
                 }
                 _ => Err(Error::Usage(UsageError::NotLoggedIn)),
             },
             Endpoint::ReadSession { .. } | Endpoint::Logout => {
                 let auth = self.auth_values()?;
-                self.prepared.request(endpoint, Some(&auth), Vec::new())
+                self.parts
+                    .requests
+                    .request(endpoint, Some(&auth), Vec::new())
             }
             Endpoint::Switch | Endpoint::Application => {
                 Err(Error::Usage(UsageError::InvalidArgument {
@@ -608,11 +613,11 @@ impl IgSession {
             }
             (Kind::Login, Ok(())) => self
                 .session_info()
-                .map(IgOutcome::LoggedIn)
+                .map(|info| IgOutcome::LoggedIn(Box::new(info)))
                 .ok_or_else(not_logged_in),
             (Kind::Resume, Ok(())) => self
                 .session_info()
-                .map(IgOutcome::Resumed)
+                .map(|info| IgOutcome::Resumed(Box::new(info)))
                 .ok_or_else(not_logged_in),
             (Kind::Refresh, Ok(())) => match &self.tokens {
                 Some(Tokens::OAuth { expires_at, .. }) => Ok(IgOutcome::Refreshed {
@@ -630,7 +635,7 @@ impl IgSession {
             }
             (Kind::Read { .. }, Ok(())) => match op.details {
                 Some(details) => Ok(IgOutcome::Session {
-                    details: *details,
+                    details,
                     streaming_tokens: op.streaming_tokens,
                 }),
                 None => Err(not_logged_in()),
