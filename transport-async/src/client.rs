@@ -20,6 +20,7 @@ use broker_session::{
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
+use crate::timer::{Hook, Shared as TimerShared, Timed};
 use crate::{Config, Error, HttpClient, now, os_seed};
 
 broker_session::__client_handle! {
@@ -49,6 +50,13 @@ pub(crate) struct Inner<M: Machine> {
     /// Whether `orphaned` may hold inputs: set after a push, so a drive looks at the
     /// list (a second lock) only then.
     has_orphans: AtomicBool,
+    /// The timer task to wake when the machine's deadline moves earlier than the one
+    /// it knows, while the session is kept alive. Taken with `shared` locked (never
+    /// the other way round).
+    timer: Mutex<Option<Hook>>,
+    /// Whether `timer` holds a hook; changed only with `shared` locked, so a drive of
+    /// a session nobody keeps alive takes no second lock.
+    hooked: AtomicBool,
 }
 
 /// What a waiting future does next, decided under the lock.
@@ -79,6 +87,63 @@ impl<M: Machine> Inner<M> {
         // A panic elsewhere leaves the machine as it was between two calls; carrying
         // on is safer than poisoning every later call.
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Taken with the machine's lock held (never the other way round).
+    fn hook(&self) -> MutexGuard<'_, Option<Hook>> {
+        // Holds a plain value, consistent between two statements.
+        self.timer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<M> Timed for Inner<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn service_timer(self: Arc<Self>, id: u64) -> Option<Option<Instant>> {
+        let mut g = self.lock();
+        // Under the machine's lock, which a dropped keep-alive handle takes to leave:
+        // once its drop has returned, no timer of the session runs.
+        if !self.hook().as_ref().is_some_and(|h| h.id() == id) {
+            return None;
+        }
+        // The session's requests go to spawned tasks: the timer task never waits
+        // for a broker.
+        self.drive_locked(&mut g);
+        let deadline = g.deadline();
+        if let Some(hook) = self.hook().as_mut() {
+            hook.learnt(deadline);
+        }
+        Some(deadline)
+    }
+
+    fn attach(&self, timer: &Arc<TimerShared>, id: u64) -> u64 {
+        let _g = self.lock();
+        let mut hook = self.hook();
+        match hook.as_mut() {
+            Some(h) if h.is_on(timer) => {
+                h.hold();
+                h.id()
+            }
+            _ => {
+                *hook = Some(Hook::new(timer, id));
+                self.hooked.store(true, Ordering::Relaxed);
+                id
+            }
+        }
+    }
+
+    fn release(&self, id: u64) -> bool {
+        let _g = self.lock();
+        let mut hook = self.hook();
+        let last = hook.as_mut().is_some_and(|h| h.id() == id && h.release());
+        if last {
+            *hook = None;
+            self.hooked.store(false, Ordering::Relaxed);
+        }
+        last
     }
 }
 
@@ -115,6 +180,11 @@ where
         let pump = g.pump(now);
         if pump.changed {
             self.changed.notify_waiters();
+        }
+        if self.hooked.load(Ordering::Relaxed)
+            && let Some(hook) = self.hook().as_mut()
+        {
+            hook.moved(g.deadline());
         }
         let mut transmits = pump.transmits.into_iter();
         let first = transmits.next();
@@ -222,16 +292,6 @@ where
                 }
             };
         }
-    }
-
-    /// Runs timers forever; the keep-alive task's body.
-    pub(crate) async fn keep_alive_loop(self: Arc<Self>) {
-        // Never ready and never stalled: runs until the task is aborted. Started as a
-        // wait, whose first look under the lock takes the first step (no step held
-        // beside the loop's: the task stays small, one per session).
-        let _ = self
-            .wait_until(Next::Wait(None), |_| None::<()>, false)
-            .await;
     }
 }
 
@@ -461,6 +521,8 @@ where
                 changed: Notify::new(),
                 orphaned: Mutex::new(Vec::new()),
                 has_orphans: AtomicBool::new(false),
+                timer: Mutex::new(None),
+                hooked: AtomicBool::new(false),
             }),
         })
     }

@@ -75,6 +75,7 @@
 mod client;
 mod http_client;
 mod keep_alive;
+mod timer;
 mod tls;
 
 #[allow(deprecated)]
