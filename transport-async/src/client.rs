@@ -31,9 +31,10 @@ broker_session::__client_handle! {
     /// the machine waits for. A session request is exchanged inside the future that
     /// awaits it (so, as with any future, keep polling it or drop it); dropped
     /// half-way, its exchange goes on in a task the session spawns and still feeds
-    /// the machine. Those tasks, the exchanges of [`submit`](Client::submit) and
-    /// [`service`](Client::service), and the [`keep_alive`](Client::keep_alive) task
-    /// run on the tokio runtime the session was created in.
+    /// the machine. Those tasks, the exchanges of [`submit`](Client::submit),
+    /// [`service`](Client::service) and the session's timers, and the timer task
+    /// of [`keep_alive`](Client::keep_alive) run on the tokio runtime the session
+    /// was created in.
     Client
 }
 
@@ -78,8 +79,8 @@ where
 type Exchanged = Result<http::Response<Vec<u8>>, TransportFailure>;
 
 /// A session exchange in flight, boxed so that it can be moved to a task when the
-/// future running it is dropped (and so that the futures awaiting the machine, the
-/// keep-alive task's among them, stay small).
+/// future running it is dropped (and so that the futures awaiting the machine stay
+/// small).
 type ExchangeFuture = Pin<Box<dyn Future<Output = Exchanged> + Send>>;
 
 impl<M: Machine> Inner<M> {
@@ -502,7 +503,7 @@ where
     ///
     /// # Errors
     /// [`Error::NoRuntime`] outside a tokio runtime: the client spawns its exchanges
-    /// and its keep-alive task on the runtime it was created in, so that they run
+    /// and its timers' task on the runtime it was created in, so that they run
     /// (and its futures can be awaited) from any thread.
     pub fn with_http(machine: M, http: HttpClient) -> Result<Self, Error> {
         Self::build(machine, http, None)
