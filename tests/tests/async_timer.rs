@@ -227,3 +227,9 @@ async fn a_slow_exchange_of_one_session_does_not_delay_the_others_timers() {
     assert!(start.elapsed() < Duration::from_secs(9));
     assert_eq!(f.ticks(&slow_token), 1);
 }
+
+#[test]
+fn the_handle_can_move_between_threads_and_tasks() {
+    fn send_sync_unpin<T: Send + Sync + Unpin>() {}
+    send_sync_unpin::<KeepAlive>();
+}

@@ -107,7 +107,7 @@ where
         let mut g = self.lock();
         // Under the machine's lock, which a dropped keep-alive handle takes to leave:
         // once its drop has returned, no timer of the session runs.
-        if !self.hook().as_ref().is_some_and(|h| h.id() == id) {
+        if self.hook().as_ref().is_none_or(|h| h.id() != id) {
             return None;
         }
         // The session's requests go to spawned tasks: the timer task never waits
@@ -136,15 +136,14 @@ where
         }
     }
 
-    fn release(&self, id: u64) -> bool {
+    fn release(&self) -> Option<Hook> {
         let _g = self.lock();
         let mut hook = self.hook();
-        let last = hook.as_mut().is_some_and(|h| h.id() == id && h.release());
-        if last {
-            *hook = None;
-            self.hooked.store(false, Ordering::Relaxed);
+        if !hook.as_mut()?.release() {
+            return None;
         }
-        last
+        self.hooked.store(false, Ordering::Relaxed);
+        hook.take()
     }
 }
 

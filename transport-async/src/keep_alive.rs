@@ -3,12 +3,12 @@
 //!
 //! [`HttpClient`]: crate::HttpClient
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use broker_session::Machine;
 
 use crate::client::Client;
-use crate::timer::{Shared, Timed};
+use crate::timer::Timed;
 
 /// Runs a session's timers (keep-alive ticks, proactive refreshes, retries) until
 /// this handle is dropped; it holds the session meanwhile.
@@ -29,25 +29,21 @@ use crate::timer::{Shared, Timed};
 /// handle is dropped.
 #[must_use = "the session's timers stop when the handle is dropped"]
 pub struct KeepAlive {
+    /// The session; its hook knows the registration (one per session, whatever the
+    /// number of handles), so the handle is this pointer alone.
     session: Arc<dyn Timed>,
-    timer: Weak<Shared>,
-    id: u64,
 }
 
 impl std::fmt::Debug for KeepAlive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeepAlive")
-            .field("registration", &self.id)
-            .finish()
+        f.debug_struct("KeepAlive").finish_non_exhaustive()
     }
 }
 
 impl Drop for KeepAlive {
     fn drop(&mut self) {
-        if self.session.release(self.id)
-            && let Some(timer) = self.timer.upgrade()
-        {
-            timer.remove(self.id);
+        if let Some(hook) = self.session.release() {
+            hook.leave();
         }
     }
 }
@@ -85,11 +81,7 @@ where
     /// ```
     pub fn keep_alive(&self) -> KeepAlive {
         let session: Arc<dyn Timed> = Arc::clone(self.inner()) as Arc<dyn Timed>;
-        let (timer, id) = self.http().timers().register(self.runtime(), &session);
-        KeepAlive {
-            session,
-            timer: Arc::downgrade(&timer),
-            id,
-        }
+        self.http().timers().register(self.runtime(), &session);
+        KeepAlive { session }
     }
 }

@@ -1,8 +1,9 @@
 //! One tokio task that runs the timers of every kept-alive session of an
 //! [`HttpClient`](crate::HttpClient) on a runtime.
 //!
-//! A session kept alive costs the task an entry in a map and a pair in a heap of
-//! deadlines (earliest first), not a task of its own with its `Sleep` and `Notified`.
+//! A session kept alive costs the task a slot in a vector (32 bytes) and a pair in
+//! a heap of deadlines, earliest first (16 bytes, and one more for a while when its
+//! deadline moves earlier), not a task of its own with its `Sleep` and `Notified`.
 //! The task sleeps until the earliest deadline, drives each session that is due (its
 //! exchanges go to spawned tasks, so a slow broker holds up nobody else's timer),
 //! reads the session's next deadline and queues it again. A session whose deadline
@@ -10,9 +11,11 @@
 //! submitted operation) tells it through its [`Hook`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use broker_session::deadline_after;
 
 use tokio::runtime::{Handle, Id};
 use tokio::sync::Notify;
@@ -35,9 +38,10 @@ pub(crate) trait Timed: Send + Sync {
     /// Hooks the session to `timer` as registration `id`, or counts one more holder
     /// of the registration it has on that timer. Returns the registration's id.
     fn attach(&self, timer: &Arc<Shared>, id: u64) -> u64;
-    /// Drops one holder of registration `id`; `true` when it was the last, and the
-    /// session no longer wakes the timer.
-    fn release(&self, id: u64) -> bool;
+    /// Drops one holder of the session's registration. When it was the last, the
+    /// session no longer wakes the timer, and its hook comes back to
+    /// [`leave`](Hook::leave) the timer.
+    fn release(&self) -> Option<Hook>;
 }
 
 /// Where a session tells its timer that its deadline moved earlier than the one the
@@ -80,6 +84,14 @@ impl Hook {
     pub(crate) fn release(&mut self) -> bool {
         self.holders = self.holders.saturating_sub(1);
         self.holders == 0
+    }
+
+    /// Takes the registration off its timer (after the session let go of the hook,
+    /// so that the session's lock is not held meanwhile).
+    pub(crate) fn leave(self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.remove(self.id);
+        }
     }
 
     /// Records `deadline`; tells the timer if it comes before what it knew.
@@ -130,9 +142,10 @@ impl Timers {
         {
             return (shared, id);
         }
-        // None yet, or its task is ending (it saw no session left): a new one.
+        // None yet, or its task has ended (it saw no session left): a new one, which
+        // nothing has closed, so the session gets in.
         let shared = Arc::new(Shared::default());
-        let id = shared.add(session).expect("a timer nobody ran yet is open");
+        let id = shared.add(session).unwrap_or_default();
         tasks.retain(|(id, _)| *id != rt);
         tasks.push((rt, Arc::downgrade(&shared)));
         drop(tasks);
@@ -148,14 +161,25 @@ pub(crate) struct Shared {
     wake: Notify,
 }
 
-#[derive(Default)]
+/// An instant as the timer keeps it: nanoseconds since the timer started (8 bytes,
+/// where an `Instant` takes 16), [`NEVER`] for none.
+type Tick = u64;
+
+/// No due time.
+const NEVER: Tick = u64::MAX;
+
 struct State {
-    entries: HashMap<u64, Entry>,
-    /// `(due, id)` of every entry with a due time, earliest first. An entry whose due
-    /// time has changed since (or that has left) leaves a stale pair behind, skipped
-    /// when it comes up: cheaper than finding it in the heap.
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    next_id: u64,
+    /// The instant ticks count from.
+    base: Instant,
+    /// The registrations; a free slot has no session and sits in `free`.
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// How many slots hold a registration.
+    len: usize,
+    /// `(due, id)` of every registration with a due time, earliest first. One whose
+    /// due time has changed since (or that has left) leaves a stale pair behind,
+    /// skipped when it comes up: cheaper than finding it in the heap.
+    queue: BinaryHeap<Reverse<(Tick, u64)>>,
     /// The instant the task sleeps until (`None`: it is awake and looks at the queue
     /// again before it sleeps); a session due earlier wakes it.
     asleep_until: Option<Instant>,
@@ -163,23 +187,33 @@ struct State {
     closed: bool,
 }
 
-struct Entry {
-    /// Weak: a session nobody holds any more (no client, no keep-alive handle) is
-    /// not kept alive by its timer.
-    session: Weak<dyn Timed>,
-    /// When the session next needs driving (`None`: not until it says so, or the
-    /// task is driving it now).
-    due: Option<Instant>,
-    /// The session moved its deadline earlier while the task was driving it.
-    poked: bool,
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            queue: BinaryHeap::new(),
+            asleep_until: None,
+            closed: false,
+        }
+    }
 }
 
-/// `a` or `b`, whichever is earlier; `None` is never.
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// A registration: its id is its slot's index, and in the high 32 bits the slot's
+/// generation, so that a pair left in the heap by an earlier occupant of the slot
+/// never matches.
+struct Slot {
+    /// Weak: a session nobody holds any more (no client, no keep-alive handle) is
+    /// not kept alive by its timer. `None`: the slot is free.
+    session: Option<Weak<dyn Timed>>,
+    /// When the session next needs driving ([`NEVER`]: not until it says so, or the
+    /// task is driving it now).
+    due: Tick,
+    generation: u32,
+    /// The session moved its deadline earlier while the task was driving it.
+    poked: bool,
 }
 
 impl Shared {
@@ -191,44 +225,34 @@ impl Shared {
     /// Adds `session`, due at once so that its first drive tells the task its
     /// deadline, and hooks it; `None` if the task has ended.
     fn add(self: &Arc<Self>, session: &Arc<dyn Timed>) -> Option<u64> {
-        let id = {
+        // Taken before the session is hooked (its lock is never taken under the
+        // timer's); the slot keeps the task from ending meanwhile.
+        let fresh = {
             let mut st = self.lock();
             if st.closed {
                 return None;
             }
-            st.next_id += 1;
-            st.next_id
+            st.insert(Arc::downgrade(session))
         };
-        // Hooked before it is queued: the session's lock is never taken under the
-        // timer's. An id the session already has on this timer comes back instead.
-        let id = session.attach(self, id);
+        let id = session.attach(self, fresh);
         let mut st = self.lock();
-        if st.closed {
-            // The task ended between the two looks; the caller starts another.
-            drop(st);
-            session.release(id);
-            return None;
-        }
-        if !st.entries.contains_key(&id) {
-            st.entries.insert(
-                id,
-                Entry {
-                    session: Arc::downgrade(session),
-                    due: None,
-                    poked: false,
-                },
-            );
-            st.schedule(id, Some(Instant::now()));
-            st.wake_for(&self.wake, Instant::now());
+        if id == fresh {
+            let now = Instant::now();
+            let due = st.tick(now);
+            st.schedule(id, due);
+            st.wake_for(&self.wake, now);
+        } else {
+            // The session was already on this timer: one more holder of that.
+            st.remove(fresh);
         }
         Some(id)
     }
 
     /// Removes registration `id` (its last handle dropped).
-    pub(crate) fn remove(&self, id: u64) {
+    fn remove(&self, id: u64) {
         let mut st = self.lock();
-        st.entries.remove(&id);
-        if st.entries.is_empty() {
+        st.remove(id);
+        if st.len == 0 {
             // The task ends: tell it now rather than at its next deadline.
             st.asleep_until = None;
             self.wake.notify_one();
@@ -237,44 +261,97 @@ impl Shared {
 
     fn poke(&self, id: u64, deadline: Instant) {
         let mut st = self.lock();
-        let Some(e) = st.entries.get_mut(&id) else {
+        let at = st.tick(deadline);
+        let Some(e) = st.slot(id) else {
             return;
         };
         e.poked = true;
-        let due = earliest(e.due, Some(deadline));
-        if due != e.due {
-            st.schedule(id, due);
+        let earlier = at < e.due;
+        if earlier {
+            st.schedule(id, at);
             st.wake_for(&self.wake, deadline);
         }
     }
 }
 
 impl State {
+    /// `at` as a tick; an instant before the timer started counts as its start.
+    fn tick(&self, at: Instant) -> Tick {
+        let since = at.saturating_duration_since(self.base).as_nanos();
+        Tick::try_from(since).map_or(NEVER - 1, |t| t.min(NEVER - 1))
+    }
+
+    fn instant(&self, t: Tick) -> Instant {
+        deadline_after(self.base, Duration::from_nanos(t))
+    }
+
+    /// The registration `id`, if it is still there.
+    fn slot(&mut self, id: u64) -> Option<&mut Slot> {
+        let (index, generation) = (id as u32, (id >> 32) as u32);
+        self.slots
+            .get_mut(index as usize)
+            .filter(|s| s.generation == generation && s.session.is_some())
+    }
+
+    /// A new registration for `session`, with no due time yet.
+    fn insert(&mut self, session: Weak<dyn Timed>) -> u64 {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot {
+                    session: None,
+                    due: NEVER,
+                    generation: 0,
+                    poked: false,
+                });
+                // More than 4 billion sessions on one timer do not fit in memory.
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.session = Some(session);
+        slot.due = NEVER;
+        slot.poked = false;
+        self.len += 1;
+        (u64::from(slot.generation) << 32) | u64::from(index)
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(slot) = self.slot(id) {
+            slot.session = None;
+            slot.due = NEVER;
+            slot.generation = slot.generation.wrapping_add(1);
+            self.free.push(id as u32);
+            self.len -= 1;
+        }
+    }
+
     /// Takes the next session due by `now`, marking it as being driven.
-    fn take_due(&mut self, now: Instant) -> Option<(u64, Weak<dyn Timed>)> {
+    fn take_due(&mut self, now: Tick) -> Option<(u64, Weak<dyn Timed>)> {
         while let Some(&Reverse((at, id))) = self.queue.peek() {
             if at > now {
                 return None;
             }
             self.queue.pop();
-            if let Some(e) = self.entries.get_mut(&id)
-                && e.due == Some(at)
+            if let Some(e) = self.slot(id)
+                && e.due == at
+                && let Some(session) = e.session.clone()
             {
-                e.due = None;
+                e.due = NEVER;
                 e.poked = false;
-                return Some((id, Weak::clone(&e.session)));
+                return Some((id, session));
             }
         }
         None
     }
 
-    /// Sets entry `id` (present) to run at `due`.
-    fn schedule(&mut self, id: u64, due: Option<Instant>) {
-        if let Some(e) = self.entries.get_mut(&id) {
+    /// Sets registration `id` (present) to run at `due`.
+    fn schedule(&mut self, id: u64, due: Tick) {
+        if let Some(e) = self.slot(id) {
             e.due = due;
-        }
-        if let Some(at) = due {
-            self.queue.push(Reverse((at, id)));
+            if due != NEVER {
+                self.queue.push(Reverse((due, id)));
+            }
         }
     }
 
@@ -286,15 +363,26 @@ impl State {
         }
     }
 
-    /// The earliest due time of a registered session; drops the stale pairs in front.
-    fn earliest(&mut self) -> Option<Instant> {
+    /// The earliest due time of a registration; drops the stale pairs in front.
+    fn earliest(&mut self) -> Option<Tick> {
         while let Some(&Reverse((at, id))) = self.queue.peek() {
-            if self.entries.get(&id).is_some_and(|e| e.due == Some(at)) {
+            if self.slot(id).is_some_and(|e| e.due == at) {
                 return Some(at);
             }
             self.queue.pop();
         }
         None
+    }
+
+    /// Queues registration `id` again after the task drove it: at `deadline`, or
+    /// earlier if it was poked meanwhile (then it is queued already).
+    fn requeue(&mut self, id: u64, deadline: Option<Instant>) {
+        let at = deadline.map_or(NEVER, |d| self.tick(d));
+        if let Some(e) = self.slot(id)
+            && !(e.poked && e.due <= at)
+        {
+            self.schedule(id, at);
+        }
     }
 }
 
@@ -304,21 +392,21 @@ async fn run(shared: Arc<Shared>) {
     loop {
         let mut driven = 0;
         let next = loop {
-            let now = Instant::now();
             let taken = {
                 let mut st = shared.lock();
-                match st.take_due(now) {
+                let now = Instant::now();
+                let due_by = st.tick(now);
+                match st.take_due(due_by) {
                     Some(taken) => taken,
                     None => {
-                        if st.entries.is_empty() {
+                        if st.len == 0 {
                             st.closed = true;
                             return;
                         }
-                        let next = st.earliest();
+                        let next = st.earliest().map(|t| st.instant(t));
                         // Far enough to mean "until woken" when nothing is due.
-                        st.asleep_until = Some(next.unwrap_or_else(|| {
-                            broker_session::deadline_after(now, std::time::Duration::MAX)
-                        }));
+                        st.asleep_until =
+                            Some(next.unwrap_or_else(|| deadline_after(now, Duration::MAX)));
                         break next;
                     }
                 }
@@ -329,22 +417,8 @@ async fn run(shared: Arc<Shared>) {
                 let mut st = shared.lock();
                 match deadline {
                     // The session is gone, or its registration was dropped: forget it.
-                    None => {
-                        st.entries.remove(&id);
-                    }
-                    Some(deadline) => {
-                        if let Some(e) = st.entries.get(&id) {
-                            let due = if e.poked {
-                                earliest(e.due, deadline)
-                            } else {
-                                deadline
-                            };
-                            // A poke while driving may have queued this very time.
-                            if !(e.poked && due == e.due) {
-                                st.schedule(id, due);
-                            }
-                        }
-                    }
+                    None => st.remove(id),
+                    Some(deadline) => st.requeue(id, deadline),
                 }
             }
             driven += 1;
@@ -367,7 +441,6 @@ async fn run(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     use super::*;
 
@@ -401,18 +474,18 @@ mod tests {
                 }
             }
         }
-        fn release(&self, id: u64) -> bool {
+        fn release(&self) -> Option<Hook> {
             let mut hook = self.hook.lock().unwrap();
-            let last = hook.as_mut().is_some_and(|h| h.id() == id && h.release());
-            if last {
-                *hook = None;
+            if hook.as_mut()?.release() {
+                hook.take()
+            } else {
+                None
             }
-            last
         }
     }
 
     fn later(d: Duration) -> Instant {
-        broker_session::deadline_after(Instant::now(), d)
+        deadline_after(Instant::now(), d)
     }
 
     async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -421,6 +494,28 @@ mod tests {
             assert!(Instant::now() < end, "timed out waiting: {what}");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    #[test]
+    fn a_reused_slot_never_answers_to_its_former_occupants_pairs() {
+        let mut st = State::default();
+        let a: Arc<dyn Timed> = Arc::new(Fake::default());
+        let b: Arc<dyn Timed> = Arc::new(Fake::default());
+        let first = st.insert(Arc::downgrade(&a));
+        st.schedule(first, 5);
+        st.remove(first);
+        // `b` takes the same slot, due at the same tick as the pair `a` left.
+        let second = st.insert(Arc::downgrade(&b));
+        assert_eq!(second as u32, first as u32, "the slot is reused");
+        assert_ne!(second, first);
+        assert_eq!(st.take_due(10).map(|(id, _)| id), None, "a's pair is stale");
+        st.schedule(second, 5);
+        assert_eq!(st.take_due(10).map(|(id, _)| id), Some(second));
+        assert_eq!(st.len, 1);
+        // Times round-trip through ticks, and the past counts as the start.
+        let later = st.base + Duration::from_millis(1500);
+        assert_eq!(st.instant(st.tick(later)), later);
+        assert_eq!(st.tick(Instant::now() - Duration::from_secs(1)), 0);
     }
 
     #[tokio::test]
@@ -452,11 +547,10 @@ mod tests {
         // A second handle on `a` shares its registration.
         let (_, again) = timers.register(&rt, &a_dyn);
         assert_eq!(again, ida);
-        assert!(!a.release(ida), "one holder left");
-        assert!(a.release(ida));
-        ta.remove(ida);
-        assert!(b.release(idb));
-        tb.remove(idb);
+        assert!(a.release().is_none(), "one holder left");
+        a.release().expect("the last holder").leave();
+        b.release().expect("the only holder").leave();
+        assert_ne!(ida, idb);
         let weak = Arc::downgrade(&ta);
         drop((ta, tb));
         // No session left: the task ends and frees the timer.
