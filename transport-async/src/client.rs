@@ -40,7 +40,7 @@ broker_session::__client_handle! {
 
 pub(crate) struct Inner<M: Machine> {
     http: HttpClient,
-    base_url: Option<String>,
+    base_url: Option<Box<str>>,
     runtime: Handle,
     shared: Mutex<Driver<M>>,
     changed: Notify,
@@ -510,7 +510,9 @@ where
 
     fn build(machine: M, http: HttpClient, base_url: Option<String>) -> Result<Self, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let base_url = base_url.or_else(|| machine.base_url().map(str::to_owned));
+        let base_url = base_url
+            .map(String::into_boxed_str)
+            .or_else(|| machine.base_url().map(Box::from));
         let capacity = http.policy().event_capacity;
         Ok(Self {
             inner: Arc::new(Inner {

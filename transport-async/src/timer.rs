@@ -12,7 +12,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use broker_session::deadline_after;
@@ -51,8 +51,10 @@ pub(crate) struct Hook {
     shared: Weak<Shared>,
     id: u64,
     /// How many [`KeepAlive`](crate::KeepAlive) handles hold the registration.
-    holders: usize,
-    known: Option<Instant>,
+    holders: u32,
+    /// The deadline the timer knows, as a tick (8 bytes where an `Instant` takes
+    /// 16: every session has a hook while it is kept alive).
+    known: Tick,
 }
 
 impl Hook {
@@ -61,7 +63,7 @@ impl Hook {
             shared: Arc::downgrade(shared),
             id,
             holders: 1,
-            known: None,
+            known: NEVER,
         }
     }
 
@@ -77,7 +79,8 @@ impl Hook {
 
     /// One more handle holds the registration.
     pub(crate) fn hold(&mut self) {
-        self.holders += 1;
+        // Each holder is a handle of 16 bytes: 4 billion of them do not fit in memory.
+        self.holders = self.holders.saturating_add(1);
     }
 
     /// One handle fewer; `true` when none is left.
@@ -97,18 +100,19 @@ impl Hook {
     /// Records `deadline`; tells the timer if it comes before what it knew.
     pub(crate) fn moved(&mut self, deadline: Option<Instant>) {
         let Some(d) = deadline else { return };
-        if self.known.is_some_and(|k| k <= d) {
+        let at = tick(d);
+        if self.known <= at {
             return;
         }
-        self.known = Some(d);
+        self.known = at;
         if let Some(shared) = self.shared.upgrade() {
-            shared.poke(self.id, d);
+            shared.poke(self.id, at);
         }
     }
 
     /// Records `deadline` as the one the timer knows (it just learnt it).
     pub(crate) fn learnt(&mut self, deadline: Option<Instant>) {
-        self.known = deadline;
+        self.known = deadline.map_or(NEVER, tick);
     }
 }
 
@@ -161,16 +165,32 @@ pub(crate) struct Shared {
     wake: Notify,
 }
 
-/// An instant as the timer keeps it: nanoseconds since the timer started (8 bytes,
-/// where an `Instant` takes 16), [`NEVER`] for none.
+/// An instant as the timers keep it: nanoseconds since [`base`] (8 bytes, where an
+/// `Instant` takes 16), [`NEVER`] for none.
 type Tick = u64;
 
 /// No due time.
 const NEVER: Tick = u64::MAX;
 
+/// The instant ticks count from: the first time one was needed in this process.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// `at` as a tick; an instant before [`base`] counts as it.
+fn tick(at: Instant) -> Tick {
+    let since = at.saturating_duration_since(base()).as_nanos();
+    Tick::try_from(since).map_or(NEVER - 1, |t| t.min(NEVER - 1))
+}
+
+/// The instant of tick `t`.
+fn instant(t: Tick) -> Instant {
+    deadline_after(base(), Duration::from_nanos(t))
+}
+
+#[derive(Default)]
 struct State {
-    /// The instant ticks count from.
-    base: Instant,
     /// The registrations; a free slot has no session and sits in `free`.
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -180,25 +200,11 @@ struct State {
     /// due time has changed since (or that has left) leaves a stale pair behind,
     /// skipped when it comes up: cheaper than finding it in the heap.
     queue: BinaryHeap<Reverse<(Tick, u64)>>,
-    /// The instant the task sleeps until (`None`: it is awake and looks at the queue
+    /// The tick the task sleeps until (`None`: it is awake and looks at the queue
     /// again before it sleeps); a session due earlier wakes it.
-    asleep_until: Option<Instant>,
+    asleep_until: Option<Tick>,
     /// The task saw no session left and ended: nothing may be added any more.
     closed: bool,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        Self {
-            base: Instant::now(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-            queue: BinaryHeap::new(),
-            asleep_until: None,
-            closed: false,
-        }
-    }
 }
 
 /// A registration: its id is its slot's index, and in the high 32 bits the slot's
@@ -237,9 +243,8 @@ impl Shared {
         let id = session.attach(self, fresh);
         let mut st = self.lock();
         if id == fresh {
-            let now = Instant::now();
-            let due = st.tick(now);
-            st.schedule(id, due);
+            let now = tick(Instant::now());
+            st.schedule(id, now);
             st.wake_for(&self.wake, now);
         } else {
             // The session was already on this timer: one more holder of that.
@@ -259,9 +264,8 @@ impl Shared {
         }
     }
 
-    fn poke(&self, id: u64, deadline: Instant) {
+    fn poke(&self, id: u64, at: Tick) {
         let mut st = self.lock();
-        let at = st.tick(deadline);
         let Some(e) = st.slot(id) else {
             return;
         };
@@ -269,22 +273,12 @@ impl Shared {
         let earlier = at < e.due;
         if earlier {
             st.schedule(id, at);
-            st.wake_for(&self.wake, deadline);
+            st.wake_for(&self.wake, at);
         }
     }
 }
 
 impl State {
-    /// `at` as a tick; an instant before the timer started counts as its start.
-    fn tick(&self, at: Instant) -> Tick {
-        let since = at.saturating_duration_since(self.base).as_nanos();
-        Tick::try_from(since).map_or(NEVER - 1, |t| t.min(NEVER - 1))
-    }
-
-    fn instant(&self, t: Tick) -> Instant {
-        deadline_after(self.base, Duration::from_nanos(t))
-    }
-
     /// The registration `id`, if it is still there.
     fn slot(&mut self, id: u64) -> Option<&mut Slot> {
         let (index, generation) = (id as u32, (id >> 32) as u32);
@@ -356,7 +350,7 @@ impl State {
     }
 
     /// Wakes the task if it sleeps past `at`.
-    fn wake_for(&mut self, wake: &Notify, at: Instant) {
+    fn wake_for(&mut self, wake: &Notify, at: Tick) {
         if self.asleep_until.is_some_and(|until| at < until) {
             self.asleep_until = Some(at);
             wake.notify_one();
@@ -377,7 +371,7 @@ impl State {
     /// Queues registration `id` again after the task drove it: at `deadline`, or
     /// earlier if it was poked meanwhile (then it is queued already).
     fn requeue(&mut self, id: u64, deadline: Option<Instant>) {
-        let at = deadline.map_or(NEVER, |d| self.tick(d));
+        let at = deadline.map_or(NEVER, tick);
         if let Some(e) = self.slot(id)
             && !(e.poked && e.due <= at)
         {
@@ -394,20 +388,17 @@ async fn run(shared: Arc<Shared>) {
         let next = loop {
             let taken = {
                 let mut st = shared.lock();
-                let now = Instant::now();
-                let due_by = st.tick(now);
-                match st.take_due(due_by) {
+                match st.take_due(tick(Instant::now())) {
                     Some(taken) => taken,
                     None => {
                         if st.len == 0 {
                             st.closed = true;
                             return;
                         }
-                        let next = st.earliest().map(|t| st.instant(t));
-                        // Far enough to mean "until woken" when nothing is due.
-                        st.asleep_until =
-                            Some(next.unwrap_or_else(|| deadline_after(now, Duration::MAX)));
-                        break next;
+                        let next = st.earliest();
+                        // NEVER when nothing is due: any due time wakes the task.
+                        st.asleep_until = Some(next.unwrap_or(NEVER));
+                        break next.map(instant);
                     }
                 }
             };
@@ -512,10 +503,12 @@ mod tests {
         st.schedule(second, 5);
         assert_eq!(st.take_due(10).map(|(id, _)| id), Some(second));
         assert_eq!(st.len, 1);
-        // Times round-trip through ticks, and the past counts as the start.
-        let later = st.base + Duration::from_millis(1500);
-        assert_eq!(st.instant(st.tick(later)), later);
-        assert_eq!(st.tick(Instant::now() - Duration::from_secs(1)), 0);
+        // Times round-trip through ticks, and what came before the base counts as it.
+        let later = base() + Duration::from_millis(1500);
+        assert_eq!(instant(tick(later)), later);
+        if let Some(before) = base().checked_sub(Duration::from_secs(1)) {
+            assert_eq!(tick(before), 0);
+        }
     }
 
     #[tokio::test]
