@@ -788,11 +788,17 @@ fn fleet(n: usize, token: Duration, secs: u64) {
         }
         let login_time = start.elapsed();
         assert_eq!(failed, 0, "sessions failed to log in");
-        println!(
-            "heap after login: {:.0} B per session",
-            per(alloc::snapshot().live)
-        );
+        let logged_in = alloc::snapshot().live;
+        println!("heap after login: {:.0} B per session", per(logged_in));
         let keepers: Vec<_> = sessions.iter().map(|s| s.keep_alive()).collect();
+        // What keeping them alive costs, before any timer is due (the handles'
+        // vector included).
+        let kept = alloc::snapshot().live;
+        println!(
+            "heap with the keep-alives started: {:.0} B per session (+{:.0} B)",
+            per(kept),
+            kept.saturating_sub(logged_in) as f64 / n as f64
+        );
         (sessions, keepers, http, login_time)
     });
     println!(

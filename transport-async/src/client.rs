@@ -20,6 +20,7 @@ use broker_session::{
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
+use crate::timer::{Hook, Shared as TimerShared, Timed};
 use crate::{Config, Error, HttpClient, now, os_seed};
 
 broker_session::__client_handle! {
@@ -30,15 +31,16 @@ broker_session::__client_handle! {
     /// the machine waits for. A session request is exchanged inside the future that
     /// awaits it (so, as with any future, keep polling it or drop it); dropped
     /// half-way, its exchange goes on in a task the session spawns and still feeds
-    /// the machine. Those tasks, the exchanges of [`submit`](Client::submit) and
-    /// [`service`](Client::service), and the [`keep_alive`](Client::keep_alive) task
-    /// run on the tokio runtime the session was created in.
+    /// the machine. Those tasks, the exchanges of [`submit`](Client::submit),
+    /// [`service`](Client::service) and the session's timers, and the timer task
+    /// of [`keep_alive`](Client::keep_alive) run on the tokio runtime the session
+    /// was created in.
     Client
 }
 
 pub(crate) struct Inner<M: Machine> {
     http: HttpClient,
-    base_url: Option<String>,
+    base_url: Option<Box<str>>,
     runtime: Handle,
     shared: Mutex<Driver<M>>,
     changed: Notify,
@@ -49,6 +51,13 @@ pub(crate) struct Inner<M: Machine> {
     /// Whether `orphaned` may hold inputs: set after a push, so a drive looks at the
     /// list (a second lock) only then.
     has_orphans: AtomicBool,
+    /// The timer task to wake when the machine's deadline moves earlier than the one
+    /// it knows, while the session is kept alive. Taken with `shared` locked (never
+    /// the other way round).
+    timer: Mutex<Option<Hook>>,
+    /// Whether `timer` holds a hook; changed only with `shared` locked, so a drive of
+    /// a session nobody keeps alive takes no second lock.
+    hooked: AtomicBool,
 }
 
 /// What a waiting future does next, decided under the lock.
@@ -70,8 +79,8 @@ where
 type Exchanged = Result<http::Response<Vec<u8>>, TransportFailure>;
 
 /// A session exchange in flight, boxed so that it can be moved to a task when the
-/// future running it is dropped (and so that the futures awaiting the machine, the
-/// keep-alive task's among them, stay small).
+/// future running it is dropped (and so that the futures awaiting the machine stay
+/// small).
 type ExchangeFuture = Pin<Box<dyn Future<Output = Exchanged> + Send>>;
 
 impl<M: Machine> Inner<M> {
@@ -79,6 +88,62 @@ impl<M: Machine> Inner<M> {
         // A panic elsewhere leaves the machine as it was between two calls; carrying
         // on is safer than poisoning every later call.
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Taken with the machine's lock held (never the other way round).
+    fn hook(&self) -> MutexGuard<'_, Option<Hook>> {
+        // Holds a plain value, consistent between two statements.
+        self.timer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<M> Timed for Inner<M>
+where
+    M: Machine + Send + 'static,
+    M::State: Send,
+    M::Outcome: Send,
+{
+    fn service_timer(self: Arc<Self>, id: u64) -> Option<Option<Instant>> {
+        let mut g = self.lock();
+        // Under the machine's lock, which a dropped keep-alive handle takes to leave:
+        // once its drop has returned, no timer of the session runs.
+        if self.hook().as_ref().is_none_or(|h| h.id() != id) {
+            return None;
+        }
+        // The session's requests go to spawned tasks: the timer task never waits
+        // for a broker.
+        self.drive_locked(&mut g);
+        let deadline = g.deadline();
+        if let Some(hook) = self.hook().as_mut() {
+            hook.learnt(deadline);
+        }
+        Some(deadline)
+    }
+
+    fn attach(&self, timer: &Arc<TimerShared>, id: u64) -> u64 {
+        let _g = self.lock();
+        let mut hook = self.hook();
+        match hook.as_mut() {
+            Some(h) if h.is_on(timer) => {
+                h.hold();
+                h.id()
+            }
+            _ => {
+                *hook = Some(Hook::new(timer, id));
+                self.hooked.store(true, Ordering::Relaxed);
+                id
+            }
+        }
+    }
+
+    fn release(&self) -> Option<Hook> {
+        let _g = self.lock();
+        let mut hook = self.hook();
+        if !hook.as_mut()?.release() {
+            return None;
+        }
+        self.hooked.store(false, Ordering::Relaxed);
+        hook.take()
     }
 }
 
@@ -115,6 +180,11 @@ where
         let pump = g.pump(now);
         if pump.changed {
             self.changed.notify_waiters();
+        }
+        if self.hooked.load(Ordering::Relaxed)
+            && let Some(hook) = self.hook().as_mut()
+        {
+            hook.moved(g.deadline());
         }
         let mut transmits = pump.transmits.into_iter();
         let first = transmits.next();
@@ -222,16 +292,6 @@ where
                 }
             };
         }
-    }
-
-    /// Runs timers forever; the keep-alive task's body.
-    pub(crate) async fn keep_alive_loop(self: Arc<Self>) {
-        // Never ready and never stalled: runs until the task is aborted. Started as a
-        // wait, whose first look under the lock takes the first step (no step held
-        // beside the loop's: the task stays small, one per session).
-        let _ = self
-            .wait_until(Next::Wait(None), |_| None::<()>, false)
-            .await;
     }
 }
 
@@ -442,7 +502,7 @@ where
     ///
     /// # Errors
     /// [`Error::NoRuntime`] outside a tokio runtime: the client spawns its exchanges
-    /// and its keep-alive task on the runtime it was created in, so that they run
+    /// and its timers' task on the runtime it was created in, so that they run
     /// (and its futures can be awaited) from any thread.
     pub fn with_http(machine: M, http: HttpClient) -> Result<Self, Error> {
         Self::build(machine, http, None)
@@ -450,7 +510,9 @@ where
 
     fn build(machine: M, http: HttpClient, base_url: Option<String>) -> Result<Self, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let base_url = base_url.or_else(|| machine.base_url().map(str::to_owned));
+        let base_url = base_url
+            .map(String::into_boxed_str)
+            .or_else(|| machine.base_url().map(Box::from));
         let capacity = http.policy().event_capacity;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -461,6 +523,8 @@ where
                 changed: Notify::new(),
                 orphaned: Mutex::new(Vec::new()),
                 has_orphans: AtomicBool::new(false),
+                timer: Mutex::new(None),
+                hooked: AtomicBool::new(false),
             }),
         })
     }

@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::timer::Timers;
 use crate::{Config, Error, tls};
 
 /// How long an idle pooled connection is kept: shorter than the idle timeouts
@@ -48,6 +49,9 @@ struct Shared {
     pool: Pool,
     policy: Policy,
     gates: Gates,
+    /// The task that runs the timers of this client's kept-alive sessions, one per
+    /// runtime.
+    timers: Timers,
 }
 
 /// One counting semaphore per origin, created on its first use, with `cap` permits.
@@ -121,6 +125,7 @@ impl HttpClient {
                 pool,
                 gates: Gates::new(policy.max_connections_per_host),
                 policy,
+                timers: Timers::default(),
             }),
         })
     }
@@ -128,6 +133,11 @@ impl HttpClient {
     /// The checked settings this client was built with.
     pub fn policy(&self) -> &Policy {
         &self.inner.policy
+    }
+
+    /// The timer tasks of this client's kept-alive sessions.
+    pub(crate) fn timers(&self) -> &Timers {
+        &self.inner.timers
     }
 
     /// Sends `request` as it is (no redirect followed, status codes passed through)

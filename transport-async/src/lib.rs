@@ -50,16 +50,29 @@
 //!
 //! Every future is cancellation-safe. A session request is exchanged inside the
 //! future that awaits the machine (a `login`, `run`, a `send` waiting for a
-//! recovery, the keep-alive task): no task is spawned and no wake-up passes between
-//! tasks per exchange. Such a future, dropped half-way, hands its exchange to a task
+//! recovery): no task is spawned and no wake-up passes between tasks per exchange. Such a future, dropped half-way, hands its exchange to a task
 //! the session spawns, which hands the result to the machine (and, should the runtime
 //! drop that task too, reports
 //! [`FailureKind::Cancelled`](broker_session::FailureKind)); the operation runs to
 //! its end and its result goes to the event buffer (for a subscriber, see
 //! [`Client::subscribe`]). As with any future, keep polling
 //! one you hold, or drop it: a future held but never polled holds up the session
-//! request it runs. Requests nobody awaits (those of [`Client::submit`] and
-//! [`Client::service`]) are exchanged on spawned tasks.
+//! request it runs. Requests nobody awaits (those of [`Client::submit`],
+//! [`Client::service`] and the timers of [`Client::keep_alive`]) are exchanged on
+//! spawned tasks, which live only while they exchange.
+//!
+//! # Keeping sessions alive
+//!
+//! [`Client::keep_alive`] puts the session on the one timer task its
+//! [`HttpClient`] runs (per tokio runtime) for every session kept alive on it: the
+//! task keeps the sessions' deadlines in a heap, sleeps until the earliest, drives
+//! each session that is due and hands the requests that produces to spawned tasks,
+//! so it never waits for a broker and one slow broker delays no other session's
+//! timer. A call that moves a session's next deadline earlier (a login, a recovery,
+//! a submitted operation) wakes the task; a session nobody keeps alive pays one
+//! relaxed atomic load per drive for that. A kept-alive session costs the task an
+//! entry in a map and a pair in the heap (about 150 bytes, the handle included),
+//! not a task of its own; the task ends when the last [`KeepAlive`] is dropped.
 //!
 //! # TLS
 //!
@@ -75,6 +88,7 @@
 mod client;
 mod http_client;
 mod keep_alive;
+mod timer;
 mod tls;
 
 #[allow(deprecated)]
