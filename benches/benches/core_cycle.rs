@@ -4,6 +4,9 @@
 //! - IG v3: login → 10 refreshes → logout (12 requests).
 //! - IBKR gateway: status → init (→ status poll, accounts) → 10 tickles → logout.
 //!
+//! - `IbkrSession::new`, from its own configuration and from a shared one; the
+//!   gateway's `/sso/validate` answer decoded alone.
+//!
 //! - IG answers alone: decoding the v3 login answer and the `GET /session` answer the
 //!   fake broker gave (`responses::login_v3`, `responses::read_session`).
 //!
@@ -451,4 +454,35 @@ fn ig_new_session(bencher: Bencher<'_, '_>) {
     bencher
         .with_inputs(|| ig.config.clone())
         .bench_local_values(|c| IgSession::new(c, RngSeed::from_u64(1), ig.clock.now()));
+}
+
+/// Building an IBKR gateway session from its own configuration (each session a
+/// separate copy: the base URL parsed and the endpoint URIs built every time).
+#[divan::bench(max_time = 1)]
+fn ibkr_new_session(bencher: Bencher<'_, '_>) {
+    let ibkr = Ibkr::new();
+    bencher
+        .with_inputs(|| ibkr.config.clone())
+        .bench_local_values(|c| IbkrSession::new(c, RngSeed::from_u64(1), ibkr.clock.now()));
+}
+
+/// Building an IBKR gateway session from one `Arc<IbkrConfig>` shared by every session
+/// (what a program making many sessions from one template does).
+#[divan::bench(max_time = 1)]
+fn ibkr_new_session_shared(bencher: Bencher<'_, '_>) {
+    let ibkr = Ibkr::new();
+    let shared = Arc::new(ibkr.config.clone());
+    bencher
+        .with_inputs(|| Arc::clone(&shared))
+        .bench_local_values(|c| IbkrSession::new(c, RngSeed::from_u64(1), ibkr.clock.now()));
+}
+
+/// Decoding the gateway's `/sso/validate` answer (the fake broker's, the shape IBKR's
+/// documentation shows), the answer of the loopback IBKR cycle's last request.
+#[divan::bench(max_time = 1)]
+fn ibkr_decode_validate(bencher: Bencher<'_, '_>) {
+    const BODY: &[u8] = br#"{"AUTH_TIME":1702580846836,"CREDENTIAL":"testuser1","EXPIRES":415890,"IP":"12.345.678.901","IS_FREE_TRIAL":false,"IS_MASTER":false,"LANDING_APP":"UNIVERSAL","LOGIN_TYPE":2,"PAPER_USER_NAME":"testuser1","QUALIFIED_FOR_MOBILE_AUTH":null,"RESULT":true,"SF_ENABLED":false,"USER_ID":123456789,"USER_NAME":"testuser1","features":{"bond":true,"calendar":true,"env":"PROD","newMf":true,"optionChains":true,"realtime":true,"wlms":true},"lastAccessed":1702582037124,"region":"NJ"}"#;
+    bencher.bench_local(|| {
+        broker_session::ibkr::responses::validate(divan::black_box(BODY)).expect("valid answer")
+    });
 }

@@ -4,7 +4,8 @@
 //!
 //! - IG v3: login, read session, refresh, logout (4 requests).
 //! - IBKR gateway: status, tickle, validate (3 requests; a new machine per cycle, as
-//!   `/sso/validate` is paced to once a minute per session).
+//!   `/sso/validate` is paced to once a minute per session; every machine built from
+//!   one shared `Arc<IbkrConfig>`, `BENCH_LOOPBACK_IBKR_OWN_CONFIG=1` for one copy each).
 //!
 //! The server (testkit `server.rs`, its own thread) answers with the fake brokers'
 //! answers recorded beforehand, so its work is identical for every client. Figures:
@@ -280,9 +281,23 @@ fn main() {
         ig_client.refresh().expect("refresh");
         ig_client.logout().expect("logout");
     };
+    // The IBKR cycle's machines are built from one `Arc<IbkrConfig>` made once, as a
+    // program making many sessions from one template does: they share its request
+    // parts (parsed base URL, endpoint URIs) instead of each parsing its own.
+    // `BENCH_LOOPBACK_IBKR_OWN_CONFIG=1` gives each machine its own copy instead (a
+    // separate user's configuration per session).
+    let ibkr_own_config = std::env::var_os("BENCH_LOOPBACK_IBKR_OWN_CONFIG").is_some();
+    let ibkr_shared = Arc::new(ibkr_config(&base));
+    let ibkr_cfg = || {
+        if ibkr_own_config {
+            Arc::new(ibkr_config(&base))
+        } else {
+            Arc::clone(&ibkr_shared)
+        }
+    };
     let ureq_ibkr_session = || {
         let m = IbkrSession::new(
-            ibkr_config(&base),
+            ibkr_cfg(),
             broker_session::RngSeed::from_u64(1),
             broker_session_ureq::now(),
         )
@@ -344,7 +359,7 @@ fn main() {
     let hyper_ibkr_session = || {
         rt.block_on(async {
             let m = IbkrSession::new(
-                ibkr_config(&base),
+                ibkr_cfg(),
                 broker_session::RngSeed::from_u64(1),
                 broker_session_hyper::now(),
             )
@@ -358,7 +373,8 @@ fn main() {
 
     // For a profiler: `BENCH_LOOPBACK_ONLY=<client> BENCH_LOOPBACK_CYCLES=n` runs one
     // client's cycle n times and nothing else (clients: ureq-bare, ureq-exec,
-    // ureq-session, hyper-bare, hyper-exec, hyper-session; IG cycles).
+    // ureq-session, hyper-bare, hyper-exec, hyper-session: IG cycles; ureq-ibkr-bare,
+    // ureq-ibkr, hyper-ibkr-bare, hyper-ibkr: IBKR cycles, bare and through a session).
     if let Ok(only) = std::env::var("BENCH_LOOPBACK_ONLY") {
         let cycles: usize = std::env::var("BENCH_LOOPBACK_CYCLES")
             .ok()
@@ -372,6 +388,10 @@ fn main() {
                 "hyper-bare" => hyper_bare_run(&ig_wire),
                 "hyper-exec" => hyper_exec(&ig_wire),
                 "hyper-session" => hyper_ig_session(),
+                "ureq-ibkr-bare" => ureq_bare(&ibkr_wire),
+                "ureq-ibkr" => ureq_ibkr_session(),
+                "hyper-ibkr-bare" => hyper_bare_run(&ibkr_wire),
+                "hyper-ibkr" => hyper_ibkr_session(),
                 other => panic!("BENCH_LOOPBACK_ONLY: no client {other:?}"),
             }
         }

@@ -1,7 +1,11 @@
 //! Configuration of an IBKR session: which way in, and the policies of the shared life.
 
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::encode::Base;
+use crate::error::UsageError;
 use crate::secret::{AccessToken, AccessTokenSecret, PrivateKeyPem};
 
 /// Default base URL of a local Client Portal Gateway.
@@ -228,6 +232,9 @@ pub struct IbkrConfig {
     /// Default 30 s; at least 1 s. (A transport's `request_timeout`, its socket
     /// timeout per exchange, is a different setting.)
     pub request_deadline: Duration,
+    /// The request parts derived from [`base_url`](Self::base_url), shared by the
+    /// sessions built from one `Arc` of this configuration (see [`SessionParts::of`]).
+    parts: PartsCache,
 }
 
 impl IbkrConfig {
@@ -259,6 +266,155 @@ impl IbkrConfig {
             reauthenticate_method: ReauthenticateMethod::Post,
             throttle_backoff: Duration::from_secs(15 * 60),
             request_deadline: Duration::from_secs(30),
+            parts: PartsCache::default(),
         }
+    }
+}
+
+/// The parts of a session's requests derived from its configuration alone: the base
+/// URL, split and parsed, and every endpoint's URI (`Base`). About 220 bytes inline
+/// and 150 on the heap; every session built from one `Arc<IbkrConfig>` holds the same
+/// ones, behind one pointer.
+pub(crate) struct SessionParts {
+    pub(crate) base: Base,
+}
+
+impl SessionParts {
+    /// The parts for `config`: the ones cached with the configuration when they were
+    /// built from its current [`base_url`](IbkrConfig::base_url), new ones otherwise.
+    /// New ones are cached when the cache is empty, or replace a stale one when
+    /// `config` is the only handle to the configuration; a stale cache that other
+    /// handles share is left alone, and each session built from it gets its own parts
+    /// (correct, only not shared).
+    ///
+    /// # Errors
+    /// As [`Base::parse`]: a base URL that is not an absolute http(s) URL.
+    pub(crate) fn of(config: &mut Arc<IbkrConfig>) -> Result<Arc<Self>, UsageError> {
+        if let Some(parts) = config.parts.0.get()
+            && parts.built_from(config)
+        {
+            return Ok(Arc::clone(parts));
+        }
+        let parts = Arc::new(Self {
+            base: Base::parse(&config.base_url)?,
+        });
+        match Arc::get_mut(config) {
+            Some(only) => only.parts = PartsCache(OnceLock::from(Arc::clone(&parts))),
+            None => {
+                let _ = config.parts.0.set(Arc::clone(&parts));
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Whether these parts are the ones `config`'s fields give now. `Base::parse`
+    /// reads the base URL trimmed of white space and trailing slashes and keeps that
+    /// text, so the same text gives the same parts.
+    fn built_from(&self, config: &IbkrConfig) -> bool {
+        self.base.url == Base::trimmed(&config.base_url)
+    }
+}
+
+/// The cache of [`SessionParts`] an [`IbkrConfig`] carries. A clone shares it: the
+/// parts are checked against the fields before each use ([`SessionParts::of`]), so a
+/// clone whose base URL is then changed builds its own.
+#[derive(Clone, Default)]
+struct PartsCache(OnceLock<Arc<SessionParts>>);
+
+impl fmt::Debug for PartsCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Derived request parts, not a setting.
+        f.write_str(if self.0.get().is_some() {
+            "(built)"
+        } else {
+            "(not built)"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions built from one `Arc` share the derived request parts; a clone that is
+    /// changed afterwards, or the same configuration changed while nothing else holds
+    /// it, never reuses parts built from the old base URL.
+    #[test]
+    fn derived_parts_are_shared_and_never_stale() {
+        let mut shared = Arc::new(IbkrConfig::gateway());
+        let first = SessionParts::of(&mut shared.clone()).unwrap();
+        let second = SessionParts::of(&mut shared.clone()).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(first.base.url, GATEWAY_BASE_URL);
+
+        // The same text up to white space and trailing slashes: the same parts.
+        let mut padded = (*shared).clone();
+        padded.base_url = format!(" {GATEWAY_BASE_URL}// ");
+        assert!(Arc::ptr_eq(
+            &first,
+            &SessionParts::of(&mut Arc::new(padded)).unwrap()
+        ));
+
+        let mut other = (*shared).clone();
+        other.base_url = "http://127.0.0.1:9/x".into();
+        let moved = SessionParts::of(&mut Arc::new(other.clone())).unwrap();
+        assert!(!Arc::ptr_eq(&first, &moved));
+        assert_eq!(moved.base.url, "http://127.0.0.1:9/x");
+        // A case change is a change: the parts keep the text they were built from.
+        other.base_url = "http://127.0.0.1:9/X".into();
+        assert_eq!(
+            SessionParts::of(&mut Arc::new(other)).unwrap().base.url,
+            "http://127.0.0.1:9/X"
+        );
+
+        drop((first, second));
+        Arc::get_mut(&mut shared).unwrap().base_url = OAUTH_BASE_URL.into();
+        let oauth = SessionParts::of(&mut shared).unwrap();
+        assert_eq!(oauth.base.url, OAUTH_BASE_URL);
+        // The replaced cache serves the next session.
+        assert!(Arc::ptr_eq(
+            &oauth,
+            &SessionParts::of(&mut shared.clone()).unwrap()
+        ));
+
+        // A bad base URL is refused, whatever the cache holds.
+        Arc::make_mut(&mut shared).base_url = "ftp://x/y".into();
+        assert!(SessionParts::of(&mut shared).is_err());
+    }
+
+    /// The same through sessions: a clone of a configuration already used, pointed
+    /// elsewhere, sends there; the original still sends to its own base URL.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test needs some instant to start from
+    fn a_changed_clone_sends_to_its_own_base_url() {
+        use crate::{Machine, Now, Output, RngSeed};
+        let now = Now::new(std::time::Instant::now(), std::time::SystemTime::UNIX_EPOCH);
+        let status_uri = |config: Arc<IbkrConfig>| {
+            let mut s = super::super::IbkrSession::new(config, RngSeed::from_u64(1), now).unwrap();
+            s.submit(super::super::IbkrIntent::CheckStatus, now)
+                .unwrap();
+            loop {
+                match s.poll_output(now) {
+                    Output::Send(t) => return t.request.uri().to_string(),
+                    Output::Event(_) => {}
+                    other => panic!("no request: {other:?}"),
+                }
+            }
+        };
+        let original = Arc::new(IbkrConfig::gateway());
+        assert_eq!(
+            status_uri(Arc::clone(&original)),
+            "https://localhost:5000/v1/api/iserver/auth/status"
+        );
+        let mut moved = (*original).clone();
+        moved.base_url = "http://127.0.0.1:9/x/".into();
+        assert_eq!(
+            status_uri(Arc::new(moved)),
+            "http://127.0.0.1:9/x/iserver/auth/status"
+        );
+        assert_eq!(
+            status_uri(original),
+            "https://localhost:5000/v1/api/iserver/auth/status"
+        );
     }
 }

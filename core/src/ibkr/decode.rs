@@ -474,11 +474,90 @@ fn tickle_details(body: &[u8]) -> Result<TickleDetails, ProtocolError> {
     })
 }
 
-/// Parses a `/sso/validate` body.
+/// Parses a `/sso/validate` body: read by hand when it is plain JSON (the gateway's
+/// answers are), by serde_json otherwise.
 ///
 /// # Errors
 /// As [`auth_status`].
 pub fn validate(body: &[u8]) -> Result<ValidateInfo, ProtocolError> {
+    check_body(Endpoint::Validate.name(), body)?;
+    match ValidateInfo::read_plain(body) {
+        Some(info) => Ok(info),
+        None => validate_serde(body),
+    }
+}
+
+impl ValidateInfo {
+    /// A `/sso/validate` body read by hand (see `crate::plain_json`); `None` hands it
+    /// to serde_json, which then gives the answer or the error.
+    fn read_plain(body: &[u8]) -> Option<Self> {
+        enum Slot<'s> {
+            Flag(&'s mut Option<bool>),
+            Int(&'s mut Option<i64>),
+            Text(&'s mut Option<String>),
+            Features,
+        }
+        let mut v = Self::default();
+        // `LOGIN_TYPE` wins over `loginType` whatever their order, as in serde's reading.
+        let mut login_type_camel = None;
+        let (mut env, mut envs) = (None, None);
+        let mut seen = [false; 17];
+        let mut r = Plain::new(body)?;
+        r.object(0, |r, key| {
+            let (slot, seen) = match key {
+                "RESULT" => (Slot::Flag(&mut v.result), &mut seen[0]),
+                "USER_ID" => (Slot::Int(&mut v.user_id), &mut seen[1]),
+                "USER_NAME" => (Slot::Text(&mut v.user_name), &mut seen[2]),
+                "AUTH_TIME" => (Slot::Int(&mut v.auth_time), &mut seen[3]),
+                "EXPIRES" => (Slot::Int(&mut v.expires), &mut seen[4]),
+                "lastAccessed" => (Slot::Int(&mut v.last_accessed), &mut seen[5]),
+                "LOGIN_TYPE" => (Slot::Int(&mut v.login_type), &mut seen[6]),
+                "loginType" => (Slot::Int(&mut login_type_camel), &mut seen[7]),
+                "PAPER_USER_NAME" => (Slot::Text(&mut v.paper_user_name), &mut seen[8]),
+                "IS_MASTER" => (Slot::Flag(&mut v.is_master), &mut seen[9]),
+                "IS_FREE_TRIAL" => (Slot::Flag(&mut v.is_free_trial), &mut seen[10]),
+                "SF_ENABLED" => (Slot::Flag(&mut v.sf_enabled), &mut seen[11]),
+                "QUALIFIED_FOR_MOBILE_AUTH" => {
+                    (Slot::Flag(&mut v.qualified_for_mobile_auth), &mut seen[12])
+                }
+                "LANDING_APP" => (Slot::Text(&mut v.landing_app), &mut seen[13]),
+                "region" => (Slot::Text(&mut v.region), &mut seen[14]),
+                "features" => (Slot::Features, &mut seen[15]),
+                _ => return r.skip(1),
+            };
+            first(seen)?;
+            match slot {
+                Slot::Flag(f) => *f = r.bool_or_null()?,
+                Slot::Int(i) => *i = r.int_or_string_or_null()?,
+                Slot::Text(t) => *t = r.string_or_null()?.map(str::to_owned),
+                Slot::Features => {
+                    if r.null()? {
+                        return Some(());
+                    }
+                    let mut seen = [false; 2];
+                    r.object(1, |r, key| {
+                        let (slot, seen) = match key {
+                            "env" => (&mut env, &mut seen[0]),
+                            "envs" => (&mut envs, &mut seen[1]),
+                            _ => return r.skip(2),
+                        };
+                        first(seen)?;
+                        *slot = r.string_or_null()?;
+                        Some(())
+                    })?;
+                }
+            }
+            Some(())
+        })?;
+        r.end()?;
+        v.login_type = v.login_type.or(login_type_camel);
+        v.env = env.or(envs).map(str::to_owned);
+        Some(v)
+    }
+}
+
+/// serde_json's reading of a `/sso/validate` body: what the hand reading gives up to.
+fn validate_serde(body: &[u8]) -> Result<ValidateInfo, ProtocolError> {
     #[derive(Deserialize)]
     struct Features {
         env: Option<String>,
@@ -733,6 +812,45 @@ mod tests {
         // The failure shape and escapes go to serde_json.
         assert_eq!(Flags::read_plain_tickle(br#"{"error":"no session"}"#), None);
         assert_eq!(Flags::read_plain_tickle(br#"{"session":"\u0073"}"#), None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_validate_fast_path_agrees_with_serde(body in crate::plain_json::mutated(vec![
+            br#"{"AUTH_TIME":1702580846836,"CREDENTIAL":"testuser1","EXPIRES":415890,"IP":"12.345.678.901","IS_FREE_TRIAL":false,"IS_MASTER":false,"LANDING_APP":"UNIVERSAL","LOGIN_TYPE":2,"PAPER_USER_NAME":"testuser1","QUALIFIED_FOR_MOBILE_AUTH":null,"RESULT":true,"SF_ENABLED":false,"USER_ID":123456789,"USER_NAME":"testuser1","features":{"bond":true,"calendar":true,"env":"PROD","newMf":true,"optionChains":true,"realtime":true,"wlms":true},"lastAccessed":1702582037124,"region":"NJ"}"#.to_vec(),
+            br#"{"USER_ID":"123","loginType":1,"LOGIN_TYPE":null,"features":{"envs":"TEST","env":null},"lastAccessed":"1702582037124","EXPIRES":-5,"region":null,"x":[1,-2.5,{"y":[]}]}"#.to_vec(),
+            br#"{"loginType":"2","LOGIN_TYPE":1,"features":null,"RESULT":false}"#.to_vec(),
+        ])) {
+            if let Some(fast) = ValidateInfo::read_plain(&body) {
+                let slow = validate_serde(&body)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("serde refused what the fast path read: {e}")))?;
+                proptest::prop_assert_eq!(fast, slow);
+            }
+        }
+    }
+
+    #[test]
+    fn the_validate_fast_path_reads_the_usual_answer() {
+        let body = br#"{"USER_ID":123456789,"USER_NAME":"testuser1","RESULT":true,"AUTH_TIME":1702580846836,"SF_ENABLED":false,"IS_FREE_TRIAL":false,"EXPIRES":415890,"QUALIFIED_FOR_MOBILE_AUTH":null,"LANDING_APP":"UNIVERSAL","IS_MASTER":false,"lastAccessed":1702582037124,"LOGIN_TYPE":2,"PAPER_USER_NAME":"testuser1","features":{"env":"PROD","wlms":true},"region":"NJ"}"#;
+        let fast = ValidateInfo::read_plain(body).expect("plain");
+        assert_eq!(fast, validate_serde(body).unwrap());
+        assert_eq!(fast.user_id, Some(123_456_789));
+        assert_eq!(fast.expires, Some(415_890));
+        assert_eq!(fast.qualified_for_mobile_auth, None);
+        assert_eq!(fast.env.as_deref(), Some("PROD"));
+        // Escapes, a field given twice and a wrong type go to serde_json, whose
+        // errors the caller gets.
+        assert_eq!(ValidateInfo::read_plain(br#"{"USER_NAME":"\u0075"}"#), None);
+        assert_eq!(
+            ValidateInfo::read_plain(br#"{"RESULT":true,"RESULT":true}"#),
+            None
+        );
+        assert_eq!(ValidateInfo::read_plain(br#"{"RESULT":"yes"}"#), None);
+        assert!(matches!(
+            validate(br#"{"RESULT":"yes"}"#),
+            Err(ProtocolError::MalformedBody { .. })
+        ));
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl Base {
             what: "base_url",
             reason: "must be an absolute http(s) URL without query, e.g. https://localhost:5000/v1/api",
         };
-        let url = url.trim().trim_end_matches('/');
+        let url = Self::trimmed(url);
         let uri: http::Uri = url.parse().map_err(|_| BAD)?;
         let scheme = uri.scheme_str().ok_or(BAD)?.to_ascii_lowercase();
         if scheme != "https" && scheme != "http" {
@@ -96,6 +96,12 @@ impl Base {
             port,
             uris,
         })
+    }
+
+    /// The text of a base URL [`parse`](Self::parse) reads and keeps as `url`: without
+    /// surrounding white space or trailing slashes.
+    pub(crate) fn trimmed(url: &str) -> &str {
+        url.trim().trim_end_matches('/')
     }
 
     /// Whether `uri` goes to this base's scheme, host and port.

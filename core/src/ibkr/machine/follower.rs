@@ -83,7 +83,7 @@ impl IbkrSession {
     pub fn snapshot(&self) -> Option<IbkrSnapshot> {
         let Some(signer) = &self.signer else {
             return Some(IbkrSnapshot {
-                base_url: self.base.url.clone(),
+                base_url: self.parts.base.url.clone(),
                 consumer_key: None,
                 lst: None,
                 expires_at_epoch_ms: None,
@@ -91,7 +91,7 @@ impl IbkrSession {
         };
         let lst = self.lst.as_ref()?;
         Some(IbkrSnapshot {
-            base_url: self.base.url.clone(),
+            base_url: self.parts.base.url.clone(),
             consumer_key: Some(signer.consumer_key().to_owned()),
             lst: Some(lst.token.clone()),
             expires_at_epoch_ms: lst.expires_epoch_ms,
@@ -166,7 +166,7 @@ impl IbkrSession {
             what: "snapshot",
             reason,
         };
-        if snapshot.base_url.trim_end_matches('/') != self.base.url.trim_end_matches('/') {
+        if snapshot.base_url.trim_end_matches('/') != self.parts.base.url.trim_end_matches('/') {
             return Err(invalid("saved for another base URL"));
         }
         match (&self.signer, &snapshot.lst) {

@@ -8,8 +8,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::config::{IbkrAuth, IbkrConfig};
-use super::encode::{Base, Signer};
+use super::config::{IbkrAuth, IbkrConfig, SessionParts};
+use super::encode::Signer;
 use super::policy;
 use super::{IbkrIntent, IbkrOutcome, IbkrRole, IbkrState};
 use crate::error::{ActionRequired, Error, UsageError};
@@ -131,7 +131,9 @@ struct Lst {
 /// `Debug` shows the mode, state and timers; never a key, token or the prepend.
 pub struct IbkrSession {
     cfg: Arc<IbkrConfig>,
-    base: Base,
+    /// The fixed parts of the session's requests (base URL, endpoint URIs), parsed
+    /// once per configuration and shared by the sessions built from it.
+    parts: Arc<SessionParts>,
     /// Boxed: only OAuth sessions have one, and it is large (keys, the
     /// Diffie-Hellman group, the decrypted secret's prepend).
     signer: Option<Box<Signer>>,
@@ -203,7 +205,7 @@ impl fmt::Debug for IbkrSession {
                     "gateway"
                 },
             )
-            .field("base_url", &self.base.url)
+            .field("base_url", &self.parts.base.url)
             .field("state", &self.state)
             .field("generation", &self.generation)
             .field("role", &self.role)
@@ -229,8 +231,10 @@ impl IbkrSession {
     /// creation needs no new constructor.
     ///
     /// `config` is an [`IbkrConfig`] or an `Arc<IbkrConfig>`: sessions built from one
-    /// shared `Arc` share it rather than each holding a copy (with its keys). Only a
-    /// configuration with a value out of its bounds is copied.
+    /// shared `Arc` share it rather than each holding a copy (with its keys), and
+    /// share the request parts derived from it (the parsed base URL and endpoint
+    /// URIs): the first session builds them, the others reuse them without parsing.
+    /// Only a configuration with a value out of its bounds is copied.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -254,8 +258,8 @@ impl IbkrSession {
         seed: RngSeed,
         _now: Now,
     ) -> Result<Self, Error> {
-        let config: Arc<IbkrConfig> = config.into();
-        let base = Base::parse(&config.base_url)?;
+        let mut config: Arc<IbkrConfig> = config.into();
+        let parts = SessionParts::of(&mut config)?;
         let mut rng = LazyRng::new(&seed);
         let jitter = JitterRng::new(&seed);
         let signer = match &config.auth {
@@ -272,7 +276,7 @@ impl IbkrSession {
         }
         Ok(Self {
             cfg,
-            base,
+            parts,
             signer,
             rng,
             jitter,
@@ -572,7 +576,7 @@ impl Machine for IbkrSession {
         request: &mut http::Request<B>,
         now: Now,
     ) -> Result<AuthStamp, AuthorizeError> {
-        if !self.base.same_origin(request.uri()) {
+        if !self.parts.base.same_origin(request.uri()) {
             return Err(AuthorizeError::Refused(UsageError::InvalidArgument {
                 what: "request URI",
                 reason: "not on the session's base URL scheme, host and port; credentials are never sent elsewhere",
@@ -711,7 +715,7 @@ impl Machine for IbkrSession {
     }
 
     fn base_url(&self) -> Option<&str> {
-        Some(&self.base.url)
+        Some(&self.parts.base.url)
     }
 }
 

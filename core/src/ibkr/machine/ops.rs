@@ -527,7 +527,7 @@ impl IbkrSession {
                     intent: "renew token",
                     reason: "only OAuth sessions have a live session token",
                 }))?;
-            let (req, dh) = signer.lst_request(&self.base, self.rng.get(), now)?;
+            let (req, dh) = signer.lst_request(&self.parts.base, self.rng.get(), now)?;
             return Ok((req, Some(dh)));
         }
         let endpoint = self.endpoint(step);
@@ -535,7 +535,7 @@ impl IbkrSession {
             let compete = self.current.as_ref().is_some_and(|o| o.compete);
             encode::ssodh_init_body(compete)
         });
-        let mut req = encode::request(&self.base, endpoint, body)?;
+        let mut req = encode::request(&self.parts.base, endpoint, body)?;
         if let (Some(signer), Some(lst)) = (&self.signer, &self.lst) {
             signer.sign(&mut req, &lst.token, self.rng.get(), now)?;
         }
