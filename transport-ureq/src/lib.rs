@@ -60,7 +60,11 @@
 //! passes every status through, limits the response body, ends every exchange
 //! within one overall deadline ([`Config::request_timeout`], and for a session request
 //! before the machine's own deadline for it), and maps every failure to a
-//! [`TransportFailure`](broker_session::TransportFailure).
+//! [`TransportFailure`](broker_session::TransportFailure). The socket is given that
+//! deadline's time left rounded down to whole seconds, so its timeouts are set once
+//! per connection rather than before each read; a read the rounding cuts short is
+//! tried again with what is left, so it still ends at the deadline (a write so cut
+//! fails as a timeout up to a second early, after all but that second of blocking).
 //!
 //! # Proxies
 //!
