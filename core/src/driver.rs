@@ -114,12 +114,17 @@ pub struct Driver<M: Machine> {
     /// recovery), with how many joined and, once finished, whether it succeeded (an
     /// error boxed). Freed when the last of them leaves.
     joined: Vec<Joined>,
-    events: VecDeque<SessionEvent<M>>,
+    /// The event buffer, from [`subscribe`](Self::subscribe) or the first read of it
+    /// on (`None` before: events are not kept). Boxed, so a session whose events
+    /// nobody reads carries a pointer, not the buffer's room.
+    events: Option<Box<Events<M>>>,
     event_capacity: usize,
-    /// Whether events are kept: from [`subscribe`](Self::subscribe) or the first
-    /// read of the buffer on.
-    subscribed: bool,
-    dropped_events: u64,
+}
+
+/// A subscriber's events: see [`Driver::subscribe`].
+struct Events<M: Machine> {
+    queue: VecDeque<SessionEvent<M>>,
+    dropped: u64,
 }
 
 /// One joined operation: see [`Driver::join`].
@@ -139,9 +144,9 @@ impl<M: Machine> fmt::Debug for Driver<M> {
             .field("in_flight", &self.in_flight.len())
             .field("awaited", &self.awaited.len())
             .field("joined", &self.joined.len())
-            .field("subscribed", &self.subscribed)
-            .field("events", &self.events.len())
-            .field("dropped_events", &self.dropped_events)
+            .field("subscribed", &self.subscribed())
+            .field("events", &self.events.as_ref().map_or(0, |e| e.queue.len()))
+            .field("dropped_events", &self.dropped_events())
             .finish_non_exhaustive()
     }
 }
@@ -162,10 +167,8 @@ impl<M: Machine> Driver<M> {
             in_flight: Vec::new(),
             awaited: Vec::new(),
             joined: Vec::new(),
-            events: VecDeque::new(),
+            events: None,
             event_capacity,
-            subscribed: false,
-            dropped_events: 0,
         }
     }
 
@@ -312,32 +315,40 @@ impl<M: Machine> Driver<M> {
     /// [`next_event`](Self::next_event) (which subscribe too, from their first
     /// call). Until then, events are not kept: nobody would read them.
     pub fn subscribe(&mut self) {
-        self.subscribed = true;
+        self.subscribed_events();
+    }
+
+    /// The event buffer, made on first use.
+    fn subscribed_events(&mut self) -> &mut Events<M> {
+        self.events.get_or_insert_with(|| {
+            Box::new(Events {
+                queue: VecDeque::new(),
+                dropped: 0,
+            })
+        })
     }
 
     /// Whether events are kept (see [`subscribe`](Self::subscribe)).
     pub fn subscribed(&self) -> bool {
-        self.subscribed
+        self.events.is_some()
     }
 
     /// Takes every buffered event (state changes, session loss, completions of
     /// operations nobody awaited), oldest first. Subscribes: events from now on are
     /// kept for the next call.
     pub fn drain_events(&mut self) -> Vec<SessionEvent<M>> {
-        self.subscribed = true;
-        self.events.drain(..).collect()
+        self.subscribed_events().queue.drain(..).collect()
     }
 
     /// Takes the oldest buffered event. Subscribes, like
     /// [`drain_events`](Self::drain_events).
     pub fn next_event(&mut self) -> Option<SessionEvent<M>> {
-        self.subscribed = true;
-        self.events.pop_front()
+        self.subscribed_events().queue.pop_front()
     }
 
     /// How many events were dropped because the buffer was full.
     pub fn dropped_events(&self) -> u64 {
-        self.dropped_events
+        self.events.as_ref().map_or(0, |e| e.dropped)
     }
 
     /// The deadline of the machine's timer as of the last [`pump`](Self::pump):
@@ -379,18 +390,19 @@ impl<M: Machine> Driver<M> {
             }
             other => other,
         };
-        if !self.subscribed {
+        let capacity = self.event_capacity;
+        let Some(events) = self.events.as_deref_mut() else {
+            return;
+        };
+        if capacity == 0 {
+            events.dropped += 1;
             return;
         }
-        if self.event_capacity == 0 {
-            self.dropped_events += 1;
-            return;
+        if events.queue.len() >= capacity {
+            events.queue.pop_front();
+            events.dropped += 1;
         }
-        if self.events.len() >= self.event_capacity {
-            self.events.pop_front();
-            self.dropped_events += 1;
-        }
-        self.events.push_back(e);
+        events.queue.push_back(e);
     }
 }
 

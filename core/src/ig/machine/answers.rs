@@ -102,9 +102,9 @@ impl IgSession {
                 if endpoint == Endpoint::LoginV3 {
                     let l = decode::login_v3(body)?;
                     self.set_oauth(l.tokens, now);
-                    self.session_account = Some(l.account_id);
-                    self.client_id = l.client_id;
-                    self.lightstreamer_endpoint = l.lightstreamer_endpoint;
+                    self.session_account = Some(l.account_id.into());
+                    self.client_id = l.client_id.map(Into::into);
+                    self.lightstreamer_endpoint = l.lightstreamer_endpoint.map(Into::into);
                     self.accounts.clear();
                 } else {
                     let answer = if endpoint == Endpoint::WebPlatformLogin {
@@ -123,9 +123,9 @@ impl IgSession {
                         xst: l.xst,
                     });
                     self.refresh_at = None;
-                    self.session_account = Some(l.account_id);
-                    self.client_id = l.client_id;
-                    self.lightstreamer_endpoint = l.lightstreamer_endpoint;
+                    self.session_account = Some(l.account_id.into());
+                    self.client_id = l.client_id.map(Into::into);
+                    self.lightstreamer_endpoint = l.lightstreamer_endpoint.map(Into::into);
                     self.accounts = l.accounts;
                 }
                 self.streaming = None;
@@ -146,10 +146,10 @@ impl IgSession {
                     self.streaming = Some(Box::new((t.cst, t.xst)));
                 }
                 if details.lightstreamer_endpoint.is_some() {
-                    self.lightstreamer_endpoint = details.lightstreamer_endpoint;
+                    self.lightstreamer_endpoint = details.lightstreamer_endpoint.map(Into::into);
                 }
                 if self.session_account.is_none() {
-                    self.session_account = Some(details.account_id);
+                    self.session_account = Some(details.account_id.into());
                 }
             }
             Endpoint::Logout => {
@@ -163,8 +163,8 @@ impl IgSession {
     }
 
     pub(super) fn switched_to(&mut self, account: String) {
-        self.session_account = Some(account.clone());
-        self.selected_account = Some(account);
+        self.session_account = Some(account.as_str().into());
+        self.selected_account = Some(account.into());
         self.generation += 1;
     }
 
@@ -255,9 +255,9 @@ impl IgSession {
                 }
             }
         });
-        self.session_account = Some(s.account_id);
+        self.session_account = Some(s.account_id.into());
         self.selected_account = None;
-        self.lightstreamer_endpoint = s.lightstreamer_endpoint;
+        self.lightstreamer_endpoint = s.lightstreamer_endpoint.map(Into::into);
         self.lost = None;
         self.generation += 1;
     }
@@ -321,8 +321,8 @@ impl IgSession {
                         op.already_active = true;
                     }
                     // IG keeps the current tokens: nothing to replace.
-                    self.session_account = Some(to.account.clone());
-                    self.selected_account = Some(to.account);
+                    self.session_account = Some(to.account.as_str().into());
+                    self.selected_account = Some(to.account.into());
                 }
                 Next::Continue
             }

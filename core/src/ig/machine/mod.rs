@@ -77,12 +77,12 @@ pub struct IgSession {
     ids: Ids,
     tokens: Option<Tokens>,
     /// The account IG made active at login (or the last switch).
-    session_account: Option<String>,
+    session_account: Option<Box<str>>,
     /// The account the user chose; kept outside the tokens so a refresh or re-login
     /// does not silently undo a switch.
-    selected_account: Option<String>,
-    lightstreamer_endpoint: Option<String>,
-    client_id: Option<String>,
+    selected_account: Option<Box<str>>,
+    lightstreamer_endpoint: Option<Box<str>>,
+    client_id: Option<Box<str>>,
     accounts: Vec<IgAccount>,
     /// CST/XST fetched with `fetchSessionTokens=true`, apart from the OAuth tokens
     /// (boxed, as the errors below: rare, and every session would carry the room).
@@ -315,7 +315,7 @@ impl IgSession {
             _ => return None,
         };
         Some(LightstreamerCredentials {
-            endpoint: self.lightstreamer_endpoint.clone(),
+            endpoint: self.lightstreamer_endpoint.as_deref().map(str::to_owned),
             user: self.account_id()?.to_owned(),
             password: LightstreamerPassword::new(format!(
                 "CST-{}|XST-{}",
@@ -348,7 +348,7 @@ impl IgSession {
         Some(SessionSnapshot {
             base_url: self.base_str().to_owned(),
             account_id: self.account_id()?.to_owned(),
-            lightstreamer_endpoint: self.lightstreamer_endpoint.clone(),
+            lightstreamer_endpoint: self.lightstreamer_endpoint.as_deref().map(str::to_owned),
             tokens,
         })
     }

@@ -445,7 +445,8 @@ impl IgSession {
             Kind::Switch { .. } => op.target_account.clone(),
             _ => self
                 .selected_account
-                .clone()
+                .as_deref()
+                .map(str::to_owned)
                 .or_else(|| self.cfg.account_id.clone()),
         }?;
         match self.tokens {
@@ -456,12 +457,12 @@ impl IgSession {
                 } else if let Some(op) = self.current.as_mut() {
                     op.already_active = true;
                 }
-                self.selected_account = Some(wanted);
+                self.selected_account = Some(wanted.into());
                 None
             }
             Some(Tokens::Cst { .. }) => {
                 if self.session_account.as_deref() == Some(wanted.as_str()) {
-                    self.selected_account = Some(wanted);
+                    self.selected_account = Some(wanted.into());
                     None
                 } else {
                     Some(Call::Switch(Box::new(SwitchTo {
@@ -580,9 +581,9 @@ impl IgSession {
     pub(super) fn session_info(&self) -> Option<SessionInfo> {
         Some(SessionInfo {
             account_id: self.account_id()?.to_owned(),
-            client_id: self.client_id.clone(),
+            client_id: self.client_id.as_deref().map(str::to_owned),
             accounts: self.accounts.clone(),
-            lightstreamer_endpoint: self.lightstreamer_endpoint.clone(),
+            lightstreamer_endpoint: self.lightstreamer_endpoint.as_deref().map(str::to_owned),
             mode: self.mode()?,
         })
     }
