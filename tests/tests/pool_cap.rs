@@ -191,6 +191,43 @@ mod nonblocking {
         assert!((1..=3).contains(&most), "{most} connections open at once");
     }
 
+    /// After such a burst nothing of it stays behind. An exchange that found no idle
+    /// connection starts a connect, which waits for a socket (all are open); when the
+    /// pool then serves the exchange, hyper's client moves that connect to a task of
+    /// its own. Without a bound, those tasks waited for a socket as long as the pool
+    /// kept its connections (90 s idle), one per such race: thousands of tasks and
+    /// kilobytes each in a fleet's refresh waves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_leaves_no_connect_waiting_for_a_socket() {
+        let server = counting_server(Duration::ZERO);
+        let http = http(8);
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        for _ in 0..3 {
+            let tasks: Vec<_> = (0..2000)
+                .map(|_| {
+                    let (http, url) = (http.clone(), server.url.clone());
+                    tokio::spawn(async move { http.execute(get(&url, "/x")).await })
+                })
+                .collect();
+            for t in tasks {
+                assert_eq!(t.await.expect("task").expect("exchange").status(), 200);
+            }
+        }
+        // What may stay: the pool's connections (one task each) and its idle reaper.
+        let allowed = before + 8 + 1;
+        let give_up = Instant::now() + Duration::from_secs(5);
+        let mut alive = metrics.num_alive_tasks();
+        while alive > allowed && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            alive = metrics.num_alive_tasks();
+        }
+        assert!(
+            alive <= allowed,
+            "{alive} tasks alive after the burst (at most {allowed} expected)"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_whose_deadline_passes_in_line_is_never_sent() {
         let server = counting_server(Duration::ZERO);

@@ -1,6 +1,7 @@
 //! The HTTP side: one pooled hyper client shared by sessions, executing requests as
 //! the machine built them and mapping every failure to a [`TransportFailure`].
 
+use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +19,7 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::timer::Timers;
 use crate::{Config, Error, tls};
@@ -186,10 +187,8 @@ impl HttpClient {
             };
         // One deadline around connect, send and the whole body.
         let exchange = async {
-            let response = self
-                .inner
-                .pool
-                .request(request)
+            let response = EXCHANGE
+                .scope(RefCell::new(None), self.inner.pool.request(request))
                 .await
                 .map_err(classify_client)?;
             let (parts, body) = response.into_parts();
@@ -211,6 +210,13 @@ impl HttpClient {
 }
 
 type BoxError = Box<dyn StdError + Send + Sync>;
+
+tokio::task_local! {
+    /// Set around each exchange's request to the pool: a connect started for it
+    /// (see [`Route`]) leaves a sender here and keeps its receiver, which completes
+    /// when the exchange ends and drops the sender.
+    static EXCHANGE: RefCell<Option<oneshot::Sender<()>>>;
+}
 
 /// Where connections go: straight to the target, or through the configured proxy
 /// (a `CONNECT` tunnel for `https`, the proxy itself for plain `http`, to which the
@@ -268,9 +274,47 @@ impl tower_service::Service<http::Uri> for Route {
                     )
                 }
             };
+        // The exchange this connect is for, if it runs inside one: told when that
+        // exchange ends (see `EXCHANGE`).
+        let ended = EXCHANGE
+            .try_with(|slot| {
+                let (tx, rx) = oneshot::channel::<()>();
+                *slot.borrow_mut() = Some(tx);
+                rx
+            })
+            .ok();
         Box::pin(async move {
-            // The semaphore is never closed.
-            let socket = sockets.acquire_owned().await.map_err(BoxError::from)?;
+            let socket = match Arc::clone(&sockets).try_acquire_owned() {
+                Ok(socket) => socket,
+                // Every socket to the origin is open: wait for one, but only while the
+                // exchange that wanted this connection still waits for it. If the pool
+                // served that exchange meanwhile (a connection came back to it), hyper
+                // goes on with this connect in a task of its own; a socket would free
+                // up only when one of the pool's connections closes, which could be
+                // minutes away, with this task and its buffers waiting all along.
+                Err(_) => {
+                    let mut wait = std::pin::pin!(sockets.acquire_owned());
+                    match ended {
+                        Some(mut ended) => {
+                            std::future::poll_fn(|cx| {
+                                if let Poll::Ready(socket) = wait.as_mut().poll(cx) {
+                                    // The semaphore is never closed.
+                                    return Poll::Ready(socket.map_err(BoxError::from));
+                                }
+                                match Pin::new(&mut ended).poll(cx) {
+                                    Poll::Ready(_) => Poll::Ready(Err(BoxError::from(
+                                        "the exchange this connection was for was served by \
+                                     the pool before a socket came free",
+                                    ))),
+                                    Poll::Pending => Poll::Pending,
+                                }
+                            })
+                            .await?
+                        }
+                        None => wait.await.map_err(BoxError::from)?,
+                    }
+                }
+            };
             Ok(RouteIo {
                 io: connecting.await?,
                 proxied,
