@@ -224,20 +224,26 @@ async fn hyper_reports_an_abandoned_exchange_as_a_timeout() {
     }
 }
 
+/// A blocking client whose exchanges have 2.9 s (rounded to 2 s for the socket, then
+/// 0.9 s), and a request to `base`.
+fn with_budget_of_2_9_s(base: &str) -> (broker_session_ureq::HttpClient, http::Request<Vec<u8>>) {
+    let mut config = broker_session_ureq::Config::default();
+    config.request_timeout = Duration::from_millis(2_900);
+    let http = broker_session_ureq::HttpClient::new(&config).expect("client");
+    let request = http::Request::post(format!("{base}/session"))
+        .body(b"{}".to_vec())
+        .expect("request");
+    (http, request)
+}
+
 /// The blocking transport hands the socket its exchange's time left rounded down to
 /// whole seconds (so the socket's timeout is set once per connection, not before each
 /// read). An answer that comes after the rounded time but before the deadline is
 /// still read: 2.4 s into a 2.9 s budget, the socket's 2 s has run out.
 #[test]
 fn ureq_reads_an_answer_that_comes_after_the_rounded_socket_timeout() {
-    use broker_session_ureq::{Config, HttpClient};
     let server = LateServer::start(Duration::from_millis(2_400), NO_CONTENT);
-    let mut config = Config::default();
-    config.request_timeout = Duration::from_millis(2_900);
-    let http = HttpClient::new(&config).expect("client");
-    let request = http::Request::post(format!("{}/session", server.url))
-        .body(b"{}".to_vec())
-        .expect("request");
+    let (http, request) = with_budget_of_2_9_s(&server.url);
     let started = std::time::Instant::now();
     let response = http.execute(request).expect("answered within the budget");
     assert_eq!(response.status(), 204);
@@ -249,14 +255,8 @@ fn ureq_reads_an_answer_that_comes_after_the_rounded_socket_timeout() {
 /// lengthens a read).
 #[test]
 fn ureq_gives_up_at_the_deadline_not_the_next_whole_second() {
-    use broker_session_ureq::{Config, HttpClient};
     let server = LateServer::start(Duration::from_millis(3_800), REJECTED_LATE);
-    let mut config = Config::default();
-    config.request_timeout = Duration::from_millis(2_900);
-    let http = HttpClient::new(&config).expect("client");
-    let request = http::Request::post(format!("{}/session", server.url))
-        .body(b"{}".to_vec())
-        .expect("request");
+    let (http, request) = with_budget_of_2_9_s(&server.url);
     let failure = http
         .execute(request)
         .expect_err("the answer comes too late");

@@ -227,7 +227,8 @@ tokio::task_local! {
 /// connection back from a task of its own a moment after the exchange that used it
 /// ended, so the next exchange in line, finding no idle connection yet, would open
 /// one more. With the permits, that exchange's connect waits, and the connection
-/// coming back to the pool serves it.
+/// coming back to the pool serves it; the connect, which hyper then finishes on a
+/// task of its own, stops waiting for a socket as soon as that exchange has ended.
 #[derive(Clone)]
 pub(crate) struct Route {
     direct: HttpConnector,
@@ -302,9 +303,11 @@ impl tower_service::Service<http::Uri> for Route {
                                     return Poll::Ready(socket.map_err(BoxError::from));
                                 }
                                 match Pin::new(&mut ended).poll(cx) {
+                                    // Served by the pool, timed out or dropped:
+                                    // nobody waits for this connection any more.
                                     Poll::Ready(_) => Poll::Ready(Err(BoxError::from(
-                                        "the exchange this connection was for was served by \
-                                     the pool before a socket came free",
+                                        "the exchange this connection was for ended \
+                                         before a socket came free",
                                     ))),
                                     Poll::Pending => Poll::Pending,
                                 }
