@@ -34,9 +34,11 @@ const CST: HeaderName = HeaderName::from_static("cst");
 const X_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-security-token");
 const IG_ACCOUNT_ID: HeaderName = HeaderName::from_static("ig-account-id");
 
-/// Headers on a session request: `Accept`, `Content-Type`, `Version`, the API key and
-/// two credential headers.
-const SESSION_HEADERS: usize = 6;
+/// Room for the headers of a session request: `Accept`, `Content-Type`, `Version`,
+/// the API key and two credential headers, and the `User-Agent` and `Content-Length`
+/// a transport adds before sending. Sized for all eight, the map is made once: sized
+/// for six, adding the seventh reallocated it on every request.
+const SESSION_HEADERS: usize = 8;
 
 /// Credentials to put on a request: CST mode (v1/v2 login) or OAuth mode (v3).
 #[derive(Clone, Copy, Debug)]
