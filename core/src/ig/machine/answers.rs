@@ -138,18 +138,21 @@ impl IgSession {
             }
             Endpoint::ReadSession { .. } => {
                 let (details, tokens) = decode::read_session(headers, body)?;
+                if let Some(endpoint) = details.lightstreamer_endpoint.as_deref()
+                    && self.lightstreamer_endpoint.as_deref() != Some(endpoint)
+                {
+                    self.lightstreamer_endpoint = Some(endpoint.into());
+                }
+                if self.session_account.is_none() {
+                    self.session_account = Some(details.account_id.as_str().into());
+                }
                 if let Some(op) = self.current.as_mut() {
                     op.streaming_tokens = tokens.is_some();
-                    op.details = Some(Box::new(details.clone()));
+                    // The operation's result takes the details as they are.
+                    op.details = Some(Box::new(details));
                 }
                 if let Some(t) = tokens {
                     self.streaming = Some(Box::new((t.cst, t.xst)));
-                }
-                if details.lightstreamer_endpoint.is_some() {
-                    self.lightstreamer_endpoint = details.lightstreamer_endpoint.map(Into::into);
-                }
-                if self.session_account.is_none() {
-                    self.session_account = Some(details.account_id.into());
                 }
             }
             Endpoint::Logout => {
