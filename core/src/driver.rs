@@ -37,7 +37,7 @@
 //! // One pump: the machine asks for `POST /session`, now in flight.
 //! let pump = driver.pump(now);
 //! assert!(pump.changed);
-//! let [t] = <[_; 1]>::try_from(pump.transmits).unwrap();
+//! let [t] = <[_; 1]>::try_from(pump.transmits.into_vec()).unwrap();
 //! assert_eq!(t.request.uri(), "https://demo-api.ig.com/gateway/deal/session");
 //! assert_eq!(driver.in_flight(), 1);
 //!
@@ -70,8 +70,13 @@ use std::fmt;
 use std::time::Instant;
 
 use crate::error::{Error, UsageError};
-use crate::machine::{Event, Input, Machine, OpId, Output, RequestId, Transmit};
+use crate::machine::{Event, Input, Machine, OpId, Output};
 use crate::time::Now;
+
+mod few;
+
+use few::InFlight;
+pub use few::{IntoIter as TransmitsIntoIter, Transmits};
 
 /// An event of machine `M`.
 pub type SessionEvent<M> = Event<<M as Machine>::State, <M as Machine>::Outcome>;
@@ -85,7 +90,8 @@ pub type OpResult<M> = Result<<M as Machine>::Outcome, Error>;
 #[must_use = "the transmits must be sent and their results fed back"]
 pub struct Pump {
     /// Requests to send; hand each response or failure to [`Driver::handle_input`].
-    pub transmits: Vec<Transmit>,
+    /// Usually none or one, held without an allocation.
+    pub transmits: Transmits,
     /// Whether anything observable changed (an event, a transmit, a new deadline),
     /// so a transport wakes its waiters only then.
     pub changed: bool,
@@ -103,9 +109,9 @@ pub struct Driver<M: Machine> {
     /// The deadline of the machine's last `Wait`.
     deadline: Option<Instant>,
     /// Transmits handed out by `pump` whose response or failure has not come back:
-    /// a machine sends one at a time, so a vector searched in order, freed when
-    /// empty.
-    in_flight: Vec<RequestId>,
+    /// a machine sends one at a time, so one is kept inline (no allocation per
+    /// request) and more in a vector searched in order.
+    in_flight: InFlight,
     /// Operations a caller awaits, with their result once it arrives. A few at most
     /// (one per caller blocked in a typed method), so a vector searched in order; its
     /// buffer is freed when it empties, so an idle session keeps none.
@@ -164,7 +170,7 @@ impl<M: Machine> Driver<M> {
         Self {
             machine,
             deadline: None,
-            in_flight: Vec::new(),
+            in_flight: InFlight::None,
             awaited: Vec::new(),
             joined: Vec::new(),
             events: None,
@@ -182,7 +188,7 @@ impl<M: Machine> Driver<M> {
             self.machine.handle_input(Input::Timeout, now);
             changed = true;
         }
-        let mut transmits = Vec::new();
+        let mut transmits = Transmits::new();
         loop {
             match self.machine.poll_output(now) {
                 Output::Send(t) => {
@@ -210,13 +216,8 @@ impl<M: Machine> Driver<M> {
     ///
     /// Timers are run by `pump`; there is no need to pass [`Input::Timeout`].
     pub fn handle_input(&mut self, input: Input, now: Now) {
-        if let Input::Response { id, .. } | Input::Failed { id, .. } = &input
-            && let Some(i) = self.in_flight.iter().position(|r| r == id)
-        {
-            self.in_flight.swap_remove(i);
-            if self.in_flight.is_empty() {
-                self.in_flight = Vec::new();
-            }
+        if let Input::Response { id, .. } | Input::Failed { id, .. } = &input {
+            self.in_flight.remove(*id);
         }
         self.machine.handle_input(input, now);
     }
