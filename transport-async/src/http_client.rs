@@ -61,35 +61,69 @@ struct Shared {
 #[derive(Debug)]
 struct Gates {
     cap: usize,
-    origins: Mutex<Vec<Gate>>,
+    origins: Mutex<Origins>,
 }
 
 /// An origin (scheme, host, port) and its semaphore.
 type Gate = (Box<str>, Box<str>, u16, Arc<Semaphore>);
 
+#[derive(Debug, Default)]
+struct Origins {
+    /// Each origin and its semaphore.
+    gates: Vec<Gate>,
+    /// Each spelling of an origin seen so far (scheme, authority as written) and its
+    /// origin's semaphore: a session sends the same few URIs, so a request finds its
+    /// gate by comparing two strings, without parsing the host and port each time.
+    /// Spellings of one origin (`h`, `h:443`, `H:443`) share its semaphore.
+    spellings: Vec<(Box<str>, Box<str>, Arc<Semaphore>)>,
+}
+
 impl Gates {
     fn new(cap: usize) -> Self {
         Self {
             cap,
-            origins: Mutex::new(Vec::new()),
+            origins: Mutex::new(Origins::default()),
         }
     }
 
     fn of(&self, uri: &http::Uri) -> Arc<Semaphore> {
-        let (scheme, host, port) = origin(uri);
+        let scheme = uri.scheme_str().unwrap_or("");
+        let authority = uri.authority().map_or("", http::uri::Authority::as_str);
         // Held for a lookup only; a panic cannot happen while it is held.
         let mut list = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((.., s)) = list
+            .spellings
             .iter()
-            .find(|(s, h, p, _)| **s == *scheme && **h == *host && *p == port)
+            .find(|(s, a, _)| **a == *authority && **s == *scheme)
         {
             return Arc::clone(s);
         }
-        let s = Arc::new(Semaphore::new(self.cap));
-        list.push((scheme.into(), host.into(), port, Arc::clone(&s)));
-        s
+        let (_, host, port) = origin(uri);
+        let gate = match list
+            .gates
+            .iter()
+            .find(|(s, h, p, _)| **s == *scheme && h.eq_ignore_ascii_case(host) && *p == port)
+        {
+            Some((.., s)) => Arc::clone(s),
+            None => {
+                let s = Arc::new(Semaphore::new(self.cap));
+                list.gates
+                    .push((scheme.into(), host.into(), port, Arc::clone(&s)));
+                s
+            }
+        };
+        // Bounded, for a program that writes one origin in ever new ways (user info
+        // in the URI): past the bound, a new spelling is parsed each time.
+        if list.spellings.len() < MAX_SPELLINGS {
+            list.spellings
+                .push((scheme.into(), authority.into(), Arc::clone(&gate)));
+        }
+        gate
     }
 }
+
+/// How many spellings of origins [`Gates`] remembers.
+const MAX_SPELLINGS: usize = 64;
 
 impl HttpClient {
     /// Builds a client from `config`. Fails if the PEM text of [`Tls::Pem`](crate::Tls::Pem) holds no
@@ -103,12 +137,12 @@ impl HttpClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(policy.connect_timeout));
-        let route = Route {
+        let route = Route(Arc::new(RouteParts {
             tunnel: proxy.clone().map(|p| Tunnel::new(p, http.clone())),
             proxy: proxy.clone(),
             direct: http,
-            sockets: Arc::new(Gates::new(policy.max_connections_per_host)),
-        };
+            sockets: Gates::new(policy.max_connections_per_host),
+        }));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config)
             .https_or_http()
@@ -229,12 +263,18 @@ tokio::task_local! {
 /// one more. With the permits, that exchange's connect waits, and the connection
 /// coming back to the pool serves it; the connect, which hyper then finishes on a
 /// task of its own, stops waiting for a socket as soon as that exchange has ended.
+///
+/// One pointer: the pool clones its connector for every request (to have it ready
+/// should the request need a new connection), so the parts are shared, and cloned
+/// only for a connect.
 #[derive(Clone)]
-pub(crate) struct Route {
+pub(crate) struct Route(Arc<RouteParts>);
+
+struct RouteParts {
     direct: HttpConnector,
     proxy: Option<http::Uri>,
     tunnel: Option<Tunnel<HttpConnector>>,
-    sockets: Arc<Gates>,
+    sockets: Gates,
 }
 
 impl tower_service::Service<http::Uri> for Route {
@@ -242,33 +282,38 @@ impl tower_service::Service<http::Uri> for Route {
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<RouteIo, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        tower_service::Service::poll_ready(&mut self.direct, cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Both connectors resolve names with `GaiResolver`, which is always ready
+        // (each lookup runs on the blocking pool), and are otherwise stateless: a
+        // clone of them is as ready as they are.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, target: http::Uri) -> Self::Future {
+        let parts = &*self.0;
         let https = target.scheme_str() == Some("https");
-        let sockets = self.sockets.of(&target);
+        let sockets = parts.sockets.of(&target);
+        let mut direct = parts.direct.clone();
         // The connector futures do nothing until polled: connecting starts once a
         // socket permit is held.
         let (connecting, proxied): (Pin<Box<dyn Future<Output = _> + Send>>, bool) =
-            match (&self.proxy, &mut self.tunnel) {
+            match (&parts.proxy, &parts.tunnel) {
                 (Some(_), Some(tunnel)) if https => {
-                    let c = tunnel.call(target);
+                    let c = tunnel.clone().call(target);
                     (
                         Box::pin(async move { c.await.map_err(BoxError::from) }),
                         false,
                     )
                 }
                 (Some(proxy), _) => {
-                    let c = self.direct.call(proxy.clone());
+                    let c = direct.call(proxy.clone());
                     (
                         Box::pin(async move { c.await.map_err(BoxError::from) }),
                         !https,
                     )
                 }
                 (None, _) => {
-                    let c = self.direct.call(target);
+                    let c = direct.call(target);
                     (
                         Box::pin(async move { c.await.map_err(BoxError::from) }),
                         false,
@@ -429,4 +474,47 @@ fn classify_body(e: &(dyn StdError + Send + Sync + 'static)) -> TransportFailure
     }
     let kind = chain_kind(e).unwrap_or(FailureKind::Io);
     TransportFailure::new(kind, format!("reading the body: {}", root_message(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_an_origin_shares_its_gate() {
+        let gates = Gates::new(2);
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+        let a = gates.of(&uri("https://broker.example/a"));
+        for same in [
+            "https://broker.example:443/b",
+            "https://BROKER.example/c",
+            "https://user@broker.example/d",
+            "https://broker.example/a",
+        ] {
+            assert!(Arc::ptr_eq(&a, &gates.of(&uri(same))), "{same}");
+        }
+        for other in [
+            "http://broker.example/a",
+            "https://broker.example:8443/a",
+            "https://other.example/a",
+        ] {
+            assert!(!Arc::ptr_eq(&a, &gates.of(&uri(other))), "{other}");
+        }
+        let list = gates.origins.lock().unwrap();
+        assert_eq!(list.gates.len(), 4);
+        assert_eq!(list.spellings.len(), 7);
+    }
+
+    #[test]
+    fn spellings_are_bounded_and_still_find_their_gate() {
+        let gates = Gates::new(1);
+        let first = gates.of(&"http://127.0.0.1:9/".parse().unwrap());
+        for i in 0..MAX_SPELLINGS * 2 {
+            let uri: http::Uri = format!("http://u{i}@127.0.0.1:9/").parse().unwrap();
+            assert!(Arc::ptr_eq(&first, &gates.of(&uri)));
+        }
+        let list = gates.origins.lock().unwrap();
+        assert_eq!(list.gates.len(), 1);
+        assert_eq!(list.spellings.len(), MAX_SPELLINGS);
+    }
 }
