@@ -161,15 +161,17 @@ where
     /// [`drive_locked`](Self::drive_locked) at `now`, read once by the caller for
     /// the whole step.
     fn drive_locked_at(self: &Arc<Self>, g: &mut Driver<M>, now: Now) {
-        if let Some(t) = self.pump_locked(g, now) {
+        if let Some(t) = self.pump_locked(g, now, false) {
             self.spawn_exchange(t);
         }
     }
 
     /// Feeds the orphaned inputs, polls the machine until it waits and wakes the
-    /// waiters if anything changed. Returns the first transmit (the machine sends
-    /// one at a time) for the caller to exchange; any others go to spawned tasks.
-    fn pump_locked(self: &Arc<Self>, g: &mut Driver<M>, now: Now) -> Option<Transmit> {
+    /// waiters if anything changed, or if `wake` (an exchange ended: others waiting
+    /// for it re-check even if the machine emitted nothing). Returns the first
+    /// transmit (the machine sends one at a time) for the caller to exchange; any
+    /// others go to spawned tasks.
+    fn pump_locked(self: &Arc<Self>, g: &mut Driver<M>, now: Now, wake: bool) -> Option<Transmit> {
         if self.has_orphans.swap(false, Ordering::Acquire) {
             let orphaned =
                 std::mem::take(&mut *self.orphaned.lock().unwrap_or_else(PoisonError::into_inner));
@@ -178,7 +180,7 @@ where
             }
         }
         let pump = g.pump(now);
-        if pump.changed {
+        if pump.changed || wake {
             self.changed.notify_waiters();
         }
         if self.hooked.load(Ordering::Relaxed)
@@ -207,9 +209,10 @@ where
         let mut g = self.lock();
         let now = now();
         g.handle_input(input, now);
-        self.drive_locked_at(&mut g, now);
         // The exchange ended: wake waiters even if the machine emitted nothing.
-        self.changed.notify_waiters();
+        if let Some(t) = self.pump_locked(&mut g, now, true) {
+            self.spawn_exchange(t);
+        }
     }
 
     /// One step of a waiting future, under the lock: feeds `fed` (the result of the
@@ -227,12 +230,7 @@ where
         if let Some(input) = fed {
             g.handle_input(input, now);
         }
-        let transmit = self.pump_locked(g, now);
-        if ended {
-            // The exchange ended: others waiting for it re-check even if the machine
-            // emitted nothing.
-            self.changed.notify_waiters();
-        }
+        let transmit = self.pump_locked(g, now, ended);
         if let Some(v) = ready(g) {
             if let Some(t) = transmit {
                 self.spawn_exchange(t);
