@@ -212,6 +212,36 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a test needs some instant for the deadlines
+    fn transmits_keep_their_order_inline_or_not() {
+        let deadline = std::time::Instant::now();
+        let t = |n: u64| Transmit {
+            id: RequestId(n),
+            request: http::Request::new(Vec::new()),
+            deadline,
+        };
+        let ids = |t: &Transmits| t.iter().map(|t| t.id.0).collect::<Vec<_>>();
+        let mut few = Transmits::new();
+        assert!(few.is_empty());
+        assert_eq!(few.into_iter().len(), 0);
+        few = Transmits::new();
+        few.push(t(1));
+        assert!(matches!(few.0, Repr::Few(Some(_))), "one is inline");
+        assert_eq!(ids(&few), [1]);
+        few.push(t(2));
+        few.push(t(3));
+        assert_eq!(ids(&few), [1, 2, 3]);
+        assert_eq!(few[2].id, RequestId(3));
+        let mut all = few.into_iter();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all.next().map(|t| t.id), Some(RequestId(1)));
+        assert_eq!(all.map(|t| t.id.0).collect::<Vec<_>>(), [2, 3]);
+        let mut one = Transmits::new();
+        one.push(t(7));
+        assert_eq!(one.into_vec().len(), 1);
+    }
+
+    #[test]
     fn in_flight_keeps_one_inline_and_counts_every_id() {
         assert_eq!(size_of::<InFlight>(), size_of::<Vec<RequestId>>());
         let mut f = InFlight::default();
