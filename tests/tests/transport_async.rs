@@ -143,12 +143,25 @@ async fn insecure_mode_works_on_loopback_and_is_refused_elsewhere() {
 #[tokio::test]
 async fn plain_http_is_refused_for_non_loopback_hosts() {
     let s = session("http://broker.invalid", &Config::default());
-    match s.run(Intent::Get("/echo".into())).await {
-        Err(Error::Session(CoreError::Transport(f))) => {
-            assert_eq!(f.kind, FailureKind::Other);
-            assert!(f.detail.contains("plain http"), "{}", f.detail);
+    // The client keeps its verdict on an origin: the second request, judged by the
+    // kept verdict, is refused as the first was.
+    for _ in 0..2 {
+        match s.run(Intent::Get("/echo".into())).await {
+            Err(Error::Session(CoreError::Transport(f))) => {
+                assert_eq!(f.kind, FailureKind::Other);
+                assert!(f.detail.contains("plain http"), "{}", f.detail);
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
+    }
+    let http = HttpClient::new(&Config::default()).expect("client");
+    for _ in 0..2 {
+        let request = http::Request::get("http://BROKER.invalid:80/x")
+            .body(Vec::new())
+            .expect("request");
+        let f = http.execute(request).await.expect_err("refused");
+        assert_eq!(f.kind, FailureKind::Other);
+        assert!(f.detail.contains("plain http"), "{}", f.detail);
     }
 }
 

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -71,12 +72,17 @@ type Gate = (Box<str>, Box<str>, u16, Arc<Semaphore>);
 struct Origins {
     /// Each origin and its semaphore.
     gates: Vec<Gate>,
-    /// Each spelling of an origin seen so far (scheme, authority as written) and its
-    /// origin's semaphore: a session sends the same few URIs, so a request finds its
-    /// gate by comparing two strings, without parsing the host and port each time.
-    /// Spellings of one origin (`h`, `h:443`, `H:443`) share its semaphore.
-    spellings: Vec<(Box<str>, Box<str>, Arc<Semaphore>)>,
+    /// Each spelling of an origin seen so far (scheme, authority as written), its
+    /// origin's semaphore and whether the policy lets requests go there: a session
+    /// sends the same few URIs, so a request finds its gate and its verdict by
+    /// comparing two strings, without parsing the host and port each time. Spellings
+    /// of one origin (`h`, `h:443`, `H:443`) share its semaphore.
+    spellings: Vec<Spelling>,
 }
+
+/// A spelling of an origin: scheme, authority as written, the origin's semaphore and
+/// the policy's verdict on it.
+type Spelling = (Box<str>, Box<str>, Arc<Semaphore>, bool);
 
 impl Gates {
     fn new(cap: usize) -> Self {
@@ -86,18 +92,22 @@ impl Gates {
         }
     }
 
-    fn of(&self, uri: &http::Uri) -> Arc<Semaphore> {
+    /// The semaphore of `uri`'s origin, and whether requests may go there: `allowed`
+    /// judges it the first time a spelling of an origin is seen (it depends on the
+    /// scheme and host only), and the verdict is kept with the spelling.
+    fn of(&self, uri: &http::Uri, allowed: impl FnOnce() -> bool) -> (Arc<Semaphore>, bool) {
         let scheme = uri.scheme_str().unwrap_or("");
         let authority = uri.authority().map_or("", http::uri::Authority::as_str);
         // Held for a lookup only; a panic cannot happen while it is held.
         let mut list = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((.., s)) = list
+        if let Some((.., s, verdict)) = list
             .spellings
             .iter()
-            .find(|(s, a, _)| **a == *authority && **s == *scheme)
+            .find(|(s, a, ..)| **a == *authority && **s == *scheme)
         {
-            return Arc::clone(s);
+            return (Arc::clone(s), *verdict);
         }
+        let verdict = allowed();
         let (_, host, port) = origin(uri);
         let gate = match list
             .gates
@@ -116,9 +126,9 @@ impl Gates {
         // in the URI): past the bound, a new spelling is parsed each time.
         if list.spellings.len() < MAX_SPELLINGS {
             list.spellings
-                .push((scheme.into(), authority.into(), Arc::clone(&gate)));
+                .push((scheme.into(), authority.into(), Arc::clone(&gate), verdict));
         }
-        gate
+        (gate, verdict)
     }
 }
 
@@ -205,37 +215,46 @@ impl HttpClient {
         deadline: Option<Instant>,
     ) -> Result<http::Response<Vec<u8>>, TransportFailure> {
         let now = Instant::now();
-        let budget = self.inner.policy.prepare(&mut request, now, deadline)?;
+        let policy = &self.inner.policy;
         let uri = request.uri().clone();
+        // The policy's verdict on the origin is kept with its gate: judged once.
+        let (gate, allowed) = self.inner.gates.of(&uri, || policy.refusal(&uri).is_none());
+        if !allowed && let Some(failure) = policy.refusal(&uri) {
+            return Err(failure);
+        }
+        let budget = policy.prepare_allowed(&mut request, now, deadline)?;
         let request = request.map(|b| Full::new(Bytes::from(b)));
-        let max_body = self.inner.policy.max_body;
+        let max_body = policy.max_body;
         let give_up = deadline_after(now, budget);
-        // Waiting for a connection slot spends the exchange's one budget.
-        let cap = self.inner.policy.max_connections_per_host;
-        let gate = self.inner.gates.of(&uri);
-        let _slot: OwnedSemaphorePermit =
-            match tokio::time::timeout_at(give_up.into(), gate.acquire_owned()).await {
-                Ok(Ok(permit)) => permit,
-                // Never closed; and a deadline passed in line: neither was sent.
-                Ok(Err(_)) | Err(_) => return Err(no_connection_slot(&uri, cap)),
-            };
-        // One deadline around connect, send and the whole body.
+        // One deadline over waiting for a connection slot, connect, send and the
+        // whole body; whether the slot was had says which failure a timeout is.
+        let slotted = AtomicBool::new(false);
         let exchange = async {
+            // Never closed.
+            let Ok(_slot) = gate.acquire_owned().await else {
+                return Err(None);
+            };
+            slotted.store(true, Ordering::Relaxed);
             let response = EXCHANGE
                 .scope(RefCell::new(None), self.inner.pool.request(request))
                 .await
-                .map_err(classify_client)?;
+                .map_err(|e| Some(classify_client(e)))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, max_body)
                 .collect()
                 .await
-                .map_err(|e| classify_body(&*e))?
+                .map_err(|e| Some(classify_body(&*e)))?
                 .to_bytes();
             Ok(http::Response::from_parts(parts, body.to_vec()))
         };
         match tokio::time::timeout_at(give_up.into(), exchange).await {
-            Ok(r) => r.map_err(|f| explain(f, &uri)),
-            Err(_) => Err(TransportFailure::new(
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(Some(failure))) => Err(explain(failure, &uri)),
+            // A deadline passed in line for a slot: not sent.
+            Ok(Err(None)) | Err(_) if !slotted.load(Ordering::Relaxed) => {
+                Err(no_connection_slot(&uri, policy.max_connections_per_host))
+            }
+            Ok(Err(None)) | Err(_) => Err(TransportFailure::new(
                 FailureKind::Timeout,
                 "request timeout expired",
             )),
@@ -292,7 +311,7 @@ impl tower_service::Service<http::Uri> for Route {
     fn call(&mut self, target: http::Uri) -> Self::Future {
         let parts = &*self.0;
         let https = target.scheme_str() == Some("https");
-        let sockets = parts.sockets.of(&target);
+        let (sockets, _) = parts.sockets.of(&target, || true);
         let mut direct = parts.direct.clone();
         // The connector futures do nothing until polled: connecting starts once a
         // socket permit is held.
@@ -484,21 +503,24 @@ mod tests {
     fn every_spelling_of_an_origin_shares_its_gate() {
         let gates = Gates::new(2);
         let uri = |s: &str| s.parse::<http::Uri>().unwrap();
-        let a = gates.of(&uri("https://broker.example/a"));
+        let a = gates.of(&uri("https://broker.example/a"), || true).0;
         for same in [
             "https://broker.example:443/b",
             "https://BROKER.example/c",
             "https://user@broker.example/d",
             "https://broker.example/a",
         ] {
-            assert!(Arc::ptr_eq(&a, &gates.of(&uri(same))), "{same}");
+            assert!(Arc::ptr_eq(&a, &gates.of(&uri(same), || true).0), "{same}");
         }
         for other in [
             "http://broker.example/a",
             "https://broker.example:8443/a",
             "https://other.example/a",
         ] {
-            assert!(!Arc::ptr_eq(&a, &gates.of(&uri(other))), "{other}");
+            assert!(
+                !Arc::ptr_eq(&a, &gates.of(&uri(other), || true).0),
+                "{other}"
+            );
         }
         let list = gates.origins.lock().unwrap();
         assert_eq!(list.gates.len(), 4);
@@ -508,10 +530,10 @@ mod tests {
     #[test]
     fn spellings_are_bounded_and_still_find_their_gate() {
         let gates = Gates::new(1);
-        let first = gates.of(&"http://127.0.0.1:9/".parse().unwrap());
+        let first = gates.of(&"http://127.0.0.1:9/".parse().unwrap(), || true).0;
         for i in 0..MAX_SPELLINGS * 2 {
             let uri: http::Uri = format!("http://u{i}@127.0.0.1:9/").parse().unwrap();
-            assert!(Arc::ptr_eq(&first, &gates.of(&uri)));
+            assert!(Arc::ptr_eq(&first, &gates.of(&uri, || true).0));
         }
         let list = gates.origins.lock().unwrap();
         assert_eq!(list.gates.len(), 1);

@@ -297,6 +297,39 @@ impl Policy {
         if let Some(failure) = self.refusal(request.uri()) {
             return Err(failure);
         }
+        self.prepare_allowed(request, now, deadline)
+    }
+
+    /// [`prepare`](Self::prepare) for a request whose URI the transport has already
+    /// found allowed by [`refusal`](Self::refusal): a transport that keeps the
+    /// verdict per origin (it depends on the scheme and host only) skips parsing the
+    /// host of every plain-http request.
+    ///
+    /// ```
+    /// use broker_session::transport::Config;
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let policy = Config::default().policy().unwrap();
+    /// let mut request = broker_session::http::Request::post("http://127.0.0.1:5000/v1/api/tickle")
+    ///     .body(Vec::new())
+    ///     .unwrap();
+    /// assert!(policy.refusal(request.uri()).is_none(), "loopback: plain http allowed");
+    /// let now = Instant::now();
+    /// let budget = policy.prepare_allowed(&mut request, now, None).unwrap();
+    /// assert_eq!(budget, policy.request_timeout);
+    /// assert_eq!(request.headers()["content-length"], "0");
+    /// assert!(request.headers().contains_key("user-agent"));
+    /// ```
+    ///
+    /// # Errors
+    /// The [`TransportFailure`] to report instead of sending: a session request
+    /// whose `deadline` has (nearly) passed.
+    pub fn prepare_allowed(
+        &self,
+        request: &mut http::Request<Vec<u8>>,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Duration, TransportFailure> {
         let budget = self.budget(now, deadline);
         if budget.is_zero() {
             return Err(TransportFailure::new(
